@@ -1,0 +1,233 @@
+//! Who may log in and how: the user list from config, the client-facing
+//! verification (SCRAM-SHA-256, md5, trust) as a sans-IO state machine, and
+//! the credentials pgrelay answers servers with.
+
+pub mod md5;
+pub mod scram;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use rand::Rng;
+
+use crate::config::{AuthType, Config};
+use crate::wire;
+use scram::{ScramSecret, ScramServer, ScramVerifier};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("password authentication failed")]
+    WrongPassword,
+    #[error("malformed {0}")]
+    Malformed(&'static str),
+    #[error("{0} is not supported")]
+    Unsupported(&'static str),
+    #[error("the server's SCRAM salt or iteration count differs from the verifier pgrelay has; set server_password for this user")]
+    VerifierMismatch,
+    #[error("the server's SCRAM signature does not match: it does not know this password")]
+    ServerSignature,
+    #[error("no credentials to log in to the server: {0}")]
+    NoServerCredentials(&'static str),
+}
+
+/// How a client proves who it is.
+#[derive(Debug, Clone)]
+pub enum ClientSecret {
+    Trust,
+    Md5 { stored: String },
+    Scram(ScramVerifier),
+}
+
+/// What pgrelay logs in to servers with, for one user.
+#[derive(Debug)]
+pub struct ServerCredentials {
+    pub user: String,
+    secret: ServerSecret,
+}
+
+#[derive(Debug)]
+enum ServerSecret {
+    Password(String),
+    /// Only a SCRAM verifier is known: log in with the ClientKey recovered
+    /// from a client's proof (available once a client has logged in).
+    ClientKey {
+        verifier: ScramVerifier,
+        client_key: Mutex<Option<[u8; 32]>>,
+    },
+    None,
+}
+
+impl ServerCredentials {
+    pub fn scram_secret(&self) -> Result<ScramSecret, AuthError> {
+        match &self.secret {
+            ServerSecret::Password(p) => Ok(ScramSecret::Password(p.clone())),
+            ServerSecret::ClientKey { verifier, client_key } => {
+                let key = client_key.lock().expect("client key lock").ok_or(AuthError::NoServerCredentials(
+                    "the user's password is a SCRAM verifier and no client has logged in with it yet",
+                ))?;
+                Ok(ScramSecret::ClientKey { client_key: key, verifier: verifier.clone() })
+            }
+            ServerSecret::None => Err(AuthError::NoServerCredentials("no password or server_password configured")),
+        }
+    }
+
+    /// The password for cleartext or md5 server auth.
+    pub fn password(&self) -> Result<&str, AuthError> {
+        match &self.secret {
+            ServerSecret::Password(p) => Ok(p),
+            ServerSecret::ClientKey { .. } => Err(AuthError::NoServerCredentials(
+                "the server asks for md5 or a cleartext password but only a SCRAM verifier is configured",
+            )),
+            ServerSecret::None => Err(AuthError::NoServerCredentials("no password or server_password configured")),
+        }
+    }
+
+    fn remember_client_key(&self, key: [u8; 32]) {
+        if let ServerSecret::ClientKey { client_key, .. } = &self.secret {
+            *client_key.lock().expect("client key lock") = Some(key);
+        }
+    }
+}
+
+/// One configured user.
+#[derive(Debug)]
+pub struct UserEntry {
+    pub name: String,
+    pub client: ClientSecret,
+    pub server: ServerCredentials,
+}
+
+/// All configured users, by name.
+#[derive(Debug, Default)]
+pub struct UserDb {
+    users: HashMap<String, Arc<UserEntry>>,
+}
+
+impl UserDb {
+    pub fn from_config(config: &Config) -> Result<UserDb, String> {
+        let mut users = HashMap::new();
+        for user in &config.users {
+            let password = user.password.as_deref();
+            let verifier = password.and_then(ScramVerifier::parse);
+            if password.is_some_and(|p| p.starts_with("SCRAM-SHA-256$")) && verifier.is_none() {
+                return Err(format!("users.{}.password: not a valid SCRAM-SHA-256 verifier", user.name));
+            }
+            let client = match (user.auth_type, password) {
+                (AuthType::Trust, _) => ClientSecret::Trust,
+                (AuthType::Md5, Some(p)) if md5::is_stored_hash(p) => ClientSecret::Md5 { stored: p.to_owned() },
+                (AuthType::Md5, Some(p)) if verifier.is_none() => {
+                    ClientSecret::Md5 { stored: md5::stored_hash(p, &user.name) }
+                }
+                (AuthType::ScramSha256, Some(p)) => {
+                    ClientSecret::Scram(verifier.clone().unwrap_or_else(|| ScramVerifier::from_password(p)))
+                }
+                _ => return Err(format!("users.{}.password: required for auth_type {:?}", user.name, user.auth_type)),
+            };
+            let secret = match (&user.server_password, password) {
+                (Some(p), _) => ServerSecret::Password(p.clone()),
+                (None, Some(_)) if verifier.is_some() => ServerSecret::ClientKey {
+                    verifier: verifier.clone().expect("checked"),
+                    client_key: Mutex::new(None),
+                },
+                (None, Some(p)) if !md5::is_stored_hash(p) => ServerSecret::Password(p.to_owned()),
+                (None, _) if config.cluster.password.is_empty() => ServerSecret::None,
+                (None, _) => ServerSecret::Password(config.cluster.password.clone()),
+            };
+            let server =
+                ServerCredentials { user: user.server_user.clone().unwrap_or_else(|| user.name.clone()), secret };
+            users.insert(user.name.clone(), Arc::new(UserEntry { name: user.name.clone(), client, server }));
+        }
+        Ok(UserDb { users })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<UserEntry>> {
+        self.users.get(name)
+    }
+}
+
+/// One step of client authentication.
+#[derive(Debug)]
+pub enum AuthStep {
+    /// Send these bytes and wait for the client's next password message.
+    Continue(Bytes),
+    /// Authenticated; send these bytes (possibly empty) before AuthenticationOk.
+    Done(Bytes),
+}
+
+/// Client-facing authentication of one connection.
+#[derive(Debug)]
+pub struct ClientAuth {
+    user: Arc<UserEntry>,
+    state: ClientAuthState,
+}
+
+#[derive(Debug)]
+enum ClientAuthState {
+    Md5 { salt: [u8; 4] },
+    ScramStart,
+    ScramFinal(ScramServer),
+    Finished,
+}
+
+impl ClientAuth {
+    /// Starts authentication; `Done` right away for trust.
+    pub fn start(user: Arc<UserEntry>) -> (ClientAuth, AuthStep) {
+        let mut out = BytesMut::new();
+        let (state, step) = match &user.client {
+            ClientSecret::Trust => (ClientAuthState::Finished, AuthStep::Done(Bytes::new())),
+            ClientSecret::Md5 { .. } => {
+                let salt: [u8; 4] = rand::thread_rng().gen();
+                wire::put_auth_md5(&mut out, salt);
+                (ClientAuthState::Md5 { salt }, AuthStep::Continue(out.freeze()))
+            }
+            ClientSecret::Scram(_) => {
+                wire::put_auth_sasl(&mut out, &[scram::MECHANISM]);
+                (ClientAuthState::ScramStart, AuthStep::Continue(out.freeze()))
+            }
+        };
+        (ClientAuth { user, state }, step)
+    }
+
+    /// Feeds the body of the client's password message ('p').
+    pub fn step(&mut self, body: &[u8]) -> Result<AuthStep, AuthError> {
+        let mut out = BytesMut::new();
+        match (std::mem::replace(&mut self.state, ClientAuthState::Finished), &self.user.client) {
+            (ClientAuthState::Md5 { salt }, ClientSecret::Md5 { stored }) => {
+                let (answer, _) = wire::read_cstr(body).ok_or(AuthError::Malformed("password message"))?;
+                let expected = md5::salted_answer(stored, salt);
+                if !constant_time_eq(answer, expected.as_bytes()) {
+                    return Err(AuthError::WrongPassword);
+                }
+                Ok(AuthStep::Done(Bytes::new()))
+            }
+            (ClientAuthState::ScramStart, ClientSecret::Scram(verifier)) => {
+                let (mechanism, rest) = wire::read_cstr(body).ok_or(AuthError::Malformed("SASLInitialResponse"))?;
+                if mechanism != scram::MECHANISM.as_bytes() {
+                    return Err(AuthError::Unsupported("SASL mechanism other than SCRAM-SHA-256"));
+                }
+                if rest.len() < 4 {
+                    return Err(AuthError::Malformed("SASLInitialResponse"));
+                }
+                let data = &rest[4..];
+                let (server, server_first) = ScramServer::start(data, verifier)?;
+                wire::put_auth_sasl_continue(&mut out, server_first.as_bytes());
+                self.state = ClientAuthState::ScramFinal(server);
+                Ok(AuthStep::Continue(out.freeze()))
+            }
+            (ClientAuthState::ScramFinal(server), ClientSecret::Scram(verifier)) => {
+                let verified = server.finish(body, verifier)?;
+                self.user.server.remember_client_key(verified.client_key);
+                wire::put_auth_sasl_final(&mut out, verified.server_final.as_bytes());
+                Ok(AuthStep::Done(out.freeze()))
+            }
+            _ => Err(AuthError::Malformed("authentication message out of order")),
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

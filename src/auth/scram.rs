@@ -1,0 +1,249 @@
+//! SCRAM-SHA-256 (RFC 5802/7677 as PostgreSQL uses it, without channel
+//! binding): verifiers, the verifying side pgrelay runs for its clients, and
+//! the answering side it runs against servers. Pure computation, no IO.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use super::AuthError;
+
+pub const MECHANISM: &str = "SCRAM-SHA-256";
+const DEFAULT_ITERATIONS: u32 = 4096;
+
+type HmacSha256 = Hmac<Sha256>;
+
+fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    for p in parts {
+        mac.update(p);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+fn xor(a: &[u8; 32], b: &[u8; 32]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for i in 0..32 {
+        out[i] = a[i] ^ b[i];
+    }
+    out
+}
+
+fn nonce() -> String {
+    let mut raw = [0u8; 18];
+    rand::thread_rng().fill_bytes(&mut raw);
+    B64.encode(raw)
+}
+
+/// ClientKey and ServerKey derived from a password.
+pub fn derive_keys(password: &str, salt: &[u8], iterations: u32) -> ([u8; 32], [u8; 32]) {
+    let mut salted = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), salt, iterations, &mut salted);
+    (hmac(&salted, &[b"Client Key"]), hmac(&salted, &[b"Server Key"]))
+}
+
+/// What PostgreSQL stores in `pg_authid.rolpassword` for a SCRAM password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScramVerifier {
+    pub iterations: u32,
+    pub salt: Vec<u8>,
+    pub stored_key: [u8; 32],
+    pub server_key: [u8; 32],
+}
+
+impl ScramVerifier {
+    /// Parses `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
+    pub fn parse(text: &str) -> Option<ScramVerifier> {
+        let rest = text.strip_prefix("SCRAM-SHA-256$")?;
+        let (params, keys) = rest.split_once('$')?;
+        let (iterations, salt) = params.split_once(':')?;
+        let (stored, server) = keys.split_once(':')?;
+        Some(ScramVerifier {
+            iterations: iterations.parse().ok().filter(|&i| i > 0)?,
+            salt: B64.decode(salt).ok()?,
+            stored_key: B64.decode(stored).ok()?.try_into().ok()?,
+            server_key: B64.decode(server).ok()?.try_into().ok()?,
+        })
+    }
+
+    /// A verifier for a plain-text password, with a fresh random salt.
+    pub fn from_password(password: &str) -> ScramVerifier {
+        let mut salt = vec![0u8; 16];
+        rand::thread_rng().fill_bytes(&mut salt);
+        let (client_key, server_key) = derive_keys(password, &salt, DEFAULT_ITERATIONS);
+        ScramVerifier { iterations: DEFAULT_ITERATIONS, salt, stored_key: sha256(&client_key), server_key }
+    }
+}
+
+/// The verifying side, run against a client. Created when the client's
+/// SASLInitialResponse arrives.
+#[derive(Debug)]
+pub struct ScramServer {
+    client_first_bare: String,
+    server_first: String,
+    combined_nonce: String,
+    gs2_header: String,
+}
+
+/// Result of a verified client proof.
+#[derive(Debug)]
+pub struct ScramVerified {
+    /// Message for AuthenticationSASLFinal.
+    pub server_final: String,
+    /// The client's ClientKey, recovered from its proof; lets pgrelay log in
+    /// to servers that store the same verifier.
+    pub client_key: [u8; 32],
+}
+
+impl ScramServer {
+    /// Takes the client-first-message; returns the state and the server-first-message.
+    pub fn start(client_first: &[u8], verifier: &ScramVerifier) -> Result<(ScramServer, String), AuthError> {
+        let text = std::str::from_utf8(client_first).map_err(|_| AuthError::Malformed("SCRAM client-first-message"))?;
+        // gs2 header: "n,," (no channel binding) or "y,," (client supports it, we don't offer it).
+        let (gs2, bare) = if let Some(rest) = text.strip_prefix("n,,") {
+            ("n,,", rest)
+        } else if let Some(rest) = text.strip_prefix("y,,") {
+            ("y,,", rest)
+        } else if text.starts_with("p=") {
+            return Err(AuthError::Unsupported("SCRAM channel binding"));
+        } else {
+            return Err(AuthError::Malformed("SCRAM client-first-message"));
+        };
+        let client_nonce = bare
+            .split(',')
+            .find_map(|attr| attr.strip_prefix("r="))
+            .filter(|n| !n.is_empty())
+            .ok_or(AuthError::Malformed("SCRAM client-first-message"))?;
+        let combined_nonce = format!("{client_nonce}{}", nonce());
+        let server_first = format!("r={combined_nonce},s={},i={}", B64.encode(&verifier.salt), verifier.iterations);
+        let state = ScramServer {
+            client_first_bare: bare.to_owned(),
+            server_first: server_first.clone(),
+            combined_nonce,
+            gs2_header: gs2.to_owned(),
+        };
+        Ok((state, server_first))
+    }
+
+    /// Checks the client-final-message's proof.
+    pub fn finish(self, client_final: &[u8], verifier: &ScramVerifier) -> Result<ScramVerified, AuthError> {
+        let text = std::str::from_utf8(client_final).map_err(|_| AuthError::Malformed("SCRAM client-final-message"))?;
+        let (without_proof, proof) =
+            text.rsplit_once(",p=").ok_or(AuthError::Malformed("SCRAM client-final-message"))?;
+        let mut channel_binding = None;
+        let mut nonce = None;
+        for attr in without_proof.split(',') {
+            if let Some(v) = attr.strip_prefix("c=") {
+                channel_binding = Some(v);
+            } else if let Some(v) = attr.strip_prefix("r=") {
+                nonce = Some(v);
+            }
+        }
+        if channel_binding != Some(B64.encode(&self.gs2_header).as_str()) || nonce != Some(self.combined_nonce.as_str())
+        {
+            return Err(AuthError::Malformed("SCRAM client-final-message"));
+        }
+        let proof: [u8; 32] =
+            B64.decode(proof).ok().and_then(|p| p.try_into().ok()).ok_or(AuthError::Malformed("SCRAM proof"))?;
+        let auth_message = format!("{},{},{}", self.client_first_bare, self.server_first, without_proof);
+        let client_signature = hmac(&verifier.stored_key, &[auth_message.as_bytes()]);
+        let client_key = xor(&proof, &client_signature);
+        if sha256(&client_key) != verifier.stored_key {
+            return Err(AuthError::WrongPassword);
+        }
+        let server_signature = hmac(&verifier.server_key, &[auth_message.as_bytes()]);
+        Ok(ScramVerified { server_final: format!("v={}", B64.encode(server_signature)), client_key })
+    }
+}
+
+/// What the answering side proves its identity with.
+#[derive(Debug, Clone)]
+pub enum ScramSecret {
+    Password(String),
+    /// A ClientKey recovered from a client, valid for the verifier it was checked against.
+    ClientKey {
+        client_key: [u8; 32],
+        verifier: ScramVerifier,
+    },
+}
+
+/// The answering side, run against a server.
+#[derive(Debug)]
+pub struct ScramClient {
+    client_nonce: String,
+    client_first_bare: String,
+}
+
+/// State after the server-first-message: what to send and what to expect.
+#[derive(Debug)]
+pub struct ScramClientFinal {
+    pub client_final: String,
+    expected_server_signature: [u8; 32],
+}
+
+impl ScramClient {
+    /// Returns the state and the client-first-message.
+    pub fn start() -> (ScramClient, String) {
+        let client_nonce = nonce();
+        let client_first_bare = format!("n=,r={client_nonce}");
+        let first = format!("n,,{client_first_bare}");
+        (ScramClient { client_nonce, client_first_bare }, first)
+    }
+
+    pub fn answer(self, server_first: &[u8], secret: &ScramSecret) -> Result<ScramClientFinal, AuthError> {
+        let text = std::str::from_utf8(server_first).map_err(|_| AuthError::Malformed("SCRAM server-first-message"))?;
+        let (mut nonce, mut salt, mut iterations) = (None, None, None);
+        for attr in text.split(',') {
+            if let Some(v) = attr.strip_prefix("r=") {
+                nonce = Some(v);
+            } else if let Some(v) = attr.strip_prefix("s=") {
+                salt = B64.decode(v).ok();
+            } else if let Some(v) = attr.strip_prefix("i=") {
+                iterations = v.parse::<u32>().ok();
+            }
+        }
+        let (Some(nonce), Some(salt), Some(iterations)) = (nonce, salt, iterations) else {
+            return Err(AuthError::Malformed("SCRAM server-first-message"));
+        };
+        if !nonce.starts_with(&self.client_nonce) || nonce.len() == self.client_nonce.len() {
+            return Err(AuthError::Malformed("SCRAM server nonce"));
+        }
+        let (client_key, server_key) = match secret {
+            ScramSecret::Password(password) => derive_keys(password, &salt, iterations),
+            ScramSecret::ClientKey { client_key, verifier } => {
+                if verifier.salt != salt || verifier.iterations != iterations {
+                    return Err(AuthError::VerifierMismatch);
+                }
+                (*client_key, verifier.server_key)
+            }
+        };
+        let without_proof = format!("c=biws,r={nonce}");
+        let auth_message = format!("{},{},{}", self.client_first_bare, text, without_proof);
+        let client_signature = hmac(&sha256(&client_key), &[auth_message.as_bytes()]);
+        let proof = xor(&client_key, &client_signature);
+        Ok(ScramClientFinal {
+            client_final: format!("{without_proof},p={}", B64.encode(proof)),
+            expected_server_signature: hmac(&server_key, &[auth_message.as_bytes()]),
+        })
+    }
+}
+
+impl ScramClientFinal {
+    pub fn verify_server(&self, server_final: &[u8]) -> Result<(), AuthError> {
+        let text = std::str::from_utf8(server_final).map_err(|_| AuthError::Malformed("SCRAM server-final-message"))?;
+        let signature = text
+            .strip_prefix("v=")
+            .and_then(|v| B64.decode(v.split(',').next().unwrap_or(v)).ok())
+            .ok_or(AuthError::Malformed("SCRAM server-final-message"))?;
+        if signature != self.expected_server_signature {
+            return Err(AuthError::ServerSignature);
+        }
+        Ok(())
+    }
+}

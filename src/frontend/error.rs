@@ -1,0 +1,58 @@
+//! Session errors and the one place that decides what the client is told.
+
+use std::io;
+
+use crate::backend::BackendError;
+use crate::pool::PoolError;
+use crate::router::RouteError;
+use crate::wire::{sqlstate, ErrorFields, WireError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("client connection: {0}")]
+    ClientIo(io::Error),
+    #[error("client protocol violation: {0}")]
+    ClientProtocol(#[from] WireError),
+    #[error("{0}")]
+    Route(#[from] RouteError),
+    #[error("{0}")]
+    Pool(#[from] PoolError),
+    #[error("server connection: {0}")]
+    ServerIo(io::Error),
+    #[error("server protocol violation: {0}")]
+    ServerProtocol(WireError),
+    #[error("server connection to {node} closed unexpectedly; the transaction in progress is lost")]
+    ServerClosed { node: String },
+    #[error("the server rejected this client's startup settings: {}", .0.message)]
+    SetupFailed(ErrorFields),
+    #[error("pgrelay is shutting down")]
+    Shutdown,
+    #[error("client_login_timeout ({0:?}) expired before login finished")]
+    LoginTimeout(std::time::Duration),
+    #[error("{message}")]
+    Login { code: &'static str, message: String },
+}
+
+impl SessionError {
+    /// SQLSTATE for the FATAL error the client gets, or None when the client
+    /// is gone and there is nobody to tell.
+    pub fn sqlstate(&self) -> Option<String> {
+        let code = match self {
+            SessionError::ClientIo(_) => return None,
+            SessionError::ClientProtocol(_) => sqlstate::PROTOCOL_VIOLATION,
+            SessionError::Route(_) => sqlstate::CONNECTION_FAILURE,
+            SessionError::Pool(PoolError::Connect(BackendError::Server(fields))) if !fields.code.is_empty() => {
+                return Some(fields.code.clone())
+            }
+            SessionError::Pool(_) => sqlstate::CONNECTION_FAILURE,
+            SessionError::ServerIo(_) | SessionError::ServerClosed { .. } => sqlstate::CONNECTION_FAILURE,
+            SessionError::ServerProtocol(_) => sqlstate::PROTOCOL_VIOLATION,
+            SessionError::SetupFailed(fields) if !fields.code.is_empty() => return Some(fields.code.clone()),
+            SessionError::SetupFailed(_) => sqlstate::INTERNAL_ERROR,
+            SessionError::Shutdown => sqlstate::ADMIN_SHUTDOWN,
+            SessionError::LoginTimeout(_) => sqlstate::PROTOCOL_VIOLATION,
+            SessionError::Login { code, .. } => code,
+        };
+        Some(code.to_owned())
+    }
+}

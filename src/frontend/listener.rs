@@ -1,0 +1,109 @@
+//! Accepting clients: one task per connection, a permit per client
+//! (max_client_conn), a login deadline, and one span per connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
+
+use super::error::SessionError;
+use super::session::Session;
+use super::startup::login;
+use super::Context;
+use crate::router::ListenerKind;
+use crate::wire::{self, sqlstate, Severity};
+
+/// How long a final error message may take to reach a departing client.
+const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Accepts clients on `listener` until shutdown.
+pub async fn serve(ctx: Arc<Context>, listener: TcpListener, kind: ListenerKind) {
+    loop {
+        let accepted = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Typically EMFILE: back off instead of spinning.
+                tracing::warn!(error = %e, listener = kind.as_str(), "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let span = tracing::info_span!("client", %peer, port = kind.as_str());
+        match ctx.client_slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let task_ctx = ctx.clone();
+                ctx.tasks.spawn(
+                    async move {
+                        handle_client(task_ctx, stream, peer, kind).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
+            }
+            Err(_) => {
+                let message =
+                    format!("too many client connections (max_client_conn = {})", ctx.config.pool.max_client_conn);
+                tracing::warn!(parent: &span, "{message}");
+                ctx.tasks.spawn(farewell(stream, BytesMut::new(), sqlstate::TOO_MANY_CONNECTIONS.into(), message));
+            }
+        }
+    }
+}
+
+async fn handle_client(ctx: Arc<Context>, mut stream: TcpStream, peer: SocketAddr, kind: ListenerKind) {
+    let login_timeout = ctx.config.pool.client_login_timeout;
+    let mut buf = BytesMut::new();
+    let logged_in = tokio::select! {
+        _ = ctx.shutdown.cancelled() => Ok(Err(SessionError::Shutdown)),
+        r = tokio::time::timeout(login_timeout, login(&ctx, &mut stream, &mut buf, kind)) => r,
+    };
+    let parts = match logged_in {
+        Ok(Ok(Some(parts))) => parts,
+        Ok(Ok(None)) => return,
+        Ok(Err(error)) => return report(stream, BytesMut::new(), error).await,
+        Err(_) => return report(stream, BytesMut::new(), SessionError::LoginTimeout(login_timeout)).await,
+    };
+    tracing::info!(user = %parts.user.name, database = %parts.database.name, "client logged in");
+    let mut session = Session::new(ctx, stream, kind, parts, buf);
+    let result = session.run().await;
+    let poison = matches!(
+        result,
+        Err(SessionError::ServerClosed { .. } | SessionError::ServerIo(_) | SessionError::ServerProtocol(_))
+    );
+    session.drop_lease_after_error(poison);
+    let (stream, out) = session.into_client();
+    match result {
+        Ok(()) => tracing::debug!(%peer, "client disconnected"),
+        Err(error) => report(stream, out, error).await,
+    }
+}
+
+/// Logs an error that ended a connection and tells the client, if it is still there.
+async fn report(stream: TcpStream, pending: BytesMut, error: SessionError) {
+    match error.sqlstate() {
+        Some(code) => {
+            tracing::info!(code = %code, error = %error, "closing client connection");
+            farewell(stream, pending, code, error.to_string()).await;
+        }
+        None => tracing::debug!(error = %error, "client connection lost"),
+    }
+}
+
+/// Sends what was still pending plus a FATAL error, then closes.
+async fn farewell(mut stream: TcpStream, mut pending: BytesMut, code: String, message: String) {
+    wire::put_error_response(&mut pending, Severity::Fatal, &code, &message, None);
+    let _ = tokio::time::timeout(FAREWELL_TIMEOUT, async {
+        stream.write_all(&pending).await?;
+        stream.shutdown().await
+    })
+    .await;
+}

@@ -1,0 +1,511 @@
+//! One logged-in client. The session reads the client's messages, leases a
+//! server connection for each transaction (or for the whole session when
+//! pinned or in session mode), forwards the messages' bytes, and relays the
+//! server's answers back, both directions at once so that neither side's
+//! full socket buffer can stall the other.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+use super::cancel::CancelHandle;
+use super::error::SessionError;
+use super::prepared::{ClientStatements, Statement};
+use super::startup::LoginParts;
+use super::Context;
+use crate::auth::UserEntry;
+use crate::backend::{Expect, Origin, ServerConn, ServerTarget, Synthetic, Verdict};
+use crate::cluster::NodeStatus;
+use crate::config::{Database, PoolMode, SessionStatePolicy};
+use crate::pool::{Lease, Pool, PoolKey, PoolSettings};
+use crate::router::{self, ListenerKind, RouteInput, SessionStateEffect};
+use crate::wire::{self, backend as server_tag, frontend as tag, ErrorFields, Frame, WireError};
+
+/// Stop reading from one side while this much is waiting to go to the other.
+const HIGH_WATER: usize = 256 * 1024;
+/// Read chunk.
+const READ_CHUNK: usize = 16 * 1024;
+/// Server messages are trusted up to PostgreSQL's own 1 GB field limit.
+const MAX_SERVER_MESSAGE: usize = 1 << 30;
+
+enum Event {
+    ClientReadable,
+    ClientWritable,
+    ServerReadable,
+    ServerWritable,
+    Shutdown,
+}
+
+pub struct Session {
+    ctx: Arc<Context>,
+    client: TcpStream,
+    listener: ListenerKind,
+    user: Arc<UserEntry>,
+    database: Database,
+    settings: Arc<Vec<(String, String)>>,
+    cancel: CancelHandle,
+    /// Bytes read from the client, not yet handled.
+    cbuf: BytesMut,
+    /// Bytes waiting to be written to the client.
+    out: BytesMut,
+    lease: Option<Lease>,
+    /// Pools this session has used, by node name.
+    pools: Vec<Arc<Pool>>,
+    statements: ClientStatements,
+    /// Why this client keeps its server connection until it disconnects.
+    pinned: Option<SessionStateEffect>,
+    terminated: bool,
+}
+
+/// The pool for (node, database, user), created on first use.
+pub fn pool_for(ctx: &Context, node: &NodeStatus, database: &Database, user: &Arc<UserEntry>) -> Arc<Pool> {
+    let key = PoolKey { node: node.name.clone(), database: database.name.clone(), user: user.name.clone() };
+    ctx.pools.get_or_create(key, || {
+        let pool = &ctx.config.pool;
+        let target = ServerTarget {
+            host: node.host.clone(),
+            port: node.port,
+            database: database.server_dbname.clone(),
+            credentials: user.clone(),
+            connect_timeout: pool.server_connect_timeout,
+        };
+        let settings = PoolSettings {
+            size: database.pool_size.unwrap_or(pool.default_pool_size).get(),
+            mode: pool.mode,
+            reset_timeout: pool.server_reset_timeout,
+            idle_timeout: pool.server_idle_timeout,
+        };
+        (target, settings)
+    })
+}
+
+impl Session {
+    pub fn new(
+        ctx: Arc<Context>,
+        client: TcpStream,
+        listener: ListenerKind,
+        parts: LoginParts,
+        cbuf: BytesMut,
+    ) -> Session {
+        Session {
+            ctx,
+            client,
+            listener,
+            user: parts.user,
+            database: parts.database,
+            settings: parts.settings,
+            cancel: parts.cancel,
+            cbuf,
+            out: BytesMut::new(),
+            lease: None,
+            pools: Vec::new(),
+            statements: ClientStatements::default(),
+            pinned: None,
+            terminated: false,
+        }
+    }
+
+    /// Relays until the client leaves or an error ends the session; returns
+    /// the error for the caller to report.
+    pub async fn run(&mut self) -> Result<(), SessionError> {
+        // Messages that arrived together with the last login message.
+        self.handle_client_messages().await?;
+        while !self.terminated {
+            match self.next_event().await? {
+                Event::ClientReadable => {
+                    if !self.read_client()? {
+                        return Ok(());
+                    }
+                    self.handle_client_messages().await?;
+                }
+                Event::ServerReadable => {
+                    self.read_server()?;
+                    self.handle_server_messages()?;
+                }
+                Event::ClientWritable | Event::ServerWritable => {}
+                Event::Shutdown => return Err(SessionError::Shutdown),
+            }
+            self.flush_server()?;
+            self.flush_client()?;
+            self.release_if_idle();
+        }
+        Ok(())
+    }
+
+    /// Consumes the session, leaving the client socket for a final message.
+    pub fn into_client(self) -> (TcpStream, BytesMut) {
+        (self.client, self.out)
+    }
+
+    pub fn drop_lease_after_error(&mut self, poison: bool) {
+        if let Some(mut lease) = self.lease.take() {
+            if poison {
+                lease.poison();
+            }
+        }
+    }
+
+    async fn next_event(&self) -> Result<Event, SessionError> {
+        let server = self.lease.as_ref().map(|l| &l.conn().stream);
+        let server_out = self.lease.as_ref().map_or(0, |l| l.conn().wbuf.len());
+        let want_client_read = server_out < HIGH_WATER;
+        let want_server_read = self.out.len() < HIGH_WATER;
+        let mut client_interest = Interest::READABLE;
+        if !self.out.is_empty() {
+            client_interest =
+                if want_client_read { client_interest.add(Interest::WRITABLE) } else { Interest::WRITABLE };
+        }
+        let server_interest = match (want_server_read, server_out > 0) {
+            (true, true) => Some(Interest::READABLE.add(Interest::WRITABLE)),
+            (true, false) => Some(Interest::READABLE),
+            (false, true) => Some(Interest::WRITABLE),
+            (false, false) => None,
+        };
+        let client_wanted = want_client_read || !self.out.is_empty();
+        tokio::select! {
+            biased;
+            _ = self.ctx.shutdown.cancelled() => Ok(Event::Shutdown),
+            ready = self.client.ready(client_interest), if client_wanted => {
+                let ready = ready.map_err(SessionError::ClientIo)?;
+                Ok(if ready.is_readable() || ready.is_read_closed() { Event::ClientReadable } else { Event::ClientWritable })
+            }
+            ready = async { server.expect("guarded").ready(server_interest.expect("guarded")).await },
+                if server.is_some() && server_interest.is_some() => {
+                let ready = ready.map_err(SessionError::ServerIo)?;
+                Ok(if ready.is_readable() || ready.is_read_closed() { Event::ServerReadable } else { Event::ServerWritable })
+            }
+        }
+    }
+
+    /// Reads what the client sent; false at end of stream.
+    fn read_client(&mut self) -> Result<bool, SessionError> {
+        self.cbuf.reserve(READ_CHUNK.max(Frame::needed(&self.cbuf)).min(self.ctx.config.pool.max_message_size + 5));
+        match self.client.try_read_buf(&mut self.cbuf) {
+            Ok(0) => Ok(false),
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(true),
+            Err(e) => Err(SessionError::ClientIo(e)),
+        }
+    }
+
+    fn read_server(&mut self) -> Result<(), SessionError> {
+        let lease = self.lease.as_mut().expect("server readable only while leased");
+        let conn = lease.conn_mut();
+        conn.rbuf.reserve(READ_CHUNK.max(Frame::needed(&conn.rbuf)));
+        match conn.stream.try_read_buf(&mut conn.rbuf) {
+            Ok(0) => {
+                let node = lease.pool().key.node.clone();
+                lease.poison();
+                Err(SessionError::ServerClosed { node })
+            }
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => {
+                lease.poison();
+                Err(SessionError::ServerIo(e))
+            }
+        }
+    }
+
+    fn flush_client(&mut self) -> Result<(), SessionError> {
+        while !self.out.is_empty() {
+            match self.client.try_write(&self.out) {
+                Ok(n) => self.out.advance(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(SessionError::ClientIo(e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_server(&mut self) -> Result<(), SessionError> {
+        let Some(lease) = self.lease.as_mut() else { return Ok(()) };
+        let conn = lease.conn_mut();
+        while !conn.wbuf.is_empty() {
+            match conn.stream.try_write(&conn.wbuf) {
+                Ok(n) => conn.wbuf.advance(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    lease.poison();
+                    return Err(SessionError::ServerIo(e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives the server connection back once the transaction is over.
+    fn release_if_idle(&mut self) {
+        if self.pinned.is_some() {
+            return;
+        }
+        let Some(lease) = &self.lease else { return };
+        if lease.pool().mode() == PoolMode::Session {
+            return;
+        }
+        let conn = lease.conn();
+        if conn.tracker.is_idle() && conn.rbuf.is_empty() && conn.wbuf.is_empty() {
+            self.lease = None;
+            self.cancel.set_target(None);
+        }
+    }
+
+    async fn handle_client_messages(&mut self) -> Result<(), SessionError> {
+        let max = self.ctx.config.pool.max_message_size;
+        while let Some(frame) = Frame::peek(&self.cbuf, max)? {
+            if frame.tag == tag::TERMINATE {
+                self.terminated = true;
+                return Ok(());
+            }
+            if self.lease.is_none() {
+                self.acquire().await?;
+            }
+            let msg = self.cbuf.split_to(frame.total_len);
+            self.forward_client_message(frame.tag, &msg)?;
+            // Keep the server busy while the rest of a large batch is handled.
+            if self.lease.as_ref().is_some_and(|l| l.conn().wbuf.len() >= HIGH_WATER) {
+                self.flush_server()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Routes the next transaction and leases a connection for it.
+    async fn acquire(&mut self) -> Result<(), SessionError> {
+        let deadline = Instant::now() + self.ctx.config.pool.query_wait_timeout;
+        let topology = self.ctx.cluster.load();
+        let tick = self.ctx.round_robin.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let node = router::route(
+            RouteInput { listener: self.listener, tick },
+            self.ctx.config.routing.ro_fallback,
+            &topology,
+        )?;
+        let node = &topology.nodes[node];
+        let pool = match self.pools.iter().find(|p| p.key.node == node.name) {
+            Some(pool) => pool.clone(),
+            None => {
+                let pool = pool_for(&self.ctx, node, &self.database, &self.user);
+                self.pools.push(pool.clone());
+                pool
+            }
+        };
+        let mut lease = pool.checkout(deadline).await?;
+        apply_settings(lease.conn_mut(), &self.settings);
+        self.cancel.set_target(Some((lease.conn().addr, lease.conn().key)));
+        self.lease = Some(lease);
+        Ok(())
+    }
+
+    fn pin(&mut self, effect: SessionStateEffect) {
+        if self.pinned.is_none() {
+            tracing::debug!(reason = effect.describe(), "client pinned to its server connection");
+        }
+        self.pinned.get_or_insert(effect);
+        if let Some(lease) = self.lease.as_mut() {
+            lease.require_discard();
+        }
+    }
+
+    fn forward_client_message(&mut self, msg_tag: u8, msg: &[u8]) -> Result<(), SessionError> {
+        let body = wire::body(msg);
+        match msg_tag {
+            tag::QUERY => {
+                if let Some(effect) = router::session_state_effect(body) {
+                    if self.ctx.config.pool.session_state == SessionStatePolicy::Refuse
+                        && self.ctx.config.pool.mode == PoolMode::Transaction
+                    {
+                        return self.refuse_query(effect);
+                    }
+                    self.pin(effect);
+                }
+                self.send(msg, Expect::Query);
+            }
+            tag::PARSE => self.forward_parse(msg, body)?,
+            tag::BIND => {
+                let (portal, rest) = wire::read_cstr(body).ok_or(WireError::Malformed("Bind"))?;
+                let (name, params) = wire::read_cstr(rest).ok_or(WireError::Malformed("Bind"))?;
+                match self.client_statement(name) {
+                    Some(stmt) => {
+                        let conn = self.conn();
+                        ensure_prepared(conn, &stmt);
+                        wire::put_bind_renamed(&mut conn.wbuf, portal, stmt.server_name.as_bytes(), params);
+                        conn.tracker.sent(Expect::Bind, Origin::Client);
+                    }
+                    None => self.send(msg, Expect::Bind),
+                }
+            }
+            tag::DESCRIBE | tag::CLOSE => {
+                let (&kind, rest) = body.split_first().ok_or(WireError::Malformed("Describe/Close"))?;
+                let (name, _) = wire::read_cstr(rest).ok_or(WireError::Malformed("Describe/Close"))?;
+                let expect = match (msg_tag, kind) {
+                    (tag::CLOSE, _) => Expect::Close,
+                    (_, b'S') => Expect::DescribeStatement { got_parameters: false },
+                    _ => Expect::DescribePortal,
+                };
+                let stmt = if kind == b'S' { self.client_statement(name) } else { None };
+                match (msg_tag, stmt) {
+                    (tag::CLOSE, Some(_)) => {
+                        // The server-side statement stays for other clients; the client's name goes.
+                        self.statements.remove(name);
+                        let lease = self.lease.as_mut().expect("leased");
+                        lease.conn_mut().tracker.synthetic(Synthetic::CloseComplete, &mut self.out);
+                    }
+                    (_, Some(stmt)) => {
+                        let conn = self.conn();
+                        ensure_prepared(conn, &stmt);
+                        wire::put_statement_op(&mut conn.wbuf, msg_tag, stmt.server_name.as_bytes());
+                        conn.tracker.sent(expect, Origin::Client);
+                    }
+                    (_, None) => self.send(msg, expect),
+                }
+            }
+            tag::EXECUTE => self.send(msg, Expect::Execute),
+            tag::SYNC => self.send(msg, Expect::Sync),
+            tag::FUNCTION_CALL => self.send(msg, Expect::Query),
+            tag::FLUSH | tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => self.conn().wbuf.extend_from_slice(msg),
+            other => return Err(WireError::UnexpectedTag(other).into()),
+        }
+        Ok(())
+    }
+
+    fn forward_parse(&mut self, msg: &[u8], body: &[u8]) -> Result<(), SessionError> {
+        let (name, definition) = wire::read_cstr(body).ok_or(WireError::Malformed("Parse"))?;
+        if let Some(effect) = wire::read_cstr(definition).and_then(|(sql, _)| router::session_state_effect(sql)) {
+            self.pin(effect);
+        }
+        if name.is_empty() {
+            self.send(msg, Expect::Parse { registers: None });
+            return Ok(());
+        }
+        let stmt = self.ctx.statements.intern(definition);
+        self.statements.insert(name, stmt.clone());
+        let lease = self.lease.as_mut().expect("leased");
+        let conn = lease.conn_mut();
+        if conn.tracker.is_prepared(&stmt.server_name) {
+            conn.tracker.synthetic(Synthetic::ParseComplete, &mut self.out);
+        } else {
+            wire::put_parse_renamed(&mut conn.wbuf, stmt.server_name.as_bytes(), &stmt.definition);
+            conn.tracker.sent(Expect::Parse { registers: Some(stmt.server_name.clone()) }, Origin::Client);
+        }
+        Ok(())
+    }
+
+    /// Answers a statement that would leave session state, under
+    /// `session_state = "refuse"`, with an error raised by the server itself so
+    /// it arrives in order with everything else.
+    fn refuse_query(&mut self, effect: SessionStateEffect) -> Result<(), SessionError> {
+        let sql = format!(
+            "DO $pgrelay$ BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', MESSAGE = '{} is not allowed through pgrelay in transaction pooling (session_state = \"refuse\")'; END $pgrelay$",
+            effect.describe()
+        );
+        let conn = self.conn();
+        wire::put_query(&mut conn.wbuf, &sql);
+        conn.tracker.sent(Expect::Query, Origin::Client);
+        Ok(())
+    }
+
+    fn client_statement(&self, name: &[u8]) -> Option<Arc<Statement>> {
+        if name.is_empty() {
+            return None;
+        }
+        self.statements.get(name).cloned()
+    }
+
+    fn conn(&mut self) -> &mut ServerConn {
+        self.lease.as_mut().expect("leased").conn_mut()
+    }
+
+    /// Forwards a client message unchanged.
+    fn send(&mut self, msg: &[u8], expect: Expect) {
+        let conn = self.conn();
+        conn.wbuf.extend_from_slice(msg);
+        conn.tracker.sent(expect, Origin::Client);
+    }
+
+    fn handle_server_messages(&mut self) -> Result<(), SessionError> {
+        let Some(lease) = self.lease.as_mut() else { return Ok(()) };
+        let conn = lease.conn_mut();
+        let mut consumed = 0;
+        let result = loop {
+            let rest = &conn.rbuf[consumed..];
+            let frame = match Frame::peek(rest, MAX_SERVER_MESSAGE) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(SessionError::ServerProtocol(e)),
+            };
+            let msg = &rest[..frame.total_len];
+            match conn.tracker.on_server_message(frame.tag, &msg[5..]) {
+                Verdict::Relay => {
+                    if frame.tag == server_tag::PARAMETER_STATUS {
+                        conn.settings_dirty = true;
+                    }
+                    self.out.extend_from_slice(msg);
+                }
+                Verdict::Swallow => {}
+                Verdict::SetupFailed => break Err(SessionError::SetupFailed(ErrorFields::parse(&msg[5..]))),
+            }
+            consumed += frame.total_len;
+            conn.tracker.emit_synthetic(&mut self.out);
+        };
+        conn.rbuf.advance(consumed);
+        if result.is_err() {
+            lease.poison();
+        }
+        result
+    }
+}
+
+/// Makes sure the statement exists on this connection, preparing it first
+/// (answer swallowed) when it was prepared on another connection.
+fn ensure_prepared(conn: &mut ServerConn, stmt: &Statement) {
+    if !conn.tracker.is_prepared(&stmt.server_name) {
+        wire::put_parse_renamed(&mut conn.wbuf, stmt.server_name.as_bytes(), &stmt.definition);
+        conn.tracker.sent(Expect::Parse { registers: Some(stmt.server_name.clone()) }, Origin::InjectedParse);
+    }
+}
+
+/// Brings the connection to the client's startup settings with one
+/// pipelined query whose answers the client never sees. `set_config` parses
+/// values the way startup packets are parsed (lists such as search_path too).
+fn apply_settings(conn: &mut ServerConn, wanted: &Arc<Vec<(String, String)>>) {
+    if !conn.settings_dirty && conn.applied.as_ref().is_some_and(|a| Arc::ptr_eq(a, wanted)) {
+        return;
+    }
+    let empty = Vec::new();
+    let current = if conn.settings_dirty { &empty } else { conn.applied.as_deref().unwrap_or(&empty) };
+    let mut sql = String::new();
+    if conn.settings_dirty {
+        sql.push_str("RESET ALL;");
+    }
+    for (name, _) in current.iter() {
+        if !wanted.iter().any(|(n, _)| n == name) {
+            sql.push_str(&format!("RESET {};", quote_ident(name)));
+        }
+    }
+    let changed: Vec<String> = wanted
+        .iter()
+        .filter(|(name, value)| !current.iter().any(|(n, v)| n == name && v == value))
+        .map(|(name, value)| format!("pg_catalog.set_config({}, {}, false)", quote_literal(name), quote_literal(value)))
+        .collect();
+    if !changed.is_empty() {
+        sql.push_str("SELECT ");
+        sql.push_str(&changed.join(", "));
+    }
+    if !sql.is_empty() {
+        wire::put_query(&mut conn.wbuf, &sql);
+        conn.tracker.sent(Expect::Query, Origin::InjectedSetup);
+    }
+    conn.applied = Some(wanted.clone());
+    conn.settings_dirty = false;
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}

@@ -1,0 +1,199 @@
+//! Login: SSL/GSS negotiation ('N'), the StartupMessage, client
+//! authentication, and the welcome (ParameterStatus, BackendKeyData,
+//! ReadyForQuery). A client that fails here never costs a server connection,
+//! except the one that fetches a pool's ParameterStatus values the first time.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::error::SessionError;
+use super::session::pool_for;
+use super::Context;
+use crate::auth::{AuthError, AuthStep, ClientAuth};
+use crate::config::Database;
+use crate::router::{self, ListenerKind, RouteInput};
+use crate::wire::{self, frontend as tag, sqlstate, StartupPacket, StartupParams, TxStatus, WireError};
+
+/// Largest password message accepted before a client is authenticated.
+const MAX_AUTH_MESSAGE: usize = 8192;
+
+fn login_error(code: &'static str, message: impl Into<String>) -> SessionError {
+    SessionError::Login { code, message: message.into() }
+}
+
+/// Who the client is, once logged in.
+pub struct LoginParts {
+    pub user: Arc<crate::auth::UserEntry>,
+    pub database: Database,
+    pub settings: Arc<Vec<(String, String)>>,
+    pub cancel: super::cancel::CancelHandle,
+}
+
+/// Runs the login; returns who the client is, or None for a connection
+/// that was only a cancel request. Bytes the client sent after its last
+/// login message stay in `buf`.
+pub async fn login(
+    ctx: &Arc<Context>,
+    client: &mut TcpStream,
+    buf: &mut BytesMut,
+    listener: ListenerKind,
+) -> Result<Option<LoginParts>, SessionError> {
+    let mut negotiations = 0;
+    let params = loop {
+        let packet = read_startup_packet(client, buf).await?;
+        match StartupPacket::parse(packet)? {
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest if negotiations < 2 => {
+                negotiations += 1;
+                // No TLS or GSS encryption yet: the client continues in plain text.
+                client.write_all(b"N").await.map_err(SessionError::ClientIo)?;
+            }
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                return Err(WireError::BadStartup("too many encryption requests").into());
+            }
+            StartupPacket::Cancel { pid, secret } => {
+                ctx.cancels.cancel(pid, secret).await;
+                return Ok(None);
+            }
+            StartupPacket::Startup(params) => break params,
+        }
+    };
+    let settings = client_settings(&params)?;
+    let user = ctx.users.get(&params.user).cloned().ok_or_else(|| {
+        login_error(sqlstate::INVALID_AUTHORIZATION, format!("user \"{}\" is not configured in pgrelay", params.user))
+    })?;
+    authenticate(client, buf, &user).await?;
+    let database = ctx.config.databases.iter().find(|d| d.name == params.database).cloned().ok_or_else(|| {
+        login_error(
+            sqlstate::INVALID_CATALOG_NAME,
+            format!("database \"{}\" is not configured in pgrelay", params.database),
+        )
+    })?;
+    let server_params = server_params(ctx, listener, &user, &database).await?;
+    let cancel = ctx.cancels.register();
+    let mut out = BytesMut::with_capacity(512);
+    wire::put_auth_ok(&mut out);
+    for (name, value) in server_params.iter() {
+        let own = settings.iter().find(|(k, _)| k.as_bytes() == &name[..]).map(|(_, v)| v.as_bytes());
+        wire::put_parameter_status(&mut out, name, own.unwrap_or(value));
+    }
+    wire::put_backend_key_data(&mut out, cancel.pid, cancel.secret);
+    wire::put_ready_for_query(&mut out, TxStatus::Idle);
+    client.write_all(&out).await.map_err(SessionError::ClientIo)?;
+    Ok(Some(LoginParts { user, database, settings: Arc::new(settings), cancel }))
+}
+
+async fn read_startup_packet(client: &mut TcpStream, buf: &mut BytesMut) -> Result<Bytes, SessionError> {
+    loop {
+        if let Some(len) = StartupPacket::peek_len(buf)? {
+            if buf.len() >= len {
+                return Ok(buf.split_to(len).freeze());
+            }
+        }
+        if client.read_buf(buf).await.map_err(SessionError::ClientIo)? == 0 {
+            return Err(SessionError::ClientIo(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
+}
+
+/// The settings a client asked for at startup, incl. `-c name=value` in `options`.
+fn client_settings(params: &StartupParams) -> Result<Vec<(String, String)>, SessionError> {
+    let mut settings: Vec<(String, String)> = Vec::new();
+    let mut set = |k: &str, v: &str| {
+        settings.retain(|(name, _)| !name.eq_ignore_ascii_case(k));
+        settings.push((k.to_owned(), v.to_owned()));
+    };
+    for (key, value) in &params.settings {
+        match key.as_str() {
+            "replication" => {
+                return Err(login_error(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "replication connections are not supported by pgrelay",
+                ))
+            }
+            "options" => {
+                let mut words = value.split_ascii_whitespace();
+                while let Some(word) = words.next() {
+                    let assignment = match word {
+                        "-c" => words.next().unwrap_or(""),
+                        w if w.starts_with("-c") => &w[2..],
+                        w if w.starts_with("--") => &w[2..],
+                        _ => "",
+                    };
+                    let Some((k, v)) = assignment.split_once('=') else {
+                        return Err(login_error(
+                            sqlstate::FEATURE_NOT_SUPPORTED,
+                            format!("unsupported startup option \"{word}\" (only -c name=value is supported)"),
+                        ));
+                    };
+                    set(&k.replace('-', "_"), v);
+                }
+            }
+            _ => set(key, value),
+        }
+    }
+    settings.sort();
+    Ok(settings)
+}
+
+async fn authenticate(
+    client: &mut TcpStream,
+    buf: &mut BytesMut,
+    user: &Arc<crate::auth::UserEntry>,
+) -> Result<(), SessionError> {
+    let (mut auth, mut step) = ClientAuth::start(user.clone());
+    loop {
+        match step {
+            AuthStep::Done(final_msg) => {
+                if !final_msg.is_empty() {
+                    client.write_all(&final_msg).await.map_err(SessionError::ClientIo)?;
+                }
+                return Ok(());
+            }
+            AuthStep::Continue(msg) => {
+                client.write_all(&msg).await.map_err(SessionError::ClientIo)?;
+                let reply = loop {
+                    if let Some(m) = wire::split_message(buf, MAX_AUTH_MESSAGE)? {
+                        break m;
+                    }
+                    if client.read_buf(buf).await.map_err(SessionError::ClientIo)? == 0 {
+                        return Err(SessionError::ClientIo(std::io::ErrorKind::UnexpectedEof.into()));
+                    }
+                };
+                if reply[0] != tag::PASSWORD {
+                    return Err(WireError::UnexpectedTag(reply[0]).into());
+                }
+                step = auth.step(&reply[5..]).map_err(|e| match e {
+                    AuthError::WrongPassword => login_error(
+                        sqlstate::INVALID_PASSWORD,
+                        format!("password authentication failed for user \"{}\"", user.name),
+                    ),
+                    other => login_error(sqlstate::INVALID_AUTHORIZATION, other.to_string()),
+                })?;
+            }
+        }
+    }
+}
+
+/// The ParameterStatus values of the pool the client will use first,
+/// connecting once if this pool has never connected.
+async fn server_params(
+    ctx: &Arc<Context>,
+    listener: ListenerKind,
+    user: &Arc<crate::auth::UserEntry>,
+    database: &Database,
+) -> Result<crate::backend::ServerParams, SessionError> {
+    let topology = ctx.cluster.load();
+    let tick = ctx.round_robin.load(std::sync::atomic::Ordering::Relaxed);
+    let node = router::route(RouteInput { listener, tick }, ctx.config.routing.ro_fallback, &topology)?;
+    let pool = pool_for(ctx, &topology.nodes[node], database, user);
+    if let Some(params) = pool.server_params() {
+        return Ok(params);
+    }
+    let deadline = Instant::now() + ctx.config.pool.query_wait_timeout;
+    let lease = pool.checkout(deadline).await?;
+    Ok(lease.conn().startup_params.clone())
+}

@@ -1,0 +1,243 @@
+//! Server connection pools, one per (node, database, user). A checkout waits
+//! for a permit (FIFO, with a deadline) and returns a [`Lease`]; dropping the
+//! lease puts a clean connection back, or resets a dirty one in the
+//! background (bounded by `server_reset_timeout`) and closes it if that fails.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::backend::{BackendError, ServerConn, ServerParams, ServerTarget};
+use crate::config::PoolMode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("no server connection available within query_wait_timeout ({0:?})")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Connect(#[from] BackendError),
+    #[error("pool is closed")]
+    Closed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub node: String,
+    pub database: String,
+    pub user: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolSettings {
+    pub size: usize,
+    pub mode: PoolMode,
+    pub reset_timeout: Duration,
+    pub idle_timeout: Option<Duration>,
+}
+
+/// Connections to one node for one (database, user).
+#[derive(Debug)]
+pub struct Pool {
+    pub key: PoolKey,
+    target: ServerTarget,
+    settings: PoolSettings,
+    permits: Arc<Semaphore>,
+    idle: Mutex<Vec<ServerConn>>,
+    /// What the first connection reported at startup; clients see these at login.
+    server_params: Mutex<Option<ServerParams>>,
+}
+
+impl Pool {
+    pub fn new(key: PoolKey, target: ServerTarget, settings: PoolSettings) -> Arc<Pool> {
+        Arc::new(Pool {
+            key,
+            target,
+            permits: Arc::new(Semaphore::new(settings.size)),
+            settings,
+            idle: Mutex::new(Vec::new()),
+            server_params: Mutex::new(None),
+        })
+    }
+
+    pub fn target(&self) -> &ServerTarget {
+        &self.target
+    }
+
+    pub fn mode(&self) -> PoolMode {
+        self.settings.mode
+    }
+
+    pub fn server_params(&self) -> Option<ServerParams> {
+        self.server_params.lock().expect("pool lock").clone()
+    }
+
+    /// Idle connections right now.
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().expect("pool lock").len()
+    }
+
+    /// Waits (until `deadline`) for a connection of this pool.
+    pub async fn checkout(self: &Arc<Self>, deadline: Instant) -> Result<Lease, PoolError> {
+        let acquire = self.permits.clone().acquire_owned();
+        let permit = match tokio::time::timeout_at(deadline.into(), acquire).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(PoolError::Closed),
+            Err(_) => return Err(PoolError::Timeout(self.wait_budget(deadline))),
+        };
+        let conn = match self.take_idle() {
+            Some(conn) => conn,
+            None => {
+                let conn = ServerConn::connect(&self.target).await?;
+                self.server_params.lock().expect("pool lock").get_or_insert_with(|| conn.startup_params.clone());
+                conn
+            }
+        };
+        Ok(Lease { conn: Some(conn), pool: self.clone(), permit: Some(permit), discard: false, poisoned: false })
+    }
+
+    fn wait_budget(&self, deadline: Instant) -> Duration {
+        deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Pops the most recently used healthy idle connection.
+    fn take_idle(&self) -> Option<ServerConn> {
+        let mut idle = self.idle.lock().expect("pool lock");
+        while let Some(conn) = idle.pop() {
+            let expired = self.settings.idle_timeout.is_some_and(|t| conn.last_used.elapsed() > t);
+            if !expired && !conn.has_unsolicited_input() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, mut conn: ServerConn) {
+        conn.last_used = Instant::now();
+        let mut idle = self.idle.lock().expect("pool lock");
+        if let Some(timeout) = self.settings.idle_timeout {
+            idle.retain(|c| c.last_used.elapsed() <= timeout);
+        }
+        idle.push(conn);
+    }
+
+    /// Resets a connection a client left dirty; returns it when it is clean again.
+    async fn reset(&self, mut conn: ServerConn, discard: bool) -> Option<ServerConn> {
+        let work = async {
+            conn.finish_pending().await?;
+            let mut queries = Vec::new();
+            if conn.tracker.tx_status() != crate::wire::TxStatus::Idle {
+                queries.push("ROLLBACK");
+            }
+            if discard {
+                queries.push("DISCARD ALL");
+            }
+            if !queries.is_empty() {
+                conn.run_reset(&queries).await?;
+            }
+            Ok::<_, BackendError>(())
+        };
+        match tokio::time::timeout(self.settings.reset_timeout, work).await {
+            Ok(Ok(())) if conn.tracker.is_idle() => {
+                if discard {
+                    conn.tracker.forget_prepared();
+                    conn.applied = None;
+                    conn.settings_dirty = false;
+                }
+                Some(conn)
+            }
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => {
+                tracing::debug!(pool = ?self.key, error = %e, "closing server connection that could not be reset");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(pool = ?self.key, timeout = ?self.settings.reset_timeout, "closing server connection: reset timed out");
+                None
+            }
+        }
+    }
+}
+
+/// A checked-out server connection. Dropping it returns the connection.
+#[derive(Debug)]
+pub struct Lease {
+    conn: Option<ServerConn>,
+    pool: Arc<Pool>,
+    permit: Option<OwnedSemaphorePermit>,
+    discard: bool,
+    poisoned: bool,
+}
+
+impl Lease {
+    pub fn conn(&self) -> &ServerConn {
+        self.conn.as_ref().expect("lease holds a connection until dropped")
+    }
+
+    pub fn conn_mut(&mut self) -> &mut ServerConn {
+        self.conn.as_mut().expect("lease holds a connection until dropped")
+    }
+
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// The client left session state behind: DISCARD ALL before reuse.
+    pub fn require_discard(&mut self) {
+        self.discard = true;
+    }
+
+    /// The connection must not be reused at all.
+    pub fn poison(&mut self) {
+        self.poisoned = true;
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let (Some(conn), Some(permit)) = (self.conn.take(), self.permit.take()) else { return };
+        if self.poisoned {
+            return;
+        }
+        let discard = self.discard || self.pool.settings.mode == PoolMode::Session;
+        let clean = conn.tracker.is_idle() && conn.rbuf.is_empty() && conn.wbuf.is_empty();
+        if clean && !discard {
+            self.pool.put_idle(conn);
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let pool = self.pool.clone();
+        runtime.spawn(async move {
+            if let Some(conn) = pool.reset(conn, discard).await {
+                pool.put_idle(conn);
+            }
+            // The permit is held until the reset is over so the pool never
+            // has more connections than its size.
+            drop(permit);
+        });
+    }
+}
+
+/// All pools, created on first use.
+#[derive(Debug, Default)]
+pub struct Pools {
+    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+}
+
+impl Pools {
+    pub fn get_or_create(&self, key: PoolKey, make: impl FnOnce() -> (ServerTarget, PoolSettings)) -> Arc<Pool> {
+        let mut pools = self.pools.lock().expect("pools lock");
+        pools
+            .entry(key)
+            .or_insert_with_key(|key| {
+                let (target, settings) = make();
+                Pool::new(key.clone(), target, settings)
+            })
+            .clone()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Pool>> {
+        self.pools.lock().expect("pools lock").values().cloned().collect()
+    }
+}

@@ -1,0 +1,90 @@
+//! Recognises statements that leave state on a server connection beyond the
+//! transaction, which transaction pooling must not hand to another client.
+
+/// Session state a statement creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionStateEffect {
+    Set,
+    Listen,
+    Prepare,
+    AdvisoryLock,
+    TempTable,
+    HoldCursor,
+    Load,
+}
+
+impl SessionStateEffect {
+    pub fn describe(self) -> &'static str {
+        match self {
+            SessionStateEffect::Set => "SET",
+            SessionStateEffect::Listen => "LISTEN",
+            SessionStateEffect::Prepare => "PREPARE",
+            SessionStateEffect::AdvisoryLock => "a session advisory lock",
+            SessionStateEffect::TempTable => "a temporary table",
+            SessionStateEffect::HoldCursor => "a cursor WITH HOLD",
+            SessionStateEffect::Load => "LOAD",
+        }
+    }
+}
+
+/// Skips whitespace and SQL comments.
+fn skip_noise(mut s: &[u8]) -> &[u8] {
+    loop {
+        let trimmed = s.trim_ascii_start();
+        if let Some(rest) = trimmed.strip_prefix(b"--") {
+            s = rest.iter().position(|&b| b == b'\n').map_or(&[][..], |i| &rest[i + 1..]);
+        } else if let Some(rest) = trimmed.strip_prefix(b"/*") {
+            s = rest.windows(2).position(|w| w == b"*/").map_or(&[][..], |i| &rest[i + 2..]);
+        } else {
+            return trimmed;
+        }
+    }
+}
+
+/// The next word (letters, digits, underscore), lowercased into `buf`.
+fn next_word<'a>(s: &'a [u8], buf: &mut [u8; 16]) -> (usize, &'a [u8]) {
+    let s = skip_noise(s);
+    let end = s.iter().position(|b| !(b.is_ascii_alphanumeric() || *b == b'_')).unwrap_or(s.len());
+    let n = end.min(buf.len());
+    for (dst, src) in buf.iter_mut().zip(&s[..n]) {
+        *dst = src.to_ascii_lowercase();
+    }
+    (n, &s[end..])
+}
+
+fn contains_ci(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// What session state the statement(s) in `sql` create, if any. Looks at
+/// the first statement's leading words and, for advisory locks, the whole text.
+pub fn session_state_effect(sql: &[u8]) -> Option<SessionStateEffect> {
+    let mut word = [0u8; 16];
+    let (n, rest) = next_word(sql, &mut word);
+    let first = &word[..n];
+    let effect = match first {
+        b"set" => {
+            let mut second = [0u8; 16];
+            let (m, _) = next_word(rest, &mut second);
+            match &second[..m] {
+                b"local" | b"transaction" => None,
+                _ => Some(SessionStateEffect::Set),
+            }
+        }
+        b"reset" => Some(SessionStateEffect::Set),
+        b"listen" => Some(SessionStateEffect::Listen),
+        b"prepare" => Some(SessionStateEffect::Prepare),
+        b"load" => Some(SessionStateEffect::Load),
+        b"create" => {
+            let mut second = [0u8; 16];
+            let (m, _) = next_word(rest, &mut second);
+            matches!(&second[..m], b"temp" | b"temporary").then_some(SessionStateEffect::TempTable)
+        }
+        b"declare" if contains_ci(rest, b"with hold") => Some(SessionStateEffect::HoldCursor),
+        _ => None,
+    };
+    effect.or_else(|| {
+        (contains_ci(sql, b"pg_advisory_lock") || contains_ci(sql, b"pg_try_advisory_lock"))
+            .then_some(SessionStateEffect::AdvisoryLock)
+    })
+}

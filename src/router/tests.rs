@@ -1,0 +1,77 @@
+use super::*;
+use crate::cluster::{NodeStatus, Topology};
+use crate::config::Role;
+
+fn topology(roles: &[Option<Role>], read_set: &[usize]) -> Topology {
+    let nodes = roles
+        .iter()
+        .enumerate()
+        .map(|(i, role)| NodeStatus {
+            name: format!("pg{i}"),
+            host: "127.0.0.1".into(),
+            port: 6000 + i as u16,
+            role: *role,
+        })
+        .collect::<Vec<_>>();
+    let primary = roles.iter().position(|r| *r == Some(Role::Primary));
+    Topology {
+        nodes,
+        primary,
+        read_set: read_set.to_vec(),
+        no_primary_reason: primary.is_none().then(|| "down".into()),
+    }
+}
+
+#[test]
+fn routes_by_listener() {
+    let p = Some(Role::Primary);
+    let r = Some(Role::Replica);
+    let t = topology(&[p, r, r], &[1, 2]);
+    let t_no_replica = topology(&[p, r, r], &[]);
+    let t_no_primary = topology(&[None, r, r], &[1, 2]);
+    type Case<'a> = (&'a Topology, ListenerKind, usize, RoFallback, Result<usize, &'a str>);
+    let cases: &[Case] = &[
+        (&t, ListenerKind::ReadWrite, 0, RoFallback::Primary, Ok(0)),
+        (&t, ListenerKind::ReadWrite, 7, RoFallback::Error, Ok(0)),
+        (&t, ListenerKind::ReadOnly, 0, RoFallback::Primary, Ok(1)),
+        (&t, ListenerKind::ReadOnly, 1, RoFallback::Primary, Ok(2)),
+        (&t, ListenerKind::ReadOnly, 2, RoFallback::Primary, Ok(1)),
+        (&t_no_replica, ListenerKind::ReadOnly, 0, RoFallback::Primary, Ok(0)),
+        (&t_no_replica, ListenerKind::ReadOnly, 0, RoFallback::Error, Err("no replica")),
+        (&t_no_primary, ListenerKind::ReadWrite, 0, RoFallback::Primary, Err("no primary available: down")),
+        (&t_no_primary, ListenerKind::ReadOnly, 3, RoFallback::Primary, Ok(2)),
+    ];
+    for (topology, listener, tick, fallback, expected) in cases {
+        let got = route(RouteInput { listener: *listener, tick: *tick }, *fallback, topology);
+        match (expected, got) {
+            (Ok(want), Ok(node)) => assert_eq!(*want, node, "{listener:?} tick {tick}"),
+            (Err(want), Err(e)) => assert!(e.to_string().contains(want), "{e}"),
+            (want, got) => panic!("{listener:?} tick {tick}: want {want:?}, got {got:?}"),
+        }
+    }
+}
+
+#[test]
+fn recognises_session_state() {
+    use SessionStateEffect::*;
+    let cases: &[(&str, Option<SessionStateEffect>)] = &[
+        ("select 1", None),
+        ("SET search_path = x", Some(Set)),
+        ("  /* c */ -- x\n set  application_name to 'a'", Some(Set)),
+        ("SET LOCAL search_path = x", None),
+        ("set transaction isolation level serializable", None),
+        ("RESET ALL", Some(Set)),
+        ("LISTEN ch", Some(Listen)),
+        ("prepare p as select 1", Some(Prepare)),
+        ("select pg_advisory_lock(1)", Some(AdvisoryLock)),
+        ("select pg_advisory_xact_lock(1)", None),
+        ("create temp table t (a int)", Some(TempTable)),
+        ("create table t (a int)", None),
+        ("declare c cursor with hold for select 1", Some(HoldCursor)),
+        ("declare c cursor for select 1", None),
+        ("settle", None),
+    ];
+    for (sql, want) in cases {
+        assert_eq!(session_state_effect(sql.as_bytes()), *want, "{sql}");
+    }
+}

@@ -1,0 +1,216 @@
+//! Builders for the messages pgrelay originates itself. Forwarded messages
+//! are never rebuilt.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::{backend, frontend, TxStatus};
+
+/// SQLSTATE codes pgrelay itself answers with.
+pub mod sqlstate {
+    pub const PROTOCOL_VIOLATION: &str = "08P01";
+    pub const CONNECTION_FAILURE: &str = "08006";
+    pub const CANNOT_CONNECT_NOW: &str = "57P03";
+    pub const ADMIN_SHUTDOWN: &str = "57P01";
+    pub const TOO_MANY_CONNECTIONS: &str = "53300";
+    pub const INVALID_PASSWORD: &str = "28P01";
+    pub const INVALID_AUTHORIZATION: &str = "28000";
+    pub const INVALID_CATALOG_NAME: &str = "3D000";
+    pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+    pub const QUERY_CANCELED: &str = "57014";
+    pub const INTERNAL_ERROR: &str = "XX000";
+    pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Fatal,
+}
+
+impl Severity {
+    fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "ERROR",
+            Severity::Fatal => "FATAL",
+        }
+    }
+}
+
+/// Writes the tag and a placeholder length, runs `body`, then patches the length.
+fn message(buf: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
+    buf.put_u8(tag);
+    let len_at = buf.len();
+    buf.put_u32(0);
+    body(buf);
+    let len = (buf.len() - len_at) as u32;
+    buf[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+fn put_cstr(buf: &mut BytesMut, s: &[u8]) {
+    buf.put_slice(s);
+    buf.put_u8(0);
+}
+
+/// An ErrorResponse with severity, SQLSTATE and message (and optional hint).
+pub fn error_response(severity: Severity, code: &str, text: &str, hint: Option<&str>) -> Bytes {
+    let mut buf = BytesMut::with_capacity(32 + text.len());
+    put_error_response(&mut buf, severity, code, text, hint);
+    buf.freeze()
+}
+
+pub fn put_error_response(buf: &mut BytesMut, severity: Severity, code: &str, text: &str, hint: Option<&str>) {
+    message(buf, backend::ERROR_RESPONSE, |b| {
+        b.put_u8(b'S');
+        put_cstr(b, severity.as_str().as_bytes());
+        b.put_u8(b'V');
+        put_cstr(b, severity.as_str().as_bytes());
+        b.put_u8(b'C');
+        put_cstr(b, code.as_bytes());
+        b.put_u8(b'M');
+        put_cstr(b, text.as_bytes());
+        if let Some(hint) = hint {
+            b.put_u8(b'H');
+            put_cstr(b, hint.as_bytes());
+        }
+        b.put_u8(0);
+    });
+}
+
+pub fn put_auth_ok(buf: &mut BytesMut) {
+    message(buf, backend::AUTHENTICATION, |b| b.put_u32(0));
+}
+
+pub fn put_auth_md5(buf: &mut BytesMut, salt: [u8; 4]) {
+    message(buf, backend::AUTHENTICATION, |b| {
+        b.put_u32(5);
+        b.put_slice(&salt);
+    });
+}
+
+pub fn put_auth_sasl(buf: &mut BytesMut, mechanisms: &[&str]) {
+    message(buf, backend::AUTHENTICATION, |b| {
+        b.put_u32(10);
+        for m in mechanisms {
+            put_cstr(b, m.as_bytes());
+        }
+        b.put_u8(0);
+    });
+}
+
+pub fn put_auth_sasl_continue(buf: &mut BytesMut, data: &[u8]) {
+    message(buf, backend::AUTHENTICATION, |b| {
+        b.put_u32(11);
+        b.put_slice(data);
+    });
+}
+
+pub fn put_auth_sasl_final(buf: &mut BytesMut, data: &[u8]) {
+    message(buf, backend::AUTHENTICATION, |b| {
+        b.put_u32(12);
+        b.put_slice(data);
+    });
+}
+
+pub fn put_parameter_status(buf: &mut BytesMut, name: &[u8], value: &[u8]) {
+    message(buf, backend::PARAMETER_STATUS, |b| {
+        put_cstr(b, name);
+        put_cstr(b, value);
+    });
+}
+
+pub fn put_backend_key_data(buf: &mut BytesMut, pid: u32, secret: u32) {
+    message(buf, backend::BACKEND_KEY_DATA, |b| {
+        b.put_u32(pid);
+        b.put_u32(secret);
+    });
+}
+
+pub fn put_ready_for_query(buf: &mut BytesMut, status: TxStatus) {
+    message(buf, backend::READY_FOR_QUERY, |b| b.put_u8(status.as_byte()));
+}
+
+pub fn put_parse_complete(buf: &mut BytesMut) {
+    message(buf, backend::PARSE_COMPLETE, |_| {});
+}
+
+pub fn put_close_complete(buf: &mut BytesMut) {
+    message(buf, backend::CLOSE_COMPLETE, |_| {});
+}
+
+/// StartupMessage (protocol 3.0) with the given parameters.
+pub fn put_startup_message<'a>(buf: &mut BytesMut, params: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) {
+    let len_at = buf.len();
+    buf.put_u32(0);
+    buf.put_u32(super::PROTOCOL_VERSION_3);
+    for (k, v) in params {
+        put_cstr(buf, k);
+        put_cstr(buf, v);
+    }
+    buf.put_u8(0);
+    let len = (buf.len() - len_at) as u32;
+    buf[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+pub fn put_password_message(buf: &mut BytesMut, password: &[u8]) {
+    message(buf, frontend::PASSWORD, |b| put_cstr(b, password));
+}
+
+pub fn put_sasl_initial_response(buf: &mut BytesMut, mechanism: &str, data: &[u8]) {
+    message(buf, frontend::PASSWORD, |b| {
+        put_cstr(b, mechanism.as_bytes());
+        b.put_i32(data.len() as i32);
+        b.put_slice(data);
+    });
+}
+
+pub fn put_sasl_response(buf: &mut BytesMut, data: &[u8]) {
+    message(buf, frontend::PASSWORD, |b| b.put_slice(data));
+}
+
+pub fn put_query(buf: &mut BytesMut, sql: &str) {
+    message(buf, frontend::QUERY, |b| put_cstr(b, sql.as_bytes()));
+}
+
+pub fn put_terminate(buf: &mut BytesMut) {
+    message(buf, frontend::TERMINATE, |_| {});
+}
+
+/// Parse with a new statement name; `rest` is the original body after the name
+/// (query text, parameter types).
+pub fn put_parse_renamed(buf: &mut BytesMut, name: &[u8], rest: &[u8]) {
+    message(buf, frontend::PARSE, |b| {
+        put_cstr(b, name);
+        b.put_slice(rest);
+    });
+}
+
+/// Bind with its statement name replaced; `portal` and `rest` are the original fields.
+pub fn put_bind_renamed(buf: &mut BytesMut, portal: &[u8], statement: &[u8], rest: &[u8]) {
+    message(buf, frontend::BIND, |b| {
+        put_cstr(b, portal);
+        put_cstr(b, statement);
+        b.put_slice(rest);
+    });
+}
+
+/// Describe or Close of a statement (`'S'`) under a new name.
+pub fn put_statement_op(buf: &mut BytesMut, tag: u8, statement: &[u8]) {
+    message(buf, tag, |b| {
+        b.put_u8(b'S');
+        put_cstr(b, statement);
+    });
+}
+
+pub fn put_sync(buf: &mut BytesMut) {
+    message(buf, frontend::SYNC, |_| {});
+}
+
+/// CancelRequest packet (no tag).
+pub fn cancel_request(pid: u32, secret: u32) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..4].copy_from_slice(&16u32.to_be_bytes());
+    out[4..8].copy_from_slice(&super::CANCEL_REQUEST_CODE.to_be_bytes());
+    out[8..12].copy_from_slice(&pid.to_be_bytes());
+    out[12..].copy_from_slice(&secret.to_be_bytes());
+    out
+}
