@@ -1,1 +1,152 @@
+//! The expected-response queue, driven with the message sequences a real
+//! server sends.
 
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use super::tracker::{CopyState, Expect, Origin, Synthetic, Tracker, Verdict};
+use crate::wire::TxStatus;
+
+fn feed(tracker: &mut Tracker, out: &mut BytesMut, server: &str) -> Vec<Verdict> {
+    server
+        .split(' ')
+        .map(|m| {
+            let (tag, body): (u8, &[u8]) = match m {
+                "ZI" => (b'Z', b"I"),
+                "ZT" => (b'Z', b"T"),
+                "ZE" => (b'Z', b"E"),
+                other => (other.as_bytes()[0], b""),
+            };
+            let verdict = tracker.on_server_message(tag, body);
+            tracker.emit_synthetic(out);
+            verdict
+        })
+        .collect()
+}
+
+fn extended(tracker: &mut Tracker, origin: Origin) {
+    tracker.sent(Expect::Parse { registers: None }, origin);
+    tracker.sent(Expect::Bind, origin);
+    tracker.sent(Expect::Execute, origin);
+    tracker.sent(Expect::Sync, origin);
+}
+
+#[test]
+fn pipelined_syncs_are_answered_in_order() {
+    let mut t = Tracker::default();
+    let mut out = BytesMut::new();
+    extended(&mut t, Origin::Client);
+    extended(&mut t, Origin::Client);
+    assert_eq!(t.pending_ready(), 2);
+    feed(&mut t, &mut out, "1 2 D C ZI");
+    assert!(!t.is_idle(), "one batch still owed");
+    feed(&mut t, &mut out, "1 2 D C ZI");
+    assert!(t.is_idle());
+}
+
+#[test]
+fn an_error_skips_the_rest_of_the_batch() {
+    let mut t = Tracker::default();
+    let mut out = BytesMut::new();
+    let name: Arc<str> = "pgrelay_1".into();
+    t.sent(Expect::Parse { registers: Some(name.clone()) }, Origin::Client);
+    t.sent(Expect::Bind, Origin::Client);
+    t.sent(Expect::Execute, Origin::Client);
+    t.sent(Expect::Sync, Origin::Client);
+    extended(&mut t, Origin::Client);
+    assert!(t.is_prepared(&name));
+    feed(&mut t, &mut out, "E ZI");
+    assert!(!t.is_prepared(&name), "the failed Parse created nothing");
+    assert_eq!(t.pending_ready(), 1);
+    feed(&mut t, &mut out, "1 2 D C ZI");
+    assert!(t.is_idle());
+}
+
+#[test]
+fn messages_sent_after_an_error_but_before_sync_expect_nothing() {
+    let mut t = Tracker::default();
+    let mut out = BytesMut::new();
+    t.sent(Expect::Parse { registers: None }, Origin::Client);
+    t.sent(Expect::Bind, Origin::Client);
+    // Flush: the error arrives while the batch is still open.
+    feed(&mut t, &mut out, "E");
+    t.sent(Expect::Execute, Origin::Client);
+    t.synthetic(Synthetic::ParseComplete, &mut out);
+    assert!(out.is_empty(), "a synthetic answer for a skipped message is never sent");
+    t.sent(Expect::Sync, Origin::Client);
+    feed(&mut t, &mut out, "ZI");
+    assert!(t.is_idle());
+}
+
+#[test]
+fn synthetic_answers_wait_for_what_is_ahead_of_them() {
+    let mut t = Tracker::default();
+    let mut out = BytesMut::new();
+    t.sent(Expect::Parse { registers: None }, Origin::Client);
+    t.synthetic(Synthetic::ParseComplete, &mut out);
+    assert!(out.is_empty(), "must follow the real ParseComplete");
+    t.sent(Expect::Sync, Origin::Client);
+    let verdicts = feed(&mut t, &mut out, "1");
+    assert_eq!(verdicts, [Verdict::Relay]);
+    assert_eq!(&out[..], b"1\0\0\0\x04", "emitted right after the server's answer");
+    feed(&mut t, &mut out, "ZI");
+    assert!(t.is_idle());
+}
+
+#[test]
+fn injected_requests_are_swallowed_and_client_ones_relayed() {
+    let mut t = Tracker::default();
+    let mut out = BytesMut::new();
+    t.sent(Expect::Query, Origin::InjectedSetup);
+    t.sent(Expect::Parse { registers: Some("pgrelay_2".into()) }, Origin::InjectedParse);
+    t.sent(Expect::Bind, Origin::Client);
+    t.sent(Expect::Execute, Origin::Client);
+    t.sent(Expect::Sync, Origin::Client);
+    let verdicts = feed(&mut t, &mut out, "S T D C ZI 1 2 D C ZI");
+    use Verdict::{Relay, Swallow};
+    assert_eq!(verdicts, [Swallow, Swallow, Swallow, Swallow, Swallow, Swallow, Relay, Relay, Relay, Relay]);
+}
+
+#[test]
+fn a_failed_setup_query_is_reported() {
+    let mut t = Tracker::default();
+    let mut out = BytesMut::new();
+    t.sent(Expect::Query, Origin::InjectedSetup);
+    t.sent(Expect::Query, Origin::Client);
+    assert_eq!(feed(&mut t, &mut out, "E"), [Verdict::SetupFailed]);
+}
+
+#[test]
+fn transaction_and_copy_state_follow_the_server() {
+    let mut t = Tracker::default();
+    let mut out = BytesMut::new();
+    t.sent(Expect::Query, Origin::Client);
+    feed(&mut t, &mut out, "C ZT");
+    assert_eq!(t.tx_status(), TxStatus::InTransaction);
+    assert!(!t.is_idle() && t.at_sync_point());
+    t.sent(Expect::Query, Origin::Client);
+    feed(&mut t, &mut out, "G");
+    assert_eq!(t.copy_state(), CopyState::In);
+    assert!(!t.at_sync_point());
+    feed(&mut t, &mut out, "C ZT");
+    assert_eq!(t.copy_state(), CopyState::None);
+    t.sent(Expect::Query, Origin::Client);
+    feed(&mut t, &mut out, "E ZE");
+    assert_eq!(t.tx_status(), TxStatus::Failed);
+    t.sent(Expect::Query, Origin::Client);
+    feed(&mut t, &mut out, "C ZI");
+    assert!(t.is_idle());
+}
+
+#[test]
+fn describe_statement_waits_for_row_description() {
+    let mut t = Tracker::default();
+    let mut out = BytesMut::new();
+    t.sent(Expect::DescribeStatement { got_parameters: false }, Origin::Client);
+    t.sent(Expect::Sync, Origin::Client);
+    feed(&mut t, &mut out, "t");
+    assert_eq!(t.pending_ready(), 1);
+    feed(&mut t, &mut out, "n ZI");
+    assert!(t.is_idle());
+}

@@ -39,6 +39,7 @@ impl SessionError {
     pub fn sqlstate(&self) -> Option<String> {
         let code = match self {
             SessionError::ClientIo(_) => return None,
+            SessionError::ClientProtocol(WireError::NoUser) => sqlstate::INVALID_AUTHORIZATION,
             SessionError::ClientProtocol(_) => sqlstate::PROTOCOL_VIOLATION,
             SessionError::Route(_) => sqlstate::CONNECTION_FAILURE,
             SessionError::Pool(PoolError::Connect(BackendError::Server(fields))) if !fields.code.is_empty() => {

@@ -81,7 +81,7 @@ fn parse_params(mut rest: &[u8]) -> Result<StartupParams, WireError> {
         rest = tail;
     }
     if params.user.is_empty() {
-        return Err(WireError::BadStartup("no PostgreSQL user name specified in startup packet"));
+        return Err(WireError::NoUser);
     }
     if params.database.is_empty() {
         params.database = params.user.clone();
