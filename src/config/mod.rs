@@ -1,10 +1,31 @@
 //! Configuration: raw TOML types (`raw`) become one validated [`Config`] that
 //! every component receives in its constructor. Nothing reads config globally.
+//!
+//! Parsing runs in this order: TOML syntax, unknown sections and keys (with
+//! the line of each key recorded in `locate`), `PGRELAY_<SECTION>_<KEY>`
+//! environment overrides (`env`), deserialization into the `raw` types, then
+//! validation with defaults (`validate`, `members`). Every error is one line
+//! naming the key and, when it came from the file, its line.
+
+mod env;
+mod locate;
+mod members;
+mod raw;
+#[cfg(test)]
+mod tests;
+mod units;
+mod validate;
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::Path;
 use std::time::Duration;
+
+use serde::de::IntoDeserializer as _;
+use serde::Deserialize as _;
+
+use locate::Locations;
+use raw::RawConfig;
 
 /// The validated configuration. Built by [`Config::load`] / [`Config::parse`].
 #[derive(Debug, Clone, PartialEq)]
@@ -128,12 +149,44 @@ pub struct Database {
 pub struct ConfigError(pub String);
 
 impl Config {
+    /// Reads and validates `path`, with `PGRELAY_*` overrides from the
+    /// process environment. Errors start with the path.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
-        Self::parse(&text)
+        let in_file = |e: ConfigError| ConfigError(format!("{}: {}", path.display(), e.0));
+        Self::parse_with_env(&text, env::process_env()?).map_err(in_file)
     }
 
-    pub fn parse(_text: &str) -> Result<Config, ConfigError> {
-        Err(ConfigError("config parsing is not built yet".into()))
+    /// Validates a config file's text, without environment overrides.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Self::parse_with_env(text, std::iter::empty())
+    }
+
+    /// Validates a config file's text with the `PGRELAY_<SECTION>_<KEY>`
+    /// overrides found in `env` (other variables are ignored).
+    pub fn parse_with_env(text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let document = toml_edit::ImDocument::parse(text).map_err(|e| locate::syntax_error(text, &e))?;
+        let mut locations = Locations::scan(text, document.as_table())?;
+        let overrides = env::overrides(env)?;
+        // A clone of the parsed document keeps every value's span, so errors
+        // about values from the file still carry their line after the edit.
+        let mut root = document.as_item().clone();
+        env::apply(&mut root, overrides, &mut locations);
+        let raw = match root.into_value() {
+            Ok(value) => RawConfig::deserialize(value.into_deserializer()).map_err(|e| locations.serde_error(&e))?,
+            Err(_) => RawConfig::default(),
+        };
+        Self::from_raw(raw, &locations)
+    }
+
+    fn from_raw(raw: RawConfig, locations: &Locations<'_>) -> Result<Config, ConfigError> {
+        let listen = validate::listen(&raw.listen, locations)?;
+        let pool = validate::pool(&raw.pool, locations)?;
+        let routing = validate::routing(&raw.routing, locations)?;
+        let cluster = validate::cluster(raw.cluster, locations)?;
+        let nodes = members::nodes(raw.nodes, cluster.source, locations)?;
+        let users = members::users(raw.users, locations)?;
+        let databases = members::databases(raw.databases, locations)?;
+        Ok(Config { listen, pool, routing, cluster, nodes, users, databases })
     }
 }

@@ -4,7 +4,8 @@ use super::*;
 
 #[test]
 fn frame_peek_checks_length_before_anything_else() {
-    let cases: &[(&[u8], usize, Result<Option<Frame>, WireError>)] = &[
+    type Case<'a> = (&'a [u8], usize, Result<Option<Frame>, WireError>);
+    let cases: &[Case] = &[
         (b"", 100, Ok(None)),
         (b"Q\0\0\0", 100, Ok(None)),
         (b"Q\0\0\0\x05", 100, Ok(None)),

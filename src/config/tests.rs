@@ -1,0 +1,310 @@
+//! Config parsing: the shipped example, defaults, value syntaxes and
+//! environment overrides. Error messages are tested in `tests/errors.rs`.
+
+mod errors;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use super::raw::{self, keys_of, RawConfig, LISTS, TABLES};
+use super::units::{listeners_collide, parse_duration, parse_size};
+use super::*;
+
+const EXAMPLE: &str = include_str!("../../config/pgrelay.toml");
+
+const NODE: &str = "[[nodes]]\nname = \"pg0\"\nport = 6432\nrole = \"primary\"\n";
+const USER: &str = "[[users]]\nname = \"app\"\npassword = \"app\"\n";
+const DATABASE: &str = "[[databases]]\nname = \"app\"\n";
+
+/// A config made of `parts`, one after another.
+fn with(parts: &[&str]) -> String {
+    parts.join("\n")
+}
+
+fn minimal() -> String {
+    with(&[NODE, USER, DATABASE])
+}
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().expect("test address")
+}
+
+fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+    vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn parse_env(text: &str, vars: &[(&str, &str)]) -> Result<Config, String> {
+    Config::parse_with_env(text, env(vars)).map_err(|e| e.to_string())
+}
+
+#[test]
+fn example_file_parses() {
+    let config = Config::parse(EXAMPLE).unwrap_or_else(|e| panic!("config/pgrelay.toml: {e}"));
+    assert_eq!(config.listen.rw, addr("0.0.0.0:5432"));
+    assert_eq!(config.cluster.source, Source::Static);
+    let nodes: Vec<(&str, u16, Option<Role>)> =
+        config.nodes.iter().map(|n| (n.name.as_str(), n.port, n.role)).collect();
+    assert_eq!(
+        nodes,
+        [("pg0", 6432, Some(Role::Primary)), ("pg1", 6433, Some(Role::Replica)), ("pg2", 6434, Some(Role::Replica))]
+    );
+    assert_eq!(config.users[0].name, "app");
+    assert_eq!(config.users[0].password.as_deref(), Some("app"));
+    assert_eq!(config.users[0].auth_type, AuthType::ScramSha256);
+    assert_eq!(config.databases[0].server_dbname, "app");
+}
+
+#[test]
+fn example_file_sets_every_key_to_its_default() {
+    let example = Config::parse(EXAMPLE).expect("example parses");
+    let defaults = Config::parse(&with(&[&EXAMPLE[EXAMPLE.find("\n[[nodes]]\n").expect("nodes")..]])).expect("parses");
+    assert_eq!((&example.listen, &example.pool), (&defaults.listen, &defaults.pool));
+    assert_eq!((&example.routing, &example.cluster), (&defaults.routing, &defaults.cluster));
+}
+
+#[test]
+fn example_file_documents_every_key() {
+    for section in TABLES.iter().chain(&LISTS) {
+        for key in raw::keys(section).expect("known section") {
+            let documented =
+                EXAMPLE.lines().any(|line| line.trim_start_matches(['#', ' ']).starts_with(&format!("{key} =")));
+            assert!(documented, "config/pgrelay.toml does not document [{section}] {key}");
+        }
+    }
+}
+
+#[test]
+fn section_lists_match_the_raw_types() {
+    let sections: BTreeSet<&str> = TABLES.iter().chain(&LISTS).copied().collect();
+    assert_eq!(sections, keys_of::<RawConfig>().iter().copied().collect());
+    assert!(keys_of::<raw::RawPool>().contains(&"default_pool_size"));
+    assert!(raw::keys("nosuch").is_none());
+}
+
+#[test]
+fn defaults_from_a_minimal_file() {
+    let config = Config::parse(&minimal()).expect("minimal config parses");
+    assert_eq!(
+        config.listen,
+        Listen { rw: addr("0.0.0.0:5432"), ro: addr("0.0.0.0:5433"), http: addr("0.0.0.0:9930") }
+    );
+    let pool = Pool {
+        mode: PoolMode::Transaction,
+        default_pool_size: NonZeroUsize::new(20).expect("20"),
+        max_client_conn: 1000,
+        query_wait_timeout: Duration::from_secs(30),
+        server_connect_timeout: Duration::from_secs(5),
+        server_reset_timeout: Duration::from_secs(5),
+        server_idle_timeout: Some(Duration::from_secs(600)),
+        client_login_timeout: Duration::from_secs(15),
+        max_message_size: 16 << 20,
+        session_state: SessionStatePolicy::Pin,
+    };
+    assert_eq!(config.pool, pool);
+    let routing = Routing {
+        max_replica_lag_bytes: 16 << 20,
+        max_replica_lag: Duration::from_secs(10),
+        ro_fallback: RoFallback::Primary,
+    };
+    assert_eq!(config.routing, routing);
+    let cluster = Cluster {
+        source: Source::Static,
+        check_interval: Duration::from_secs(1),
+        user: "postgres".into(),
+        password: String::new(),
+    };
+    assert_eq!(config.cluster, cluster);
+    let node =
+        Node { name: "pg0".into(), host: "127.0.0.1".into(), port: 6432, role: Some(Role::Primary), patroni: None };
+    assert_eq!(config.nodes, [node]);
+    let user = User {
+        name: "app".into(),
+        password: Some("app".into()),
+        auth_type: AuthType::ScramSha256,
+        server_user: None,
+        server_password: None,
+    };
+    assert_eq!(config.users, [user]);
+    assert_eq!(config.databases, [Database { name: "app".into(), server_dbname: "app".into(), pool_size: None }]);
+}
+
+#[test]
+fn explicit_values_are_used() {
+    let text = with(&[
+        "[pool]\nmode = \"session\"\nsession_state = \"refuse\"\nmax_message_size = 65536\n",
+        "[routing]\nro_fallback = \"error\"\nmax_replica_lag_bytes = \"1GB\"\nmax_replica_lag = \"250ms\"\n",
+        "[cluster]\nsource = \"postgres\"\n",
+        "[[nodes]]\nname = \"a\"\nhost = \"db1\"\n",
+        "[[nodes]]\nname = \"b\"\nhost = \"db2\"\n",
+        "[[users]]\nname = \"t\"\nauth_type = \"trust\"\nserver_user = \"u\"\nserver_password = \"p\"\n",
+        "[[databases]]\nname = \"app\"\ndbname = \"app_prod\"\npool_size = 3\n",
+    ]);
+    let config = Config::parse(&text).expect("parses");
+    assert_eq!((config.pool.mode, config.pool.session_state), (PoolMode::Session, SessionStatePolicy::Refuse));
+    assert_eq!(config.pool.max_message_size, 65536);
+    assert_eq!(config.routing.ro_fallback, RoFallback::Error);
+    assert_eq!(config.routing.max_replica_lag_bytes, 1 << 30);
+    assert_eq!(config.routing.max_replica_lag, Duration::from_millis(250));
+    assert_eq!((config.nodes[1].host.as_str(), config.nodes[1].port, config.nodes[1].role), ("db2", 5432, None));
+    assert_eq!(config.users[0].password, None);
+    assert_eq!(config.users[0].server_user.as_deref(), Some("u"));
+    assert_eq!(config.databases[0].server_dbname, "app_prod");
+    assert_eq!(config.databases[0].pool_size, NonZeroUsize::new(3));
+}
+
+#[test]
+fn server_idle_timeout_off() {
+    for (text, expected) in
+        [("\"0\"", None), ("\"off\"", None), ("\"0s\"", None), ("\"90s\"", Some(Duration::from_secs(90)))]
+    {
+        let config = Config::parse(&with(&[&format!("[pool]\nserver_idle_timeout = {text}\n"), &minimal()]));
+        assert_eq!(config.expect(text).pool.server_idle_timeout, expected, "{text}");
+    }
+}
+
+#[test]
+fn size_parsing() {
+    let ok = [
+        ("8192", 8192),
+        ("0", 0),
+        ("1B", 1),
+        ("512kB", 512 << 10),
+        ("512KB", 512 << 10),
+        ("512KiB", 512 << 10),
+        ("16MB", 16 << 20),
+        ("16 MB", 16 << 20),
+        ("16MiB", 16 << 20),
+        ("1GB", 1 << 30),
+        ("2GiB", 2 << 30),
+        ("1TB", 1 << 40),
+        ("3TiB", 3 << 40),
+    ];
+    for (text, bytes) in ok {
+        assert_eq!(parse_size(text), Ok(bytes), "{text}");
+    }
+    for text in ["", "MB", "16mb", "16 parsecs", "1.5GB", "-1", "16MBB", "99999999999999999999", "20000000TB"] {
+        let error = parse_size(text).expect_err(text);
+        assert!(error.contains(&format!("{text:?}")), "{error}");
+    }
+}
+
+#[test]
+fn duration_parsing() {
+    let ok = [
+        ("5s", Duration::from_secs(5)),
+        ("250ms", Duration::from_millis(250)),
+        ("10m", Duration::from_secs(600)),
+        ("1h 30m", Duration::from_secs(5400)),
+    ];
+    for (text, duration) in ok {
+        assert_eq!(parse_duration(text), Ok(duration), "{text}");
+    }
+    for text in ["", "5", "5 parsecs", "fast", "-1s"] {
+        let error = parse_duration(text).expect_err(text);
+        assert!(error.contains("invalid duration") && error.contains("\"30s\""), "{error}");
+    }
+}
+
+#[test]
+fn listener_collisions() {
+    let cases = [
+        ("127.0.0.1:5432", "127.0.0.1:5432", true),
+        ("0.0.0.0:5432", "127.0.0.1:5432", true),
+        ("[::]:5432", "127.0.0.1:5432", true),
+        ("0.0.0.0:5432", "[::1]:5432", false),
+        ("127.0.0.1:5432", "127.0.0.2:5432", false),
+        ("127.0.0.1:5432", "127.0.0.1:5433", false),
+        ("127.0.0.1:0", "127.0.0.1:0", false),
+    ];
+    for (a, b, collide) in cases {
+        assert_eq!(listeners_collide(addr(a), addr(b)), collide, "{a} {b}");
+        assert_eq!(listeners_collide(addr(b), addr(a)), collide, "{b} {a}");
+    }
+}
+
+#[test]
+fn env_overrides_keys() {
+    let text = with(&["[pool]\ndefault_pool_size = 7\n", &minimal()]);
+    let vars = [
+        ("PGRELAY_LISTEN_RW", "127.0.0.1:6000"),
+        ("PGRELAY_POOL_DEFAULT_POOL_SIZE", "5"),
+        ("PGRELAY_POOL_MAX_MESSAGE_SIZE", "1MB"),
+        ("PGRELAY_ROUTING_MAX_REPLICA_LAG_BYTES", "4096"),
+        ("PGRELAY_CLUSTER_PASSWORD", "x"),
+        ("PGRELAY_LOG", "debug"),
+        ("PATH", "/usr/bin"),
+    ];
+    let config = parse_env(&text, &vars).expect("overrides apply");
+    assert_eq!(config.listen.rw, addr("127.0.0.1:6000"));
+    assert_eq!(config.pool.default_pool_size.get(), 5, "the environment wins over the file");
+    assert_eq!(config.pool.max_message_size, 1 << 20);
+    assert_eq!(config.routing.max_replica_lag_bytes, 4096);
+    assert_eq!(config.cluster.password, "x");
+    assert_eq!(Config::parse(&text).expect("parses").pool.default_pool_size.get(), 7, "parse ignores the env");
+}
+
+#[test]
+fn every_table_key_can_be_overridden() {
+    let values = [
+        ("listen", [("rw", "127.0.0.1:7001"), ("ro", "127.0.0.1:7002"), ("http", "127.0.0.1:7003")].as_slice()),
+        (
+            "pool",
+            &[
+                ("mode", "session"),
+                ("default_pool_size", "3"),
+                ("max_client_conn", "9"),
+                ("query_wait_timeout", "1s"),
+                ("server_connect_timeout", "2s"),
+                ("server_reset_timeout", "3s"),
+                ("server_idle_timeout", "off"),
+                ("client_login_timeout", "4s"),
+                ("max_message_size", "65536"),
+                ("session_state", "refuse"),
+            ],
+        ),
+        ("routing", &[("max_replica_lag_bytes", "1kB"), ("max_replica_lag", "1s"), ("ro_fallback", "error")]),
+        ("cluster", &[("source", "static"), ("check_interval", "2s"), ("user", "mon"), ("password", "pw")]),
+    ];
+    for (section, keys) in values {
+        let listed: BTreeSet<&str> = keys.iter().map(|(key, _)| *key).collect();
+        assert_eq!(listed, raw::keys(section).expect("section").iter().copied().collect(), "[{section}]");
+        for (key, value) in keys {
+            let var = format!("PGRELAY_{}_{}", section.to_uppercase(), key.to_uppercase());
+            let result = parse_env(&minimal(), &[(var.as_str(), value)]);
+            assert!(result.is_ok(), "{var}={value}: {result:?}");
+        }
+    }
+}
+
+#[test]
+fn env_errors_name_the_variable() {
+    let error = parse_env(&minimal(), &[("PGRELAY_POOL_DEFAULT_POL_SIZE", "5")]).expect_err("unknown key");
+    assert!(error.starts_with("PGRELAY_POOL_DEFAULT_POL_SIZE: "), "{error}");
+    assert!(error.contains("default_pol_size") && error.contains("[pool]"), "{error}");
+
+    let error = parse_env(&minimal(), &[("PGRELAY_POOL_DEFAULT_POOL_SIZE", "many")]).expect_err("not an integer");
+    assert!(error.starts_with("PGRELAY_POOL_DEFAULT_POOL_SIZE: [pool] default_pool_size"), "{error}");
+
+    let error = parse_env(&minimal(), &[("PGRELAY_POOL_QUERY_WAIT_TIMEOUT", "5 parsecs")]).expect_err("bad duration");
+    let expected = "PGRELAY_POOL_QUERY_WAIT_TIMEOUT: [pool] query_wait_timeout: invalid duration \"5 parsecs\"";
+    assert!(error.starts_with(expected), "{error}");
+
+    let error = parse_env(&minimal(), &[("PGRELAY_POOL_DEFAULT_POOL_SIZE", "0")]).expect_err("zero");
+    assert!(error.starts_with("PGRELAY_POOL_DEFAULT_POOL_SIZE: [pool] default_pool_size: must be greater"), "{error}");
+
+    let error = parse_env(&minimal(), &[("PGRELAY_LISTEN_RO", "0.0.0.0:5432")]).expect_err("collision");
+    assert!(error.starts_with("PGRELAY_LISTEN_RO: [listen] ro:") && error.contains("rw"), "{error}");
+
+    for ignored in ["PGRELAY_LOG", "PGRELAY_POOLING_X", "PGRELAY_NODES_PG0_PORT", "pgrelay_pool_nosuch"] {
+        assert!(parse_env(&minimal(), &[(ignored, "1")]).is_ok(), "{ignored} is not an override");
+    }
+}
+
+#[test]
+fn env_source_changes_node_rules() {
+    let error = parse_env(&minimal(), &[("PGRELAY_CLUSTER_SOURCE", "postgres")]).expect_err("role not allowed");
+    assert!(error.starts_with("line 4: [[nodes]] \"pg0\" role:"), "{error}");
+    assert!(error.contains("source = \"static\""), "{error}");
+}

@@ -1,0 +1,249 @@
+//! Every rejected config gives one line that names the key and, when the
+//! value is in the file, the right line.
+
+use super::{with, DATABASE, NODE, USER};
+use crate::config::Config;
+
+fn error_of(text: &str) -> String {
+    match Config::parse(text) {
+        Ok(config) => panic!("accepted invalid config:\n{text}\n{config:?}"),
+        Err(error) => error.to_string(),
+    }
+}
+
+/// The 1-based line of the `nth` (1-based) line of `text` containing `needle`.
+fn line(text: &str, needle: &str, nth: usize) -> usize {
+    let mut found = text.lines().enumerate().filter(|(_, l)| l.contains(needle));
+    found.nth(nth - 1).map(|(i, _)| i + 1).unwrap_or_else(|| panic!("{needle:?} #{nth} not in:\n{text}"))
+}
+
+#[track_caller]
+fn assert_error(text: &str, at: Option<usize>, needles: &[&str]) {
+    let message = error_of(text);
+    assert!(!message.contains('\n'), "not one line: {message:?}");
+    match at {
+        Some(at) => assert!(message.starts_with(&format!("line {at}: ")), "expected line {at}: {message:?}\n{text}"),
+        None => assert!(!message.starts_with("line "), "expected no line: {message:?}"),
+    }
+    for needle in needles {
+        assert!(message.contains(needle), "{message:?} does not mention {needle:?}");
+    }
+}
+
+/// A config with `head` before one valid node, user and database.
+fn base(head: &str) -> String {
+    with(&[head, NODE, USER, DATABASE])
+}
+
+#[test]
+fn unknown_keys_and_sections() {
+    let text = base("[pool]\nmode = \"transaction\"\ndefualt_pool_size = 5\n");
+    let message = error_of(&text);
+    assert!(message.starts_with("line 3: unknown key \"defualt_pool_size\" in [pool]"), "{message}");
+    assert!(message.contains("default_pool_size"), "lists the known keys: {message}");
+
+    assert_error(&base("[pols]\nmode = \"x\"\n"), Some(1), &["unknown section [pols]", "pool"]);
+    assert_error(&base("verbose = true\n"), Some(1), &["verbose"]);
+    assert_error(&base("[pool.extra]\nx = 1\n"), Some(1), &["\"extra\"", "[pool]"]);
+    let text = with(&[NODE, "[[nodes]]\nname = \"pg1\"\nrole = \"replica\"\nprot = 1\n", USER, DATABASE]);
+    assert_error(&text, Some(line(&text, "prot", 1)), &["unknown key \"prot\" in [[nodes]]"]);
+    let text = with(&[NODE, USER, "[[databases]]\nname = \"app\"\npoolsize = 1\n"]);
+    assert_error(&text, Some(line(&text, "poolsize", 1)), &["\"poolsize\"", "[[databases]]"]);
+}
+
+#[test]
+fn wrong_section_forms() {
+    assert_error(&with(&["[[pool]]\nmode = \"x\"\n", NODE, USER, DATABASE]), Some(1), &["[pool]", "single table"]);
+    let text = with(&["[nodes]\nname = \"pg0\"\n", USER, DATABASE]);
+    assert_error(&text, Some(1), &["[[nodes]]", "list of tables"]);
+    assert_error(&with(&["nodes = [1, 2]\n", USER, DATABASE]), Some(1), &["[[nodes]]", "list of tables"]);
+}
+
+#[test]
+fn toml_syntax_errors() {
+    assert_error(&base("[pool]\nmode = \"transaction\n"), Some(2), &[]);
+    let text = base("[pool]\nmode = \"session\"\nmode = \"transaction\"\n");
+    assert_error(&text, Some(3), &["duplicate key", "mode"]);
+    assert_error("\n\n[pool\n", Some(3), &[]);
+}
+
+#[test]
+fn wrong_value_types() {
+    assert_error(&base("[pool]\n\ndefault_pool_size = \"20\"\n"), Some(3), &["[pool] default_pool_size", "string"]);
+    assert_error(&base("[routing]\nmax_replica_lag_bytes = true\n"), Some(2), &["[routing] max_replica_lag_bytes"]);
+    assert_error(&base("[listen]\nrw = 5432\n"), Some(2), &["[listen] rw"]);
+    assert_error(&base("[pool]\nquery_wait_timeout = 30\n"), Some(2), &["[pool] query_wait_timeout", "\"30s\""]);
+    let text = with(&[NODE, "[[nodes]]\nname = \"pg1\"\nport = \"6433\"\n", USER, DATABASE]);
+    assert_error(&text, Some(line(&text, "\"6433\"", 1)), &["[[nodes]] port"]);
+}
+
+#[test]
+fn invalid_values_name_their_key_and_line() {
+    let message = error_of(&base("[pool]\n\n\n\n\n\nquery_wait_timeout = \"5 parsecs\"\n"));
+    assert_eq!(
+        message,
+        "line 7: [pool] query_wait_timeout: invalid duration \"5 parsecs\" (use e.g. \"30s\" or \"250ms\")"
+    );
+    let cases = [
+        ("[pool]\nmode = \"txn\"\n", "[pool] mode: invalid value \"txn\" (expected \"transaction\" or \"session\")"),
+        ("[pool]\nsession_state = \"ignore\"\n", "[pool] session_state: invalid value \"ignore\""),
+        ("[pool]\ndefault_pool_size = 0\n", "[pool] default_pool_size: must be greater than 0"),
+        ("[pool]\nmax_client_conn = -1\n", "[pool] max_client_conn: must be greater than 0 (got -1)"),
+        ("[pool]\nserver_connect_timeout = \"0s\"\n", "[pool] server_connect_timeout: must be greater than 0"),
+        ("[pool]\nserver_idle_timeout = \"never\"\n", "[pool] server_idle_timeout: invalid duration \"never\""),
+        ("[pool]\nmax_message_size = \"16 parsecs\"\n", "[pool] max_message_size: invalid size \"16 parsecs\""),
+        ("[pool]\nmax_message_size = \"32kB\"\n", "[pool] max_message_size: 32768 bytes is out of range"),
+        ("[pool]\nmax_message_size = \"2GB\"\n", "[pool] max_message_size: 2147483648 bytes is out of range"),
+        ("[routing]\nmax_replica_lag_bytes = -5\n", "[routing] max_replica_lag_bytes: size must not be negative"),
+        ("[routing]\nmax_replica_lag = \"ten seconds\"\n", "[routing] max_replica_lag: invalid duration"),
+        ("[routing]\nro_fallback = \"replica\"\n", "[routing] ro_fallback: invalid value \"replica\""),
+        ("[cluster]\nsource = \"etcd\"\n", "[cluster] source: invalid value \"etcd\""),
+        ("[cluster]\ncheck_interval = \"0ms\"\n", "[cluster] check_interval: must be greater than 0"),
+        ("[cluster]\nuser = \"\"\n", "[cluster] user: must not be empty"),
+        ("[listen]\nhttp = \"localhost:9930\"\n", "[listen] http: invalid address \"localhost:9930\""),
+    ];
+    for (head, expected) in cases {
+        assert_error(&base(head), Some(2), &[expected]);
+    }
+}
+
+#[test]
+fn listen_addresses_must_differ() {
+    let text = base("[listen]\nrw = \"127.0.0.1:6000\"\nro = \"127.0.0.1:6001\"\nhttp = \"127.0.0.1:6000\"\n");
+    assert_error(&text, Some(4), &["[listen] http", "rw", "line 2", "127.0.0.1:6000"]);
+    assert_error(&base("[listen]\nro = \"0.0.0.0:5432\"\n"), Some(2), &["[listen] ro", "rw", "default"]);
+    let text = base("[listen]\nrw = \"0.0.0.0:5433\"\n");
+    assert_error(&text, Some(2), &["[listen] rw: 0.0.0.0:5433 collides with [listen] ro = 0.0.0.0:5433 (default)"]);
+    let text = base("[listen]\nrw = \"127.0.0.1:0\"\nro = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n");
+    assert!(Config::parse(&text).is_ok(), "port 0 may repeat");
+}
+
+#[test]
+fn lists_need_entries_with_names() {
+    assert_error(&with(&[USER, DATABASE]), None, &["[[nodes]]", "at least one"]);
+    assert_error(&with(&[NODE, DATABASE]), None, &["[[users]]", "at least one"]);
+    assert_error(&with(&[NODE, USER]), None, &["[[databases]]", "at least one"]);
+    assert_error(&with(&["nodes = []\n", USER, DATABASE]), None, &["[[nodes]]", "at least one"]);
+    let text = with(&[NODE, USER, DATABASE, "[[nodes]]\nport = 6433\nrole = \"replica\"\n"]);
+    assert_error(&text, Some(line(&text, "[[nodes]]", 2)), &["[[nodes]]", "no name"]);
+    let text = with(&[NODE, "[[users]]\nname = \"\"\npassword = \"x\"\n", DATABASE]);
+    assert_error(&text, Some(line(&text, "name = \"\"", 1)), &["[[users]] name", "must not be empty"]);
+}
+
+#[test]
+fn duplicates() {
+    let text = with(&[NODE, USER, "[[nodes]]\nname = \"pg0\"\nport = 6433\nrole = \"replica\"\n", DATABASE]);
+    let (first, second) = (line(&text, "name = \"pg0\"", 1), line(&text, "name = \"pg0\"", 2));
+    let message = error_of(&text);
+    assert_eq!(message, format!("line {second}: [[nodes]] name \"pg0\" appears twice (lines {first} and {second})"));
+
+    let text = with(&[NODE, "[[nodes]]\nname = \"pg1\"\nport = 6432\nrole = \"replica\"\n", USER, DATABASE]);
+    let (first, second) = (line(&text, "[[nodes]]", 1), line(&text, "[[nodes]]", 2));
+    let expected = format!(
+        "[[nodes]] \"pg1\" has the same host and port (127.0.0.1:6432) as \"pg0\" (lines {first} and {second})"
+    );
+    assert_error(&text, Some(second), &[&expected]);
+
+    let text = with(&[NODE, USER, DATABASE, USER]);
+    // `name = "app"` is the user, then the database, then the second user.
+    let (first, second) = (line(&text, "name = \"app\"", 1), line(&text, "name = \"app\"", 3));
+    let lines = format!("(lines {first} and {second})");
+    assert_error(&text, Some(second), &["[[users]] name \"app\" appears twice", &lines]);
+
+    let text = with(&[NODE, USER, DATABASE, "[[databases]]\nname = \"app\"\ndbname = \"other\"\n"]);
+    assert_error(&text, Some(line(&text, "name = \"app\"", 3)), &["[[databases]] name \"app\" appears twice"]);
+}
+
+#[test]
+fn static_roles() {
+    let replica = "[[nodes]]\nname = \"pg1\"\nport = 6433\nrole = \"replica\"\n";
+    let text = with(&[replica, USER, DATABASE]);
+    assert_error(&text, None, &["role = \"primary\"", "exactly one", "source = \"static\""]);
+
+    let text = with(&[NODE, &replica.replace("replica", "primary"), USER, DATABASE]);
+    let second = line(&text, "role = \"primary\"", 2);
+    let lines = format!("lines {} and {second}", line(&text, "role = \"primary\"", 1));
+    assert_error(&text, Some(second), &["[[nodes]] role", "\"pg0\" and \"pg1\" both", &lines, "exactly one"]);
+
+    let text = with(&[NODE, "[[nodes]]\nname = \"pg1\"\nport = 6433\n", USER, DATABASE]);
+    assert_error(&text, Some(line(&text, "[[nodes]]", 2)), &["\"pg1\" has no role", "source = \"static\""]);
+
+    let text = with(&[NODE, &replica.replace("\"replica\"", "\"standby\""), USER, DATABASE]);
+    assert_error(&text, Some(line(&text, "standby", 1)), &["[[nodes]] \"pg1\" role: invalid value \"standby\""]);
+}
+
+#[test]
+fn roles_only_with_static_source() {
+    let text = base("[cluster]\nsource = \"postgres\"\n");
+    assert_error(&text, Some(line(&text, "role =", 1)), &["[[nodes]] \"pg0\" role", "only allowed with", "\"static\""]);
+    let node = "[[nodes]]\nname = \"pg0\"\nport = 6432\n";
+    assert!(Config::parse(&with(&["[cluster]\nsource = \"postgres\"\n", node, USER, DATABASE])).is_ok());
+}
+
+#[test]
+fn patroni_urls() {
+    let text = base("[cluster]\n").replace("role = \"primary\"", "role = \"primary\"\npatroni = \"http://h:8008\"");
+    assert_error(&text, Some(line(&text, "patroni =", 1)), &["[[nodes]] \"pg0\" patroni", "source = \"patroni\""]);
+
+    let patroni = "[cluster]\nsource = \"patroni\"\n";
+    let node = "[[nodes]]\nname = \"pg0\"\nport = 6432\npatroni = \"http://127.0.0.1:8008\"\n";
+    assert!(Config::parse(&with(&[patroni, node, USER, DATABASE])).is_ok());
+
+    let text = with(&[patroni, node, "[[nodes]]\nname = \"pg1\"\nport = 6433\n", USER, DATABASE]);
+    assert_error(&text, Some(line(&text, "[[nodes]]", 2)), &["\"pg1\" has no patroni URL"]);
+
+    let text = with(&[patroni, &node.replace("http://", "https://"), USER, DATABASE]);
+    assert_error(&text, Some(line(&text, "patroni =", 1)), &["patroni: invalid URL", "http://"]);
+}
+
+#[test]
+fn nodes_need_valid_addresses() {
+    let text = base("").replace("port = 6432", "port = 70000");
+    assert_error(&text, Some(line(&text, "70000", 1)), &["[[nodes]] \"pg0\" port", "70000"]);
+    let text = base("").replace("port = 6432", "port = 6432\nhost = \"\"");
+    assert_error(&text, Some(line(&text, "host", 1)), &["[[nodes]] \"pg0\" host: must not be empty"]);
+}
+
+#[test]
+fn user_passwords() {
+    let cases = [
+        ("auth_type = \"scram-sha-256\"", "has no password", "[[users]]"),
+        ("auth_type = \"md5\"", "has no password", "auth_type = \"md5\""),
+        ("", "has no password", "scram-sha-256"),
+    ];
+    for (auth, expected, also) in cases {
+        let text = with(&[NODE, &format!("[[users]]\nname = \"u\"\n{auth}\n"), DATABASE]);
+        assert_error(&text, Some(line(&text, "[[users]]", 1)), &[expected, also, "\"u\""]);
+    }
+    let trust = with(&[NODE, "[[users]]\nname = \"u\"\nauth_type = \"trust\"\n", DATABASE]);
+    assert!(Config::parse(&trust).is_ok());
+
+    let verifier = "SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy";
+    let text =
+        with(&[NODE, &format!("[[users]]\nname = \"u\"\nauth_type = \"md5\"\npassword = \"{verifier}\"\n"), DATABASE]);
+    assert_error(&text, Some(line(&text, "password", 1)), &["[[users]] \"u\" password", "cannot answer md5"]);
+    assert!(!error_of(&text).contains("c2FsdA"), "never echo a secret");
+    assert!(Config::parse(&text.replace("\"md5\"", "\"scram-sha-256\"")).is_ok(), "SCRAM accepts a verifier");
+
+    let hash = "md5".to_owned() + &"0123456789abcdef".repeat(2);
+    let text = with(&[NODE, &format!("[[users]]\nname = \"u\"\npassword = \"{hash}\"\n"), DATABASE]);
+    assert_error(&text, Some(line(&text, "password", 1)), &["[[users]] \"u\" password", "md5 hash"]);
+    assert!(Config::parse(&text.replace("password", "auth_type = \"md5\"\npassword")).is_ok(), "md5 accepts a hash");
+
+    let text = with(&[NODE, "[[users]]\nname = \"u\"\npassword = \"SCRAM-SHA-256$x\"\n", DATABASE]);
+    assert_error(&text, Some(line(&text, "password", 1)), &["[[users]] \"u\" password", "malformed"]);
+    let text = with(&[NODE, "[[users]]\nname = \"u\"\nauth_type = \"ldap\"\npassword = \"p\"\n", DATABASE]);
+    assert_error(&text, Some(line(&text, "ldap", 1)), &["[[users]] \"u\" auth_type: invalid value \"ldap\""]);
+}
+
+#[test]
+fn database_values() {
+    let text = with(&[NODE, USER, "[[databases]]\nname = \"app\"\npool_size = 0\n"]);
+    assert_error(
+        &text,
+        Some(line(&text, "pool_size", 1)),
+        &["[[databases]] \"app\" pool_size: must be greater than 0"],
+    );
+    let text = with(&[NODE, USER, "[[databases]]\nname = \"app\"\ndbname = \"\"\n"]);
+    assert_error(&text, Some(line(&text, "dbname", 1)), &["[[databases]] \"app\" dbname: must not be empty"]);
+}

@@ -1,0 +1,186 @@
+//! Raw single-table sections (`[listen]`, `[pool]`, `[routing]`, `[cluster]`)
+//! -> validated types, with the defaults. Each value is parsed by a helper
+//! that knows its key, so every error names the key and where it was set.
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use super::locate::{error_at, Locations, Origin};
+use super::raw::{RawCluster, RawListen, RawPool, RawRouting, RawSize};
+use super::units::{listeners_collide, parse_addr, parse_duration, parse_size, size_from_int};
+use super::{Cluster, ConfigError, Listen, Pool, PoolMode, RoFallback, Routing, SessionStatePolicy, Source};
+
+const MIN_MESSAGE_SIZE: u64 = 64 * 1024;
+const MAX_MESSAGE_SIZE: u64 = 1024 * 1024 * 1024;
+
+/// One key of a single-table section, for parsing its value and reporting
+/// errors about it.
+struct Field {
+    section: &'static str,
+    key: &'static str,
+    origin: Origin,
+}
+
+impl Field {
+    fn new(locations: &Locations<'_>, section: &'static str, key: &'static str) -> Field {
+        Field { section, key, origin: locations.key(section, key) }
+    }
+
+    fn error(&self, message: impl std::fmt::Display) -> ConfigError {
+        error_at(&self.origin, format!("[{}] {}", self.section, self.key), message)
+    }
+
+    fn duration(&self, value: Option<&str>, default: &str) -> Result<Duration, ConfigError> {
+        parse_duration(value.unwrap_or(default)).map_err(|e| self.error(e))
+    }
+
+    /// A duration that must not be zero (a timeout of 0 would fire at once).
+    fn positive_duration(&self, value: Option<&str>, default: &str) -> Result<Duration, ConfigError> {
+        let duration = self.duration(value, default)?;
+        if duration.is_zero() {
+            return Err(self.error(format!("must be greater than 0 (got {:?})", value.unwrap_or(default))));
+        }
+        Ok(duration)
+    }
+
+    /// A duration where `"0"` or `"off"` means never.
+    fn optional_duration(&self, value: Option<&str>, default: &str) -> Result<Option<Duration>, ConfigError> {
+        let text = value.unwrap_or(default);
+        if text.trim().eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        let duration = parse_duration(text).map_err(|e| self.error(format!("{e}, or \"off\"")))?;
+        Ok(Some(duration).filter(|d| !d.is_zero()))
+    }
+
+    fn size(&self, value: Option<&RawSize>, default: &str) -> Result<u64, ConfigError> {
+        match value {
+            Some(RawSize::Bytes(bytes)) => size_from_int(*bytes),
+            Some(RawSize::Text(text)) => parse_size(text),
+            None => parse_size(default),
+        }
+        .map_err(|e| self.error(e))
+    }
+
+    fn addr(&self, value: Option<&str>, default: &str) -> Result<SocketAddr, ConfigError> {
+        parse_addr(value.unwrap_or(default)).map_err(|e| self.error(e))
+    }
+
+    fn positive(&self, value: Option<i64>, default: usize) -> Result<NonZeroUsize, ConfigError> {
+        let Some(value) = value else {
+            return NonZeroUsize::new(default).ok_or_else(|| self.error("default must be greater than 0"));
+        };
+        usize::try_from(value)
+            .ok()
+            .and_then(NonZeroUsize::new)
+            .ok_or_else(|| self.error(format!("must be greater than 0 (got {value})")))
+    }
+
+    fn choice<T: Copy>(&self, value: Option<&str>, default: T, options: &[(&str, T)]) -> Result<T, ConfigError> {
+        choice(value, default, options, |message| self.error(message))
+    }
+}
+
+/// Picks one of `options` by its spelling in the file.
+pub(super) fn choice<T: Copy>(
+    value: Option<&str>,
+    default: T,
+    options: &[(&str, T)],
+    error: impl FnOnce(String) -> ConfigError,
+) -> Result<T, ConfigError> {
+    let Some(text) = value else { return Ok(default) };
+    match options.iter().find(|(name, _)| *name == text) {
+        Some((_, choice)) => Ok(*choice),
+        None => {
+            let names: Vec<String> = options.iter().map(|(name, _)| format!("{name:?}")).collect();
+            Err(error(format!("invalid value {text:?} (expected {})", names.join(" or "))))
+        }
+    }
+}
+
+pub(super) fn listen(raw: &RawListen, locations: &Locations<'_>) -> Result<Listen, ConfigError> {
+    let field = |key| Field::new(locations, "listen", key);
+    let listen = Listen {
+        rw: field("rw").addr(raw.rw.as_deref(), "0.0.0.0:5432")?,
+        ro: field("ro").addr(raw.ro.as_deref(), "0.0.0.0:5433")?,
+        http: field("http").addr(raw.http.as_deref(), "0.0.0.0:9930")?,
+    };
+    let named = [("rw", listen.rw), ("ro", listen.ro), ("http", listen.http)];
+    for (i, (key, addr)) in named.iter().enumerate() {
+        for (other_key, other_addr) in &named[..i] {
+            if listeners_collide(*addr, *other_addr) {
+                // Blame a key that was set rather than one left at its default.
+                let (mut this, mut other) = (field(key), field(other_key));
+                if this.origin == Origin::Default {
+                    std::mem::swap(&mut this, &mut other);
+                }
+                let (this_addr, other_addr) = if this.key == *key { (addr, other_addr) } else { (other_addr, addr) };
+                return Err(this.error(format!(
+                    "{this_addr} collides with [listen] {} = {other_addr} ({}); each listener needs its own \
+                     address (port 0 picks a free port)",
+                    other.key,
+                    other.origin.describe()
+                )));
+            }
+        }
+    }
+    Ok(listen)
+}
+
+pub(super) fn pool(raw: &RawPool, locations: &Locations<'_>) -> Result<Pool, ConfigError> {
+    let field = |key| Field::new(locations, "pool", key);
+    let max_message_size = field("max_message_size").size(raw.max_message_size.as_ref(), "16MB")?;
+    if !(MIN_MESSAGE_SIZE..=MAX_MESSAGE_SIZE).contains(&max_message_size) {
+        return Err(field("max_message_size")
+            .error(format!("{max_message_size} bytes is out of range: must be between 64kB and 1GB")));
+    }
+    let modes = [("transaction", PoolMode::Transaction), ("session", PoolMode::Session)];
+    let policies = [("pin", SessionStatePolicy::Pin), ("refuse", SessionStatePolicy::Refuse)];
+    Ok(Pool {
+        mode: field("mode").choice(raw.mode.as_deref(), PoolMode::Transaction, &modes)?,
+        default_pool_size: field("default_pool_size").positive(raw.default_pool_size.map(|n| n.0), 20)?,
+        max_client_conn: field("max_client_conn").positive(raw.max_client_conn.map(|n| n.0), 1000)?.get(),
+        query_wait_timeout: field("query_wait_timeout").positive_duration(raw.query_wait_timeout.as_deref(), "30s")?,
+        server_connect_timeout: field("server_connect_timeout")
+            .positive_duration(raw.server_connect_timeout.as_deref(), "5s")?,
+        server_reset_timeout: field("server_reset_timeout")
+            .positive_duration(raw.server_reset_timeout.as_deref(), "5s")?,
+        server_idle_timeout: field("server_idle_timeout")
+            .optional_duration(raw.server_idle_timeout.as_deref(), "10m")?,
+        client_login_timeout: field("client_login_timeout")
+            .positive_duration(raw.client_login_timeout.as_deref(), "15s")?,
+        max_message_size: usize::try_from(max_message_size)
+            .map_err(|_| field("max_message_size").error("too large for this platform"))?,
+        session_state: field("session_state").choice(
+            raw.session_state.as_deref(),
+            SessionStatePolicy::Pin,
+            &policies,
+        )?,
+    })
+}
+
+pub(super) fn routing(raw: &RawRouting, locations: &Locations<'_>) -> Result<Routing, ConfigError> {
+    let field = |key| Field::new(locations, "routing", key);
+    let fallbacks = [("primary", RoFallback::Primary), ("error", RoFallback::Error)];
+    Ok(Routing {
+        max_replica_lag_bytes: field("max_replica_lag_bytes").size(raw.max_replica_lag_bytes.as_ref(), "16MB")?,
+        max_replica_lag: field("max_replica_lag").duration(raw.max_replica_lag.as_deref(), "10s")?,
+        ro_fallback: field("ro_fallback").choice(raw.ro_fallback.as_deref(), RoFallback::Primary, &fallbacks)?,
+    })
+}
+
+pub(super) fn cluster(raw: RawCluster, locations: &Locations<'_>) -> Result<Cluster, ConfigError> {
+    let field = |key| Field::new(locations, "cluster", key);
+    let sources = [("postgres", Source::Postgres), ("patroni", Source::Patroni), ("static", Source::Static)];
+    let user = raw.user.unwrap_or_else(|| "postgres".to_owned());
+    if user.is_empty() {
+        return Err(field("user").error("must not be empty"));
+    }
+    Ok(Cluster {
+        source: field("source").choice(raw.source.as_deref(), Source::Static, &sources)?,
+        check_interval: field("check_interval").positive_duration(raw.check_interval.as_deref(), "1s")?,
+        user,
+        password: raw.password.unwrap_or_default(),
+    })
+}
