@@ -1,1 +1,116 @@
-fn main() {}
+//! The `pgrelay` command: `run` serves a configuration, `check` validates one,
+//! `demo` starts a throw-away local cluster with the proxy in front of it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::signal::unix::{signal, SignalKind};
+
+use pgrelay::config::Config;
+use pgrelay::App;
+
+#[derive(Debug, Parser)]
+#[command(name = "pgrelay", version, about = "A replication-aware PostgreSQL proxy")]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve with the given configuration until SIGTERM or SIGINT.
+    Run {
+        #[arg(short, long, default_value = "config/pgrelay.toml")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and exit (non-zero when it is invalid).
+    Check {
+        #[arg(short, long, default_value = "config/pgrelay.toml")]
+        config: PathBuf,
+    },
+    /// Start a local primary + 2 streaming replicas and pgrelay in front of them.
+    Demo {
+        /// Read-write port (a free one is chosen when it is taken).
+        #[arg(long, default_value_t = 5432)]
+        rw_port: u16,
+        /// Read-only port (a free one is chosen when it is taken).
+        #[arg(long, default_value_t = 5433)]
+        ro_port: u16,
+    },
+}
+
+/// How long clients get to finish when pgrelay stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let result = match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config } => runtime().and_then(|rt| rt.block_on(run(&config))),
+        Command::Demo { rw_port, ro_port } => {
+            runtime().and_then(|rt| rt.block_on(pgrelay::demo::run(rw_port, ro_port)).map_err(Into::into))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("pgrelay: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGRELAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+fn check(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    pgrelay::auth::UserDb::from_config(&config).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    println!(
+        "{}: OK ({} nodes, {} users, {} databases; rw {}, ro {})",
+        path.display(),
+        config.nodes.len(),
+        config.users.len(),
+        config.databases.len(),
+        config.listen.rw,
+        config.listen.ro,
+    );
+    Ok(())
+}
+
+async fn run(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let app = App::start(config).await?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    app.shutdown(SHUTDOWN_GRACE).await;
+    Ok(())
+}
