@@ -1,10 +1,9 @@
 //! The expected-response queue, driven with the message sequences a real
 //! server sends.
 
-use std::sync::Arc;
-
 use bytes::BytesMut;
 
+use super::statements::StatementRegistry;
 use super::tracker::{CopyState, Expect, Origin, Synthetic, Tracker, Verdict};
 use crate::wire::TxStatus;
 
@@ -49,8 +48,9 @@ fn pipelined_syncs_are_answered_in_order() {
 fn an_error_skips_the_rest_of_the_batch() {
     let mut t = Tracker::default();
     let mut out = BytesMut::new();
-    let name: Arc<str> = "pgrelay_1".into();
-    t.sent(Expect::Parse { registers: Some(name.clone()) }, Origin::Client);
+    let stmt = StatementRegistry::default().intern(b"select 1/0\0\0\0");
+    let name = stmt.server_name.clone();
+    t.sent(Expect::Parse { registers: Some(stmt.clone()) }, Origin::Client);
     t.sent(Expect::Bind, Origin::Client);
     t.sent(Expect::Execute, Origin::Client);
     t.sent(Expect::Sync, Origin::Client);
@@ -58,6 +58,7 @@ fn an_error_skips_the_rest_of_the_batch() {
     assert!(t.is_prepared(&name));
     feed(&mut t, &mut out, "E ZI");
     assert!(!t.is_prepared(&name), "the failed Parse created nothing");
+    assert!(!stmt.is_validated());
     assert_eq!(t.pending_ready(), 1);
     feed(&mut t, &mut out, "1 2 D C ZI");
     assert!(t.is_idle());
@@ -99,13 +100,15 @@ fn injected_requests_are_swallowed_and_client_ones_relayed() {
     let mut t = Tracker::default();
     let mut out = BytesMut::new();
     t.sent(Expect::Query, Origin::InjectedSetup);
-    t.sent(Expect::Parse { registers: Some("pgrelay_2".into()) }, Origin::InjectedParse);
+    let stmt = StatementRegistry::default().intern(b"select 1\0\0\0");
+    t.sent(Expect::Parse { registers: Some(stmt.clone()) }, Origin::InjectedParse);
     t.sent(Expect::Bind, Origin::Client);
     t.sent(Expect::Execute, Origin::Client);
     t.sent(Expect::Sync, Origin::Client);
     let verdicts = feed(&mut t, &mut out, "S T D C ZI 1 2 D C ZI");
     use Verdict::{Relay, Swallow};
     assert_eq!(verdicts, [Swallow, Swallow, Swallow, Swallow, Swallow, Swallow, Relay, Relay, Relay, Relay]);
+    assert!(stmt.is_validated() && t.is_prepared(&stmt.server_name));
 }
 
 #[test]
@@ -148,5 +151,41 @@ fn describe_statement_waits_for_row_description() {
     feed(&mut t, &mut out, "t");
     assert_eq!(t.pending_ready(), 1);
     feed(&mut t, &mut out, "n ZI");
+    assert!(t.is_idle());
+}
+
+#[test]
+fn syncs_pipelined_into_copy_in_are_ignored_like_the_server_does() {
+    // tokio-postgres: Bind Execute Sync, then CopyData.. CopyDone Sync.
+    let mut t = Tracker::default();
+    let mut out = BytesMut::new();
+    t.sent(Expect::Bind, Origin::Client);
+    t.sent(Expect::Execute, Origin::Client);
+    t.sent(Expect::Sync, Origin::Client);
+    feed(&mut t, &mut out, "2 G");
+    assert_eq!(t.pending_ready(), 0, "the server ignores that Sync");
+    assert!(t.batch_open(), "the batch stays open until a Sync after CopyDone");
+    t.sent(Expect::Sync, Origin::Client);
+    assert_eq!(t.pending_ready(), 0, "a Sync during COPY IN is ignored too");
+    t.sent(Expect::CopyEnd, Origin::Client);
+    t.sent(Expect::Sync, Origin::Client);
+    assert_eq!(t.pending_ready(), 1);
+    feed(&mut t, &mut out, "C ZI");
+    assert!(t.is_idle());
+}
+
+#[test]
+fn copy_in_by_simple_query_with_copy_done_already_sent() {
+    let mut t = Tracker::default();
+    let mut out = BytesMut::new();
+    t.sent(Expect::Query, Origin::Client);
+    t.sent(Expect::CopyEnd, Origin::Client);
+    t.sent(Expect::Query, Origin::Client);
+    feed(&mut t, &mut out, "G C ZI");
+    assert_eq!(t.pending_ready(), 1);
+    feed(&mut t, &mut out, "C ZI");
+    assert!(t.is_idle());
+    // A stray CopyDone after a failed COPY expects nothing.
+    t.sent(Expect::CopyEnd, Origin::Client);
     assert!(t.is_idle());
 }

@@ -8,14 +8,15 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
+use super::Statement;
 use crate::wire::{self, backend as tag, TxStatus};
 
 /// What a request sent to the server is answered with.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Expect {
-    /// ParseComplete; `registers` names the server-side statement it creates.
+    /// ParseComplete; `registers` is the server-side statement it creates.
     Parse {
-        registers: Option<Arc<str>>,
+        registers: Option<Arc<Statement>>,
     },
     Bind,
     /// ParameterDescription + RowDescription/NoData.
@@ -31,6 +32,9 @@ pub enum Expect {
     Sync,
     /// A simple Query or FunctionCall: everything up to ReadyForQuery.
     Query,
+    /// CopyDone or CopyFail: answers nothing itself, but marks where the
+    /// server leaves COPY IN mode (it ignores Sync until then).
+    CopyEnd,
 }
 
 /// Who asked: answers to pgrelay's own requests never reach the client.
@@ -102,11 +106,17 @@ impl Tracker {
     /// Records a request written to the server.
     pub fn sent(&mut self, expect: Expect, origin: Origin) {
         match expect {
+            // The server ignores a Sync that arrives during COPY IN.
+            Expect::Sync if self.copy == CopyState::In && !self.copy_end_queued() => return,
             Expect::Sync => {
                 self.batch_open = false;
                 self.skipping_until_sync = false;
             }
             Expect::Query => {}
+            // With nothing in flight there is no COPY for it to end (a stray
+            // CopyDone after a failed COPY, which the server ignores).
+            Expect::CopyEnd if self.skipping_until_sync || self.queue.is_empty() => return,
+            Expect::CopyEnd => {}
             _ => {
                 self.batch_open = true;
                 if self.skipping_until_sync {
@@ -114,8 +124,8 @@ impl Tracker {
                 }
             }
         }
-        if let Expect::Parse { registers: Some(name) } = &expect {
-            self.prepared.insert(name.clone());
+        if let Expect::Parse { registers: Some(stmt) } = &expect {
+            self.prepared.insert(stmt.server_name.clone());
         }
         self.queue.push_back(Pending::Server { expect, origin });
     }
@@ -206,6 +216,7 @@ impl Tracker {
                 // Pop through the Sync/Query this answers (anything before it was skipped).
                 while let Some(p) = self.queue.pop_front() {
                     if let Pending::Server { expect: Expect::Sync | Expect::Query, origin } = p {
+                        self.pop_copy_end_markers();
                         return match origin {
                             Origin::Client => Verdict::Relay,
                             Origin::InjectedParse | Origin::InjectedSetup => Verdict::Swallow,
@@ -214,14 +225,22 @@ impl Tracker {
                 }
                 return verdict;
             }
-            tag::COPY_IN_RESPONSE => self.copy = CopyState::In,
+            tag::COPY_IN_RESPONSE => {
+                self.copy = CopyState::In;
+                self.drop_syncs_ignored_during_copy();
+            }
             tag::COPY_OUT_RESPONSE | tag::COPY_BOTH_RESPONSE => self.copy = CopyState::Out,
             tag::COMMAND_COMPLETE if self.copy != CopyState::None => self.copy = CopyState::None,
             _ => {}
         }
         let done = match self.queue.front_mut() {
             Some(Pending::Server { expect, .. }) => match expect {
-                Expect::Parse { .. } => msg_tag == tag::PARSE_COMPLETE,
+                Expect::Parse { registers } => {
+                    if let (Some(stmt), tag::PARSE_COMPLETE) = (registers, msg_tag) {
+                        stmt.mark_validated();
+                    }
+                    msg_tag == tag::PARSE_COMPLETE
+                }
                 Expect::Bind => msg_tag == tag::BIND_COMPLETE,
                 Expect::Close => msg_tag == tag::CLOSE_COMPLETE,
                 Expect::DescribeStatement { got_parameters } => {
@@ -236,14 +255,53 @@ impl Tracker {
                 Expect::Execute => {
                     matches!(msg_tag, tag::COMMAND_COMPLETE | tag::EMPTY_QUERY_RESPONSE | tag::PORTAL_SUSPENDED)
                 }
-                Expect::Sync | Expect::Query => false,
+                Expect::Sync | Expect::Query | Expect::CopyEnd => false,
             },
             _ => false,
         };
         if done {
             self.queue.pop_front();
+            self.pop_copy_end_markers();
         }
         verdict
+    }
+
+    fn is_copy_end(pending: &Pending) -> bool {
+        matches!(pending, Pending::Server { expect: Expect::CopyEnd, .. })
+    }
+
+    fn copy_end_queued(&self) -> bool {
+        self.queue.iter().any(Self::is_copy_end)
+    }
+
+    /// A COPY marker at the front has done its job: the COPY it ended is over.
+    fn pop_copy_end_markers(&mut self) {
+        while self.queue.front().is_some_and(Self::is_copy_end) {
+            self.queue.pop_front();
+        }
+    }
+
+    /// The server entered COPY IN for the request at the front: the Syncs the
+    /// client pipelined behind it, before its CopyDone/CopyFail, are ignored
+    /// by the server and will not be answered.
+    fn drop_syncs_ignored_during_copy(&mut self) {
+        let copy_end = self.queue.iter().position(Self::is_copy_end).unwrap_or(self.queue.len());
+        let mut index = 0;
+        let mut dropped = false;
+        self.queue.retain(|p| {
+            let keep = index == 0 || index >= copy_end || !matches!(p, Pending::Server { expect: Expect::Sync, .. });
+            dropped |= !keep;
+            index += 1;
+            keep
+        });
+        let sync_after_copy = self
+            .queue
+            .iter()
+            .skip_while(|p| !Self::is_copy_end(p))
+            .any(|p| matches!(p, Pending::Server { expect: Expect::Sync, .. }));
+        if dropped && !sync_after_copy {
+            self.batch_open = true;
+        }
     }
 
     fn on_error(&mut self, origin: Origin) -> Verdict {
@@ -254,8 +312,8 @@ impl Tracker {
             while let Some(p) = self.queue.front() {
                 match p {
                     Pending::Server { expect: Expect::Sync, .. } => break,
-                    Pending::Server { expect: Expect::Parse { registers: Some(name) }, .. } => {
-                        self.prepared.remove(name);
+                    Pending::Server { expect: Expect::Parse { registers: Some(stmt) }, .. } => {
+                        self.prepared.remove(&stmt.server_name);
                     }
                     _ => {}
                 }

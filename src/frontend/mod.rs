@@ -11,7 +11,6 @@ mod startup;
 pub use cancel::CancelRegistry;
 pub use error::SessionError;
 pub use listener::serve;
-pub use prepared::StatementRegistry;
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -21,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::UserDb;
+use crate::backend::StatementRegistry;
 use crate::cluster::ClusterView;
 use crate::config::Config;
 use crate::pool::Pools;

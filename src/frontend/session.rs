@@ -5,7 +5,6 @@
 //! full socket buffer can stall the other.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::Interest;
@@ -13,16 +12,16 @@ use tokio::net::TcpStream;
 
 use super::cancel::CancelHandle;
 use super::error::SessionError;
-use super::prepared::{ClientStatements, Statement};
+use super::prepared::ClientStatements;
 use super::startup::LoginParts;
 use super::Context;
 use crate::auth::UserEntry;
-use crate::backend::{Expect, Origin, ServerConn, ServerTarget, Synthetic, Verdict};
+use crate::backend::{Expect, Origin, ServerConn, ServerTarget, Statement, Synthetic, Verdict};
 use crate::cluster::NodeStatus;
 use crate::config::{Database, PoolMode, SessionStatePolicy};
 use crate::pool::{Lease, Pool, PoolKey, PoolSettings};
 use crate::router::{self, ListenerKind, RouteInput, SessionStateEffect};
-use crate::wire::{self, backend as server_tag, frontend as tag, ErrorFields, Frame, WireError};
+use crate::wire::{self, backend as server_tag, frontend as tag, ErrorFields, Frame, TxStatus, WireError};
 
 /// Stop reading from one side while this much is waiting to go to the other.
 const HIGH_WATER: usize = 256 * 1024;
@@ -260,10 +259,13 @@ impl Session {
                 self.terminated = true;
                 return Ok(());
             }
+            let msg = self.cbuf.split_to(frame.total_len);
             if self.lease.is_none() {
+                if self.answer_without_server(frame.tag, &msg)? {
+                    continue;
+                }
                 self.acquire().await?;
             }
-            let msg = self.cbuf.split_to(frame.total_len);
             self.forward_client_message(frame.tag, &msg)?;
             // Keep the server busy while the rest of a large batch is handled.
             if self.lease.as_ref().is_some_and(|l| l.conn().wbuf.len() >= HIGH_WATER) {
@@ -273,9 +275,45 @@ impl Session {
         Ok(())
     }
 
+    /// Without a leased server connection the client is between transactions,
+    /// so some messages need no server: Parse of a statement a server has
+    /// already accepted (it is prepared wherever the client's Bind lands),
+    /// Close, Flush, and Sync (ReadyForQuery 'I'). Besides saving a round
+    /// trip, this keeps a client that prepares synchronously from waiting for
+    /// a connection that its own other connections hold.
+    fn answer_without_server(&mut self, msg_tag: u8, msg: &[u8]) -> Result<bool, SessionError> {
+        let body = wire::body(msg);
+        match msg_tag {
+            tag::SYNC => wire::put_ready_for_query(&mut self.out, TxStatus::Idle),
+            tag::FLUSH => {}
+            tag::CLOSE => {
+                let (&kind, rest) = body.split_first().ok_or(WireError::Malformed("Close"))?;
+                let (name, _) = wire::read_cstr(rest).ok_or(WireError::Malformed("Close"))?;
+                if kind == b'S' {
+                    self.statements.remove(name);
+                }
+                wire::put_close_complete(&mut self.out);
+            }
+            tag::PARSE => {
+                let (name, definition) = wire::read_cstr(body).ok_or(WireError::Malformed("Parse"))?;
+                let sql = wire::read_cstr(definition).map_or(definition, |(sql, _)| sql);
+                if name.is_empty() || router::session_state_effect(sql).is_some() {
+                    return Ok(false);
+                }
+                let stmt = self.ctx.statements.intern(definition);
+                if !stmt.is_validated() {
+                    return Ok(false);
+                }
+                self.statements.insert(name, stmt);
+                wire::put_parse_complete(&mut self.out);
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
     /// Routes the next transaction and leases a connection for it.
     async fn acquire(&mut self) -> Result<(), SessionError> {
-        let deadline = Instant::now() + self.ctx.config.pool.query_wait_timeout;
         let topology = self.ctx.cluster.load();
         let tick = self.ctx.round_robin.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let node = router::route(
@@ -292,7 +330,7 @@ impl Session {
                 pool
             }
         };
-        let mut lease = pool.checkout(deadline).await?;
+        let mut lease = pool.checkout(self.ctx.config.pool.query_wait_timeout).await?;
         apply_settings(lease.conn_mut(), &self.settings);
         self.cancel.set_target(Some((lease.conn().addr, lease.conn().key)));
         self.lease = Some(lease);
@@ -311,6 +349,7 @@ impl Session {
 
     fn forward_client_message(&mut self, msg_tag: u8, msg: &[u8]) -> Result<(), SessionError> {
         let body = wire::body(msg);
+        tracing::trace!(tag = %char::from(msg_tag), len = msg.len(), "client message");
         match msg_tag {
             tag::QUERY => {
                 if let Some(effect) = router::session_state_effect(body) {
@@ -365,7 +404,8 @@ impl Session {
             tag::EXECUTE => self.send(msg, Expect::Execute),
             tag::SYNC => self.send(msg, Expect::Sync),
             tag::FUNCTION_CALL => self.send(msg, Expect::Query),
-            tag::FLUSH | tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => self.conn().wbuf.extend_from_slice(msg),
+            tag::COPY_DONE | tag::COPY_FAIL => self.send(msg, Expect::CopyEnd),
+            tag::FLUSH | tag::COPY_DATA => self.conn().wbuf.extend_from_slice(msg),
             other => return Err(WireError::UnexpectedTag(other).into()),
         }
         Ok(())
@@ -388,7 +428,7 @@ impl Session {
             conn.tracker.synthetic(Synthetic::ParseComplete, &mut self.out);
         } else {
             wire::put_parse_renamed(&mut conn.wbuf, stmt.server_name.as_bytes(), &stmt.definition);
-            conn.tracker.sent(Expect::Parse { registers: Some(stmt.server_name.clone()) }, Origin::Client);
+            conn.tracker.sent(Expect::Parse { registers: Some(stmt.clone()) }, Origin::Client);
         }
         Ok(())
     }
@@ -437,7 +477,9 @@ impl Session {
                 Err(e) => break Err(SessionError::ServerProtocol(e)),
             };
             let msg = &rest[..frame.total_len];
-            match conn.tracker.on_server_message(frame.tag, &msg[5..]) {
+            let verdict = conn.tracker.on_server_message(frame.tag, &msg[5..]);
+            tracing::trace!(tag = %char::from(frame.tag), ?verdict, "server message");
+            match verdict {
                 Verdict::Relay => {
                     if frame.tag == server_tag::PARAMETER_STATUS {
                         conn.settings_dirty = true;
@@ -460,10 +502,10 @@ impl Session {
 
 /// Makes sure the statement exists on this connection, preparing it first
 /// (answer swallowed) when it was prepared on another connection.
-fn ensure_prepared(conn: &mut ServerConn, stmt: &Statement) {
+fn ensure_prepared(conn: &mut ServerConn, stmt: &Arc<Statement>) {
     if !conn.tracker.is_prepared(&stmt.server_name) {
         wire::put_parse_renamed(&mut conn.wbuf, stmt.server_name.as_bytes(), &stmt.definition);
-        conn.tracker.sent(Expect::Parse { registers: Some(stmt.server_name.clone()) }, Origin::InjectedParse);
+        conn.tracker.sent(Expect::Parse { registers: Some(stmt.clone()) }, Origin::InjectedParse);
     }
 }
 

@@ -4,7 +4,6 @@
 //! except the one that fetches a pool's ParameterStatus values the first time.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -193,7 +192,6 @@ async fn server_params(
     if let Some(params) = pool.server_params() {
         return Ok(params);
     }
-    let deadline = Instant::now() + ctx.config.pool.query_wait_timeout;
-    let lease = pool.checkout(deadline).await?;
+    let lease = pool.checkout(ctx.config.pool.query_wait_timeout).await?;
     Ok(lease.conn().startup_params.clone())
 }

@@ -78,13 +78,13 @@ impl Pool {
         self.idle.lock().expect("pool lock").len()
     }
 
-    /// Waits (until `deadline`) for a connection of this pool.
-    pub async fn checkout(self: &Arc<Self>, deadline: Instant) -> Result<Lease, PoolError> {
+    /// Waits up to `wait` (the client's query_wait_timeout) for a connection of this pool.
+    pub async fn checkout(self: &Arc<Self>, wait: Duration) -> Result<Lease, PoolError> {
         let acquire = self.permits.clone().acquire_owned();
-        let permit = match tokio::time::timeout_at(deadline.into(), acquire).await {
+        let permit = match tokio::time::timeout(wait, acquire).await {
             Ok(Ok(permit)) => permit,
             Ok(Err(_)) => return Err(PoolError::Closed),
-            Err(_) => return Err(PoolError::Timeout(self.wait_budget(deadline))),
+            Err(_) => return Err(PoolError::Timeout(wait)),
         };
         let conn = match self.take_idle() {
             Some(conn) => conn,
@@ -95,10 +95,6 @@ impl Pool {
             }
         };
         Ok(Lease { conn: Some(conn), pool: self.clone(), permit: Some(permit), discard: false, poisoned: false })
-    }
-
-    fn wait_budget(&self, deadline: Instant) -> Duration {
-        deadline.saturating_duration_since(Instant::now())
     }
 
     /// Pops the most recently used healthy idle connection.

@@ -1,0 +1,15 @@
+//! pgrelay in front of a real primary + 2 streaming replicas: routing,
+//! authentication, pooling, the protocol, prepared statements, bad input.
+//! One cluster serves every test of this binary; each test starts its own
+//! pgrelay so pools and settings never leak between tests.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod auth;
+mod bad_input;
+mod pooling;
+mod prepared;
+mod protocol;
+mod routing;
+mod tools;
