@@ -32,9 +32,10 @@ fn free_or_any(port: u16) -> u16 {
 }
 
 /// The demo's configuration: static roles for the nodes the cluster made.
-pub fn demo_config(cluster: &LocalCluster, rw_port: u16, ro_port: u16) -> Result<Config, ConfigError> {
+pub fn demo_config(cluster: &LocalCluster, ports: [u16; 3]) -> Result<Config, ConfigError> {
+    let [rw_port, ro_port, http_port] = ports;
     let mut text = format!(
-        "[listen]\nrw = \"127.0.0.1:{rw_port}\"\nro = \"127.0.0.1:{ro_port}\"\nhttp = \"127.0.0.1:0\"\n\n\
+        "[listen]\nrw = \"127.0.0.1:{rw_port}\"\nro = \"127.0.0.1:{ro_port}\"\nhttp = \"127.0.0.1:{http_port}\"\n\n\
          [cluster]\nsource = \"static\"\n\n\
          [[users]]\nname = \"{APP_USER}\"\npassword = \"{APP_PASSWORD}\"\n\n\
          [[databases]]\nname = \"{APP_DATABASE}\"\n\n"
@@ -49,7 +50,7 @@ pub fn demo_config(cluster: &LocalCluster, rw_port: u16, ro_port: u16) -> Result
     Config::parse(&text)
 }
 
-fn print_banner(cluster: &LocalCluster, rw: SocketAddr, ro: SocketAddr) {
+fn print_banner(cluster: &LocalCluster, rw: SocketAddr, ro: SocketAddr, http: SocketAddr) {
     let url = |addr: SocketAddr| format!("postgresql://{APP_USER}:{APP_PASSWORD}@{addr}/{APP_DATABASE}");
     println!();
     println!("pgrelay demo is running.");
@@ -69,6 +70,8 @@ fn print_banner(cluster: &LocalCluster, rw: SocketAddr, ro: SocketAddr) {
         "  PGPASSWORD={APP_PASSWORD} pgbench -h 127.0.0.1 -p {} -U {APP_USER} -S -c 8 -T 10 {APP_DATABASE}",
         ro.port()
     );
+    println!("Topology, health and Prometheus metrics:");
+    println!("  curl http://{http}/topology    curl http://{http}/readyz    curl http://{http}/metrics");
     println!();
     println!("Press Ctrl-C to stop pgrelay and the cluster and remove the data directory.");
 }
@@ -79,9 +82,9 @@ pub async fn run(rw_port: u16, ro_port: u16) -> Result<(), DemoError> {
     let cluster = tokio::task::spawn_blocking(|| LocalCluster::start(LocalClusterOptions::default()))
         .await
         .expect("cluster start does not panic")?;
-    let config = demo_config(&cluster, free_or_any(rw_port), free_or_any(ro_port))?;
+    let config = demo_config(&cluster, [free_or_any(rw_port), free_or_any(ro_port), free_or_any(9930)])?;
     let app = App::start(config).await?;
-    print_banner(&cluster, app.rw_addr, app.ro_addr);
+    print_banner(&cluster, app.rw_addr, app.ro_addr, app.http_addr);
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     tokio::select! {

@@ -40,6 +40,12 @@ enum Command {
         #[arg(short, long, default_value = "config/pgrelay.toml")]
         config: PathBuf,
     },
+    /// GET an HTTP endpoint of a running pgrelay and exit 0 on 200 (a probe for
+    /// container health checks, which need no curl in the image).
+    Probe {
+        #[arg(default_value = "http://127.0.0.1:9930/livez")]
+        url: String,
+    },
     /// Start a local primary + 2 streaming replicas and pgrelay in front of them.
     Demo {
         /// Read-write port (a free one is chosen when it is taken).
@@ -60,6 +66,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => runtime().and_then(|rt| rt.block_on(run(&config))),
+        Command::Probe { url } => runtime().and_then(|rt| rt.block_on(probe(&url))),
         Command::Demo { rw_port, ro_port } => {
             runtime().and_then(|rt| rt.block_on(pgrelay::demo::run(rw_port, ro_port)).map_err(Into::into))
         }
@@ -84,7 +91,7 @@ fn init_tracing(format: LogFormat) {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")
 }
 
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
@@ -112,5 +119,26 @@ async fn run(path: &std::path::Path) -> anyhow::Result<()> {
         _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
     }
     app.shutdown(SHUTDOWN_GRACE).await;
+    Ok(())
+}
+
+/// A bounded HTTP/1.1 GET of `http://HOST:PORT/PATH`; Ok on status 200.
+async fn probe(url: &str) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").context("probe URL must start with http://")?;
+    let (authority, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(authority).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.take(64 * 1024).read_to_end(&mut response).await?;
+        anyhow::Ok(response)
+    };
+    let response = tokio::time::timeout(Duration::from_secs(5), exchange).await.context("no answer within 5 s")??;
+    let text = String::from_utf8_lossy(&response);
+    let status = text.lines().next().unwrap_or("");
+    anyhow::ensure!(status.split(' ').nth(1) == Some("200"), "{url}: {status}");
+    println!("{status}");
     Ok(())
 }

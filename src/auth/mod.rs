@@ -15,7 +15,7 @@ use rand::Rng;
 
 use crate::config::{AuthType, Config};
 use crate::wire;
-use scram::{ScramSecret, ScramServer, ScramVerifier};
+use scram::{PasswordSecret, ScramSecret, ScramServer, ScramVerifier};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
@@ -50,7 +50,7 @@ pub struct ServerCredentials {
 
 #[derive(Debug)]
 enum ServerSecret {
-    Password(String),
+    Password(PasswordSecret),
     /// Only a SCRAM verifier is known: log in with the ClientKey recovered
     /// from a client's proof (available once a client has logged in).
     ClientKey {
@@ -77,7 +77,7 @@ impl ServerCredentials {
     /// The password for cleartext or md5 server auth.
     pub fn password(&self) -> Result<&str, AuthError> {
         match &self.secret {
-            ServerSecret::Password(p) => Ok(p),
+            ServerSecret::Password(p) => Ok(&p.password),
             ServerSecret::ClientKey { .. } => Err(AuthError::NoServerCredentials(
                 "the server asks for md5 or a cleartext password but only a SCRAM verifier is configured",
             )),
@@ -127,14 +127,14 @@ impl UserDb {
                 _ => return Err(format!("users.{}.password: required for auth_type {:?}", user.name, user.auth_type)),
             };
             let secret = match (&user.server_password, password) {
-                (Some(p), _) => ServerSecret::Password(p.clone()),
+                (Some(p), _) => ServerSecret::Password(PasswordSecret::new(p.clone())),
                 (None, Some(_)) if verifier.is_some() => ServerSecret::ClientKey {
                     verifier: verifier.clone().expect("checked"),
                     client_key: Mutex::new(None),
                 },
-                (None, Some(p)) if !md5::is_stored_hash(p) => ServerSecret::Password(p.to_owned()),
+                (None, Some(p)) if !md5::is_stored_hash(p) => ServerSecret::Password(PasswordSecret::new(p)),
                 (None, _) if config.cluster.password.is_empty() => ServerSecret::None,
-                (None, _) => ServerSecret::Password(config.cluster.password.clone()),
+                (None, _) => ServerSecret::Password(PasswordSecret::new(config.cluster.password.clone())),
             };
             let server =
                 ServerCredentials { user: user.server_user.clone().unwrap_or_else(|| user.name.clone()), secret };

@@ -2,6 +2,8 @@
 //! binding): verifiers, the verifying side pgrelay runs for its clients, and
 //! the answering side it runs against servers. Pure computation, no IO.
 
+use std::sync::{Arc, Mutex};
+
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -162,15 +164,61 @@ impl ScramServer {
     }
 }
 
-/// What the answering side proves its identity with.
+/// What pgrelay proves its identity with.
 #[derive(Debug, Clone)]
 pub enum ScramSecret {
-    Password(String),
+    Password(PasswordSecret),
     /// A ClientKey recovered from a client, valid for the verifier it was checked against.
     ClientKey {
         client_key: [u8; 32],
         verifier: ScramVerifier,
     },
+}
+
+impl ScramSecret {
+    pub fn password(password: impl Into<String>) -> ScramSecret {
+        ScramSecret::Password(PasswordSecret::new(password))
+    }
+}
+
+/// A password, with the keys last derived from it: PBKDF2 runs once per
+/// (salt, iterations), not once per server connection. Clones share the cache.
+#[derive(Debug, Clone)]
+pub struct PasswordSecret {
+    pub password: String,
+    derived: Arc<Mutex<Option<DerivedKeys>>>,
+}
+
+impl PasswordSecret {
+    pub fn new(password: impl Into<String>) -> PasswordSecret {
+        PasswordSecret { password: password.into(), derived: Arc::default() }
+    }
+
+    #[cfg(test)]
+    pub fn has_keys_for(&self, salt: &[u8], iterations: u32) -> bool {
+        let cache = self.derived.lock().expect("derived keys lock");
+        cache.as_ref().is_some_and(|d| d.salt == salt && d.iterations == iterations)
+    }
+
+    fn keys(&self, salt: &[u8], iterations: u32) -> ([u8; 32], [u8; 32]) {
+        if let Some(d) = self.derived.lock().expect("derived keys lock").as_ref() {
+            if d.salt == salt && d.iterations == iterations {
+                return d.keys;
+            }
+        }
+        // Derived without holding the lock: PBKDF2 takes milliseconds.
+        let keys = derive_keys(&self.password, salt, iterations);
+        *self.derived.lock().expect("derived keys lock") = Some(DerivedKeys { salt: salt.to_vec(), iterations, keys });
+        keys
+    }
+}
+
+/// ClientKey and ServerKey for one salt and iteration count.
+#[derive(Debug)]
+struct DerivedKeys {
+    salt: Vec<u8>,
+    iterations: u32,
+    keys: ([u8; 32], [u8; 32]),
 }
 
 /// The answering side, run against a server.
@@ -215,7 +263,7 @@ impl ScramClient {
             return Err(AuthError::Malformed("SCRAM server nonce"));
         }
         let (client_key, server_key) = match secret {
-            ScramSecret::Password(password) => derive_keys(password, &salt, iterations),
+            ScramSecret::Password(secret) => secret.keys(&salt, iterations),
             ScramSecret::ClientKey { client_key, verifier } => {
                 if verifier.salt != salt || verifier.iterations != iterations {
                     return Err(AuthError::VerifierMismatch);

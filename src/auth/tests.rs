@@ -13,20 +13,20 @@ fn scram_exchange(verifier: &ScramVerifier, secret: &ScramSecret) -> Result<[u8;
 #[test]
 fn scram_with_password_round_trips() {
     let verifier = ScramVerifier::from_password("s3cret");
-    assert!(scram_exchange(&verifier, &ScramSecret::Password("s3cret".into())).is_ok());
+    assert!(scram_exchange(&verifier, &ScramSecret::password("s3cret")).is_ok());
 }
 
 #[test]
 fn scram_wrong_password_is_rejected() {
     let verifier = ScramVerifier::from_password("s3cret");
-    let err = scram_exchange(&verifier, &ScramSecret::Password("nope".into())).unwrap_err();
+    let err = scram_exchange(&verifier, &ScramSecret::password("nope")).unwrap_err();
     assert_eq!(err, AuthError::WrongPassword);
 }
 
 #[test]
 fn recovered_client_key_logs_in_again() {
     let verifier = ScramVerifier::from_password("s3cret");
-    let key = scram_exchange(&verifier, &ScramSecret::Password("s3cret".into())).unwrap();
+    let key = scram_exchange(&verifier, &ScramSecret::password("s3cret")).unwrap();
     let passthrough = ScramSecret::ClientKey { client_key: key, verifier: verifier.clone() };
     assert!(scram_exchange(&verifier, &passthrough).is_ok());
     // Against a server whose verifier has another salt, the key is useless.
@@ -61,4 +61,19 @@ fn channel_binding_is_refused_clearly() {
     let verifier = ScramVerifier::from_password("x");
     let err = ScramServer::start(b"p=tls-server-end-point,,n=,r=abc", &verifier).unwrap_err();
     assert_eq!(err, AuthError::Unsupported("SCRAM channel binding"));
+}
+
+#[test]
+fn derived_keys_are_cached_per_salt() {
+    let ScramSecret::Password(password) = ScramSecret::password("s3cret") else { unreachable!() };
+    let secret = ScramSecret::Password(password.clone());
+    let verifier = ScramVerifier::from_password("s3cret");
+    assert!(!password.has_keys_for(&verifier.salt, verifier.iterations));
+    assert!(scram_exchange(&verifier, &secret).is_ok());
+    assert!(password.has_keys_for(&verifier.salt, verifier.iterations), "clones share the cache");
+    assert!(scram_exchange(&verifier, &secret).is_ok(), "cached keys still produce a valid proof");
+    let other = ScramVerifier::from_password("s3cret");
+    assert!(scram_exchange(&other, &secret).is_ok(), "a new salt derives new keys");
+    assert!(password.has_keys_for(&other.salt, other.iterations));
+    assert_eq!(scram_exchange(&other, &ScramSecret::password("wrong")).unwrap_err(), AuthError::WrongPassword);
 }

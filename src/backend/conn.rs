@@ -209,7 +209,14 @@ impl ServerConn {
 
     /// True when the idle connection has data or EOF waiting: the server said
     /// something unasked (e.g. FATAL on shutdown) and the connection is unusable.
+    /// tokio's cached readiness answers without a syscall: the session's last
+    /// short read cleared it, so "readable" means something arrived since
+    /// (only then a read confirms it).
     pub fn has_unsolicited_input(&self) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if self.stream.poll_read_ready(&mut cx).is_pending() {
+            return false;
+        }
         let mut probe = [0u8; 1];
         match self.stream.try_read(&mut probe) {
             Ok(_) => true,

@@ -1,10 +1,22 @@
 //! The cluster as pgrelay sees it: nodes, their roles and health, held as one
 //! immutable [`Topology`] snapshot that sessions read without locks and that
-//! a source of truth replaces as a whole.
+//! a source of truth replaces as a whole. With `source = "static"` the
+//! snapshot is built once from the config; with `source = "postgres"` the
+//! monitors (`monitor`) poll every node and the pure decisions (`decide`)
+//! turn their observations into a new snapshot; with `source = "patroni"`
+//! Patroni's leader key (`patroni`) decides the primary on top of that.
+
+pub mod decide;
+pub mod monitor;
+pub mod patroni;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::sync::watch;
 
 use crate::config::{Config, Role};
 
@@ -14,7 +26,28 @@ pub struct NodeStatus {
     pub name: String,
     pub host: String,
     pub port: u16,
+    /// The configured (static) or observed role; `None` while unknown or unreachable.
     pub role: Option<Role>,
+    /// How far behind the primary this replica's replay is, when measured.
+    pub lag_bytes: Option<u64>,
+    /// Same in time; only counted while the LSNs differ.
+    pub lag: Option<Duration>,
+    /// Why a node that is not the primary is not in the read set.
+    pub excluded: Option<String>,
+}
+
+impl NodeStatus {
+    fn from_config(node: &crate::config::Node) -> NodeStatus {
+        NodeStatus {
+            name: node.name.clone(),
+            host: node.host.clone(),
+            port: node.port,
+            role: node.role,
+            lag_bytes: None,
+            lag: None,
+            excluded: None,
+        }
+    }
 }
 
 /// A consistent view of the whole cluster at one moment.
@@ -27,39 +60,130 @@ pub struct Topology {
     pub read_set: Vec<usize>,
     /// Why there is no primary, when there is none.
     pub no_primary_reason: Option<String>,
+    /// Two or more nodes claim to be the primary: writes are refused, not delayed.
+    pub split_brain: bool,
 }
 
 impl Topology {
     /// The topology a static configuration describes: roles as written.
     pub fn from_static(config: &Config) -> Topology {
-        let nodes: Vec<NodeStatus> = config
-            .nodes
-            .iter()
-            .map(|n| NodeStatus { name: n.name.clone(), host: n.host.clone(), port: n.port, role: n.role })
-            .collect();
+        let nodes: Vec<NodeStatus> = config.nodes.iter().map(NodeStatus::from_config).collect();
         let primary = nodes.iter().position(|n| n.role == Some(Role::Primary));
         let read_set = (0..nodes.len()).filter(|&i| nodes[i].role == Some(Role::Replica)).collect();
         let no_primary_reason = primary.is_none().then(|| "no node has role = \"primary\"".to_owned());
-        Topology { nodes, primary, read_set, no_primary_reason }
+        Topology { nodes, primary, read_set, no_primary_reason, split_brain: false }
+    }
+
+    /// The topology before any monitor has reported: nothing is known yet.
+    pub fn unchecked(config: &Config) -> Topology {
+        let mut nodes: Vec<NodeStatus> = config.nodes.iter().map(NodeStatus::from_config).collect();
+        for node in &mut nodes {
+            node.role = None;
+            node.excluded = Some("not checked yet".to_owned());
+        }
+        Topology {
+            nodes,
+            primary: None,
+            read_set: Vec::new(),
+            no_primary_reason: Some("no node has been checked yet".to_owned()),
+            split_brain: false,
+        }
+    }
+
+    /// Whether routing would decide differently between the two snapshots
+    /// (lag figures alone do not count).
+    pub fn routes_like(&self, other: &Topology) -> bool {
+        self.primary == other.primary
+            && self.read_set == other.read_set
+            && self.no_primary_reason == other.no_primary_reason
+            && self.split_brain == other.split_brain
+            && self.nodes.iter().zip(&other.nodes).all(|(a, b)| a.role == b.role)
+    }
+
+    /// Why no replica may serve reads: one clause per node that is not the primary.
+    pub fn read_set_exclusions(&self) -> String {
+        let reasons: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != self.primary)
+            .filter_map(|(_, n)| n.excluded.as_ref().map(|why| format!("{}: {why}", n.name)))
+            .collect();
+        if reasons.is_empty() {
+            "no replica is in the read set".to_owned()
+        } else {
+            reasons.join("; ")
+        }
     }
 }
 
-/// The shared, atomically replaced topology snapshot.
+/// What [`ClusterView::wait_for`] does after a snapshot did not do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wait<E> {
+    /// Wait for the next change (e.g. no primary is known yet).
+    Retry(E),
+    /// Give up now (e.g. a split brain).
+    Fail(E),
+}
+
+/// The shared, atomically replaced topology snapshot, plus a change signal
+/// that sessions waiting for a primary can await.
 #[derive(Debug)]
 pub struct ClusterView {
     current: ArcSwap<Topology>,
+    /// Advances whenever routing would decide differently.
+    changes: watch::Sender<u64>,
 }
 
 impl ClusterView {
     pub fn new(initial: Topology) -> ClusterView {
-        ClusterView { current: ArcSwap::from_pointee(initial) }
+        ClusterView { current: ArcSwap::from_pointee(initial), changes: watch::Sender::new(0) }
     }
 
     pub fn load(&self) -> Arc<Topology> {
         self.current.load_full()
     }
 
+    /// The current primary, without taking a reference to the snapshot.
+    pub fn primary(&self) -> Option<usize> {
+        self.current.load().primary
+    }
+
+    /// Replaces the snapshot; wakes subscribers when routing changed.
     pub fn store(&self, topology: Topology) {
+        let routing_changed = !self.current.load().routes_like(&topology);
         self.current.store(Arc::new(topology));
+        if routing_changed {
+            self.changes.send_modify(|version| *version += 1);
+        }
+    }
+
+    /// Applies `decide` to the current snapshot, and again after each routing
+    /// change for as long as it answers [`Wait`], until `deadline`; then
+    /// returns the last answer's error (with the reason of that moment).
+    pub async fn wait_for<T, E>(
+        &self,
+        deadline: tokio::time::Instant,
+        mut decide: impl FnMut(&Arc<Topology>) -> Result<T, Wait<E>>,
+    ) -> Result<T, E> {
+        // Subscribed before each load, so no change slips in between.
+        let mut changes = self.subscribe();
+        loop {
+            match decide(&self.load()) {
+                Ok(value) => return Ok(value),
+                Err(Wait::Fail(e)) => return Err(e),
+                Err(Wait::Retry(e)) => {
+                    if !matches!(tokio::time::timeout_at(deadline, changes.changed()).await, Ok(Ok(()))) {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A receiver that sees every routing change made after this call;
+    /// subscribe before `load` so no change can slip in between.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 }

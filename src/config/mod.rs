@@ -100,6 +100,12 @@ pub enum Source {
 pub struct Cluster {
     pub source: Source,
     pub check_interval: Duration,
+    /// Limit on one monitor check (connect, log in, query); default: check_interval.
+    pub check_timeout: Duration,
+    /// Consecutive bad checks after which a replica leaves the read set.
+    pub leave_after_checks: u32,
+    /// Consecutive good checks after which a replica that left comes back.
+    pub rejoin_after_checks: u32,
     pub user: String,
     pub password: String,
 }

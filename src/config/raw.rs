@@ -16,7 +16,12 @@ pub(super) const LISTS: [&str; 3] = ["nodes", "users", "databases"];
 
 /// Keys whose TOML type is an integer, so an environment override's text is
 /// parsed as one. Every other table key takes a string (sizes take either).
-pub(super) const INTEGER_KEYS: [(&str, &str); 2] = [("pool", "default_pool_size"), ("pool", "max_client_conn")];
+pub(super) const INTEGER_KEYS: [(&str, &str); 4] = [
+    ("pool", "default_pool_size"),
+    ("pool", "max_client_conn"),
+    ("cluster", "leave_after_checks"),
+    ("cluster", "rejoin_after_checks"),
+];
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -66,6 +71,9 @@ pub(super) struct RawRouting {
 pub(super) struct RawCluster {
     pub source: Option<String>,
     pub check_interval: Option<RawDuration>,
+    pub check_timeout: Option<RawDuration>,
+    pub leave_after_checks: Option<RawInt>,
+    pub rejoin_after_checks: Option<RawInt>,
     pub user: Option<String>,
     pub password: Option<String>,
 }

@@ -112,6 +112,9 @@ fn defaults_from_a_minimal_file() {
     let cluster = Cluster {
         source: Source::Static,
         check_interval: Duration::from_secs(1),
+        check_timeout: Duration::from_secs(1),
+        leave_after_checks: 2,
+        rejoin_after_checks: 2,
         user: "postgres".into(),
         password: String::new(),
     };
@@ -265,7 +268,18 @@ fn every_table_key_can_be_overridden() {
             ],
         ),
         ("routing", &[("max_replica_lag_bytes", "1kB"), ("max_replica_lag", "1s"), ("ro_fallback", "error")]),
-        ("cluster", &[("source", "static"), ("check_interval", "2s"), ("user", "mon"), ("password", "pw")]),
+        (
+            "cluster",
+            &[
+                ("source", "static"),
+                ("check_interval", "2s"),
+                ("check_timeout", "1s"),
+                ("leave_after_checks", "3"),
+                ("rejoin_after_checks", "4"),
+                ("user", "mon"),
+                ("password", "pw"),
+            ],
+        ),
     ];
     for (section, keys) in values {
         let listed: BTreeSet<&str> = keys.iter().map(|(key, _)| *key).collect();
@@ -307,4 +321,43 @@ fn env_source_changes_node_rules() {
     let error = parse_env(&minimal(), &[("PGRELAY_CLUSTER_SOURCE", "postgres")]).expect_err("role not allowed");
     assert!(error.starts_with("line 4: [[nodes]] \"pg0\" role:"), "{error}");
     assert!(error.contains("source = \"static\""), "{error}");
+}
+
+#[test]
+fn cluster_check_keys() {
+    let parse_with = |extra: &str| {
+        let text = minimal().replacen("[[nodes]]", &format!("[cluster]\n{extra}\n\n[[nodes]]"), 1);
+        Config::parse(&text).map(|c| c.cluster).map_err(|e| e.0)
+    };
+    let cluster = parse_with("check_interval = \"200ms\"").expect("valid");
+    assert_eq!(cluster.check_timeout, Duration::from_millis(200), "check_timeout defaults to check_interval");
+    assert_eq!((cluster.leave_after_checks, cluster.rejoin_after_checks), (2, 2));
+    let cluster = parse_with("check_timeout = \"3s\"\nleave_after_checks = 1\nrejoin_after_checks = 5").expect("valid");
+    assert_eq!(cluster.check_timeout, Duration::from_secs(3));
+    assert_eq!((cluster.leave_after_checks, cluster.rejoin_after_checks), (1, 5));
+    let cases = [
+        ("check_timeout = \"0s\"", "[cluster] check_timeout: must be greater than 0"),
+        ("leave_after_checks = 0", "[cluster] leave_after_checks: must be greater than 0"),
+        ("rejoin_after_checks = -1", "[cluster] rejoin_after_checks: must be greater than 0"),
+        ("rejoin_after_checks = \"2\"", "rejoin_after_checks"),
+    ];
+    for (extra, want) in cases {
+        let error = parse_with(extra).expect_err(extra);
+        assert!(error.contains(want), "{extra}: {error}");
+    }
+}
+
+/// The Kubernetes example's embedded pgrelay.toml must stay a valid config.
+#[test]
+fn kubernetes_example_config_is_valid() {
+    let yaml = include_str!("../../deploy/kubernetes/pgrelay-sidecar.yaml");
+    let start = yaml.find("pgrelay.toml: |\n").expect("the ConfigMap has pgrelay.toml") + "pgrelay.toml: |\n".len();
+    let block: Vec<&str> = yaml[start..]
+        .lines()
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| l.get(4..).unwrap_or(""))
+        .collect();
+    let config = Config::parse(&block.join("\n")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.nodes.len(), 3);
+    assert_eq!(config.cluster.source, Source::Postgres);
 }

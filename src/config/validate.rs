@@ -7,7 +7,7 @@ use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use super::locate::{error_at, Locations, Origin};
-use super::raw::{RawCluster, RawListen, RawPool, RawRouting, RawSize};
+use super::raw::{RawCluster, RawInt, RawListen, RawPool, RawRouting, RawSize};
 use super::units::{listeners_collide, parse_addr, parse_duration, parse_size, size_from_int};
 use super::{Cluster, ConfigError, Listen, Pool, PoolMode, RoFallback, Routing, SessionStatePolicy, Source};
 
@@ -177,9 +177,21 @@ pub(super) fn cluster(raw: RawCluster, locations: &Locations<'_>) -> Result<Clus
     if user.is_empty() {
         return Err(field("user").error("must not be empty"));
     }
+    let check_interval = field("check_interval").positive_duration(raw.check_interval.as_deref(), "1s")?;
+    let check_timeout = match raw.check_timeout.as_deref() {
+        Some(text) => field("check_timeout").positive_duration(Some(text), "1s")?,
+        None => check_interval,
+    };
+    // A check count is small; anything above u32 is as good as "never".
+    let checks = |key, value: Option<RawInt>| {
+        field(key).positive(value.map(|n| n.0), 2).map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+    };
     Ok(Cluster {
         source: field("source").choice(raw.source.as_deref(), Source::Static, &sources)?,
-        check_interval: field("check_interval").positive_duration(raw.check_interval.as_deref(), "1s")?,
+        check_interval,
+        check_timeout,
+        leave_after_checks: checks("leave_after_checks", raw.leave_after_checks)?,
+        rejoin_after_checks: checks("rejoin_after_checks", raw.rejoin_after_checks)?,
         user,
         password: raw.password.unwrap_or_default(),
     })

@@ -23,6 +23,11 @@ pub enum SessionError {
     ServerProtocol(WireError),
     #[error("server connection to {node} closed unexpectedly; the transaction in progress is lost")]
     ServerClosed { node: String },
+    #[error(
+        "server connections to {node} were closed because it is no longer the primary (failover or split brain); \
+         the transaction in progress is lost"
+    )]
+    NodeFenced { node: String },
     #[error("the server rejected this client's startup settings: {}", .0.message)]
     SetupFailed(ErrorFields),
     #[error("pgrelay is shutting down")]
@@ -46,7 +51,9 @@ impl SessionError {
                 return Some(fields.code.clone())
             }
             SessionError::Pool(_) => sqlstate::CONNECTION_FAILURE,
-            SessionError::ServerIo(_) | SessionError::ServerClosed { .. } => sqlstate::CONNECTION_FAILURE,
+            SessionError::ServerIo(_) | SessionError::ServerClosed { .. } | SessionError::NodeFenced { .. } => {
+                sqlstate::CONNECTION_FAILURE
+            }
             SessionError::ServerProtocol(_) => sqlstate::PROTOCOL_VIOLATION,
             SessionError::SetupFailed(fields) if !fields.code.is_empty() => return Some(fields.code.clone()),
             SessionError::SetupFailed(_) => sqlstate::INTERNAL_ERROR,

@@ -1,14 +1,13 @@
 //! Accepting clients: one task per connection, a permit per client
 //! (max_client_conn), a login deadline, and one span per connection.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
 use super::error::SessionError;
 use super::session::Session;
@@ -41,13 +40,10 @@ pub async fn serve(ctx: Arc<Context>, listener: TcpListener, kind: ListenerKind)
         match ctx.client_slots.clone().try_acquire_owned() {
             Ok(permit) => {
                 let task_ctx = ctx.clone();
-                ctx.tasks.spawn(
-                    async move {
-                        handle_client(task_ctx, stream, peer, kind).await;
-                        drop(permit);
-                    }
-                    .instrument(span),
-                );
+                ctx.tasks.spawn(async move {
+                    handle_client(task_ctx, stream, kind, span).await;
+                    drop(permit);
+                });
             }
             Err(_) => {
                 let message =
@@ -59,21 +55,25 @@ pub async fn serve(ctx: Arc<Context>, listener: TcpListener, kind: ListenerKind)
     }
 }
 
-async fn handle_client(ctx: Arc<Context>, mut stream: TcpStream, peer: SocketAddr, kind: ListenerKind) {
+/// One client connection. Its span is entered while logging in and named as
+/// the parent of every later event; the relay loop itself runs outside it,
+/// since entering a span on every poll is measurable on the hot path.
+async fn handle_client(ctx: Arc<Context>, mut stream: TcpStream, kind: ListenerKind, span: Span) {
     let login_timeout = ctx.config.pool.client_login_timeout;
     let mut buf = BytesMut::new();
+    let login = tokio::time::timeout(login_timeout, login(&ctx, &mut stream, &mut buf, kind)).instrument(span.clone());
     let logged_in = tokio::select! {
         _ = ctx.shutdown.cancelled() => Ok(Err(SessionError::Shutdown)),
-        r = tokio::time::timeout(login_timeout, login(&ctx, &mut stream, &mut buf, kind)) => r,
+        r = login => r,
     };
     let parts = match logged_in {
         Ok(Ok(Some(parts))) => parts,
         Ok(Ok(None)) => return,
-        Ok(Err(error)) => return report(stream, BytesMut::new(), error).await,
-        Err(_) => return report(stream, BytesMut::new(), SessionError::LoginTimeout(login_timeout)).await,
+        Ok(Err(error)) => return report(stream, BytesMut::new(), error, &span).await,
+        Err(_) => return report(stream, BytesMut::new(), SessionError::LoginTimeout(login_timeout), &span).await,
     };
-    tracing::info!(user = %parts.user.name, database = %parts.database.name, "client logged in");
-    let mut session = Session::new(ctx, stream, kind, parts, buf);
+    tracing::info!(parent: &span, user = %parts.user.name, database = %parts.database.name, "client logged in");
+    let mut session = Session::new(ctx, stream, kind, parts, buf, span.clone());
     let result = session.run().await;
     let poison = matches!(
         result,
@@ -82,19 +82,19 @@ async fn handle_client(ctx: Arc<Context>, mut stream: TcpStream, peer: SocketAdd
     session.drop_lease_after_error(poison);
     let (stream, out) = session.into_client();
     match result {
-        Ok(()) => tracing::debug!(%peer, "client disconnected"),
-        Err(error) => report(stream, out, error).await,
+        Ok(()) => tracing::debug!(parent: &span, "client disconnected"),
+        Err(error) => report(stream, out, error, &span).await,
     }
 }
 
 /// Logs an error that ended a connection and tells the client, if it is still there.
-async fn report(stream: TcpStream, pending: BytesMut, error: SessionError) {
+async fn report(stream: TcpStream, pending: BytesMut, error: SessionError, span: &Span) {
     match error.sqlstate() {
         Some(code) => {
-            tracing::info!(code = %code, error = %error, "closing client connection");
+            tracing::info!(parent: span, code = %code, error = %error, "closing client connection");
             farewell(stream, pending, code, error.to_string()).await;
         }
-        None => tracing::debug!(error = %error, "client connection lost"),
+        None => tracing::debug!(parent: span, error = %error, "client connection lost"),
     }
 }
 

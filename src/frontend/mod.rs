@@ -23,6 +23,7 @@ use crate::auth::UserDb;
 use crate::backend::StatementRegistry;
 use crate::cluster::ClusterView;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::pool::Pools;
 
 /// What every client connection shares.
@@ -31,9 +32,12 @@ pub struct Context {
     pub config: Arc<Config>,
     pub users: UserDb,
     pub cluster: Arc<ClusterView>,
+    pub metrics: Arc<Metrics>,
     pub pools: Pools,
     pub cancels: Arc<CancelRegistry>,
     pub statements: StatementRegistry,
+    /// One shared copy of each distinct set of client startup settings.
+    pub settings: SettingsInterner,
     /// Round-robin position for reads.
     pub round_robin: AtomicUsize,
     /// One permit per client connection (max_client_conn).
@@ -49,12 +53,41 @@ impl Context {
             config,
             users,
             cluster,
+            metrics: Arc::new(Metrics::new()),
             pools: Pools::default(),
             cancels: Arc::new(CancelRegistry::default()),
             statements: StatementRegistry::default(),
+            settings: SettingsInterner::default(),
             round_robin: AtomicUsize::new(0),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
         })
+    }
+}
+
+/// Clients with the same startup settings share one `Arc`, so a server
+/// connection that already has them is recognised by pointer, not by value.
+#[derive(Debug, Default)]
+pub struct SettingsInterner {
+    known: std::sync::Mutex<std::collections::HashMap<ClientSettings, Arc<ClientSettings>>>,
+}
+
+/// A client's startup settings as (name, value), sorted by name.
+pub type ClientSettings = Vec<(String, String)>;
+
+/// Distinct setting sets kept; beyond this each client gets its own copy.
+const MAX_INTERNED_SETTINGS: usize = 1024;
+
+impl SettingsInterner {
+    pub fn intern(&self, settings: ClientSettings) -> Arc<ClientSettings> {
+        let mut known = self.known.lock().expect("settings lock");
+        if let Some(shared) = known.get(&settings) {
+            return shared.clone();
+        }
+        let shared = Arc::new(settings);
+        if known.len() < MAX_INTERNED_SETTINGS {
+            known.insert(shared.as_ref().clone(), shared.clone());
+        }
+        shared
     }
 }

@@ -7,8 +7,12 @@
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::Interest;
+use std::pin::Pin;
+use std::task::Poll;
+
 use tokio::net::TcpStream;
+use tokio_util::io::poll_read_buf;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::cancel::CancelHandle;
 use super::error::SessionError;
@@ -17,10 +21,10 @@ use super::startup::LoginParts;
 use super::Context;
 use crate::auth::UserEntry;
 use crate::backend::{Expect, Origin, ServerConn, ServerTarget, Statement, Synthetic, Verdict};
-use crate::cluster::NodeStatus;
+use crate::cluster::{NodeStatus, Topology, Wait};
 use crate::config::{Database, PoolMode, SessionStatePolicy};
-use crate::pool::{Lease, Pool, PoolKey, PoolSettings};
-use crate::router::{self, ListenerKind, RouteInput, SessionStateEffect};
+use crate::pool::{Lease, Pool, PoolError, PoolKey, PoolSettings};
+use crate::router::{self, ListenerKind, RouteError, RouteInput, SessionStateEffect};
 use crate::wire::{self, backend as server_tag, frontend as tag, ErrorFields, Frame, TxStatus, WireError};
 
 /// Stop reading from one side while this much is waiting to go to the other.
@@ -31,11 +35,15 @@ const READ_CHUNK: usize = 16 * 1024;
 const MAX_SERVER_MESSAGE: usize = 1 << 30;
 
 enum Event {
-    ClientReadable,
-    ClientWritable,
-    ServerReadable,
-    ServerWritable,
+    /// Bytes from the client were appended to `cbuf` (0: it closed).
+    ClientRead(usize),
+    /// Bytes from the server were appended to the connection's `rbuf`.
+    ServerRead,
+    /// A socket we have bytes for can take them again.
+    Writable,
     Shutdown,
+    /// The leased connection's pool was closed: its node stopped being the primary.
+    Fenced,
 }
 
 pub struct Session {
@@ -57,6 +65,11 @@ pub struct Session {
     /// Why this client keeps its server connection until it disconnects.
     pinned: Option<SessionStateEffect>,
     terminated: bool,
+    /// Resolves when pgrelay shuts down; registered once per session.
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The connection's span: log events name it as their parent, so the
+    /// hot loop never has to enter it.
+    span: tracing::Span,
 }
 
 /// The pool for (node, database, user), created on first use.
@@ -88,8 +101,11 @@ impl Session {
         listener: ListenerKind,
         parts: LoginParts,
         cbuf: BytesMut,
+        span: tracing::Span,
     ) -> Session {
         Session {
+            shutdown: Box::pin(ctx.shutdown.clone().cancelled_owned()),
+            span,
             ctx,
             client,
             listener,
@@ -114,18 +130,15 @@ impl Session {
         self.handle_client_messages().await?;
         while !self.terminated {
             match self.next_event().await? {
-                Event::ClientReadable => {
-                    if !self.read_client()? {
-                        return Ok(());
-                    }
-                    self.handle_client_messages().await?;
-                }
-                Event::ServerReadable => {
-                    self.read_server()?;
-                    self.handle_server_messages()?;
-                }
-                Event::ClientWritable | Event::ServerWritable => {}
+                Event::ClientRead(0) => return Ok(()),
+                Event::ClientRead(_) => self.handle_client_messages().await?,
+                Event::ServerRead => self.handle_server_messages()?,
+                Event::Writable => {}
                 Event::Shutdown => return Err(SessionError::Shutdown),
+                Event::Fenced => {
+                    let node = self.lease.as_ref().map(|l| l.pool().key.node.clone()).unwrap_or_default();
+                    return Err(SessionError::NodeFenced { node });
+                }
             }
             self.flush_server()?;
             self.flush_client()?;
@@ -147,65 +160,43 @@ impl Session {
         }
     }
 
-    async fn next_event(&self) -> Result<Event, SessionError> {
-        let server = self.lease.as_ref().map(|l| &l.conn().stream);
+    /// Waits for the next thing to do, reading whatever arrived on the way.
+    /// Reads go through `poll_read`, which treats a short read as "drained"
+    /// and so never spends a syscall on an empty read.
+    async fn next_event(&mut self) -> Result<Event, SessionError> {
         let server_out = self.lease.as_ref().map_or(0, |l| l.conn().wbuf.len());
         let want_client_read = server_out < HIGH_WATER;
         let want_server_read = self.out.len() < HIGH_WATER;
-        let mut client_interest = Interest::READABLE;
-        if !self.out.is_empty() {
-            client_interest =
-                if want_client_read { client_interest.add(Interest::WRITABLE) } else { Interest::WRITABLE };
+        if want_client_read {
+            let max = self.ctx.config.pool.max_message_size + 5;
+            self.cbuf.reserve(READ_CHUNK.max(Frame::needed(&self.cbuf)).min(max));
         }
-        let server_interest = match (want_server_read, server_out > 0) {
-            (true, true) => Some(Interest::READABLE.add(Interest::WRITABLE)),
-            (true, false) => Some(Interest::READABLE),
-            (false, true) => Some(Interest::WRITABLE),
-            (false, false) => None,
+        let Session { client, cbuf, out, lease, shutdown, .. } = self;
+        let (closed, server) = match lease.as_mut().map(Lease::split_mut) {
+            Some((closed, conn)) => (Some(closed), Some(conn)),
+            None => (None, None),
         };
-        let client_wanted = want_client_read || !self.out.is_empty();
-        tokio::select! {
+        let fenced = async {
+            match closed {
+                Some(closed) => closed.await,
+                None => std::future::pending().await,
+            }
+        };
+        let io = poll_io(client, cbuf, want_client_read, !out.is_empty(), server, want_server_read);
+        let event = tokio::select! {
+            // IO first: the two signals are only polled when the session is
+            // about to wait, which keeps their bookkeeping off the busy path.
             biased;
-            _ = self.ctx.shutdown.cancelled() => Ok(Event::Shutdown),
-            ready = self.client.ready(client_interest), if client_wanted => {
-                let ready = ready.map_err(SessionError::ClientIo)?;
-                Ok(if ready.is_readable() || ready.is_read_closed() { Event::ClientReadable } else { Event::ClientWritable })
-            }
-            ready = async { server.expect("guarded").ready(server_interest.expect("guarded")).await },
-                if server.is_some() && server_interest.is_some() => {
-                let ready = ready.map_err(SessionError::ServerIo)?;
-                Ok(if ready.is_readable() || ready.is_read_closed() { Event::ServerReadable } else { Event::ServerWritable })
-            }
-        }
-    }
-
-    /// Reads what the client sent; false at end of stream.
-    fn read_client(&mut self) -> Result<bool, SessionError> {
-        self.cbuf.reserve(READ_CHUNK.max(Frame::needed(&self.cbuf)).min(self.ctx.config.pool.max_message_size + 5));
-        match self.client.try_read_buf(&mut self.cbuf) {
-            Ok(0) => Ok(false),
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(true),
-            Err(e) => Err(SessionError::ClientIo(e)),
-        }
-    }
-
-    fn read_server(&mut self) -> Result<(), SessionError> {
-        let lease = self.lease.as_mut().expect("server readable only while leased");
-        let conn = lease.conn_mut();
-        conn.rbuf.reserve(READ_CHUNK.max(Frame::needed(&conn.rbuf)));
-        match conn.stream.try_read_buf(&mut conn.rbuf) {
-            Ok(0) => {
-                let node = lease.pool().key.node.clone();
-                lease.poison();
+            event = io => event,
+            _ = shutdown.as_mut() => Ok(Event::Shutdown),
+            _ = fenced => Ok(Event::Fenced),
+        };
+        match event {
+            Err(SessionError::ServerClosed { .. }) => {
+                let node = self.lease.as_ref().map(|l| l.pool().key.node.clone()).unwrap_or_default();
                 Err(SessionError::ServerClosed { node })
             }
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-            Err(e) => {
-                lease.poison();
-                Err(SessionError::ServerIo(e))
-            }
+            other => other,
         }
     }
 
@@ -312,34 +303,44 @@ impl Session {
         Ok(true)
     }
 
-    /// Routes the next transaction and leases a connection for it.
+    /// Routes the next transaction and leases a connection for it, all
+    /// within query_wait_timeout (see [`route_waiting`]).
     async fn acquire(&mut self) -> Result<(), SessionError> {
-        let topology = self.ctx.cluster.load();
-        let tick = self.ctx.round_robin.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let node = router::route(
-            RouteInput { listener: self.listener, tick },
-            self.ctx.config.routing.ro_fallback,
-            &topology,
-        )?;
-        let node = &topology.nodes[node];
-        let pool = match self.pools.iter().find(|p| p.key.node == node.name) {
-            Some(pool) => pool.clone(),
-            None => {
-                let pool = pool_for(&self.ctx, node, &self.database, &self.user);
-                self.pools.push(pool.clone());
-                pool
+        let deadline = tokio::time::Instant::now() + self.ctx.config.pool.query_wait_timeout;
+        loop {
+            let (topology, node) = route_waiting(&self.ctx, self.listener, deadline).await?;
+            let pool = self.pool_for_node(&topology.nodes[node]);
+            let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let mut lease = match pool.checkout(wait).await {
+                // Fenced while waiting: route again.
+                Err(PoolError::Closed) => continue,
+                lease => lease?,
+            };
+            // The primary may have moved while the checkout waited.
+            if self.listener == ListenerKind::ReadWrite && self.ctx.cluster.primary() != Some(node) {
+                continue;
             }
-        };
-        let mut lease = pool.checkout(self.ctx.config.pool.query_wait_timeout).await?;
-        apply_settings(lease.conn_mut(), &self.settings);
-        self.cancel.set_target(Some((lease.conn().addr, lease.conn().key)));
-        self.lease = Some(lease);
-        Ok(())
+            apply_settings(lease.conn_mut(), &self.settings);
+            self.cancel.set_target(Some((lease.conn().addr, lease.conn().key)));
+            self.lease = Some(lease);
+            return Ok(());
+        }
+    }
+
+    /// This session's pool for `node`, skipping pools closed by a failover.
+    fn pool_for_node(&mut self, node: &NodeStatus) -> Arc<Pool> {
+        self.pools.retain(|p| !p.is_closed());
+        if let Some(pool) = self.pools.iter().find(|p| p.key.node == node.name) {
+            return pool.clone();
+        }
+        let pool = pool_for(&self.ctx, node, &self.database, &self.user);
+        self.pools.push(pool.clone());
+        pool
     }
 
     fn pin(&mut self, effect: SessionStateEffect) {
         if self.pinned.is_none() {
-            tracing::debug!(reason = effect.describe(), "client pinned to its server connection");
+            tracing::debug!(parent: &self.span, reason = effect.describe(), "client pinned to its server connection");
         }
         self.pinned.get_or_insert(effect);
         if let Some(lease) = self.lease.as_mut() {
@@ -349,7 +350,7 @@ impl Session {
 
     fn forward_client_message(&mut self, msg_tag: u8, msg: &[u8]) -> Result<(), SessionError> {
         let body = wire::body(msg);
-        tracing::trace!(tag = %char::from(msg_tag), len = msg.len(), "client message");
+        tracing::trace!(parent: &self.span, tag = %char::from(msg_tag), len = msg.len(), "client message");
         match msg_tag {
             tag::QUERY => {
                 if let Some(effect) = router::session_state_effect(body) {
@@ -466,6 +467,7 @@ impl Session {
     }
 
     fn handle_server_messages(&mut self) -> Result<(), SessionError> {
+        let span = &self.span;
         let Some(lease) = self.lease.as_mut() else { return Ok(()) };
         let conn = lease.conn_mut();
         let mut consumed = 0;
@@ -478,7 +480,7 @@ impl Session {
             };
             let msg = &rest[..frame.total_len];
             let verdict = conn.tracker.on_server_message(frame.tag, &msg[5..]);
-            tracing::trace!(tag = %char::from(frame.tag), ?verdict, "server message");
+            tracing::trace!(parent: span, tag = %char::from(frame.tag), ?verdict, "server message");
             match verdict {
                 Verdict::Relay => {
                     if frame.tag == server_tag::PARAMETER_STATUS {
@@ -497,6 +499,73 @@ impl Session {
             lease.poison();
         }
         result
+    }
+}
+
+/// Polls the client and (when leased) the server socket: reads into their
+/// buffers when wanted, and reports write readiness when bytes are waiting.
+fn poll_io<'a>(
+    client: &'a mut TcpStream,
+    cbuf: &'a mut BytesMut,
+    read_client: bool,
+    client_has_out: bool,
+    mut server: Option<&'a mut ServerConn>,
+    read_server: bool,
+) -> impl std::future::Future<Output = Result<Event, SessionError>> + 'a {
+    std::future::poll_fn(move |cx| {
+        if let Some(conn) = server.as_deref_mut() {
+            if read_server {
+                conn.rbuf.reserve(READ_CHUNK.max(Frame::needed(&conn.rbuf)));
+                match poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.rbuf) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(SessionError::ServerClosed { node: String::new() })),
+                    Poll::Ready(Ok(_)) => return Poll::Ready(Ok(Event::ServerRead)),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::ServerIo(e))),
+                    Poll::Pending => {}
+                }
+            }
+            if !conn.wbuf.is_empty() && conn.stream.poll_write_ready(cx).is_ready() {
+                return Poll::Ready(Ok(Event::Writable));
+            }
+        }
+        if read_client {
+            match poll_read_buf(Pin::new(&mut *client), cx, cbuf) {
+                Poll::Ready(Ok(n)) => return Poll::Ready(Ok(Event::ClientRead(n))),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::ClientIo(e))),
+                Poll::Pending => {}
+            }
+        }
+        if client_has_out && client.poll_write_ready(cx).is_ready() {
+            return Poll::Ready(Ok(Event::Writable));
+        }
+        Poll::Pending
+    })
+}
+
+/// Routes a transaction on `listener`. While no primary is known it waits
+/// for the topology to change, until `deadline`; a split brain and a missing
+/// replica under `ro_fallback = "error"` are answered at once.
+pub(super) async fn route_waiting(
+    ctx: &Context,
+    listener: ListenerKind,
+    deadline: tokio::time::Instant,
+) -> Result<(Arc<Topology>, usize), SessionError> {
+    let decide = |topology: &Arc<Topology>| {
+        let tick = ctx.round_robin.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match router::route(RouteInput { listener, tick }, ctx.config.routing.ro_fallback, topology) {
+            Ok(node) => Ok((topology.clone(), node)),
+            Err(e @ RouteError::NoPrimary(_)) => Err(Wait::Retry(e)),
+            Err(e) => Err(Wait::Fail(e)),
+        }
+    };
+    // The common case costs one snapshot load: no subscription, no timer.
+    match decide(&ctx.cluster.load()) {
+        Ok(routed) => return Ok(routed),
+        Err(Wait::Fail(e)) => return Err(e.into()),
+        Err(Wait::Retry(_)) => {}
+    }
+    tokio::select! {
+        _ = ctx.shutdown.cancelled() => Err(SessionError::Shutdown),
+        routed = ctx.cluster.wait_for(deadline, decide) => Ok(routed?),
     }
 }
 

@@ -10,11 +10,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::error::SessionError;
-use super::session::pool_for;
+use super::session::{pool_for, route_waiting};
 use super::Context;
 use crate::auth::{AuthError, AuthStep, ClientAuth};
 use crate::config::Database;
-use crate::router::{self, ListenerKind, RouteInput};
+use crate::router::ListenerKind;
 use crate::wire::{self, frontend as tag, sqlstate, StartupPacket, StartupParams, TxStatus, WireError};
 
 /// Largest password message accepted before a client is authenticated.
@@ -82,7 +82,7 @@ pub async fn login(
     wire::put_backend_key_data(&mut out, cancel.pid, cancel.secret);
     wire::put_ready_for_query(&mut out, TxStatus::Idle);
     client.write_all(&out).await.map_err(SessionError::ClientIo)?;
-    Ok(Some(LoginParts { user, database, settings: Arc::new(settings), cancel }))
+    Ok(Some(LoginParts { user, database, settings: ctx.settings.intern(settings), cancel }))
 }
 
 async fn read_startup_packet(client: &mut TcpStream, buf: &mut BytesMut) -> Result<Bytes, SessionError> {
@@ -177,21 +177,24 @@ async fn authenticate(
     }
 }
 
-/// The ParameterStatus values of the pool the client will use first,
-/// connecting once if this pool has never connected.
+/// The ParameterStatus values the client is welcomed with: those any server
+/// of this (database, user) reported, else the first server's that the
+/// client's listener routes to (waiting for a primary like a query would).
 async fn server_params(
     ctx: &Arc<Context>,
     listener: ListenerKind,
     user: &Arc<crate::auth::UserEntry>,
     database: &Database,
 ) -> Result<crate::backend::ServerParams, SessionError> {
-    let topology = ctx.cluster.load();
-    let tick = ctx.round_robin.load(std::sync::atomic::Ordering::Relaxed);
-    let node = router::route(RouteInput { listener, tick }, ctx.config.routing.ro_fallback, &topology)?;
+    if let Some(params) = ctx.pools.server_params_for(&database.name, &user.name) {
+        return Ok(params);
+    }
+    let wait = ctx.config.pool.query_wait_timeout;
+    let (topology, node) = route_waiting(ctx, listener, tokio::time::Instant::now() + wait).await?;
     let pool = pool_for(ctx, &topology.nodes[node], database, user);
     if let Some(params) = pool.server_params() {
         return Ok(params);
     }
-    let lease = pool.checkout(ctx.config.pool.query_wait_timeout).await?;
+    let lease = pool.checkout(wait).await?;
     Ok(lease.conn().startup_params.clone())
 }

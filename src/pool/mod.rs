@@ -4,10 +4,12 @@
 //! background (bounded by `server_reset_timeout`) and closes it if that fails.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::backend::{BackendError, ServerConn, ServerParams, ServerTarget};
 use crate::config::PoolMode;
@@ -47,6 +49,8 @@ pub struct Pool {
     idle: Mutex<Vec<ServerConn>>,
     /// What the first connection reported at startup; clients see these at login.
     server_params: Mutex<Option<ServerParams>>,
+    /// Cancelled by [`Pool::close`]: the node must not be used any more.
+    closed: CancellationToken,
 }
 
 impl Pool {
@@ -58,7 +62,26 @@ impl Pool {
             settings,
             idle: Mutex::new(Vec::new()),
             server_params: Mutex::new(None),
+            closed: CancellationToken::new(),
         })
+    }
+
+    /// Closes the pool for good: idle connections are dropped, waiting and
+    /// later checkouts fail with [`PoolError::Closed`], leases returned later
+    /// are closed instead of pooled, and [`Pool::closed`] fires for holders.
+    pub fn close(&self) {
+        self.closed.cancel();
+        self.permits.close();
+        self.idle.lock().expect("pool lock").clear();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// Resolves once the pool is closed.
+    pub async fn closed(&self) {
+        self.closed.cancelled().await
     }
 
     pub fn target(&self) -> &ServerTarget {
@@ -80,12 +103,21 @@ impl Pool {
 
     /// Waits up to `wait` (the client's query_wait_timeout) for a connection of this pool.
     pub async fn checkout(self: &Arc<Self>, wait: Duration) -> Result<Lease, PoolError> {
-        let acquire = self.permits.clone().acquire_owned();
-        let permit = match tokio::time::timeout(wait, acquire).await {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_)) => return Err(PoolError::Closed),
-            Err(_) => return Err(PoolError::Timeout(wait)),
+        // A free permit needs no timer: only a real wait arms one.
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(PoolError::Closed),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                match tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    Ok(Err(_)) => return Err(PoolError::Closed),
+                    Err(_) => return Err(PoolError::Timeout(wait)),
+                }
+            }
         };
+        if self.is_closed() {
+            return Err(PoolError::Closed);
+        }
         let conn = match self.take_idle() {
             Some(conn) => conn,
             None => {
@@ -94,7 +126,14 @@ impl Pool {
                 conn
             }
         };
-        Ok(Lease { conn: Some(conn), pool: self.clone(), permit: Some(permit), discard: false, poisoned: false })
+        Ok(Lease {
+            conn: Some(conn),
+            pool: self.clone(),
+            closed: Box::pin(self.closed.clone().cancelled_owned()),
+            permit: Some(permit),
+            discard: false,
+            poisoned: false,
+        })
     }
 
     /// Pops the most recently used healthy idle connection.
@@ -110,10 +149,18 @@ impl Pool {
     }
 
     fn put_idle(&self, mut conn: ServerConn) {
-        conn.last_used = Instant::now();
+        let now = Instant::now();
+        conn.last_used = now;
         let mut idle = self.idle.lock().expect("pool lock");
+        // Checked under the lock that `close` clears, so nothing slips in after it.
+        if self.is_closed() {
+            return;
+        }
+        // Pushed at the end and taken from the end, the list is ordered by
+        // last use: expired connections are at the front.
         if let Some(timeout) = self.settings.idle_timeout {
-            idle.retain(|c| c.last_used.elapsed() <= timeout);
+            let expired = idle.iter().take_while(|c| now.duration_since(c.last_used) > timeout).count();
+            idle.drain(..expired);
         }
         idle.push(conn);
     }
@@ -161,6 +208,8 @@ impl Pool {
 pub struct Lease {
     conn: Option<ServerConn>,
     pool: Arc<Pool>,
+    /// Resolves when the pool is closed; registered once per lease, not per wait.
+    closed: Pin<Box<WaitForCancellationFutureOwned>>,
     permit: Option<OwnedSemaphorePermit>,
     discard: bool,
     poisoned: bool,
@@ -179,6 +228,11 @@ impl Lease {
         &self.pool
     }
 
+    /// The pool-closed signal and the connection at once (the session waits on both).
+    pub fn split_mut(&mut self) -> (Pin<&mut WaitForCancellationFutureOwned>, &mut ServerConn) {
+        (self.closed.as_mut(), self.conn.as_mut().expect("lease holds a connection until dropped"))
+    }
+
     /// The client left session state behind: DISCARD ALL before reuse.
     pub fn require_discard(&mut self) {
         self.discard = true;
@@ -193,7 +247,7 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         let (Some(conn), Some(permit)) = (self.conn.take(), self.permit.take()) else { return };
-        if self.poisoned {
+        if self.poisoned || self.pool.is_closed() {
             return;
         }
         let discard = self.discard || self.pool.settings.mode == PoolMode::Session;
@@ -233,7 +287,26 @@ impl Pools {
             .clone()
     }
 
+    /// Closes and forgets every pool of `node` (its server connections must
+    /// not be used any more); the next use creates fresh pools.
+    pub fn close_node(&self, node: &str) {
+        let mut pools = self.pools.lock().expect("pools lock");
+        pools.retain(|key, pool| {
+            if key.node == node {
+                pool.close();
+            }
+            key.node != node
+        });
+    }
+
     pub fn all(&self) -> Vec<Arc<Pool>> {
         self.pools.lock().expect("pools lock").values().cloned().collect()
+    }
+
+    /// What any server of this (database, user) reported at startup: the
+    /// nodes of one cluster report the same values.
+    pub fn server_params_for(&self, database: &str, user: &str) -> Option<ServerParams> {
+        let pools = self.pools.lock().expect("pools lock");
+        pools.iter().filter(|(k, _)| k.database == database && k.user == user).find_map(|(_, p)| p.server_params())
     }
 }

@@ -36,18 +36,24 @@ pub struct RouteInput {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
+    /// Worth waiting for: a primary may be elected soon.
     #[error("no primary available: {0}")]
     NoPrimary(String),
+    /// Two nodes claim the primary role: refused at once, waiting rarely helps.
+    #[error("no primary available: {0}")]
+    SplitBrain(String),
     #[error("no replica available for reads: {0}")]
     NoReplica(String),
 }
 
 /// The node index that serves this transaction.
 pub fn route(input: RouteInput, fallback: RoFallback, topology: &Topology) -> Result<usize, RouteError> {
-    let primary = || {
-        topology.primary.ok_or_else(|| {
-            RouteError::NoPrimary(topology.no_primary_reason.clone().unwrap_or_else(|| "none is known".into()))
-        })
+    let primary = || match topology.primary {
+        Some(primary) => Ok(primary),
+        None => {
+            let reason = topology.no_primary_reason.clone().unwrap_or_else(|| "none is known".into());
+            Err(if topology.split_brain { RouteError::SplitBrain(reason) } else { RouteError::NoPrimary(reason) })
+        }
     };
     match input.listener {
         ListenerKind::ReadWrite => primary(),
@@ -57,7 +63,7 @@ pub fn route(input: RouteInput, fallback: RoFallback, topology: &Topology) -> Re
         ListenerKind::ReadOnly => match fallback {
             RoFallback::Primary => primary(),
             RoFallback::Error => {
-                Err(RouteError::NoReplica("no replica is in the read set (ro_fallback = \"error\")".into()))
+                Err(RouteError::NoReplica(format!("{} (ro_fallback = \"error\")", topology.read_set_exclusions())))
             }
         },
     }

@@ -52,8 +52,16 @@ fn next_word<'a>(s: &'a [u8], buf: &mut [u8; 16]) -> (usize, &'a [u8]) {
     (n, &s[end..])
 }
 
-fn contains_ci(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+/// Case-insensitive search that compares only where a rare byte of the
+/// needle (at `anchor` in it) occurs, found with memchr: this runs on every
+/// query, so it must not cost a comparison per byte.
+fn contains_ci(haystack: &[u8], needle: &[u8], anchor: usize) -> bool {
+    let rare = needle[anchor];
+    memchr::memchr2_iter(rare.to_ascii_lowercase(), rare.to_ascii_uppercase(), haystack).any(|pos| {
+        pos.checked_sub(anchor)
+            .and_then(|start| haystack.get(start..start + needle.len()))
+            .is_some_and(|window| window.eq_ignore_ascii_case(needle))
+    })
 }
 
 /// What session state the statement(s) in `sql` create, if any. Looks at
@@ -80,11 +88,11 @@ pub fn session_state_effect(sql: &[u8]) -> Option<SessionStateEffect> {
             let (m, _) = next_word(rest, &mut second);
             matches!(&second[..m], b"temp" | b"temporary").then_some(SessionStateEffect::TempTable)
         }
-        b"declare" if contains_ci(rest, b"with hold") => Some(SessionStateEffect::HoldCursor),
+        b"declare" if contains_ci(rest, b"with hold", 0) => Some(SessionStateEffect::HoldCursor),
         _ => None,
     };
     effect.or_else(|| {
-        (contains_ci(sql, b"pg_advisory_lock") || contains_ci(sql, b"pg_try_advisory_lock"))
+        (contains_ci(sql, b"pg_advisory_lock", 5) || contains_ci(sql, b"pg_try_advisory_lock", 9))
             .then_some(SessionStateEffect::AdvisoryLock)
     })
 }

@@ -11,6 +11,9 @@ fn topology(roles: &[Option<Role>], read_set: &[usize]) -> Topology {
             host: "127.0.0.1".into(),
             port: 6000 + i as u16,
             role: *role,
+            lag_bytes: None,
+            lag: None,
+            excluded: None,
         })
         .collect::<Vec<_>>();
     let primary = roles.iter().position(|r| *r == Some(Role::Primary));
@@ -19,6 +22,7 @@ fn topology(roles: &[Option<Role>], read_set: &[usize]) -> Topology {
         primary,
         read_set: read_set.to_vec(),
         no_primary_reason: primary.is_none().then(|| "down".into()),
+        split_brain: false,
     }
 }
 
@@ -52,6 +56,41 @@ fn routes_by_listener() {
 }
 
 #[test]
+fn explains_refusals() {
+    let r = Some(Role::Replica);
+    let mut lagging = topology(&[Some(Role::Primary), r, r], &[]);
+    lagging.nodes[1].excluded = Some("lag 5000 bytes > max_replica_lag_bytes (1024 bytes)".into());
+    lagging.nodes[2].excluded = Some("unreachable (connection refused)".into());
+    let mut split = topology(&[Some(Role::Primary), Some(Role::Primary), r], &[2]);
+    split.primary = None;
+    split.split_brain = true;
+    split.no_primary_reason = Some("split brain: pg0 and pg1".into());
+    let ro = RouteInput { listener: ListenerKind::ReadOnly, tick: 0 };
+    let rw = RouteInput { listener: ListenerKind::ReadWrite, tick: 0 };
+    type Case<'a> = (&'a Topology, RouteInput, RoFallback, Result<usize, RouteError>);
+    let cases: &[Case] = &[
+        (
+            &lagging,
+            ro,
+            RoFallback::Error,
+            Err(RouteError::NoReplica(
+                "pg1: lag 5000 bytes > max_replica_lag_bytes (1024 bytes); pg2: unreachable (connection refused) \
+                 (ro_fallback = \"error\")"
+                    .into(),
+            )),
+        ),
+        (&lagging, ro, RoFallback::Primary, Ok(0)),
+        (&split, rw, RoFallback::Primary, Err(RouteError::SplitBrain("split brain: pg0 and pg1".into()))),
+        (&split, ro, RoFallback::Error, Ok(2)),
+    ];
+    for (topology, input, fallback, expected) in cases {
+        assert_eq!(&route(*input, *fallback, topology), expected, "{input:?} {fallback:?}");
+    }
+    let message = route(rw, RoFallback::Primary, &split).expect_err("split brain").to_string();
+    assert_eq!(message, "no primary available: split brain: pg0 and pg1");
+}
+
+#[test]
 fn recognises_session_state() {
     use SessionStateEffect::*;
     let cases: &[(&str, Option<SessionStateEffect>)] = &[
@@ -64,10 +103,16 @@ fn recognises_session_state() {
         ("LISTEN ch", Some(Listen)),
         ("prepare p as select 1", Some(Prepare)),
         ("select pg_advisory_lock(1)", Some(AdvisoryLock)),
+        ("SELECT PG_ADVISORY_LOCK(1)", Some(AdvisoryLock)),
+        ("select 1; select pg_try_advisory_lock(7)", Some(AdvisoryLock)),
+        ("select pg_advisory_lock_shared(1)", Some(AdvisoryLock)),
+        ("select 'dvisory_lock' || 'v'", None),
+        ("vv", None),
         ("select pg_advisory_xact_lock(1)", None),
         ("create temp table t (a int)", Some(TempTable)),
         ("create table t (a int)", None),
         ("declare c cursor with hold for select 1", Some(HoldCursor)),
+        ("DECLARE c CURSOR WITH HOLD FOR select 1", Some(HoldCursor)),
         ("declare c cursor for select 1", None),
         ("settle", None),
     ];

@@ -25,7 +25,7 @@ async fn final_error(raw: &mut Raw) -> (String, String) {
 
 #[tokio::test]
 async fn bad_input_is_refused_while_others_keep_working() {
-    let app = relay::start_default(cluster(), "max_message_size = \"64kB\"").await;
+    let app = relay::start_default(cluster(), "max_message_size = \"64kB\"\nclient_login_timeout = \"2s\"").await;
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicUsize::new(0));
     let bystander = {

@@ -8,6 +8,7 @@ mod support;
 
 mod auth;
 mod bad_input;
+mod http;
 mod pooling;
 mod prepared;
 mod protocol;

@@ -30,7 +30,7 @@ pub fn config_toml(cluster: &LocalCluster, pool_extra: &str, users_extra: &str) 
         ));
     }
     // A key in `pool_extra` replaces the base value.
-    let base = ["default_pool_size = 4", "query_wait_timeout = \"5s\"", "client_login_timeout = \"2s\""];
+    let base = ["default_pool_size = 4", "query_wait_timeout = \"5s\"", "client_login_timeout = \"10s\""];
     let overridden = |line: &&str| {
         let key = line.split('=').next().unwrap_or("").trim();
         pool_extra.lines().any(|l| l.split('=').next().unwrap_or("").trim() == key)

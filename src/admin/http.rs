@@ -1,0 +1,146 @@
+//! HTTP on `[listen] http`: `GET /metrics` (Prometheus text), `/livez`
+//! (the process runs), `/readyz` (200 once a primary is known and pgrelay is
+//! not draining, else 503 with the reason), `/topology` (JSON). Served with
+//! hyper, HTTP/1.1, one task per connection owned by the app's task tracker.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::CONTENT_TYPE;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cluster::{ClusterView, Topology};
+use crate::config::Role;
+use crate::metrics::Metrics;
+
+/// What the endpoints read.
+#[derive(Debug)]
+pub struct HttpState {
+    pub metrics: Arc<Metrics>,
+    pub cluster: Arc<ClusterView>,
+    /// Cancelled when pgrelay starts draining: /readyz turns 503 at once.
+    pub draining: CancellationToken,
+}
+
+impl HttpState {
+    /// Ready means: a primary is known and pgrelay is not draining.
+    fn readiness(&self) -> Result<(), String> {
+        if self.draining.is_cancelled() {
+            return Err("draining: pgrelay is shutting down".into());
+        }
+        let topology = self.cluster.load();
+        match topology.primary {
+            Some(_) => Ok(()),
+            None => {
+                Err(format!("no primary: {}", topology.no_primary_reason.as_deref().unwrap_or("none is known yet")))
+            }
+        }
+    }
+}
+
+/// Accepts HTTP connections until `shutdown`.
+pub async fn serve(listener: TcpListener, state: Arc<HttpState>, shutdown: CancellationToken, tasks: TaskTracker) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "http accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (state, shutdown) = (state.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let service = service_fn(move |request| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(respond(&state, &request)) }
+            });
+            let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                result = connection => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "http connection ended with an error");
+                    }
+                }
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
+}
+
+fn respond(state: &HttpState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET is served\n".into());
+    }
+    match request.uri().path() {
+        "/metrics" => {
+            state.metrics.observe_topology(&state.cluster.load());
+            reply(StatusCode::OK, "text/plain; version=0.0.4", state.metrics.render())
+        }
+        "/livez" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" => match state.readiness() {
+            Ok(()) => reply(StatusCode::OK, "text/plain", "ready\n".into()),
+            Err(reason) => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {reason}\n")),
+        },
+        "/topology" => {
+            let body = serde_json::to_string_pretty(&topology_json(&state.cluster.load())).expect("JSON value");
+            reply(StatusCode::OK, "application/json", body + "\n")
+        }
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics /livez /readyz /topology\n".into()),
+    }
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
+    response
+}
+
+/// The topology as operators read it: each node's role, lag, and whether it
+/// serves reads (and why not).
+pub fn topology_json(topology: &Topology) -> Value {
+    let nodes: Vec<Value> = topology
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            let role = match node.role {
+                Some(Role::Primary) => "primary",
+                Some(Role::Replica) => "replica",
+                None => "unknown",
+            };
+            json!({
+                "name": node.name,
+                "host": node.host,
+                "port": node.port,
+                "role": role,
+                "is_primary": topology.primary == Some(i),
+                "in_read_set": topology.read_set.contains(&i),
+                "lag_bytes": node.lag_bytes,
+                "lag_seconds": node.lag.map(|d| d.as_secs_f64()),
+                "excluded": node.excluded,
+            })
+        })
+        .collect();
+    json!({
+        "primary": topology.primary.map(|i| topology.nodes[i].name.clone()),
+        "no_primary_reason": topology.no_primary_reason,
+        "split_brain": topology.split_brain,
+        "nodes": nodes,
+    })
+}

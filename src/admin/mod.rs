@@ -1,0 +1,6 @@
+//! What operators use to watch pgrelay: the HTTP endpoints (Prometheus
+//! metrics, liveness, readiness, the topology as JSON).
+
+mod http;
+
+pub use http::{serve, topology_json, HttpState};

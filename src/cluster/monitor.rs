@@ -1,0 +1,280 @@
+//! `source = "postgres"` and `"patroni"`: one monitor task per node polls
+//! the node over its own small tokio-postgres connection (never a pooled
+//! one, so a saturated pool cannot blind it), with Patroni one more task
+//! polls `GET /cluster`, and one coordinator task folds their reports into
+//! [`ClusterState`] and publishes each new [`Topology`] to the
+//! [`ClusterView`]. When the primary moves, the coordinator calls the
+//! fencing hook with the old primary's name after publishing the new view.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::MissedTickBehavior;
+use tokio_postgres::NoTls;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+use super::decide::{ClusterState, Fencer, Hysteresis, LagLimits, Observation, Probe};
+use super::patroni::{self, PatroniView};
+use super::{ClusterView, Topology};
+use crate::config::{Config, Source};
+
+/// What a monitor asks each node. LSNs as byte positions (`lsn - '0/0'`),
+/// timestamps as microseconds since the epoch, so no date types are needed.
+const CHECK_SQL: &str = "select pg_is_in_recovery(), \
+     (case when pg_is_in_recovery() then pg_last_wal_replay_lsn() else pg_current_wal_lsn() end - '0/0'::pg_lsn)::int8, \
+     (extract(epoch from pg_last_xact_replay_timestamp()) * 1000000)::int8, \
+     (extract(epoch from now()) * 1000000)::int8";
+
+/// The database the monitors log in to.
+const MONITOR_DATABASE: &str = "postgres";
+
+/// Called with a node's name when its server connections must be closed.
+pub type FenceHook = Box<dyn Fn(&str) + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+enum CheckError {
+    #[error("{0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("no answer within check_timeout ({0:?})")]
+    Timeout(Duration),
+    #[error("negative WAL position")]
+    BadLsn,
+}
+
+/// What the pollers tell the coordinator.
+#[derive(Debug)]
+enum Report {
+    Node(usize, Observation),
+    Patroni(Result<PatroniView, String>),
+}
+
+/// How one monitor reaches its node.
+#[derive(Clone)]
+struct MonitorTarget {
+    index: usize,
+    name: String,
+    connect: tokio_postgres::Config,
+    interval: Duration,
+    timeout: Duration,
+}
+
+/// Starts the monitors and the coordinator on `tasks`. The receiver fires
+/// once every node has been checked at least once.
+pub fn start(
+    config: &Config,
+    view: Arc<ClusterView>,
+    tasks: &TaskTracker,
+    shutdown: CancellationToken,
+    fence: FenceHook,
+) -> oneshot::Receiver<()> {
+    let (reports, inbox) = mpsc::channel(config.nodes.len() * 4 + 4);
+    for (index, node) in config.nodes.iter().enumerate() {
+        let mut connect = tokio_postgres::Config::new();
+        connect
+            .host(&node.host)
+            .port(node.port)
+            .user(&config.cluster.user)
+            .dbname(MONITOR_DATABASE)
+            .application_name("pgrelay-monitor")
+            .connect_timeout(config.cluster.check_timeout);
+        if !config.cluster.password.is_empty() {
+            connect.password(&config.cluster.password);
+        }
+        let target = MonitorTarget {
+            index,
+            name: node.name.clone(),
+            connect,
+            interval: config.cluster.check_interval,
+            timeout: config.cluster.check_timeout,
+        };
+        let span = tracing::info_span!("monitor", node = %node.name);
+        let task = monitor_node(target, reports.clone(), shutdown.clone(), tasks.clone());
+        tasks.spawn(task.instrument(span));
+    }
+    if config.cluster.source == Source::Patroni {
+        let poller = poll_patroni(config, reports, shutdown.clone());
+        tasks.spawn(poller.instrument(tracing::info_span!("patroni-poller")));
+    }
+    let names = config.nodes.iter().map(|n| n.name.clone()).collect();
+    let hysteresis =
+        Hysteresis { leave_after: config.cluster.leave_after_checks, rejoin_after: config.cluster.rejoin_after_checks };
+    let limits = LagLimits { bytes: config.routing.max_replica_lag_bytes, time: config.routing.max_replica_lag };
+    let mut state = ClusterState::new(names, hysteresis, limits);
+    if config.cluster.source == Source::Patroni {
+        state = state.with_patroni();
+    }
+    let (ready, ready_rx) = oneshot::channel();
+    let coordinator = Coordinator { state, view, fence, fencer: Fencer::default(), ready: Some(ready) };
+    tasks.spawn(coordinator.run(inbox, shutdown).instrument(tracing::info_span!("topology-coordinator")));
+    ready_rx
+}
+
+/// Polls one node every check_interval until shutdown.
+async fn monitor_node(
+    target: MonitorTarget,
+    reports: mpsc::Sender<Report>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let mut client: Option<tokio_postgres::Client> = None;
+    let mut ticker = tokio::time::interval(target.interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let checked = tokio::time::timeout(target.timeout, check(&target, &mut client, &tasks)).await;
+        let observation = match checked.unwrap_or(Err(CheckError::Timeout(target.timeout))) {
+            Ok(probe) => Observation::Up(probe),
+            Err(e) => {
+                // Reconnect on the next check: the connection may be half dead.
+                client = None;
+                tracing::debug!(error = %e, "check failed");
+                Observation::Unreachable(e.to_string())
+            }
+        };
+        if reports.send(Report::Node(target.index, observation)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Asks Patroni for `/cluster` every check_interval until shutdown.
+fn poll_patroni(
+    config: &Config,
+    reports: mpsc::Sender<Report>,
+    shutdown: CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let urls: Vec<String> = config.nodes.iter().filter_map(|n| n.patroni.clone()).collect();
+    let nodes: Vec<(String, String, u16)> =
+        config.nodes.iter().map(|n| (n.name.clone(), n.host.clone(), n.port)).collect();
+    let (interval, timeout) = (config.cluster.check_interval, config.cluster.check_timeout);
+    async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let answer = ask_patroni(&urls, &nodes, timeout).await;
+            if let Err(why) = &answer {
+                tracing::debug!(error = %why, "no member's REST API answered");
+            }
+            if reports.send(Report::Patroni(answer)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The first member whose REST API answers decides; the errors of all otherwise.
+async fn ask_patroni(
+    urls: &[String],
+    nodes: &[(String, String, u16)],
+    timeout: Duration,
+) -> Result<PatroniView, String> {
+    let mut errors = Vec::new();
+    for url in urls {
+        match patroni::fetch_cluster(url, timeout).await.and_then(|body| patroni::parse_cluster(&body, nodes)) {
+            Ok(view) => return Ok(view),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    Err(format!("Patroni REST API: {}", errors.join("; ")))
+}
+
+/// One check, connecting first when there is no connection.
+async fn check(
+    target: &MonitorTarget,
+    client: &mut Option<tokio_postgres::Client>,
+    tasks: &TaskTracker,
+) -> Result<Probe, CheckError> {
+    let live = match client.take() {
+        Some(live) if !live.is_closed() => live,
+        _ => {
+            let (live, connection) = target.connect.connect(NoTls).await?;
+            let span = tracing::debug_span!("monitor-connection", node = %target.name);
+            // Ends when the client is dropped or the server goes away.
+            tasks.spawn(async move { drop(connection.await) }.instrument(span));
+            live
+        }
+    };
+    let row = live.query_one(CHECK_SQL, &[]).await?;
+    // Kept only after a successful query; a cancelled check reconnects.
+    *client = Some(live);
+    let lsn: Option<i64> = row.try_get(1)?;
+    Ok(Probe {
+        in_recovery: row.try_get(0)?,
+        wal_lsn: lsn.map(u64::try_from).transpose().map_err(|_| CheckError::BadLsn)?,
+        replay_micros: row.try_get(2)?,
+        now_micros: row.try_get(3)?,
+    })
+}
+
+/// Folds observations into the state and publishes what changed.
+struct Coordinator {
+    state: ClusterState,
+    view: Arc<ClusterView>,
+    fence: FenceHook,
+    fencer: Fencer,
+    ready: Option<oneshot::Sender<()>>,
+}
+
+impl Coordinator {
+    async fn run(mut self, mut inbox: mpsc::Receiver<Report>, shutdown: CancellationToken) {
+        loop {
+            let report = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                received = inbox.recv() => match received {
+                    Some(received) => received,
+                    None => return,
+                },
+            };
+            match report {
+                Report::Node(node, observation) => self.state.observe(node, observation),
+                Report::Patroni(answer) => self.state.observe_patroni(answer),
+            }
+            let current = self.view.load();
+            let next = self.state.topology(&current.nodes);
+            if next != *current {
+                self.publish(&current, next);
+            }
+            if self.state.all_checked() {
+                if let Some(ready) = self.ready.take() {
+                    let _ = ready.send(());
+                }
+            }
+        }
+    }
+
+    /// Swaps the new view in first, so no new transaction goes to the old
+    /// primary, then fences the old primary's connections.
+    fn publish(&mut self, current: &Topology, next: Topology) {
+        if !current.routes_like(&next) {
+            log_change(&next);
+        }
+        let fenced = self.fencer.update(&next).map(|i| next.nodes[i].name.clone());
+        self.view.store(next);
+        if let Some(name) = fenced {
+            tracing::warn!(node = %name, "closing server connections of the former primary");
+            (self.fence)(&name);
+        }
+    }
+}
+
+fn log_change(topology: &Topology) {
+    let primary = topology.primary.map(|p| topology.nodes[p].name.as_str());
+    let read_set: Vec<&str> = topology.read_set.iter().map(|&i| topology.nodes[i].name.as_str()).collect();
+    match (&topology.no_primary_reason, topology.split_brain) {
+        (Some(why), true) => tracing::error!(reason = %why, "split brain: refusing writes"),
+        (Some(why), false) => tracing::warn!(reason = %why, ?read_set, "no primary"),
+        (None, _) => {
+            tracing::info!(primary, ?read_set, exclusions = %topology.read_set_exclusions(), "topology changed")
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! Every Prometheus metric pgrelay exports, as one struct of typed handles
+//! registered once at start-up. Hot paths hold handles resolved in advance
+//! ([`PoolMetrics`] per pool, [`ClientMetrics`] per login); nothing is looked
+//! up by name per message. Label values are bounded: node, database and user
+//! come from the configuration, SQLSTATE classes are two characters.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Buckets for waits and transaction times: 100 µs to 30 s.
+const SECONDS_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    clients: IntGaugeVec,
+    clients_waiting: IntGaugeVec,
+    client_logins: IntCounterVec,
+    client_bytes_received: IntCounterVec,
+    client_bytes_sent: IntCounterVec,
+    server_connections: IntGaugeVec,
+    transactions: IntCounterVec,
+    queries: IntCounterVec,
+    checkout_wait: HistogramVec,
+    transaction_duration: HistogramVec,
+    errors: IntCounterVec,
+    pinned_clients: IntCounterVec,
+    /// Statements pgrelay prepared on a server connection on a client's behalf.
+    pub statements_reprepared: IntCounter,
+    pub node_up: IntGaugeVec,
+    pub node_is_primary: IntGaugeVec,
+    pub node_in_read_set: IntGaugeVec,
+    pub node_lag_bytes: IntGaugeVec,
+    pub node_lag_seconds: prometheus::GaugeVec,
+    pub primary_changes: IntCounter,
+    pub split_brain: IntGauge,
+    pub config_reloads: IntCounterVec,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help)
+}
+
+fn seconds(name: &str, help: &str) -> HistogramOpts {
+    HistogramOpts::new(name, help).buckets(SECONDS_BUCKETS.to_vec())
+}
+
+/// Registers each collector, failing only on a programming error (a name used twice).
+macro_rules! register {
+    ($registry:expr, $metric:expr) => {{
+        let metric = $metric.expect("valid metric definition");
+        $registry.register(Box::new(metric.clone())).expect("metric registered once");
+        metric
+    }};
+}
+
+const POOL: &[&str] = &["node", "database", "user"];
+const CLIENT: &[&str] = &["database", "user"];
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        Metrics {
+            clients: register!(
+                r,
+                IntGaugeVec::new(
+                    opts("pgrelay_clients", "Client connections logged in."),
+                    &["database", "user", "listener"]
+                )
+            ),
+            clients_waiting: register!(
+                r,
+                IntGaugeVec::new(opts("pgrelay_clients_waiting", "Clients waiting for a server connection."), CLIENT)
+            ),
+            client_logins: register!(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "pgrelay_client_logins_total",
+                        "Client login attempts by result (ok, auth_failed, rejected, error)."
+                    ),
+                    &["result"]
+                )
+            ),
+            client_bytes_received: register!(
+                r,
+                IntCounterVec::new(opts("pgrelay_client_bytes_received_total", "Bytes received from clients."), CLIENT)
+            ),
+            client_bytes_sent: register!(
+                r,
+                IntCounterVec::new(opts("pgrelay_client_bytes_sent_total", "Bytes sent to clients."), CLIENT)
+            ),
+            server_connections: register!(
+                r,
+                IntGaugeVec::new(
+                    opts("pgrelay_server_connections", "Server connections by state (idle, active, pinned)."),
+                    &["node", "database", "user", "state"]
+                )
+            ),
+            transactions: register!(
+                r,
+                IntCounterVec::new(
+                    opts("pgrelay_transactions_total", "Transactions run (server connection leases)."),
+                    POOL
+                )
+            ),
+            queries: register!(
+                r,
+                IntCounterVec::new(opts("pgrelay_queries_total", "Queries sent (Query and Execute messages)."), POOL)
+            ),
+            checkout_wait: register!(
+                r,
+                HistogramVec::new(
+                    seconds("pgrelay_checkout_wait_seconds", "Time a client waited for a server connection."),
+                    POOL
+                )
+            ),
+            transaction_duration: register!(
+                r,
+                HistogramVec::new(
+                    seconds(
+                        "pgrelay_transaction_duration_seconds",
+                        "Time a server connection was leased for one transaction."
+                    ),
+                    POOL
+                )
+            ),
+            errors: register!(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "pgrelay_errors_total",
+                        "Errors sent to clients by SQLSTATE class and origin (server, pgrelay)."
+                    ),
+                    &["class", "origin"]
+                )
+            ),
+            pinned_clients: register!(
+                r,
+                IntCounterVec::new(
+                    opts("pgrelay_pinned_clients_total", "Clients pinned to a server connection by session state."),
+                    &["reason"]
+                )
+            ),
+            statements_reprepared: register!(
+                r,
+                IntCounter::with_opts(opts(
+                    "pgrelay_prepared_statements_reprepared_total",
+                    "Statements prepared on a server connection for a client that prepared them on another."
+                ))
+            ),
+            node_up: register!(
+                r,
+                IntGaugeVec::new(opts("pgrelay_node_up", "1 when the node answered its last check."), &["node"])
+            ),
+            node_is_primary: register!(
+                r,
+                IntGaugeVec::new(opts("pgrelay_node_is_primary", "1 for the node that takes writes."), &["node"])
+            ),
+            node_in_read_set: register!(
+                r,
+                IntGaugeVec::new(
+                    opts("pgrelay_node_in_read_set", "1 when the node serves the read-only port."),
+                    &["node"]
+                )
+            ),
+            node_lag_bytes: register!(
+                r,
+                IntGaugeVec::new(opts("pgrelay_node_lag_bytes", "Replay lag behind the primary in bytes."), &["node"])
+            ),
+            node_lag_seconds: register!(
+                r,
+                prometheus::GaugeVec::new(
+                    opts("pgrelay_node_lag_seconds", "Replay lag behind the primary in seconds (0 while caught up)."),
+                    &["node"]
+                )
+            ),
+            primary_changes: register!(
+                r,
+                IntCounter::with_opts(opts("pgrelay_primary_changes_total", "Times the primary changed."))
+            ),
+            split_brain: register!(
+                r,
+                IntGauge::with_opts(opts(
+                    "pgrelay_split_brain",
+                    "1 while more than one node claims to be the primary (writes refused)."
+                ))
+            ),
+            config_reloads: register!(
+                r,
+                IntCounterVec::new(
+                    opts("pgrelay_config_reloads_total", "Configuration reloads by result (ok, error)."),
+                    &["result"]
+                )
+            ),
+            registry: r,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+
+    pub fn pool(&self, node: &str, database: &str, user: &str) -> PoolMetrics {
+        let labels = [node, database, user];
+        let state = |s: &str| self.server_connections.with_label_values(&[node, database, user, s]);
+        PoolMetrics {
+            idle: state("idle"),
+            active: state("active"),
+            pinned: state("pinned"),
+            transactions: self.transactions.with_label_values(&labels),
+            queries: self.queries.with_label_values(&labels),
+            checkout_wait: self.checkout_wait.with_label_values(&labels),
+            transaction_duration: self.transaction_duration.with_label_values(&labels),
+        }
+    }
+
+    pub fn client(&self, database: &str, user: &str, listener: &str) -> ClientMetrics {
+        ClientMetrics {
+            connected: self.clients.with_label_values(&[database, user, listener]),
+            waiting: self.clients_waiting.with_label_values(&[database, user]),
+            bytes_received: self.client_bytes_received.with_label_values(&[database, user]),
+            bytes_sent: self.client_bytes_sent.with_label_values(&[database, user]),
+        }
+    }
+
+    pub fn login(&self, result: LoginResult) {
+        self.client_logins.with_label_values(&[result.as_str()]).inc();
+    }
+
+    /// Counts an error a client was sent; `sqlstate` is the five-character code.
+    pub fn error(&self, sqlstate: &[u8], origin: ErrorOrigin) {
+        let class = match sqlstate.get(..2) {
+            Some(c) if c.iter().all(u8::is_ascii_alphanumeric) => std::str::from_utf8(c).unwrap_or("??"),
+            _ => "??",
+        };
+        self.errors.with_label_values(&[class, origin.as_str()]).inc();
+    }
+
+    /// Sets the per-node gauges from a topology snapshot (done at scrape
+    /// time, so the monitors need not know about metrics).
+    pub fn observe_topology(&self, topology: &crate::cluster::Topology) {
+        for (i, node) in topology.nodes.iter().enumerate() {
+            let name = [node.name.as_str()];
+            self.node_up.with_label_values(&name).set(i64::from(node.role.is_some()));
+            self.node_is_primary.with_label_values(&name).set(i64::from(topology.primary == Some(i)));
+            self.node_in_read_set.with_label_values(&name).set(i64::from(topology.read_set.contains(&i)));
+            let lag_bytes = node.lag_bytes.map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX));
+            self.node_lag_bytes.with_label_values(&name).set(lag_bytes);
+            self.node_lag_seconds.with_label_values(&name).set(node.lag.map_or(0.0, |d| d.as_secs_f64()));
+        }
+        self.split_brain.set(i64::from(topology.split_brain));
+    }
+
+    pub fn pinned(&self, reason: &str) {
+        self.pinned_clients.with_label_values(&[reason]).inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginResult {
+    Ok,
+    AuthFailed,
+    Rejected,
+    Error,
+}
+
+impl LoginResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            LoginResult::Ok => "ok",
+            LoginResult::AuthFailed => "auth_failed",
+            LoginResult::Rejected => "rejected",
+            LoginResult::Error => "error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorOrigin {
+    Server,
+    Pgrelay,
+}
+
+impl ErrorOrigin {
+    fn as_str(self) -> &'static str {
+        match self {
+            ErrorOrigin::Server => "server",
+            ErrorOrigin::Pgrelay => "pgrelay",
+        }
+    }
+}
+
+/// One pool's handles.
+#[derive(Debug, Clone)]
+pub struct PoolMetrics {
+    pub idle: IntGauge,
+    pub active: IntGauge,
+    pub pinned: IntGauge,
+    pub transactions: IntCounter,
+    pub queries: IntCounter,
+    pub checkout_wait: Histogram,
+    pub transaction_duration: Histogram,
+}
+
+/// One logged-in client's handles.
+#[derive(Debug, Clone)]
+pub struct ClientMetrics {
+    pub connected: IntGauge,
+    pub waiting: IntGauge,
+    pub bytes_received: IntCounter,
+    pub bytes_sent: IntCounter,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_registered_metrics_with_bounded_labels() {
+        let metrics = Metrics::new();
+        let pool = metrics.pool("pg0", "app", "alice");
+        pool.transactions.inc_by(3);
+        pool.checkout_wait.observe(0.002);
+        metrics.error(b"28P01", ErrorOrigin::Pgrelay);
+        metrics.error(b"\xff\xff000", ErrorOrigin::Server);
+        metrics.login(LoginResult::AuthFailed);
+        let text = metrics.render();
+        assert!(text.contains(r#"pgrelay_transactions_total{database="app",node="pg0",user="alice"} 3"#), "{text}");
+        assert!(text.contains(r#"pgrelay_checkout_wait_seconds_count{database="app",node="pg0",user="alice"} 1"#));
+        assert!(text.contains(r#"pgrelay_errors_total{class="28",origin="pgrelay"} 1"#));
+        assert!(text.contains(r#"pgrelay_errors_total{class="??",origin="server"} 1"#));
+        assert!(text.contains(r#"pgrelay_client_logins_total{result="auth_failed"} 1"#));
+    }
+}

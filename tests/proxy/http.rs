@@ -1,0 +1,68 @@
+//! The HTTP endpoints: /livez, /readyz, /topology, /metrics.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::cluster;
+use crate::support::relay;
+
+/// A bounded HTTP/1.1 GET; returns (status, body).
+pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: pgrelay\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    };
+    let response = tokio::time::timeout(Duration::from_secs(5), exchange).await.expect("HTTP answer within 5 s");
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test]
+async fn health_topology_and_metrics_endpoints() {
+    let cluster = cluster();
+    let app = relay::start_default(cluster, "").await;
+    assert_eq!(get(app.http_addr, "/livez").await, (200, "ok\n".to_owned()));
+    assert_eq!(get(app.http_addr, "/readyz").await.0, 200, "a static primary is known");
+    let (status, body) = get(app.http_addr, "/topology").await;
+    assert_eq!(status, 200);
+    let topology: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(topology["primary"], "pg0");
+    let nodes = topology["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    assert_eq!(nodes[1]["role"], "replica");
+    assert_eq!(nodes[1]["in_read_set"], true);
+    assert_eq!(nodes[0]["port"], cluster.primary().port);
+    let (status, body) = get(app.http_addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("# TYPE pgrelay_primary_changes_total counter"), "{body}");
+    assert!(body.contains(r#"pgrelay_node_is_primary{node="pg0"} 1"#), "{body}");
+    assert!(body.contains(r#"pgrelay_node_in_read_set{node="pg2"} 1"#), "{body}");
+    assert!(body.contains("pgrelay_split_brain 0"), "{body}");
+    assert_eq!(get(app.http_addr, "/nope").await.0, 404);
+    app.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn the_probe_command_checks_an_endpoint() {
+    let app = relay::start_default(cluster(), "").await;
+    let probe = |path: &str| {
+        let url = format!("http://{}{path}", app.http_addr);
+        async move {
+            let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgrelay")).args(["probe", &url]).output();
+            tokio::time::timeout(Duration::from_secs(10), output).await.unwrap().unwrap()
+        }
+    };
+    let ok = probe("/readyz").await;
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let missing = probe("/nope").await;
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("404"), "{missing:?}");
+    app.shutdown(Duration::from_secs(5)).await;
+}

@@ -1,0 +1,151 @@
+//! What the topology tests share: a private cluster per test, a pgrelay
+//! config with `source = "postgres"`, bounded waits on the topology, and
+//! reading which server answered.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use pgrelay::cluster::Topology;
+use pgrelay::config::Config;
+use pgrelay::localcluster::{LocalCluster, LocalClusterOptions, NodeHandle};
+use pgrelay::RunningApp;
+use tokio::sync::{Mutex, MutexGuard};
+
+use crate::support::relay::{self, scalar};
+
+/// The monitors' check interval in these tests.
+pub const CHECK_INTERVAL: Duration = Duration::from_millis(200);
+
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+/// Held for the whole of a test: only one cluster runs at a time.
+pub async fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().await
+}
+
+/// A fresh primary (pg0) + replicas (pg1, pg2), removed when dropped.
+pub fn start_cluster() -> LocalCluster {
+    start_cluster_with(&[])
+}
+
+/// Same, with extra postgresql.conf lines.
+pub fn start_cluster_with(conf: &[&str]) -> LocalCluster {
+    let extra_conf = conf.iter().map(|line| line.to_string()).collect();
+    let options = LocalClusterOptions { extra_conf, ..LocalClusterOptions::default() };
+    blocking(|| LocalCluster::start(options).expect("test cluster starts"))
+}
+
+/// Runs blocking work (pg_ctl, psql) without stalling the runtime's other tasks.
+pub fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(work)
+}
+
+/// `psql` as the superuser in database `app`; panics with the error.
+pub fn psql(cluster: &LocalCluster, node: &NodeHandle, sql: &str) -> String {
+    blocking(|| cluster.psql_db(node, "app", sql)).unwrap_or_else(|e| panic!("{sql} on {}: {e}", node.name))
+}
+
+/// A config following `cluster` with `source = "postgres"`; `routing` and
+/// `pool` are extra lines for those sections.
+pub fn config(cluster: &LocalCluster, routing: &str, pool: &str) -> Config {
+    let nodes: String = cluster
+        .nodes()
+        .iter()
+        .map(|n| format!("[[nodes]]\nname = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\n\n", n.name, n.port))
+        .collect();
+    let text = format!(
+        r#"
+[listen]
+rw = "127.0.0.1:0"
+ro = "127.0.0.1:0"
+http = "127.0.0.1:0"
+
+[pool]
+default_pool_size = 4
+client_login_timeout = "2s"
+{pool}
+
+[routing]
+{routing}
+
+[cluster]
+source = "postgres"
+check_interval = "{}ms"
+check_timeout = "1s"
+user = "postgres"
+
+{nodes}
+[[users]]
+name = "app"
+password = "app"
+
+[[users]]
+name = "app_trust"
+auth_type = "trust"
+
+[[databases]]
+name = "app"
+"#,
+        CHECK_INTERVAL.as_millis()
+    );
+    Config::parse(&text).unwrap_or_else(|e| panic!("test config: {e}\n{text}"))
+}
+
+/// Polls `probe` every 20 ms until it returns Some, for at most `limit`;
+/// returns the value and how long it took.
+pub async fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>) -> (T, Duration) {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = probe() {
+            return (value, started.elapsed());
+        }
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until pgrelay's topology satisfies `test`.
+pub async fn wait_topology(
+    app: &RunningApp,
+    what: &str,
+    limit: Duration,
+    test: impl Fn(&Topology) -> bool,
+) -> Duration {
+    let cluster = app.context().cluster.clone();
+    let ((), took) = wait_for(what, limit, || {
+        let topology = cluster.load();
+        test(&topology).then_some(())
+    })
+    .await;
+    took
+}
+
+/// Names of the nodes in the read set.
+pub fn read_set(topology: &Topology) -> Vec<&str> {
+    topology.read_set.iter().map(|&i| topology.nodes[i].name.as_str()).collect()
+}
+
+/// How many of `n` one-statement transactions through `addr` each server port answered.
+pub async fn read_ports(addr: SocketAddr, n: usize) -> BTreeMap<u16, usize> {
+    let client = relay::connect(addr).await;
+    let mut seen = BTreeMap::new();
+    for _ in 0..n {
+        let port: u16 = scalar(&client, "select inet_server_port()").await.parse().expect("a port");
+        *seen.entry(port).or_default() += 1;
+    }
+    seen
+}
+
+/// The ports of `nodes` in ascending order, as the keys of [`read_ports`] are.
+pub fn ports(nodes: &[&NodeHandle]) -> Vec<u16> {
+    let mut ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+    ports.sort_unstable();
+    ports
+}
+
+/// Runs a future with a bound, naming it in the panic.
+pub async fn bounded<T>(what: &str, limit: Duration, work: impl Future<Output = T>) -> T {
+    tokio::time::timeout(limit, work).await.unwrap_or_else(|_| panic!("{what}: not within {limit:?}"))
+}
