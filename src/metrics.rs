@@ -315,6 +315,23 @@ pub struct PoolMetrics {
     pub transaction_duration: Histogram,
 }
 
+/// Holds a gauge up by one while it lives.
+#[derive(Debug)]
+pub struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    pub fn new(gauge: &IntGauge) -> GaugeGuard {
+        gauge.inc();
+        GaugeGuard(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// One logged-in client's handles.
 #[derive(Debug, Clone)]
 pub struct ClientMetrics {

@@ -13,6 +13,7 @@ use super::error::SessionError;
 use super::session::Session;
 use super::startup::login;
 use super::Context;
+use crate::metrics::{ErrorOrigin, LoginResult};
 use crate::router::ListenerKind;
 use crate::wire::{self, sqlstate, Severity};
 
@@ -49,6 +50,8 @@ pub async fn serve(ctx: Arc<Context>, listener: TcpListener, kind: ListenerKind)
                 let message =
                     format!("too many client connections (max_client_conn = {})", ctx.config.pool.max_client_conn);
                 tracing::warn!(parent: &span, "{message}");
+                ctx.metrics.login(LoginResult::Rejected);
+                ctx.metrics.error(sqlstate::TOO_MANY_CONNECTIONS.as_bytes(), ErrorOrigin::Pgrelay);
                 ctx.tasks.spawn(farewell(stream, BytesMut::new(), sqlstate::TOO_MANY_CONNECTIONS.into(), message));
             }
         }
@@ -69,11 +72,18 @@ async fn handle_client(ctx: Arc<Context>, mut stream: TcpStream, kind: ListenerK
     let parts = match logged_in {
         Ok(Ok(Some(parts))) => parts,
         Ok(Ok(None)) => return,
-        Ok(Err(error)) => return report(stream, BytesMut::new(), error, &span).await,
-        Err(_) => return report(stream, BytesMut::new(), SessionError::LoginTimeout(login_timeout), &span).await,
+        Ok(Err(error)) => {
+            ctx.metrics.login(login_failure(&error));
+            return report(&ctx, stream, BytesMut::new(), error, &span).await;
+        }
+        Err(_) => {
+            ctx.metrics.login(LoginResult::Error);
+            return report(&ctx, stream, BytesMut::new(), SessionError::LoginTimeout(login_timeout), &span).await;
+        }
     };
+    ctx.metrics.login(LoginResult::Ok);
     tracing::info!(parent: &span, user = %parts.user.name, database = %parts.database.name, "client logged in");
-    let mut session = Session::new(ctx, stream, kind, parts, buf, span.clone());
+    let mut session = Session::new(ctx.clone(), stream, kind, parts, buf, span.clone());
     let result = session.run().await;
     let poison = matches!(
         result,
@@ -83,18 +93,28 @@ async fn handle_client(ctx: Arc<Context>, mut stream: TcpStream, kind: ListenerK
     let (stream, out) = session.into_client();
     match result {
         Ok(()) => tracing::debug!(parent: &span, "client disconnected"),
-        Err(error) => report(stream, out, error, &span).await,
+        Err(error) => report(&ctx, stream, out, error, &span).await,
     }
 }
 
 /// Logs an error that ended a connection and tells the client, if it is still there.
-async fn report(stream: TcpStream, pending: BytesMut, error: SessionError, span: &Span) {
+async fn report(ctx: &Context, stream: TcpStream, pending: BytesMut, error: SessionError, span: &Span) {
     match error.sqlstate() {
         Some(code) => {
+            ctx.metrics.error(code.as_bytes(), ErrorOrigin::Pgrelay);
             tracing::info!(parent: span, code = %code, error = %error, "closing client connection");
             farewell(stream, pending, code, error.to_string()).await;
         }
         None => tracing::debug!(parent: span, error = %error, "client connection lost"),
+    }
+}
+
+fn login_failure(error: &SessionError) -> LoginResult {
+    match error {
+        SessionError::Login { code: sqlstate::INVALID_PASSWORD | sqlstate::INVALID_AUTHORIZATION, .. } => {
+            LoginResult::AuthFailed
+        }
+        _ => LoginResult::Error,
     }
 }
 

@@ -23,6 +23,7 @@ use crate::auth::UserEntry;
 use crate::backend::{Expect, Origin, ServerConn, ServerTarget, Statement, Synthetic, Verdict};
 use crate::cluster::{NodeStatus, Topology, Wait};
 use crate::config::{Database, PoolMode, SessionStatePolicy};
+use crate::metrics::{ClientMetrics, ErrorOrigin, GaugeGuard};
 use crate::pool::{Lease, Pool, PoolError, PoolKey, PoolSettings};
 use crate::router::{self, ListenerKind, RouteError, RouteInput, SessionStateEffect};
 use crate::wire::{self, backend as server_tag, frontend as tag, ErrorFields, Frame, TxStatus, WireError};
@@ -70,6 +71,9 @@ pub struct Session {
     /// The connection's span: log events name it as their parent, so the
     /// hot loop never has to enter it.
     span: tracing::Span,
+    metrics: ClientMetrics,
+    /// Counts this client in `pgrelay_clients` while the session lives.
+    _connected: GaugeGuard,
 }
 
 /// The pool for (node, database, user), created on first use.
@@ -90,7 +94,7 @@ pub fn pool_for(ctx: &Context, node: &NodeStatus, database: &Database, user: &Ar
             reset_timeout: pool.server_reset_timeout,
             idle_timeout: pool.server_idle_timeout,
         };
-        (target, settings)
+        (target, settings, ctx.metrics.pool(&node.name, &database.name, &user.name))
     })
 }
 
@@ -103,7 +107,10 @@ impl Session {
         cbuf: BytesMut,
         span: tracing::Span,
     ) -> Session {
+        let metrics = ctx.metrics.client(&parts.database.name, &parts.user.name, listener.as_str());
         Session {
+            _connected: GaugeGuard::new(&metrics.connected),
+            metrics,
             shutdown: Box::pin(ctx.shutdown.clone().cancelled_owned()),
             span,
             ctx,
@@ -131,7 +138,10 @@ impl Session {
         while !self.terminated {
             match self.next_event().await? {
                 Event::ClientRead(0) => return Ok(()),
-                Event::ClientRead(_) => self.handle_client_messages().await?,
+                Event::ClientRead(n) => {
+                    self.metrics.bytes_received.inc_by(n as u64);
+                    self.handle_client_messages().await?
+                }
                 Event::ServerRead => self.handle_server_messages()?,
                 Event::Writable => {}
                 Event::Shutdown => return Err(SessionError::Shutdown),
@@ -203,7 +213,10 @@ impl Session {
     fn flush_client(&mut self) -> Result<(), SessionError> {
         while !self.out.is_empty() {
             match self.client.try_write(&self.out) {
-                Ok(n) => self.out.advance(n),
+                Ok(n) => {
+                    self.metrics.bytes_sent.inc_by(n as u64);
+                    self.out.advance(n);
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(SessionError::ClientIo(e)),
             }
@@ -311,7 +324,10 @@ impl Session {
             let (topology, node) = route_waiting(&self.ctx, self.listener, deadline).await?;
             let pool = self.pool_for_node(&topology.nodes[node]);
             let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let mut lease = match pool.checkout(wait).await {
+            let waiting = GaugeGuard::new(&self.metrics.waiting);
+            let checkout = pool.checkout(wait).await;
+            drop(waiting);
+            let mut lease = match checkout {
                 // Fenced while waiting: route again.
                 Err(PoolError::Closed) => continue,
                 lease => lease?,
@@ -341,16 +357,23 @@ impl Session {
     fn pin(&mut self, effect: SessionStateEffect) {
         if self.pinned.is_none() {
             tracing::debug!(parent: &self.span, reason = effect.describe(), "client pinned to its server connection");
+            self.ctx.metrics.pinned(effect.describe());
         }
         self.pinned.get_or_insert(effect);
         if let Some(lease) = self.lease.as_mut() {
             lease.require_discard();
+            lease.set_pinned();
         }
     }
 
     fn forward_client_message(&mut self, msg_tag: u8, msg: &[u8]) -> Result<(), SessionError> {
         let body = wire::body(msg);
         tracing::trace!(parent: &self.span, tag = %char::from(msg_tag), len = msg.len(), "client message");
+        if matches!(msg_tag, tag::QUERY | tag::EXECUTE) {
+            if let Some(lease) = &self.lease {
+                lease.pool().metrics().queries.inc();
+            }
+        }
         match msg_tag {
             tag::QUERY => {
                 if let Some(effect) = router::session_state_effect(body) {
@@ -369,8 +392,8 @@ impl Session {
                 let (name, params) = wire::read_cstr(rest).ok_or(WireError::Malformed("Bind"))?;
                 match self.client_statement(name) {
                     Some(stmt) => {
-                        let conn = self.conn();
-                        ensure_prepared(conn, &stmt);
+                        let conn = self.lease.as_mut().expect("leased").conn_mut();
+                        ensure_prepared(conn, &stmt, &self.ctx.metrics);
                         wire::put_bind_renamed(&mut conn.wbuf, portal, stmt.server_name.as_bytes(), params);
                         conn.tracker.sent(Expect::Bind, Origin::Client);
                     }
@@ -394,8 +417,8 @@ impl Session {
                         lease.conn_mut().tracker.synthetic(Synthetic::CloseComplete, &mut self.out);
                     }
                     (_, Some(stmt)) => {
-                        let conn = self.conn();
-                        ensure_prepared(conn, &stmt);
+                        let conn = self.lease.as_mut().expect("leased").conn_mut();
+                        ensure_prepared(conn, &stmt, &self.ctx.metrics);
                         wire::put_statement_op(&mut conn.wbuf, msg_tag, stmt.server_name.as_bytes());
                         conn.tracker.sent(expect, Origin::Client);
                     }
@@ -483,8 +506,12 @@ impl Session {
             tracing::trace!(parent: span, tag = %char::from(frame.tag), ?verdict, "server message");
             match verdict {
                 Verdict::Relay => {
-                    if frame.tag == server_tag::PARAMETER_STATUS {
-                        conn.settings_dirty = true;
+                    match frame.tag {
+                        server_tag::PARAMETER_STATUS => conn.settings_dirty = true,
+                        server_tag::ERROR_RESPONSE => {
+                            self.ctx.metrics.error(wire::error_code(&msg[5..]).unwrap_or(b"??"), ErrorOrigin::Server)
+                        }
+                        _ => {}
                     }
                     self.out.extend_from_slice(msg);
                 }
@@ -571,10 +598,11 @@ pub(super) async fn route_waiting(
 
 /// Makes sure the statement exists on this connection, preparing it first
 /// (answer swallowed) when it was prepared on another connection.
-fn ensure_prepared(conn: &mut ServerConn, stmt: &Arc<Statement>) {
+fn ensure_prepared(conn: &mut ServerConn, stmt: &Arc<Statement>, metrics: &crate::metrics::Metrics) {
     if !conn.tracker.is_prepared(&stmt.server_name) {
         wire::put_parse_renamed(&mut conn.wbuf, stmt.server_name.as_bytes(), &stmt.definition);
         conn.tracker.sent(Expect::Parse { registers: Some(stmt.clone()) }, Origin::InjectedParse);
+        metrics.statements_reprepared.inc();
     }
 }
 

@@ -13,6 +13,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::backend::{BackendError, ServerConn, ServerParams, ServerTarget};
 use crate::config::PoolMode;
+use crate::metrics::PoolMetrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -49,14 +50,16 @@ pub struct Pool {
     idle: Mutex<Vec<ServerConn>>,
     /// What the first connection reported at startup; clients see these at login.
     server_params: Mutex<Option<ServerParams>>,
+    metrics: PoolMetrics,
     /// Cancelled by [`Pool::close`]: the node must not be used any more.
     closed: CancellationToken,
 }
 
 impl Pool {
-    pub fn new(key: PoolKey, target: ServerTarget, settings: PoolSettings) -> Arc<Pool> {
+    pub fn new(key: PoolKey, target: ServerTarget, settings: PoolSettings, metrics: PoolMetrics) -> Arc<Pool> {
         Arc::new(Pool {
             key,
+            metrics,
             target,
             permits: Arc::new(Semaphore::new(settings.size)),
             settings,
@@ -73,6 +76,7 @@ impl Pool {
         self.closed.cancel();
         self.permits.close();
         self.idle.lock().expect("pool lock").clear();
+        self.metrics.idle.set(0);
     }
 
     pub fn is_closed(&self) -> bool {
@@ -104,12 +108,13 @@ impl Pool {
     /// Waits up to `wait` (the client's query_wait_timeout) for a connection of this pool.
     pub async fn checkout(self: &Arc<Self>, wait: Duration) -> Result<Lease, PoolError> {
         // A free permit needs no timer: only a real wait arms one.
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => permit,
+        let (permit, waited_since) = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => (permit, None),
             Err(tokio::sync::TryAcquireError::Closed) => return Err(PoolError::Closed),
             Err(tokio::sync::TryAcquireError::NoPermits) => {
+                let since = Instant::now();
                 match tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await {
-                    Ok(Ok(permit)) => permit,
+                    Ok(Ok(permit)) => (permit, Some(since)),
                     Ok(Err(_)) => return Err(PoolError::Closed),
                     Err(_) => return Err(PoolError::Timeout(wait)),
                 }
@@ -126,7 +131,13 @@ impl Pool {
                 conn
             }
         };
+        // Only a real wait costs clock reads; a free connection counts as 0.
+        self.metrics.checkout_wait.observe(waited_since.map_or(0.0, |since| since.elapsed().as_secs_f64()));
+        self.metrics.transactions.inc();
+        self.metrics.active.inc();
         Ok(Lease {
+            started: Instant::now(),
+            pinned: false,
             conn: Some(conn),
             pool: self.clone(),
             closed: Box::pin(self.closed.clone().cancelled_owned()),
@@ -139,13 +150,20 @@ impl Pool {
     /// Pops the most recently used healthy idle connection.
     fn take_idle(&self) -> Option<ServerConn> {
         let mut idle = self.idle.lock().expect("pool lock");
+        let mut found = None;
         while let Some(conn) = idle.pop() {
             let expired = self.settings.idle_timeout.is_some_and(|t| conn.last_used.elapsed() > t);
             if !expired && !conn.has_unsolicited_input() {
-                return Some(conn);
+                found = Some(conn);
+                break;
             }
         }
-        None
+        self.metrics.idle.set(idle.len() as i64);
+        found
+    }
+
+    pub fn metrics(&self) -> &PoolMetrics {
+        &self.metrics
     }
 
     fn put_idle(&self, mut conn: ServerConn) {
@@ -163,6 +181,7 @@ impl Pool {
             idle.drain(..expired);
         }
         idle.push(conn);
+        self.metrics.idle.set(idle.len() as i64);
     }
 
     /// Resets a connection a client left dirty; returns it when it is clean again.
@@ -207,6 +226,9 @@ impl Pool {
 #[derive(Debug)]
 pub struct Lease {
     conn: Option<ServerConn>,
+    started: Instant,
+    /// Counted in the pool's `pinned` gauge while held.
+    pinned: bool,
     pool: Arc<Pool>,
     /// Resolves when the pool is closed; registered once per lease, not per wait.
     closed: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -233,6 +255,14 @@ impl Lease {
         (self.closed.as_mut(), self.conn.as_mut().expect("lease holds a connection until dropped"))
     }
 
+    /// The client keeps this connection until it disconnects (session state).
+    pub fn set_pinned(&mut self) {
+        if !self.pinned {
+            self.pinned = true;
+            self.pool.metrics.pinned.inc();
+        }
+    }
+
     /// The client left session state behind: DISCARD ALL before reuse.
     pub fn require_discard(&mut self) {
         self.discard = true;
@@ -246,6 +276,12 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        let metrics = &self.pool.metrics;
+        metrics.active.dec();
+        metrics.transaction_duration.observe(self.started.elapsed().as_secs_f64());
+        if self.pinned {
+            metrics.pinned.dec();
+        }
         let (Some(conn), Some(permit)) = (self.conn.take(), self.permit.take()) else { return };
         if self.poisoned || self.pool.is_closed() {
             return;
@@ -276,13 +312,17 @@ pub struct Pools {
 }
 
 impl Pools {
-    pub fn get_or_create(&self, key: PoolKey, make: impl FnOnce() -> (ServerTarget, PoolSettings)) -> Arc<Pool> {
+    pub fn get_or_create(
+        &self,
+        key: PoolKey,
+        make: impl FnOnce() -> (ServerTarget, PoolSettings, PoolMetrics),
+    ) -> Arc<Pool> {
         let mut pools = self.pools.lock().expect("pools lock");
         pools
             .entry(key)
             .or_insert_with_key(|key| {
-                let (target, settings) = make();
-                Pool::new(key.clone(), target, settings)
+                let (target, settings, metrics) = make();
+                Pool::new(key.clone(), target, settings, metrics)
             })
             .clone()
     }

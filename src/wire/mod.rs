@@ -187,6 +187,23 @@ impl ErrorFields {
     }
 }
 
+/// The SQLSTATE ('C' field) of an ErrorResponse/NoticeResponse body, found
+/// without allocating.
+pub fn error_code(body: &[u8]) -> Option<&[u8]> {
+    let mut rest = body;
+    while let Some((&kind, tail)) = rest.split_first() {
+        if kind == 0 {
+            return None;
+        }
+        let (value, tail) = read_cstr(tail)?;
+        if kind == b'C' {
+            return Some(value);
+        }
+        rest = tail;
+    }
+    None
+}
+
 /// Splits the first complete message off `bytes` (used where messages are
 /// handled one at a time, e.g. during startup).
 pub fn split_message(buf: &mut bytes::BytesMut, max_len: usize) -> Result<Option<Bytes>, WireError> {

@@ -65,6 +65,9 @@ fn error_response_round_trips() {
     assert_eq!((frame.tag, frame.total_len), (b'E', msg.len()));
     let fields = ErrorFields::parse(body(&msg));
     assert_eq!(fields, ErrorFields { severity: "FATAL".into(), code: "53300".into(), message: "too many".into() });
+    assert_eq!(error_code(body(&msg)), Some(&b"53300"[..]));
+    assert_eq!(error_code(b"Mno code\0\0"), None);
+    assert_eq!(error_code(b"Cunterminated"), None);
 }
 
 #[test]

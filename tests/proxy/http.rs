@@ -66,3 +66,62 @@ async fn the_probe_command_checks_an_endpoint() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("404"), "{missing:?}");
     app.shutdown(Duration::from_secs(5)).await;
 }
+
+/// One sample's value from a parsed scrape (0 when absent, as for a counter never touched).
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => *v,
+            prometheus_parse::Value::Untyped(v) => *v,
+            prometheus_parse::Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
+            prometheus_parse::Value::Summary(_) => 0.0,
+        })
+        .sum()
+}
+
+async fn scrape(addr: SocketAddr) -> prometheus_parse::Scrape {
+    let (status, body) = get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).expect("valid Prometheus text")
+}
+
+#[tokio::test]
+async fn metrics_follow_known_traffic() {
+    let app = relay::start_default(cluster(), "").await;
+    let client = relay::connect(app.rw_addr).await;
+    assert_eq!(relay::scalar(&client, "select 1").await, "1");
+    let pool = [("node", "pg0"), ("database", "app"), ("user", "app")];
+    let before = scrape(app.http_addr).await;
+    for _ in 0..100 {
+        client.simple_query("select 1").await.unwrap();
+    }
+    let err = client.simple_query("select 1/0").await.unwrap_err();
+    assert_eq!(relay::sqlstate(&err), "22012");
+    let wrong = relay::connect_as(app.rw_addr, "app", "wrong").await.err().expect("wrong password");
+    assert_eq!(relay::sqlstate(&wrong), "28P01");
+    let after = scrape(app.http_addr).await;
+    let delta = |name: &str, labels: &[(&str, &str)]| sample(&after, name, labels) - sample(&before, name, labels);
+
+    assert_eq!(delta("pgrelay_transactions_total", &pool), 101.0, "100 selects and the failing one");
+    assert_eq!(delta("pgrelay_queries_total", &pool), 101.0);
+    assert_eq!(delta("pgrelay_checkout_wait_seconds_count", &pool), 101.0);
+    assert_eq!(delta("pgrelay_transaction_duration_seconds_count", &pool), 101.0);
+    assert_eq!(delta("pgrelay_errors_total", &[("class", "22"), ("origin", "server")]), 1.0);
+    assert_eq!(delta("pgrelay_errors_total", &[("class", "28"), ("origin", "pgrelay")]), 1.0);
+    assert_eq!(delta("pgrelay_client_logins_total", &[("result", "auth_failed")]), 1.0);
+    let labels = [("database", "app"), ("user", "app")];
+    assert!(delta("pgrelay_client_bytes_received_total", &labels) >= 101.0 * 14.0, "a Query is 14+ bytes");
+    assert!(delta("pgrelay_client_bytes_sent_total", &labels) > 0.0);
+    assert_eq!(sample(&after, "pgrelay_clients", &[("database", "app"), ("user", "app"), ("listener", "rw")]), 1.0);
+    assert_eq!(sample(&after, "pgrelay_server_connections", &[("node", "pg0"), ("state", "idle")]), 1.0);
+    assert_eq!(sample(&after, "pgrelay_server_connections", &[("node", "pg0"), ("state", "active")]), 0.0);
+    assert_eq!(sample(&after, "pgrelay_node_is_primary", &[("node", "pg0")]), 1.0);
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let gone = scrape(app.http_addr).await;
+    assert_eq!(sample(&gone, "pgrelay_clients", &[("database", "app"), ("user", "app"), ("listener", "rw")]), 0.0);
+    app.shutdown(Duration::from_secs(5)).await;
+}

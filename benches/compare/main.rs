@@ -1,0 +1,347 @@
+//! End-to-end comparison: pgbench directly against PostgreSQL, through
+//! pgrelay and through PgBouncer 1.18, on one throw-away primary + 2
+//! replicas, in one run, alternating the targets within each round and
+//! reporting medians; then the RSS of each proxy with 10,000 idle clients.
+//!
+//!     cargo bench --bench compare               # full run, ~15 minutes
+//!     cargo bench --bench compare -- --quick    # smoke run, ~2 minutes
+//!
+//! Everything it starts (PostgreSQL through `LocalCluster`, pgrelay,
+//! PgBouncer, pgbench) is stopped by PID when it ends, also on failure.
+
+mod idle;
+mod pgbench;
+mod proxies;
+mod report;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+
+use pgrelay::localcluster::{LocalCluster, LocalClusterOptions, APP_PASSWORD, APP_USER, TRUST_USER};
+
+use pgbench::{Target, Workload};
+use proxies::{Pgbouncer, Pgrelay, ProxySettings};
+use report::Results;
+
+const POOL_SIZE: u32 = 20;
+const MAX_CLIENT_CONN: u32 = 10_100;
+const IDLE_CLIENTS: usize = 10_000;
+/// Enough for 512 direct clients plus both proxies' pools.
+const MAX_CONNECTIONS: u32 = 700;
+const SCALE: u32 = 10;
+
+/// The targets in the order the tables list them.
+const TARGETS: [&str; 5] = ["direct-primary", "pgrelay-rw", "pgbouncer", "direct-replica", "pgrelay-ro"];
+
+const fn select(name: &'static str, args: &'static [&'static str], clients: u32, pgbouncer: bool) -> Workload {
+    Workload { name, args, clients, read_only: true, pgbouncer }
+}
+
+const FULL: &[Workload] = &[
+    select("select c=1", &["-S"], 1, true),
+    select("select c=16", &["-S"], 16, true),
+    select("select c=64", &["-S"], 64, true),
+    select("select c=512", &["-S"], 512, true),
+    select("select extended c=16", &["-S", "-M", "extended"], 16, true),
+    select("select prepared c=16", &["-S", "-M", "prepared"], 16, false),
+    Workload { name: "tpcb c=16", args: &[], clients: 16, read_only: false, pgbouncer: true },
+    Workload { name: "select -C c=16", args: &["-S", "-C"], clients: 16, read_only: false, pgbouncer: true },
+];
+
+const QUICK: &[Workload] = &[
+    select("select c=1", &["-S"], 1, true),
+    select("select c=16", &["-S"], 16, true),
+    select("select prepared c=16", &["-S", "-M", "prepared"], 16, false),
+    Workload { name: "select -C c=16", args: &["-S", "-C"], clients: 16, read_only: false, pgbouncer: true },
+];
+
+struct Options {
+    quick: bool,
+    rounds: u32,
+    seconds: u32,
+    idle: bool,
+    pgbench: bool,
+    idle_clients: usize,
+    idle_rounds: usize,
+}
+
+const USAGE: &str = "usage: cargo bench --bench compare [-- [--quick] [--rounds N] [--seconds N] \
+                     [--idle-clients N] [--idle-rounds N] [--skip-idle] [--skip-pgbench]]";
+
+fn parse_args() -> Result<Options, String> {
+    let mut o = Options {
+        quick: false,
+        rounds: 3,
+        seconds: 5,
+        idle: true,
+        pgbench: true,
+        idle_clients: IDLE_CLIENTS,
+        idle_rounds: 2,
+    };
+    let (mut rounds, mut seconds) = (None, None);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut number = |what: &str| -> Result<u64, String> {
+            args.next().and_then(|v| v.parse().ok()).ok_or(format!("{what} needs a number\n{USAGE}"))
+        };
+        match arg.as_str() {
+            "--quick" => o.quick = true,
+            "--rounds" => rounds = Some(number("--rounds")?.max(1) as u32),
+            "--seconds" => seconds = Some(number("--seconds")?.max(1) as u32),
+            "--idle-clients" => o.idle_clients = number("--idle-clients")?.max(1) as usize,
+            "--idle-rounds" => o.idle_rounds = number("--idle-rounds")?.max(1) as usize,
+            "--skip-idle" => o.idle = false,
+            "--skip-pgbench" => o.pgbench = false,
+            // cargo bench passes --bench to every bench binary.
+            "--bench" => {}
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    if o.quick {
+        (o.rounds, o.seconds) = (1, 3);
+    }
+    o.rounds = rounds.unwrap_or(o.rounds);
+    o.seconds = seconds.unwrap_or(o.seconds);
+    Ok(o)
+}
+
+/// A scratch directory every user can read (PgBouncer runs as `postgres`),
+/// removed on drop.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn create() -> Result<ScratchDir, String> {
+        let path = std::env::temp_dir().join(format!("pgrelay-bench-{}", std::process::id()));
+        fs::create_dir_all(path.join("pgbench-log")).map_err(|e| format!("{}: {e}", path.display()))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+        Ok(ScratchDir(path))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Raises the open-file limit (inherited by pgrelay and PgBouncer) so that
+/// 10,000 clients fit on both ends.
+fn raise_nofile_limit(needed: u64) -> Result<u64, String> {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| e.to_string())?;
+    if soft >= needed {
+        return Ok(soft);
+    }
+    // Root may raise the hard limit too; anyone may raise soft up to hard.
+    let target = needed.max(hard);
+    if setrlimit(Resource::RLIMIT_NOFILE, target, target).is_ok() {
+        return Ok(target);
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(|e| e.to_string())?;
+    Ok(hard)
+}
+
+/// The 1, 5 and 15 minute load averages: other work on the machine shows here.
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn command_line(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// `pgbench -i -s 10` as the owner of the database, then lets the trust user
+/// (which every run logs in as) read and write the tables, and waits until
+/// both replicas have replayed it all.
+fn init_pgbench(cluster: &LocalCluster) -> Result<(), String> {
+    let started = Instant::now();
+    let primary = cluster.primary();
+    let out = Command::new("pgbench")
+        .args(["-i", "-q", "-s", &SCALE.to_string(), "-h", "127.0.0.1", "-p", &primary.port.to_string()])
+        .args(["-U", APP_USER, "app"])
+        .env("PGPASSWORD", APP_PASSWORD)
+        .env("PGSSLMODE", "disable")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("pgbench -i: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("pgbench -i failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let sql = format!("GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO {TRUST_USER}");
+    cluster.psql_db(primary, "app", &sql).map_err(|e| e.to_string())?;
+    cluster.psql(primary, "CHECKPOINT").map_err(|e| e.to_string())?;
+    let lsn = cluster.psql(primary, "select pg_current_wal_lsn()").map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for replica in cluster.replicas() {
+        let sql = format!("select pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn");
+        while cluster.psql(replica, &sql).map_err(|e| e.to_string())? != "t" {
+            if Instant::now() >= deadline {
+                return Err(format!("{} did not replay up to {lsn} within 120 s", replica.name));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    eprintln!("pgbench -i -s {SCALE}: {:.1} s (replicas caught up)", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn pgrelay_bin() -> PathBuf {
+    std::env::var_os("PGRELAY_BIN").map(PathBuf::from).unwrap_or_else(|| env!("CARGO_BIN_EXE_pgrelay").into())
+}
+
+fn print_header(o: &Options, cluster: &LocalCluster, nofile: u64, bin: &Path) {
+    let commit = command_line("git", &["-C", env!("CARGO_MANIFEST_DIR"), "describe", "--always", "--dirty"]);
+    println!("# pgrelay vs PgBouncer vs direct");
+    println!();
+    println!("- date: {}", command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]));
+    println!("- machine: {} cores, {}", command_line("nproc", &[]), command_line("uname", &["-sr"]));
+    println!("- pgrelay: {} (commit {commit})", bin.display());
+    println!("- {}; {}", proxies::pgbouncer_version(), command_line("pgbench", &["--version"]));
+    println!(
+        "- cluster: primary :{} + replicas {:?}, max_connections {MAX_CONNECTIONS}, pgbench scale {SCALE}",
+        cluster.primary().port,
+        cluster.replicas().iter().map(|r| r.port).collect::<Vec<_>>()
+    );
+    println!(
+        "- both proxies: transaction pooling, pool size {POOL_SIZE}, max_client_conn {MAX_CLIENT_CONN}; \
+         RLIMIT_NOFILE {nofile}"
+    );
+    println!(
+        "- runs: {} round(s) × `pgbench -n -T {} -j 2` per workload and target, targets alternated within a \
+         round; medians shown; user {TRUST_USER} (trust), PGSSLMODE=disable",
+        o.rounds, o.seconds
+    );
+    println!("- load average at start: {}", load_average());
+    println!("- CPU: utime+stime of the proxy process from /proc/PID/stat around each run / transactions");
+    println!();
+}
+
+fn targets_for<'a>(
+    w: &Workload,
+    relay: &'a Pgrelay,
+    bouncer: &'a Pgbouncer,
+    cluster: &LocalCluster,
+) -> Vec<Target<'a>> {
+    let mut targets = vec![
+        Target { name: "direct-primary", port: cluster.primary().port, proxy: None },
+        Target { name: "pgrelay-rw", port: relay.rw.port(), proxy: Some(&relay.guard) },
+    ];
+    if w.pgbouncer {
+        targets.push(Target { name: "pgbouncer", port: bouncer.port, proxy: Some(&bouncer.guard) });
+    }
+    if w.read_only {
+        targets.push(Target { name: "direct-replica", port: cluster.replicas()[0].port, proxy: None });
+        targets.push(Target { name: "pgrelay-ro", port: relay.ro.port(), proxy: Some(&relay.guard) });
+    }
+    targets
+}
+
+fn run_pgbench(o: &Options, cluster: &LocalCluster, relay: &Pgrelay, bouncer: &Pgbouncer, log_dir: &Path) {
+    let workloads = if o.quick { QUICK } else { FULL };
+    let mut results = Results::default();
+    let started = Instant::now();
+    for round in 0..o.rounds as usize {
+        eprintln!("round {}/{}: load average {}", round + 1, o.rounds, load_average());
+        for (w, workload) in workloads.iter().enumerate() {
+            let mut targets = targets_for(workload, relay, bouncer, cluster);
+            // Rotate so that no target always runs first (or right after another).
+            let shift = (round + w) % targets.len();
+            targets.rotate_left(shift);
+            for target in &targets {
+                let result = pgbench::run(workload, target, o.seconds, log_dir);
+                match &result {
+                    Ok(r) => eprintln!(
+                        "[{:>4.0}s round {}/{}] {:<22} {:<15} {:>9.0} tps {:>8} tx  avg {:.3} ms  p99 {:.3} ms{}",
+                        started.elapsed().as_secs_f64(),
+                        round + 1,
+                        o.rounds,
+                        workload.name,
+                        target.name,
+                        r.tps,
+                        r.transactions,
+                        r.avg_latency_ms,
+                        r.p99_latency_ms,
+                        r.proxy_cpu_us_per_tx.map_or(String::new(), |us| format!("  proxy {us:.1} µs/tx")),
+                    ),
+                    Err(e) => eprintln!("[round {}] {} {}: {e}", round + 1, workload.name, target.name),
+                }
+                results.record(w, target.name, result);
+            }
+        }
+    }
+    println!("## pgbench (medians of {} round(s), {} s each)", o.rounds, o.seconds);
+    println!();
+    report::print_table(workloads, &TARGETS, &results);
+    println!();
+    println!("TPS ratios and proxy CPU per transaction:");
+    println!();
+    report::print_ratios(workloads, &results);
+    println!();
+    report::print_added_latency(workloads, &results);
+    println!();
+}
+
+fn run_idle(o: &Options, relay: &Pgrelay, bouncer: &Pgbouncer) {
+    println!("## Idle clients");
+    println!();
+    report::print_idle_header(o.idle_clients, o.idle_rounds);
+    let relay_result = idle::measure(relay.rw, relay.guard.pid(), o.idle_clients, o.idle_rounds);
+    report::print_idle("pgrelay", &relay_result);
+    let bouncer_result =
+        idle::measure(([127, 0, 0, 1], bouncer.port).into(), bouncer.guard.pid(), o.idle_clients, o.idle_rounds);
+    report::print_idle("pgbouncer", &bouncer_result);
+    println!();
+}
+
+fn run() -> Result<(), String> {
+    let o = parse_args()?;
+    let nofile = raise_nofile_limit(o.idle_clients as u64 * 2 + 1000)?;
+    if o.idle && nofile < o.idle_clients as u64 + 500 {
+        return Err(format!("RLIMIT_NOFILE is {nofile}: too low for {} idle clients", o.idle_clients));
+    }
+    let bin = pgrelay_bin();
+    if !bin.exists() {
+        return Err(format!("{} does not exist: run `cargo build --release`", bin.display()));
+    }
+    let scratch = ScratchDir::create()?;
+    let started = Instant::now();
+    let opts = LocalClusterOptions { replicas: 2, max_connections: MAX_CONNECTIONS, ..Default::default() };
+    let cluster = LocalCluster::start(opts).map_err(|e| format!("starting the cluster: {e}"))?;
+    init_pgbench(&cluster)?;
+    let settings = ProxySettings { pool_size: POOL_SIZE, max_client_conn: MAX_CLIENT_CONN };
+    // Declared after the cluster, so dropped (killed) before it stops.
+    let relay = Pgrelay::start(&bin, &scratch.0, &cluster, &settings)?;
+    let bouncer = Pgbouncer::start(&scratch.0, &cluster, &settings)?;
+    print_header(&o, &cluster, nofile, &bin);
+    if o.pgbench {
+        run_pgbench(&o, &cluster, &relay, &bouncer, &scratch.0.join("pgbench-log"));
+    }
+    if o.idle {
+        run_idle(&o, &relay, &bouncer);
+    }
+    println!("Total time: {:.0} s; load average at the end: {}", started.elapsed().as_secs_f64(), load_average());
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("compare: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

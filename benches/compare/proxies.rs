@@ -1,0 +1,272 @@
+//! The two proxies under test as child processes: their config files, start,
+//! readiness check, CPU and memory readings, and a guard that kills each one
+//! by its PID when the benchmark ends (also on a panic or an early return).
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::{Pid, User};
+
+use pgrelay::localcluster::{LocalCluster, TRUST_USER};
+
+/// How long a proxy may take to answer its first query.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a proxy gets to exit after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// A child process that is killed by its PID when dropped.
+pub struct ChildGuard {
+    name: &'static str,
+    child: Child,
+}
+
+impl ChildGuard {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails with the log's tail if the process has already exited.
+    fn check_alive(&mut self, log: &Path) -> Result<(), String> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(format!("{} exited ({status}); log:\n{}", self.name, tail(log, 20))),
+            Err(e) => Err(format!("{}: {e}", self.name)),
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let pid = Pid::from_raw(self.child.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + STOP_GRACE;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = kill(pid, Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// Makes the child die with the benchmark even if this process is killed
+/// with SIGKILL and no destructor runs.
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe; it runs in the
+    // forked child after any uid change (which would clear it).
+    unsafe {
+        cmd.pre_exec(|| nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from));
+    }
+}
+
+/// A loopback port that is free right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+}
+
+/// User + group CPU time of a process, in clock ticks (all its threads).
+pub fn cpu_ticks(pid: u32) -> Result<u64, String> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
+    // The command name may contain spaces; the fields after it do not.
+    let after_comm = &stat[stat.rfind(')').ok_or("malformed /proc stat")? + 2..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the comm.
+    let utime: u64 = fields.get(11).and_then(|f| f.parse().ok()).ok_or("no utime")?;
+    let stime: u64 = fields.get(12).and_then(|f| f.parse().ok()).ok_or("no stime")?;
+    Ok(utime + stime)
+}
+
+/// Resident set size in KiB.
+pub fn rss_kib(pid: u32) -> Result<u64, String> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| format!("no VmRSS in /proc/{pid}/status"))
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn log_file(path: &Path) -> Result<(Stdio, Stdio), String> {
+    let file = fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let copy = file.try_clone().map_err(|e| e.to_string())?;
+    Ok((Stdio::from(file), Stdio::from(copy)))
+}
+
+/// Waits until `psql` gets an answer through `port`, or fails with the log.
+fn wait_ready(guard: &mut ChildGuard, port: u16, log: &Path) -> Result<(), String> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        guard.check_alive(log)?;
+        let out = Command::new("psql")
+            .args(["-X", "-Atq", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", TRUST_USER, "-d", "app"])
+            .args(["-c", "select 1"])
+            .env("PGSSLMODE", "disable")
+            .env("PGCONNECT_TIMEOUT", "5")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("psql: {e}"))?;
+        if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "1" {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{} did not answer on port {port} within {READY_TIMEOUT:?}: {}\nlog:\n{}",
+                guard.name,
+                String::from_utf8_lossy(&out.stderr).trim(),
+                tail(log, 20)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Settings both proxies share.
+pub struct ProxySettings {
+    pub pool_size: u32,
+    pub max_client_conn: u32,
+}
+
+pub struct Pgrelay {
+    pub guard: ChildGuard,
+    pub rw: SocketAddr,
+    pub ro: SocketAddr,
+}
+
+impl Pgrelay {
+    /// Writes the config, checks it with `pgrelay check`, starts `pgrelay run`
+    /// and waits until both listeners answer.
+    pub fn start(bin: &Path, dir: &Path, cluster: &LocalCluster, s: &ProxySettings) -> Result<Pgrelay, String> {
+        let (rw, ro, http) = (free_port(), free_port(), free_port());
+        let mut conf = format!(
+            "[listen]\nrw = \"127.0.0.1:{rw}\"\nro = \"127.0.0.1:{ro}\"\nhttp = \"127.0.0.1:{http}\"\n\n\
+             [pool]\nmode = \"transaction\"\ndefault_pool_size = {}\nmax_client_conn = {}\n\n\
+             [cluster]\nsource = \"static\"\nuser = \"postgres\"\npassword = \"\"\n",
+            s.pool_size, s.max_client_conn
+        );
+        for (i, node) in cluster.nodes().iter().enumerate() {
+            let role = if i == 0 { "primary" } else { "replica" };
+            conf += &format!(
+                "\n[[nodes]]\nname = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\nrole = \"{role}\"\n",
+                node.name, node.port
+            );
+        }
+        conf +=
+            &format!("\n[[users]]\nname = \"{TRUST_USER}\"\nauth_type = \"trust\"\n\n[[databases]]\nname = \"app\"\n");
+        let conf_path = dir.join("pgrelay.toml");
+        fs::write(&conf_path, conf).map_err(|e| format!("{}: {e}", conf_path.display()))?;
+        let check = Command::new(bin).arg("check").arg("-c").arg(&conf_path).output().map_err(|e| e.to_string())?;
+        if !check.status.success() {
+            return Err(format!("pgrelay check failed: {}", String::from_utf8_lossy(&check.stderr)));
+        }
+        let log = dir.join("pgrelay.log");
+        let (stdout, stderr) = log_file(&log)?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("run").arg("-c").arg(&conf_path).env("PGRELAY_LOG", "warn").stdin(Stdio::null());
+        cmd.stdout(stdout).stderr(stderr);
+        die_with_parent(&mut cmd);
+        let child = cmd.spawn().map_err(|e| format!("starting {}: {e}", bin.display()))?;
+        let mut guard = ChildGuard { name: "pgrelay", child };
+        wait_ready(&mut guard, rw, &log)?;
+        wait_ready(&mut guard, ro, &log)?;
+        Ok(Pgrelay { guard, rw: ([127, 0, 0, 1], rw).into(), ro: ([127, 0, 0, 1], ro).into() })
+    }
+}
+
+pub struct Pgbouncer {
+    pub guard: ChildGuard,
+    pub port: u16,
+}
+
+impl Pgbouncer {
+    /// Writes pgbouncer.ini and the auth file, starts PgBouncer in the
+    /// foreground as the `postgres` OS user (it refuses root) and waits
+    /// until it answers.
+    pub fn start(dir: &Path, cluster: &LocalCluster, s: &ProxySettings) -> Result<Pgbouncer, String> {
+        let port = free_port();
+        let primary = cluster.primary().port;
+        let auth_file = dir.join("pgbouncer.users");
+        let ini = format!(
+            "[databases]\napp = host=127.0.0.1 port={primary} dbname=app\n\n\
+             [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+             auth_type = trust\nauth_file = {}\npool_mode = transaction\n\
+             default_pool_size = {}\nmax_client_conn = {}\n\
+             log_connections = 0\nlog_disconnections = 0\nlog_pooler_errors = 1\n",
+            auth_file.display(),
+            s.pool_size,
+            s.max_client_conn
+        );
+        let ini_path = dir.join("pgbouncer.ini");
+        write_world_readable(&auth_file, &format!("\"{TRUST_USER}\" \"\"\n"))?;
+        write_world_readable(&ini_path, &ini)?;
+        let log = dir.join("pgbouncer.log");
+        let (stdout, stderr) = log_file(&log)?;
+        let mut cmd = Command::new(pgbouncer_bin()?);
+        cmd.arg(&ini_path).stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+        if nix::unistd::geteuid().is_root() {
+            let user = User::from_name("postgres")
+                .map_err(|e| e.to_string())?
+                .ok_or("PgBouncer refuses to run as root, and there is no `postgres` OS user to run it as")?;
+            cmd.uid(user.uid.as_raw()).gid(user.gid.as_raw());
+        }
+        die_with_parent(&mut cmd);
+        let child = cmd.spawn().map_err(|e| format!("starting pgbouncer: {e}"))?;
+        let mut guard = ChildGuard { name: "pgbouncer", child };
+        wait_ready(&mut guard, port, &log)?;
+        Ok(Pgbouncer { guard, port })
+    }
+}
+
+fn write_world_readable(path: &Path, text: &str) -> Result<(), String> {
+    fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o644)).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The pgbouncer binary; installs Debian's package (1.18 on Debian 12) when
+/// it is missing and this process may.
+fn pgbouncer_bin() -> Result<PathBuf, String> {
+    let candidates = [PathBuf::from("/usr/sbin/pgbouncer"), PathBuf::from("/usr/bin/pgbouncer")];
+    if let Some(found) = candidates.iter().find(|p| p.exists()) {
+        return Ok(found.clone());
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return Err("pgbouncer is not installed; run `apt-get install -y pgbouncer` as root".into());
+    }
+    eprintln!("pgbouncer is missing: apt-get update && apt-get install -y pgbouncer");
+    for args in [&["update", "-qq"][..], &["install", "-y", "-qq", "pgbouncer"][..]] {
+        let status = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .map_err(|e| format!("apt-get: {e}"))?;
+        if !status.success() {
+            return Err(format!("apt-get {} failed ({status})", args.join(" ")));
+        }
+    }
+    candidates.into_iter().find(|p| p.exists()).ok_or_else(|| "pgbouncer still missing after apt-get".into())
+}
+
+/// `pgbouncer --version`, first line.
+pub fn pgbouncer_version() -> String {
+    pgbouncer_bin()
+        .ok()
+        .and_then(|bin| Command::new(bin).arg("--version").output().ok())
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_owned())
+        .unwrap_or_default()
+}

@@ -1,0 +1,167 @@
+//! Medians over rounds, the results table and the ratios, as Markdown so the
+//! output can be pasted into benches/README.md as it is.
+
+use std::collections::BTreeMap;
+
+use super::idle::IdleResult;
+use super::pgbench::{RunResult, Workload};
+
+/// Every run's outcome, by (workload index, target name), in round order.
+#[derive(Default)]
+pub struct Results {
+    runs: BTreeMap<(usize, &'static str), Vec<Result<RunResult, String>>>,
+}
+
+/// Medians of one (workload, target) cell.
+#[derive(Debug, Clone, Copy)]
+pub struct Cell {
+    pub tps: f64,
+    pub avg_ms: f64,
+    pub p99_ms: f64,
+    pub cpu_us: Option<f64>,
+    pub ok_runs: usize,
+    pub failed_runs: usize,
+}
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len() % 2 == 1 { values[mid] } else { (values[mid - 1] + values[mid]) / 2.0 })
+}
+
+impl Results {
+    pub fn record(&mut self, workload: usize, target: &'static str, result: Result<RunResult, String>) {
+        self.runs.entry((workload, target)).or_default().push(result);
+    }
+
+    pub fn cell(&self, workload: usize, target: &str) -> Option<Cell> {
+        let runs = self.runs.iter().find(|((w, t), _)| *w == workload && *t == target)?.1;
+        let ok: Vec<&RunResult> = runs.iter().filter_map(|r| r.as_ref().ok()).collect();
+        let of = |f: fn(&RunResult) -> f64| median(ok.iter().map(|r| f(r)).collect());
+        Some(Cell {
+            tps: of(|r| r.tps)?,
+            avg_ms: of(|r| r.avg_latency_ms)?,
+            p99_ms: of(|r| r.p99_latency_ms)?,
+            cpu_us: median(ok.iter().filter_map(|r| r.proxy_cpu_us_per_tx).collect()),
+            ok_runs: ok.len(),
+            failed_runs: runs.len() - ok.len(),
+        })
+    }
+
+    /// The first error of a cell whose runs all failed.
+    fn first_error(&self, workload: usize, target: &str) -> Option<&str> {
+        let runs = self.runs.iter().find(|((w, t), _)| *w == workload && *t == target)?.1;
+        runs.iter().find_map(|r| r.as_ref().err()).map(String::as_str)
+    }
+}
+
+/// The main table: one row per workload × target.
+pub fn print_table(workloads: &[Workload], targets: &[&'static str], results: &Results) {
+    println!("| workload | target | TPS | avg latency ms | p99 latency ms | proxy CPU s / 1k tx | proxy CPU µs / tx | runs |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    for (w, workload) in workloads.iter().enumerate() {
+        for target in targets {
+            if let Some(c) = results.cell(w, target) {
+                let cpu_s = c.cpu_us.map_or("–".into(), |us| format!("{:.4}", us / 1000.0));
+                let cpu_us = c.cpu_us.map_or("–".into(), |us| format!("{us:.1}"));
+                let runs = match c.failed_runs {
+                    0 => c.ok_runs.to_string(),
+                    failed => format!("{} ({failed} failed)", c.ok_runs),
+                };
+                println!(
+                    "| {} | {target} | {:.0} | {:.3} | {:.3} | {cpu_s} | {cpu_us} | {runs} |",
+                    workload.name, c.tps, c.avg_ms, c.p99_ms
+                );
+            } else if let Some(e) = results.first_error(w, target) {
+                println!("| {} | {target} | FAILED | | | | | {} |", workload.name, e.replace('|', "/"));
+            }
+        }
+    }
+}
+
+fn ratio(a: Option<Cell>, b: Option<Cell>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b.tps > 0.0 => format!("{:.2}", a.tps / b.tps),
+        _ => "–".into(),
+    }
+}
+
+fn cpu(c: Option<Cell>) -> String {
+    c.and_then(|c| c.cpu_us).map_or("–".into(), |us| format!("{us:.1}"))
+}
+
+/// TPS ratios and CPU per transaction, one row per workload.
+pub fn print_ratios(workloads: &[Workload], results: &Results) {
+    println!("| workload | pgrelay/direct | pgbouncer/direct | pgrelay/pgbouncer | pgrelay-ro/direct-replica | pgrelay µs/tx | pgbouncer µs/tx | pgrelay-ro µs/tx |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (w, workload) in workloads.iter().enumerate() {
+        let get = |t: &str| results.cell(w, t);
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            workload.name,
+            ratio(get("pgrelay-rw"), get("direct-primary")),
+            ratio(get("pgbouncer"), get("direct-primary")),
+            ratio(get("pgrelay-rw"), get("pgbouncer")),
+            ratio(get("pgrelay-ro"), get("direct-replica")),
+            cpu(get("pgrelay-rw")),
+            cpu(get("pgbouncer")),
+            cpu(get("pgrelay-ro")),
+        );
+    }
+}
+
+/// Latency each proxy adds at one client: its average minus the direct one.
+pub fn print_added_latency(workloads: &[Workload], results: &Results) {
+    let Some(w) = workloads.iter().position(|w| w.clients == 1) else {
+        return;
+    };
+    let get = |t: &str| results.cell(w, t);
+    let added = |proxy: &str, direct: &str| match (get(proxy), get(direct)) {
+        (Some(p), Some(d)) => format!("{:+.1} µs", (p.avg_ms - d.avg_ms) * 1000.0),
+        _ => "–".into(),
+    };
+    println!("Added latency at 1 client ({}; proxy average − direct average):", workloads[w].name);
+    println!("- pgrelay rw (vs direct primary): {}", added("pgrelay-rw", "direct-primary"));
+    println!("- pgbouncer (vs direct primary): {}", added("pgbouncer", "direct-primary"));
+    println!("- pgrelay ro (vs direct replica): {}", added("pgrelay-ro", "direct-replica"));
+}
+
+pub fn print_idle(name: &str, r: &Result<IdleResult, String>) {
+    match r {
+        Err(e) => println!("| {name} | FAILED: {} | | | | | | |", e.replace('|', "/")),
+        Ok(r) => {
+            let mib = |kib: u64| format!("{:.1}", kib as f64 / 1024.0);
+            let each =
+                |f: &dyn Fn(&super::idle::IdleRound) -> String| r.rounds.iter().map(f).collect::<Vec<_>>().join(" / ");
+            let growth = match (r.rounds.first(), r.rounds.last()) {
+                (Some(a), Some(b)) => format!("{:+.1}", (b.rss_closed_kib as f64 - a.rss_closed_kib as f64) / 1024.0),
+                _ => "–".into(),
+            };
+            println!(
+                "| {name} | {} | {} | {} | {growth} | {:.2} | {} | {} |",
+                mib(r.rss_before_kib),
+                each(&|x| mib(x.rss_open_kib)),
+                each(&|x| mib(x.rss_closed_kib)),
+                r.kib_per_client(),
+                each(&|x| format!("{:.1} s", x.open_secs)),
+                each(&|x| x.fds_closed.to_string()),
+            );
+        }
+    }
+}
+
+pub fn print_idle_header(clients: usize, rounds: usize) {
+    println!(
+        "RSS with {clients} idle clients (MiB; each client logged in as app_trust, then idle; {rounds} rounds in one \
+         process, values per round separated by /):"
+    );
+    println!();
+    println!(
+        "| proxy | RSS before | RSS open | RSS after closing | growth (after closing: last − 1st round) | \
+         KiB per idle client (1st round) | time to log in all | proxy's open fds after closing |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+}
