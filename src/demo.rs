@@ -31,21 +31,18 @@ fn free_or_any(port: u16) -> u16 {
     }
 }
 
-/// The demo's configuration: static roles for the nodes the cluster made.
+/// The demo's configuration: the nodes the cluster made, roles discovered.
 pub fn demo_config(cluster: &LocalCluster, ports: [u16; 3]) -> Result<Config, ConfigError> {
     let [rw_port, ro_port, http_port] = ports;
     let mut text = format!(
         "[listen]\nrw = \"127.0.0.1:{rw_port}\"\nro = \"127.0.0.1:{ro_port}\"\nhttp = \"127.0.0.1:{http_port}\"\n\n\
-         [cluster]\nsource = \"static\"\n\n\
+         [cluster]\nsource = \"postgres\"\ncheck_interval = \"500ms\"\n\n\
          [[users]]\nname = \"{APP_USER}\"\npassword = \"{APP_PASSWORD}\"\n\n\
          [[databases]]\nname = \"{APP_DATABASE}\"\n\n"
     );
-    for (i, node) in cluster.nodes().iter().enumerate() {
-        let role = if i == 0 { "primary" } else { "replica" };
-        text.push_str(&format!(
-            "[[nodes]]\nname = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\nrole = \"{role}\"\n\n",
-            node.name, node.port
-        ));
+    // Roles are discovered: pgrelay polls each node's pg_is_in_recovery().
+    for node in cluster.nodes() {
+        text.push_str(&format!("[[nodes]]\nname = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\n\n", node.name, node.port));
     }
     Config::parse(&text)
 }

@@ -137,7 +137,16 @@ fn node(raw: RawNode, entry: &EntryRef<'_>, source: Source) -> Result<Node, Conf
         }
         (Source::Postgres | Source::Patroni, Some(_)) => {
             let here = source_name(source);
-            let message = format!("only allowed with [cluster] source = \"static\" (here source = {here:?})");
+            // Since "postgres" became the default, a file with roles and no
+            // source needs one line added: say which.
+            let message = if entry.locations.key("cluster", "source") == Origin::Default {
+                format!(
+                    "only allowed with [cluster] source = \"static\" (source is {here:?}, the default; add \
+                     [cluster] source = \"static\" to keep static roles)"
+                )
+            } else {
+                format!("only allowed with [cluster] source = \"static\" (here source = {here:?})")
+            };
             return Err(entry.key_error("role", message));
         }
         _ => {}

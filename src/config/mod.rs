@@ -89,10 +89,14 @@ pub struct Routing {
     pub ro_fallback: RoFallback,
 }
 
+/// Who says which node is the primary (`[cluster] source`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
+    /// The default: monitors poll `pg_is_in_recovery()` on every node.
     Postgres,
+    /// Patroni's `GET /cluster` leader; each node needs a `patroni` URL.
     Patroni,
+    /// Roles as written in `[[nodes]] role`, the only source that allows them.
     Static,
 }
 

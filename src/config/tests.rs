@@ -14,7 +14,12 @@ use super::*;
 
 const EXAMPLE: &str = include_str!("../../config/pgrelay.toml");
 
-const NODE: &str = "[[nodes]]\nname = \"pg0\"\nport = 6432\nrole = \"primary\"\n";
+/// A node as the default `source = "postgres"` wants it: no role.
+const NODE: &str = "[[nodes]]\nname = \"pg0\"\nport = 6432\n";
+/// Roles are only allowed with this `[cluster]` section.
+const STATIC: &str = "[cluster]\nsource = \"static\"\n";
+/// The primary of a `source = "static"` config.
+const STATIC_NODE: &str = "[[nodes]]\nname = \"pg0\"\nport = 6432\nrole = \"primary\"\n";
 const USER: &str = "[[users]]\nname = \"app\"\npassword = \"app\"\n";
 const DATABASE: &str = "[[databases]]\nname = \"app\"\n";
 
@@ -23,6 +28,7 @@ fn with(parts: &[&str]) -> String {
     parts.join("\n")
 }
 
+/// The smallest valid config: no `[cluster]`, so `source = "postgres"`.
 fn minimal() -> String {
     with(&[NODE, USER, DATABASE])
 }
@@ -43,13 +49,9 @@ fn parse_env(text: &str, vars: &[(&str, &str)]) -> Result<Config, String> {
 fn example_file_parses() {
     let config = Config::parse(EXAMPLE).unwrap_or_else(|e| panic!("config/pgrelay.toml: {e}"));
     assert_eq!(config.listen.rw, addr("0.0.0.0:5432"));
-    assert_eq!(config.cluster.source, Source::Static);
-    let nodes: Vec<(&str, u16, Option<Role>)> =
-        config.nodes.iter().map(|n| (n.name.as_str(), n.port, n.role)).collect();
-    assert_eq!(
-        nodes,
-        [("pg0", 6432, Some(Role::Primary)), ("pg1", 6433, Some(Role::Replica)), ("pg2", 6434, Some(Role::Replica))]
-    );
+    assert_eq!(config.cluster.source, Source::Postgres);
+    let node = |name: &str, port| Node { name: name.into(), host: "127.0.0.1".into(), port, role: None, patroni: None };
+    assert_eq!(config.nodes, [node("pg0", 6432), node("pg1", 6433), node("pg2", 6434)]);
     assert_eq!(config.users[0].name, "app");
     assert_eq!(config.users[0].password.as_deref(), Some("app"));
     assert_eq!(config.users[0].auth_type, AuthType::ScramSha256);
@@ -110,7 +112,7 @@ fn defaults_from_a_minimal_file() {
     };
     assert_eq!(config.routing, routing);
     let cluster = Cluster {
-        source: Source::Static,
+        source: Source::Postgres,
         check_interval: Duration::from_secs(1),
         check_timeout: Duration::from_secs(1),
         leave_after_checks: 2,
@@ -119,8 +121,7 @@ fn defaults_from_a_minimal_file() {
         password: String::new(),
     };
     assert_eq!(config.cluster, cluster);
-    let node =
-        Node { name: "pg0".into(), host: "127.0.0.1".into(), port: 6432, role: Some(Role::Primary), patroni: None };
+    let node = Node { name: "pg0".into(), host: "127.0.0.1".into(), port: 6432, role: None, patroni: None };
     assert_eq!(config.nodes, [node]);
     let user = User {
         name: "app".into(),
@@ -138,9 +139,9 @@ fn explicit_values_are_used() {
     let text = with(&[
         "[pool]\nmode = \"session\"\nsession_state = \"refuse\"\nmax_message_size = 65536\n",
         "[routing]\nro_fallback = \"error\"\nmax_replica_lag_bytes = \"1GB\"\nmax_replica_lag = \"250ms\"\n",
-        "[cluster]\nsource = \"postgres\"\n",
-        "[[nodes]]\nname = \"a\"\nhost = \"db1\"\n",
-        "[[nodes]]\nname = \"b\"\nhost = \"db2\"\n",
+        "[cluster]\nsource = \"static\"\n",
+        "[[nodes]]\nname = \"a\"\nhost = \"db1\"\nrole = \"primary\"\n",
+        "[[nodes]]\nname = \"b\"\nhost = \"db2\"\nrole = \"replica\"\n",
         "[[users]]\nname = \"t\"\nauth_type = \"trust\"\nserver_user = \"u\"\nserver_password = \"p\"\n",
         "[[databases]]\nname = \"app\"\ndbname = \"app_prod\"\npool_size = 3\n",
     ]);
@@ -150,7 +151,12 @@ fn explicit_values_are_used() {
     assert_eq!(config.routing.ro_fallback, RoFallback::Error);
     assert_eq!(config.routing.max_replica_lag_bytes, 1 << 30);
     assert_eq!(config.routing.max_replica_lag, Duration::from_millis(250));
-    assert_eq!((config.nodes[1].host.as_str(), config.nodes[1].port, config.nodes[1].role), ("db2", 5432, None));
+    assert_eq!(config.cluster.source, Source::Static);
+    assert_eq!(config.nodes[0].role, Some(Role::Primary));
+    assert_eq!(
+        (config.nodes[1].host.as_str(), config.nodes[1].port, config.nodes[1].role),
+        ("db2", 5432, Some(Role::Replica))
+    );
     assert_eq!(config.users[0].password, None);
     assert_eq!(config.users[0].server_user.as_deref(), Some("u"));
     assert_eq!(config.databases[0].server_dbname, "app_prod");
@@ -286,7 +292,10 @@ fn every_table_key_can_be_overridden() {
         assert_eq!(listed, raw::keys(section).expect("section").iter().copied().collect(), "[{section}]");
         for (key, value) in keys {
             let var = format!("PGRELAY_{}_{}", section.to_uppercase(), key.to_uppercase());
-            let result = parse_env(&minimal(), &[(var.as_str(), value)]);
+            // A static source needs a node with a role, which the default
+            // source refuses: the override must take effect to parse.
+            let base = if *key == "source" { with(&[STATIC_NODE, USER, DATABASE]) } else { minimal() };
+            let result = parse_env(&base, &[(var.as_str(), value)]);
             assert!(result.is_ok(), "{var}={value}: {result:?}");
         }
     }
@@ -318,9 +327,36 @@ fn env_errors_name_the_variable() {
 
 #[test]
 fn env_source_changes_node_rules() {
-    let error = parse_env(&minimal(), &[("PGRELAY_CLUSTER_SOURCE", "postgres")]).expect_err("role not allowed");
-    assert!(error.starts_with("line 4: [[nodes]] \"pg0\" role:"), "{error}");
-    assert!(error.contains("source = \"static\""), "{error}");
+    let text = with(&[STATIC, STATIC_NODE, USER, DATABASE]);
+    assert_eq!(parse_env(&text, &[]).expect("static config").nodes[0].role, Some(Role::Primary));
+    let error = parse_env(&text, &[("PGRELAY_CLUSTER_SOURCE", "postgres")]).expect_err("role not allowed");
+    assert!(error.starts_with("line 7: [[nodes]] \"pg0\" role:"), "{error}");
+    assert!(error.contains("only allowed with [cluster] source = \"static\" (here source = \"postgres\")"), "{error}");
+
+    let error = parse_env(&minimal(), &[("PGRELAY_CLUSTER_SOURCE", "static")]).expect_err("role missing");
+    assert!(error.starts_with("line 1: [[nodes]] \"pg0\" has no role"), "{error}");
+}
+
+#[test]
+fn source_defaults_to_postgres() {
+    let text = minimal();
+    assert!(!text.contains("[cluster]") && !text.contains("role"), "{text}");
+    let config = Config::parse(&text).expect("minimal config parses");
+    assert_eq!(config.cluster.source, Source::Postgres);
+    assert_eq!(config.nodes[0].role, None);
+    // An empty [cluster] section is the same default.
+    let config = Config::parse(&with(&["[cluster]\n", NODE, USER, DATABASE])).expect("parses");
+    assert_eq!(config.cluster.source, Source::Postgres);
+
+    // A node with a role but no source = "static": say that role needs it.
+    let text = with(&[STATIC_NODE, USER, DATABASE]);
+    let error = Config::parse(&text).expect_err("role without source = \"static\"").0;
+    let expected = "line 4: [[nodes]] \"pg0\" role: only allowed with [cluster] source = \"static\" (source is \
+                    \"postgres\", the default; add [cluster] source = \"static\" to keep static roles)";
+    assert_eq!(error, expected);
+    let config = Config::parse(&with(&[STATIC, &text])).expect("the same nodes with source = \"static\"");
+    assert_eq!(config.cluster.source, Source::Static);
+    assert_eq!(config.nodes[0].role, Some(Role::Primary));
 }
 
 #[test]

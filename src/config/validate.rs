@@ -187,7 +187,7 @@ pub(super) fn cluster(raw: RawCluster, locations: &Locations<'_>) -> Result<Clus
         field(key).positive(value.map(|n| n.0), 2).map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
     };
     Ok(Cluster {
-        source: field("source").choice(raw.source.as_deref(), Source::Static, &sources)?,
+        source: field("source").choice(raw.source.as_deref(), Source::Postgres, &sources)?,
         check_interval,
         check_timeout,
         leave_after_checks: checks("leave_after_checks", raw.leave_after_checks)?,

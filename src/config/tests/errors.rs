@@ -1,7 +1,7 @@
 //! Every rejected config gives one line that names the key and, when the
 //! value is in the file, the right line.
 
-use super::{with, DATABASE, NODE, USER};
+use super::{with, DATABASE, NODE, STATIC, STATIC_NODE, USER};
 use crate::config::Config;
 
 fn error_of(text: &str) -> String {
@@ -45,7 +45,7 @@ fn unknown_keys_and_sections() {
     assert_error(&base("[pols]\nmode = \"x\"\n"), Some(1), &["unknown section [pols]", "pool"]);
     assert_error(&base("verbose = true\n"), Some(1), &["verbose"]);
     assert_error(&base("[pool.extra]\nx = 1\n"), Some(1), &["\"extra\"", "[pool]"]);
-    let text = with(&[NODE, "[[nodes]]\nname = \"pg1\"\nrole = \"replica\"\nprot = 1\n", USER, DATABASE]);
+    let text = with(&[NODE, "[[nodes]]\nname = \"pg1\"\nprot = 1\n", USER, DATABASE]);
     assert_error(&text, Some(line(&text, "prot", 1)), &["unknown key \"prot\" in [[nodes]]"]);
     let text = with(&[NODE, USER, "[[databases]]\nname = \"app\"\npoolsize = 1\n"]);
     assert_error(&text, Some(line(&text, "poolsize", 1)), &["\"poolsize\"", "[[databases]]"]);
@@ -124,7 +124,7 @@ fn lists_need_entries_with_names() {
     assert_error(&with(&[NODE, DATABASE]), None, &["[[users]]", "at least one"]);
     assert_error(&with(&[NODE, USER]), None, &["[[databases]]", "at least one"]);
     assert_error(&with(&["nodes = []\n", USER, DATABASE]), None, &["[[nodes]]", "at least one"]);
-    let text = with(&[NODE, USER, DATABASE, "[[nodes]]\nport = 6433\nrole = \"replica\"\n"]);
+    let text = with(&[NODE, USER, DATABASE, "[[nodes]]\nport = 6433\n"]);
     assert_error(&text, Some(line(&text, "[[nodes]]", 2)), &["[[nodes]]", "no name"]);
     let text = with(&[NODE, "[[users]]\nname = \"\"\npassword = \"x\"\n", DATABASE]);
     assert_error(&text, Some(line(&text, "name = \"\"", 1)), &["[[users]] name", "must not be empty"]);
@@ -132,12 +132,12 @@ fn lists_need_entries_with_names() {
 
 #[test]
 fn duplicates() {
-    let text = with(&[NODE, USER, "[[nodes]]\nname = \"pg0\"\nport = 6433\nrole = \"replica\"\n", DATABASE]);
+    let text = with(&[NODE, USER, "[[nodes]]\nname = \"pg0\"\nport = 6433\n", DATABASE]);
     let (first, second) = (line(&text, "name = \"pg0\"", 1), line(&text, "name = \"pg0\"", 2));
     let message = error_of(&text);
     assert_eq!(message, format!("line {second}: [[nodes]] name \"pg0\" appears twice (lines {first} and {second})"));
 
-    let text = with(&[NODE, "[[nodes]]\nname = \"pg1\"\nport = 6432\nrole = \"replica\"\n", USER, DATABASE]);
+    let text = with(&[NODE, "[[nodes]]\nname = \"pg1\"\nport = 6432\n", USER, DATABASE]);
     let (first, second) = (line(&text, "[[nodes]]", 1), line(&text, "[[nodes]]", 2));
     let expected = format!(
         "[[nodes]] \"pg1\" has the same host and port (127.0.0.1:6432) as \"pg0\" (lines {first} and {second})"
@@ -157,33 +157,50 @@ fn duplicates() {
 #[test]
 fn static_roles() {
     let replica = "[[nodes]]\nname = \"pg1\"\nport = 6433\nrole = \"replica\"\n";
-    let text = with(&[replica, USER, DATABASE]);
+    let text = with(&[STATIC, replica, USER, DATABASE]);
     assert_error(&text, None, &["role = \"primary\"", "exactly one", "source = \"static\""]);
 
-    let text = with(&[NODE, &replica.replace("replica", "primary"), USER, DATABASE]);
+    let text = with(&[STATIC, STATIC_NODE, &replica.replace("replica", "primary"), USER, DATABASE]);
     let second = line(&text, "role = \"primary\"", 2);
     let lines = format!("lines {} and {second}", line(&text, "role = \"primary\"", 1));
     assert_error(&text, Some(second), &["[[nodes]] role", "\"pg0\" and \"pg1\" both", &lines, "exactly one"]);
 
-    let text = with(&[NODE, "[[nodes]]\nname = \"pg1\"\nport = 6433\n", USER, DATABASE]);
+    let text = with(&[STATIC, STATIC_NODE, "[[nodes]]\nname = \"pg1\"\nport = 6433\n", USER, DATABASE]);
     assert_error(&text, Some(line(&text, "[[nodes]]", 2)), &["\"pg1\" has no role", "source = \"static\""]);
 
-    let text = with(&[NODE, &replica.replace("\"replica\"", "\"standby\""), USER, DATABASE]);
+    let text = with(&[STATIC, STATIC_NODE, &replica.replace("\"replica\"", "\"standby\""), USER, DATABASE]);
     assert_error(&text, Some(line(&text, "standby", 1)), &["[[nodes]] \"pg1\" role: invalid value \"standby\""]);
+
+    assert!(Config::parse(&with(&[STATIC, STATIC_NODE, replica, USER, DATABASE])).is_ok());
 }
 
 #[test]
 fn roles_only_with_static_source() {
-    let text = base("[cluster]\nsource = \"postgres\"\n");
-    assert_error(&text, Some(line(&text, "role =", 1)), &["[[nodes]] \"pg0\" role", "only allowed with", "\"static\""]);
-    let node = "[[nodes]]\nname = \"pg0\"\nport = 6432\n";
-    assert!(Config::parse(&with(&["[cluster]\nsource = \"postgres\"\n", node, USER, DATABASE])).is_ok());
+    // Left at the default, the message says so and what to add.
+    let text = with(&[STATIC_NODE, USER, DATABASE]);
+    let needles = ["[[nodes]] \"pg0\" role", "only allowed with [cluster] source = \"static\"", "the default"];
+    assert_error(&text, Some(line(&text, "role =", 1)), &needles);
+    for source in ["postgres", "patroni"] {
+        let head = format!("[cluster]\nsource = \"{source}\"\n");
+        let text = with(&[&head, STATIC_NODE, USER, DATABASE]);
+        let here = format!("(here source = \"{source}\")");
+        let needles = ["[[nodes]] \"pg0\" role", "only allowed with", "source = \"static\"", &here];
+        assert_error(&text, Some(line(&text, "role =", 1)), &needles);
+        assert!(!error_of(&text).contains("the default"), "{source} was set");
+    }
+    assert!(Config::parse(&with(&["[cluster]\nsource = \"postgres\"\n", NODE, USER, DATABASE])).is_ok());
+    assert!(Config::parse(&with(&[NODE, USER, DATABASE])).is_ok());
 }
 
 #[test]
 fn patroni_urls() {
-    let text = base("[cluster]\n").replace("role = \"primary\"", "role = \"primary\"\npatroni = \"http://h:8008\"");
-    assert_error(&text, Some(line(&text, "patroni =", 1)), &["[[nodes]] \"pg0\" patroni", "source = \"patroni\""]);
+    let url = "port = 6432\npatroni = \"http://h:8008\"";
+    let text = base("").replace("port = 6432", url);
+    let needles = ["[[nodes]] \"pg0\" patroni", "source = \"patroni\"", "(here source = \"postgres\")"];
+    assert_error(&text, Some(line(&text, "patroni =", 1)), &needles);
+    let text = with(&[STATIC, &STATIC_NODE.replace("port = 6432", url), USER, DATABASE]);
+    let needles = ["[[nodes]] \"pg0\" patroni", "source = \"patroni\"", "(here source = \"static\")"];
+    assert_error(&text, Some(line(&text, "patroni =", 1)), &needles);
 
     let patroni = "[cluster]\nsource = \"patroni\"\n";
     let node = "[[nodes]]\nname = \"pg0\"\nport = 6432\npatroni = \"http://127.0.0.1:8008\"\n";
