@@ -7,23 +7,10 @@ use bytes::{BufMut, BytesMut};
 use pgrelay::wire;
 
 use crate::support::cluster;
+use crate::support::relay::msg::{bind_execute, parse};
 use crate::support::relay::{self, error_fields, scalar, tags, Raw};
 
 const GRACE: Duration = Duration::from_secs(5);
-
-fn parse(buf: &mut BytesMut, name: &str, sql: &str) {
-    let mut rest = sql.as_bytes().to_vec();
-    rest.extend_from_slice(&[0, 0, 0]);
-    wire::put_parse_renamed(buf, name.as_bytes(), &rest);
-}
-
-fn bind_execute(buf: &mut BytesMut, statement: &str) {
-    wire::put_bind_renamed(buf, b"", statement.as_bytes(), &[0, 0, 0, 0, 0, 0]);
-    buf.put_u8(b'E');
-    buf.put_u32(9);
-    buf.put_u8(0);
-    buf.put_u32(0);
-}
 
 fn statement_op(buf: &mut BytesMut, tag: u8, name: &str) {
     wire::put_statement_op(buf, tag, name.as_bytes());

@@ -9,34 +9,10 @@ use pgrelay::wire;
 use tokio_postgres::{AsyncMessage, SimpleQueryMessage};
 
 use crate::support::cluster;
+use crate::support::relay::msg::{bind, execute, flush, parse};
 use crate::support::relay::{self, error_fields, scalar, sqlstate, tags, Raw};
 
 const GRACE: Duration = Duration::from_secs(5);
-
-fn parse(buf: &mut BytesMut, name: &str, sql: &str) {
-    let mut rest = sql.as_bytes().to_vec();
-    rest.extend_from_slice(&[0, 0, 0]); // NUL, no parameter types
-    wire::put_parse_renamed(buf, name.as_bytes(), &rest);
-}
-
-fn bind(buf: &mut BytesMut, statement: &str) {
-    // No parameters, no result formats.
-    wire::put_bind_renamed(buf, b"", statement.as_bytes(), &[0, 0, 0, 0, 0, 0]);
-}
-
-fn execute(buf: &mut BytesMut) {
-    use bytes::BufMut;
-    buf.put_u8(b'E');
-    buf.put_u32(9);
-    buf.put_u8(0);
-    buf.put_u32(0);
-}
-
-fn flush(buf: &mut BytesMut) {
-    use bytes::BufMut;
-    buf.put_u8(b'H');
-    buf.put_u32(4);
-}
 
 #[tokio::test]
 async fn several_statements_in_one_simple_query() {

@@ -223,3 +223,39 @@ pub fn error_fields(body: &[u8]) -> (String, String) {
 pub fn tags(messages: &[(u8, Bytes)]) -> String {
     messages.iter().map(|(t, _)| char::from(*t).to_string()).collect::<Vec<_>>().join(" ")
 }
+
+/// Frontend messages the raw-protocol tests build (no parameters, text results).
+pub mod msg {
+    use bytes::{BufMut, BytesMut};
+    use pgrelay::wire;
+
+    /// Parse of `sql` as statement `name` ("" = unnamed), no parameter types.
+    pub fn parse(buf: &mut BytesMut, name: &str, sql: &str) {
+        let mut rest = sql.as_bytes().to_vec();
+        rest.extend_from_slice(&[0, 0, 0]); // NUL, no parameter types
+        wire::put_parse_renamed(buf, name.as_bytes(), &rest);
+    }
+
+    /// Bind of `statement` to the unnamed portal: no parameters, no result formats.
+    pub fn bind(buf: &mut BytesMut, statement: &str) {
+        wire::put_bind_renamed(buf, b"", statement.as_bytes(), &[0, 0, 0, 0, 0, 0]);
+    }
+
+    /// Execute of the unnamed portal, all rows.
+    pub fn execute(buf: &mut BytesMut) {
+        buf.put_u8(b'E');
+        buf.put_u32(9);
+        buf.put_u8(0);
+        buf.put_u32(0);
+    }
+
+    pub fn bind_execute(buf: &mut BytesMut, statement: &str) {
+        bind(buf, statement);
+        execute(buf);
+    }
+
+    pub fn flush(buf: &mut BytesMut) {
+        buf.put_u8(b'H');
+        buf.put_u32(4);
+    }
+}
