@@ -4,6 +4,8 @@
 //! up by name per message. Label values are bounded: node, database and user
 //! come from the configuration, SQLSTATE classes are two characters.
 
+use std::sync::{Mutex, OnceLock};
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -19,6 +21,11 @@ pub struct Metrics {
     clients: IntGaugeVec,
     clients_waiting: IntGaugeVec,
     client_logins: IntCounterVec,
+    /// `client_logins` per [`LoginResult`], resolved on first use.
+    logins_by_result: [OnceLock<IntCounter>; 4],
+    /// Handles per (database, user, listener), resolved once: a login costs a
+    /// short scan instead of four label lookups. Bounded by the configuration.
+    clients_by_labels: Mutex<Vec<(String, String, &'static str, ClientMetrics)>>,
     client_bytes_received: IntCounterVec,
     client_bytes_sent: IntCounterVec,
     server_connections: IntGaugeVec,
@@ -196,6 +203,8 @@ impl Metrics {
                     &["result"]
                 )
             ),
+            logins_by_result: Default::default(),
+            clients_by_labels: Mutex::default(),
             registry: r,
         }
     }
@@ -221,17 +230,25 @@ impl Metrics {
         }
     }
 
-    pub fn client(&self, database: &str, user: &str, listener: &str) -> ClientMetrics {
-        ClientMetrics {
+    pub fn client(&self, database: &str, user: &str, listener: &'static str) -> ClientMetrics {
+        let mut known = self.clients_by_labels.lock().expect("metrics lock");
+        if let Some((.., metrics)) = known.iter().find(|(d, u, l, _)| d == database && u == user && *l == listener) {
+            return metrics.clone();
+        }
+        let metrics = ClientMetrics {
             connected: self.clients.with_label_values(&[database, user, listener]),
             waiting: self.clients_waiting.with_label_values(&[database, user]),
             bytes_received: self.client_bytes_received.with_label_values(&[database, user]),
             bytes_sent: self.client_bytes_sent.with_label_values(&[database, user]),
-        }
+        };
+        known.push((database.to_owned(), user.to_owned(), listener, metrics.clone()));
+        metrics
     }
 
     pub fn login(&self, result: LoginResult) {
-        self.client_logins.with_label_values(&[result.as_str()]).inc();
+        self.logins_by_result[result.index()]
+            .get_or_init(|| self.client_logins.with_label_values(&[result.as_str()]))
+            .inc();
     }
 
     /// Counts an error a client was sent; `sqlstate` is the five-character code.
@@ -278,6 +295,15 @@ pub enum LoginResult {
 }
 
 impl LoginResult {
+    fn index(self) -> usize {
+        match self {
+            LoginResult::Ok => 0,
+            LoginResult::AuthFailed => 1,
+            LoginResult::Rejected => 2,
+            LoginResult::Error => 3,
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             LoginResult::Ok => "ok",

@@ -41,6 +41,25 @@ pub enum BackendError {
     Timeout(Duration),
 }
 
+impl BackendError {
+    /// The connection could not be opened for a reason that may pass (the
+    /// server is down, restarting, or shutting down as a demoted leader);
+    /// nothing ran, so the work may be routed again. Authentication and
+    /// configuration errors are not transient: waiting would not help.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BackendError::Connect { .. }
+            | BackendError::ConnectTimeout { .. }
+            | BackendError::Io(_)
+            | BackendError::Closed
+            | BackendError::Timeout(_) => true,
+            // 08: connection exceptions; 57: shutting down, cannot connect now.
+            BackendError::Server(fields) => fields.code.starts_with("08") || fields.code.starts_with("57"),
+            BackendError::Protocol(_) | BackendError::Auth(_) | BackendError::UnsupportedAuth(_) => false,
+        }
+    }
+}
+
 /// ParameterStatus values a server reported at startup, as (name, value).
 pub type ServerParams = Arc<Vec<(Bytes, Bytes)>>;
 

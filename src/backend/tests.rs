@@ -189,3 +189,20 @@ fn copy_in_by_simple_query_with_copy_done_already_sent() {
     t.sent(Expect::CopyEnd, Origin::Client);
     assert!(t.is_idle());
 }
+
+#[test]
+fn only_passing_connect_failures_are_retried() {
+    use super::BackendError;
+    use crate::wire::ErrorFields;
+    let server = |code: &str| BackendError::Server(ErrorFields { code: code.into(), ..Default::default() });
+    let refused =
+        BackendError::Connect { addr: "127.0.0.1:1".into(), source: std::io::ErrorKind::ConnectionRefused.into() };
+    assert!(refused.is_transient());
+    assert!(BackendError::Closed.is_transient());
+    assert!(server("57P03").is_transient(), "the database system is starting up / shutting down");
+    assert!(server("57P01").is_transient());
+    assert!(server("08006").is_transient());
+    assert!(!server("28P01").is_transient(), "a wrong password does not pass by waiting");
+    assert!(!server("3D000").is_transient(), "nor does an unknown database");
+    assert!(!BackendError::UnsupportedAuth(7).is_transient());
+}

@@ -64,7 +64,11 @@ pub async fn serve(ctx: Arc<Context>, listener: TcpListener, kind: ListenerKind)
 async fn handle_client(ctx: Arc<Context>, mut stream: TcpStream, kind: ListenerKind, span: Span) {
     let login_timeout = ctx.config.pool.client_login_timeout;
     let mut buf = BytesMut::new();
-    let login = tokio::time::timeout(login_timeout, login(&ctx, &mut stream, &mut buf, kind)).instrument(span.clone());
+    // Boxed, so that the login's state is freed once it is over instead of
+    // staying in every idle client's task.
+    let login = Box::pin(
+        tokio::time::timeout(login_timeout, login(&ctx, &mut stream, &mut buf, kind)).instrument(span.clone()),
+    );
     let logged_in = tokio::select! {
         _ = ctx.shutdown.cancelled() => Ok(Err(SessionError::Shutdown)),
         r = login => r,
@@ -103,7 +107,8 @@ async fn report(ctx: &Context, stream: TcpStream, pending: BytesMut, error: Sess
         Some(code) => {
             ctx.metrics.error(code.as_bytes(), ErrorOrigin::Pgrelay);
             tracing::info!(parent: span, code = %code, error = %error, "closing client connection");
-            farewell(stream, pending, code, error.to_string()).await;
+            // Boxed: only departing clients need this state, not every task.
+            Box::pin(farewell(stream, pending, code, error.to_string())).await;
         }
         None => tracing::debug!(parent: span, error = %error, "client connection lost"),
     }

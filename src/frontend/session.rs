@@ -24,14 +24,18 @@ use crate::backend::{Expect, Origin, ServerConn, ServerTarget, Statement, Synthe
 use crate::cluster::{NodeStatus, Topology, Wait};
 use crate::config::{Database, PoolMode, SessionStatePolicy};
 use crate::metrics::{ClientMetrics, ErrorOrigin, GaugeGuard};
-use crate::pool::{Lease, Pool, PoolError, PoolKey, PoolSettings};
+use crate::pool::{Lease, Pool, PoolError, PoolSettings};
 use crate::router::{self, ListenerKind, RouteError, RouteInput, SessionStateEffect};
 use crate::wire::{self, backend as server_tag, frontend as tag, ErrorFields, Frame, TxStatus, WireError};
 
 /// Stop reading from one side while this much is waiting to go to the other.
 const HIGH_WATER: usize = 256 * 1024;
-/// Read chunk.
+/// Largest read chunk.
 const READ_CHUNK: usize = 16 * 1024;
+/// First read chunk for a client: most clients send small queries, and an
+/// idle client should not hold 16 KiB. A read that fills it doubles it (up
+/// to READ_CHUNK), and the buffer keeps its capacity from then on.
+const FIRST_CLIENT_READ: usize = 1024;
 /// Server messages are trusted up to PostgreSQL's own 1 GB field limit.
 const MAX_SERVER_MESSAGE: usize = 1 << 30;
 
@@ -57,6 +61,8 @@ pub struct Session {
     cancel: CancelHandle,
     /// Bytes read from the client, not yet handled.
     cbuf: BytesMut,
+    /// How much room the next client read gets (grows with the client's batches).
+    client_read_size: usize,
     /// Bytes waiting to be written to the client.
     out: BytesMut,
     lease: Option<Lease>,
@@ -78,8 +84,7 @@ pub struct Session {
 
 /// The pool for (node, database, user), created on first use.
 pub fn pool_for(ctx: &Context, node: &NodeStatus, database: &Database, user: &Arc<UserEntry>) -> Arc<Pool> {
-    let key = PoolKey { node: node.name.clone(), database: database.name.clone(), user: user.name.clone() };
-    ctx.pools.get_or_create(key, || {
+    ctx.pools.get_or_create((&node.name, &database.name, &user.name), || {
         let pool = &ctx.config.pool;
         let target = ServerTarget {
             host: node.host.clone(),
@@ -121,6 +126,7 @@ impl Session {
             settings: parts.settings,
             cancel: parts.cancel,
             cbuf,
+            client_read_size: FIRST_CLIENT_READ,
             out: BytesMut::new(),
             lease: None,
             pools: Vec::new(),
@@ -140,6 +146,9 @@ impl Session {
                 Event::ClientRead(0) => return Ok(()),
                 Event::ClientRead(n) => {
                     self.metrics.bytes_received.inc_by(n as u64);
+                    if n >= self.client_read_size {
+                        self.client_read_size = (self.client_read_size * 2).min(READ_CHUNK);
+                    }
                     self.handle_client_messages().await?
                 }
                 Event::ServerRead => self.handle_server_messages()?,
@@ -179,7 +188,7 @@ impl Session {
         let want_server_read = self.out.len() < HIGH_WATER;
         if want_client_read {
             let max = self.ctx.config.pool.max_message_size + 5;
-            self.cbuf.reserve(READ_CHUNK.max(Frame::needed(&self.cbuf)).min(max));
+            self.cbuf.reserve(self.client_read_size.max(Frame::needed(&self.cbuf)).min(max));
         }
         let Session { client, cbuf, out, lease, shutdown, .. } = self;
         let (closed, server) = match lease.as_mut().map(Lease::split_mut) {
@@ -330,6 +339,11 @@ impl Session {
             let mut lease = match checkout {
                 // Fenced while waiting: route again.
                 Err(PoolError::Closed) => continue,
+                Err(PoolError::Connect(e)) if e.is_transient() && tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(parent: &self.span, error = %e, "no server connection yet; routing again");
+                    pause_before_retry(deadline).await;
+                    continue;
+                }
                 lease => lease?,
             };
             // The primary may have moved while the checkout waited.
@@ -571,6 +585,15 @@ fn poll_io<'a>(
 /// Routes a transaction on `listener`. While no primary is known it waits
 /// for the topology to change, until `deadline`; a split brain and a missing
 /// replica under `ro_fallback = "error"` are answered at once.
+/// How long to wait before routing again after a server refused a new
+/// connection (the topology may change meanwhile).
+const CONNECT_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+pub(super) async fn pause_before_retry(deadline: tokio::time::Instant) {
+    let now = tokio::time::Instant::now();
+    tokio::time::sleep(CONNECT_RETRY_PAUSE.min(deadline.saturating_duration_since(now))).await;
+}
+
 pub(super) async fn route_waiting(
     ctx: &Context,
     listener: ListenerKind,

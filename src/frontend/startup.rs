@@ -10,10 +10,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::error::SessionError;
-use super::session::{pool_for, route_waiting};
+use super::session::{pause_before_retry, pool_for, route_waiting};
 use super::Context;
 use crate::auth::{AuthError, AuthStep, ClientAuth};
 use crate::config::Database;
+use crate::pool::PoolError;
 use crate::router::ListenerKind;
 use crate::wire::{self, frontend as tag, sqlstate, StartupPacket, StartupParams, TxStatus, WireError};
 
@@ -72,17 +73,16 @@ pub async fn login(
         )
     })?;
     let server_params = server_params(ctx, listener, &user, &database).await?;
+    let settings = ctx.settings.intern(settings);
+    let welcome = ctx.welcomes.get_or_encode(&server_params, &settings);
     let cancel = ctx.cancels.register();
-    let mut out = BytesMut::with_capacity(512);
+    let mut out = BytesMut::with_capacity(welcome.len() + 64);
     wire::put_auth_ok(&mut out);
-    for (name, value) in server_params.iter() {
-        let own = settings.iter().find(|(k, _)| k.as_bytes() == &name[..]).map(|(_, v)| v.as_bytes());
-        wire::put_parameter_status(&mut out, name, own.unwrap_or(value));
-    }
+    out.extend_from_slice(&welcome);
     wire::put_backend_key_data(&mut out, cancel.pid, cancel.secret);
     wire::put_ready_for_query(&mut out, TxStatus::Idle);
     client.write_all(&out).await.map_err(SessionError::ClientIo)?;
-    Ok(Some(LoginParts { user, database, settings: ctx.settings.intern(settings), cancel }))
+    Ok(Some(LoginParts { user, database, settings, cancel }))
 }
 
 async fn read_startup_packet(client: &mut TcpStream, buf: &mut BytesMut) -> Result<Bytes, SessionError> {
@@ -189,12 +189,20 @@ async fn server_params(
     if let Some(params) = ctx.pools.server_params_for(&database.name, &user.name) {
         return Ok(params);
     }
-    let wait = ctx.config.pool.query_wait_timeout;
-    let (topology, node) = route_waiting(ctx, listener, tokio::time::Instant::now() + wait).await?;
-    let pool = pool_for(ctx, &topology.nodes[node], database, user);
-    if let Some(params) = pool.server_params() {
-        return Ok(params);
+    let deadline = tokio::time::Instant::now() + ctx.config.pool.query_wait_timeout;
+    loop {
+        let (topology, node) = route_waiting(ctx, listener, deadline).await?;
+        let pool = pool_for(ctx, &topology.nodes[node], database, user);
+        if let Some(params) = pool.server_params() {
+            return Ok(params);
+        }
+        match pool.checkout(deadline.saturating_duration_since(tokio::time::Instant::now())).await {
+            Ok(lease) => return Ok(lease.conn().startup_params.clone()),
+            Err(PoolError::Closed) => continue,
+            Err(PoolError::Connect(e)) if e.is_transient() && tokio::time::Instant::now() < deadline => {
+                pause_before_retry(deadline).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
-    let lease = pool.checkout(wait).await?;
-    Ok(lease.conn().startup_params.clone())
 }

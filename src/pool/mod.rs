@@ -126,7 +126,9 @@ impl Pool {
         let conn = match self.take_idle() {
             Some(conn) => conn,
             None => {
-                let conn = ServerConn::connect(&self.target).await?;
+                // Boxed: a connect's state is large and rare, and would
+                // otherwise be part of every client task's size.
+                let conn = Box::pin(ServerConn::connect(&self.target)).await?;
                 self.server_params.lock().expect("pool lock").get_or_insert_with(|| conn.startup_params.clone());
                 conn
             }
@@ -314,9 +316,10 @@ pub struct Pools {
 impl Pools {
     pub fn get_or_create(
         &self,
-        key: PoolKey,
+        (node, database, user): (&str, &str, &str),
         make: impl FnOnce() -> (ServerTarget, PoolSettings, PoolMetrics),
     ) -> Arc<Pool> {
+        let key = PoolKey { node: node.to_owned(), database: database.to_owned(), user: user.to_owned() };
         let mut pools = self.pools.lock().expect("pools lock");
         pools
             .entry(key)
@@ -348,5 +351,61 @@ impl Pools {
     pub fn server_params_for(&self, database: &str, user: &str) -> Option<ServerParams> {
         let pools = self.pools.lock().expect("pools lock");
         pools.iter().filter(|(k, _)| k.database == database && k.user == user).find_map(|(_, p)| p.server_params())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn pool_parts(config: &Config) -> (ServerTarget, PoolSettings, PoolMetrics) {
+        let users = crate::auth::UserDb::from_config(config).expect("valid users");
+        let target = ServerTarget {
+            host: "127.0.0.1".into(),
+            port: 5432,
+            database: "app".into(),
+            credentials: users.get("alice").expect("configured").clone(),
+            connect_timeout: Duration::from_secs(1),
+        };
+        let settings = PoolSettings {
+            size: 2,
+            mode: PoolMode::Transaction,
+            reset_timeout: Duration::from_secs(1),
+            idle_timeout: None,
+        };
+        (target, settings, crate::metrics::Metrics::new().pool("pg0", "app", "alice"))
+    }
+
+    #[test]
+    fn pools_are_created_once_per_key_and_forgotten_when_closed() {
+        let config = Config::parse(
+            "[listen]\nrw = \"127.0.0.1:0\"\nro = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n\n\
+             [cluster]\nsource = \"static\"\nuser = \"postgres\"\npassword = \"\"\n\n\
+             [[nodes]]\nname = \"pg0\"\nhost = \"127.0.0.1\"\nport = 5432\nrole = \"primary\"\n\n\
+             [[users]]\nname = \"alice\"\nauth_type = \"trust\"\n\n[[databases]]\nname = \"app\"\n",
+        )
+        .expect("valid config");
+        let pools = Pools::default();
+        let mut made = 0;
+        let first = pools.get_or_create(("pg0", "app", "alice"), || {
+            made += 1;
+            pool_parts(&config)
+        });
+        let again = pools.get_or_create(("pg0", "app", "alice"), || {
+            made += 1;
+            pool_parts(&config)
+        });
+        let other = pools.get_or_create(("pg1", "app", "alice"), || {
+            made += 1;
+            pool_parts(&config)
+        });
+        assert!(Arc::ptr_eq(&first, &again));
+        assert!(!Arc::ptr_eq(&first, &other));
+        assert_eq!(made, 2);
+        assert_eq!(first.key, PoolKey { node: "pg0".into(), database: "app".into(), user: "alice".into() });
+        pools.close_node("pg0");
+        let fresh = pools.get_or_create(("pg0", "app", "alice"), || pool_parts(&config));
+        assert!(!Arc::ptr_eq(&first, &fresh), "a closed node's pools are forgotten");
     }
 }

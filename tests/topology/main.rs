@@ -9,6 +9,7 @@
 mod support;
 
 mod common;
+mod connect_retry;
 mod failover;
 mod lag;
 mod patroni;

@@ -18,6 +18,10 @@ async fn split_brain_refuses_writes_until_one_primary_is_left() {
     let cluster = common::start_cluster();
     let (pg0, pg1) = (cluster.primary(), &cluster.replicas()[0]);
     psql(&cluster, pg0, "create table split_t (a int); grant all on split_t to public");
+    // synchronous_commit is off in the test cluster: make sure pg1 has the
+    // table before it is promoted.
+    let replayed = "select count(*) from pg_class where relname = 'split_t'";
+    common::wait_for("pg1 replays the table", BOUND, || (psql(&cluster, pg1, replayed) == "1").then_some(())).await;
     let app = relay::start(config(&cluster, "", "query_wait_timeout = \"2s\"")).await;
     wait_topology(&app, "pg0 primary", BOUND, |t| t.primary == Some(0) && read_set(t) == ["pg1", "pg2"]).await;
 
