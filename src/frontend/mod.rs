@@ -2,9 +2,11 @@
 //! batches requests, routes them, leases server connections and relays.
 
 mod cancel;
+mod checkout;
 mod error;
 mod listener;
 mod prepared;
+mod server_state;
 mod session;
 mod startup;
 

@@ -9,8 +9,8 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::checkout::{pause_before_retry, pool_for, route_waiting};
 use super::error::SessionError;
-use super::session::{pause_before_retry, pool_for, route_waiting};
 use super::Context;
 use crate::auth::{AuthError, AuthStep, ClientAuth};
 use crate::config::Database;

@@ -14,19 +14,23 @@ use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
+mod statements;
+
 use super::cancel::CancelHandle;
+use super::checkout::{pause_before_retry, pool_for, route_waiting};
 use super::error::SessionError;
 use super::prepared::ClientStatements;
+use super::server_state::{apply_settings, ensure_prepared};
 use super::startup::LoginParts;
 use super::Context;
 use crate::auth::UserEntry;
-use crate::backend::{Expect, Origin, ServerConn, ServerTarget, Statement, Synthetic, Verdict};
-use crate::cluster::{NodeStatus, Topology, Wait};
+use crate::backend::{Expect, Origin, ServerConn, Synthetic, Verdict};
+use crate::cluster::NodeStatus;
 use crate::config::{Database, PoolMode, SessionStatePolicy};
 use crate::metrics::{ClientMetrics, ErrorOrigin, GaugeGuard};
-use crate::pool::{Lease, Pool, PoolError, PoolSettings};
-use crate::router::{self, ListenerKind, RouteError, RouteInput, SessionStateEffect};
-use crate::wire::{self, backend as server_tag, frontend as tag, ErrorFields, Frame, TxStatus, WireError};
+use crate::pool::{Lease, Pool, PoolError};
+use crate::router::{self, ListenerKind, SessionStateEffect};
+use crate::wire::{self, backend as server_tag, frontend as tag, ErrorFields, Frame, WireError};
 
 /// Stop reading from one side while this much is waiting to go to the other.
 const HIGH_WATER: usize = 256 * 1024;
@@ -80,27 +84,6 @@ pub struct Session {
     metrics: ClientMetrics,
     /// Counts this client in `pgrelay_clients` while the session lives.
     _connected: GaugeGuard,
-}
-
-/// The pool for (node, database, user), created on first use.
-pub fn pool_for(ctx: &Context, node: &NodeStatus, database: &Database, user: &Arc<UserEntry>) -> Arc<Pool> {
-    ctx.pools.get_or_create((&node.name, &database.name, &user.name), || {
-        let pool = &ctx.config.pool;
-        let target = ServerTarget {
-            host: node.host.clone(),
-            port: node.port,
-            database: database.server_dbname.clone(),
-            credentials: user.clone(),
-            connect_timeout: pool.server_connect_timeout,
-        };
-        let settings = PoolSettings {
-            size: database.pool_size.unwrap_or(pool.default_pool_size).get(),
-            mode: pool.mode,
-            reset_timeout: pool.server_reset_timeout,
-            idle_timeout: pool.server_idle_timeout,
-        };
-        (target, settings, ctx.metrics.pool(&node.name, &database.name, &user.name))
-    })
 }
 
 impl Session {
@@ -288,43 +271,6 @@ impl Session {
         Ok(())
     }
 
-    /// Without a leased server connection the client is between transactions,
-    /// so some messages need no server: Parse of a statement a server has
-    /// already accepted (it is prepared wherever the client's Bind lands),
-    /// Close, Flush, and Sync (ReadyForQuery 'I'). Besides saving a round
-    /// trip, this keeps a client that prepares synchronously from waiting for
-    /// a connection that its own other connections hold.
-    fn answer_without_server(&mut self, msg_tag: u8, msg: &[u8]) -> Result<bool, SessionError> {
-        let body = wire::body(msg);
-        match msg_tag {
-            tag::SYNC => wire::put_ready_for_query(&mut self.out, TxStatus::Idle),
-            tag::FLUSH => {}
-            tag::CLOSE => {
-                let (&kind, rest) = body.split_first().ok_or(WireError::Malformed("Close"))?;
-                let (name, _) = wire::read_cstr(rest).ok_or(WireError::Malformed("Close"))?;
-                if kind == b'S' {
-                    self.statements.remove(name);
-                }
-                wire::put_close_complete(&mut self.out);
-            }
-            tag::PARSE => {
-                let (name, definition) = wire::read_cstr(body).ok_or(WireError::Malformed("Parse"))?;
-                let sql = wire::read_cstr(definition).map_or(definition, |(sql, _)| sql);
-                if name.is_empty() || router::session_state_effect(sql).is_some() {
-                    return Ok(false);
-                }
-                let stmt = self.ctx.statements.intern(definition);
-                if !stmt.is_validated() {
-                    return Ok(false);
-                }
-                self.statements.insert(name, stmt);
-                wire::put_parse_complete(&mut self.out);
-            }
-            _ => return Ok(false),
-        }
-        Ok(true)
-    }
-
     /// Routes the next transaction and leases a connection for it, all
     /// within query_wait_timeout (see [`route_waiting`]).
     async fn acquire(&mut self) -> Result<(), SessionError> {
@@ -449,49 +395,6 @@ impl Session {
         Ok(())
     }
 
-    fn forward_parse(&mut self, msg: &[u8], body: &[u8]) -> Result<(), SessionError> {
-        let (name, definition) = wire::read_cstr(body).ok_or(WireError::Malformed("Parse"))?;
-        if let Some(effect) = wire::read_cstr(definition).and_then(|(sql, _)| router::session_state_effect(sql)) {
-            self.pin(effect);
-        }
-        if name.is_empty() {
-            self.send(msg, Expect::Parse { registers: None });
-            return Ok(());
-        }
-        let stmt = self.ctx.statements.intern(definition);
-        self.statements.insert(name, stmt.clone());
-        let lease = self.lease.as_mut().expect("leased");
-        let conn = lease.conn_mut();
-        if conn.tracker.is_prepared(&stmt.server_name) {
-            conn.tracker.synthetic(Synthetic::ParseComplete, &mut self.out);
-        } else {
-            wire::put_parse_renamed(&mut conn.wbuf, stmt.server_name.as_bytes(), &stmt.definition);
-            conn.tracker.sent(Expect::Parse { registers: Some(stmt.clone()) }, Origin::Client);
-        }
-        Ok(())
-    }
-
-    /// Answers a statement that would leave session state, under
-    /// `session_state = "refuse"`, with an error raised by the server itself so
-    /// it arrives in order with everything else.
-    fn refuse_query(&mut self, effect: SessionStateEffect) -> Result<(), SessionError> {
-        let sql = format!(
-            "DO $pgrelay$ BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', MESSAGE = '{} is not allowed through pgrelay in transaction pooling (session_state = \"refuse\")'; END $pgrelay$",
-            effect.describe()
-        );
-        let conn = self.conn();
-        wire::put_query(&mut conn.wbuf, &sql);
-        conn.tracker.sent(Expect::Query, Origin::Client);
-        Ok(())
-    }
-
-    fn client_statement(&self, name: &[u8]) -> Option<Arc<Statement>> {
-        if name.is_empty() {
-            return None;
-        }
-        self.statements.get(name).cloned()
-    }
-
     fn conn(&mut self) -> &mut ServerConn {
         self.lease.as_mut().expect("leased").conn_mut()
     }
@@ -580,94 +483,4 @@ fn poll_io<'a>(
         }
         Poll::Pending
     })
-}
-
-/// Routes a transaction on `listener`. While no primary is known it waits
-/// for the topology to change, until `deadline`; a split brain and a missing
-/// replica under `ro_fallback = "error"` are answered at once.
-/// How long to wait before routing again after a server refused a new
-/// connection (the topology may change meanwhile).
-const CONNECT_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
-
-pub(super) async fn pause_before_retry(deadline: tokio::time::Instant) {
-    let now = tokio::time::Instant::now();
-    tokio::time::sleep(CONNECT_RETRY_PAUSE.min(deadline.saturating_duration_since(now))).await;
-}
-
-pub(super) async fn route_waiting(
-    ctx: &Context,
-    listener: ListenerKind,
-    deadline: tokio::time::Instant,
-) -> Result<(Arc<Topology>, usize), SessionError> {
-    let decide = |topology: &Arc<Topology>| {
-        let tick = ctx.round_robin.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        match router::route(RouteInput { listener, tick }, ctx.config.routing.ro_fallback, topology) {
-            Ok(node) => Ok((topology.clone(), node)),
-            Err(e @ RouteError::NoPrimary(_)) => Err(Wait::Retry(e)),
-            Err(e) => Err(Wait::Fail(e)),
-        }
-    };
-    // The common case costs one snapshot load: no subscription, no timer.
-    match decide(&ctx.cluster.load()) {
-        Ok(routed) => return Ok(routed),
-        Err(Wait::Fail(e)) => return Err(e.into()),
-        Err(Wait::Retry(_)) => {}
-    }
-    tokio::select! {
-        _ = ctx.shutdown.cancelled() => Err(SessionError::Shutdown),
-        routed = ctx.cluster.wait_for(deadline, decide) => Ok(routed?),
-    }
-}
-
-/// Makes sure the statement exists on this connection, preparing it first
-/// (answer swallowed) when it was prepared on another connection.
-fn ensure_prepared(conn: &mut ServerConn, stmt: &Arc<Statement>, metrics: &crate::metrics::Metrics) {
-    if !conn.tracker.is_prepared(&stmt.server_name) {
-        wire::put_parse_renamed(&mut conn.wbuf, stmt.server_name.as_bytes(), &stmt.definition);
-        conn.tracker.sent(Expect::Parse { registers: Some(stmt.clone()) }, Origin::InjectedParse);
-        metrics.statements_reprepared.inc();
-    }
-}
-
-/// Brings the connection to the client's startup settings with one
-/// pipelined query whose answers the client never sees. `set_config` parses
-/// values the way startup packets are parsed (lists such as search_path too).
-fn apply_settings(conn: &mut ServerConn, wanted: &Arc<Vec<(String, String)>>) {
-    if !conn.settings_dirty && conn.applied.as_ref().is_some_and(|a| Arc::ptr_eq(a, wanted)) {
-        return;
-    }
-    let empty = Vec::new();
-    let current = if conn.settings_dirty { &empty } else { conn.applied.as_deref().unwrap_or(&empty) };
-    let mut sql = String::new();
-    if conn.settings_dirty {
-        sql.push_str("RESET ALL;");
-    }
-    for (name, _) in current.iter() {
-        if !wanted.iter().any(|(n, _)| n == name) {
-            sql.push_str(&format!("RESET {};", quote_ident(name)));
-        }
-    }
-    let changed: Vec<String> = wanted
-        .iter()
-        .filter(|(name, value)| !current.iter().any(|(n, v)| n == name && v == value))
-        .map(|(name, value)| format!("pg_catalog.set_config({}, {}, false)", quote_literal(name), quote_literal(value)))
-        .collect();
-    if !changed.is_empty() {
-        sql.push_str("SELECT ");
-        sql.push_str(&changed.join(", "));
-    }
-    if !sql.is_empty() {
-        wire::put_query(&mut conn.wbuf, &sql);
-        conn.tracker.sent(Expect::Query, Origin::InjectedSetup);
-    }
-    conn.applied = Some(wanted.clone());
-    conn.settings_dirty = false;
-}
-
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
 }

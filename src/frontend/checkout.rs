@@ -1,0 +1,72 @@
+//! Where a client's next transaction goes and which pool serves it: routing
+//! that waits for a primary, the (node, database, user) pools, and the pause
+//! before routing again after a server refused a connection.
+
+use std::sync::Arc;
+
+use super::error::SessionError;
+use super::Context;
+use crate::auth::UserEntry;
+use crate::backend::ServerTarget;
+use crate::cluster::{NodeStatus, Topology, Wait};
+use crate::config::Database;
+use crate::pool::{Pool, PoolSettings};
+use crate::router::{self, ListenerKind, RouteError, RouteInput};
+
+/// The pool for (node, database, user), created on first use.
+pub fn pool_for(ctx: &Context, node: &NodeStatus, database: &Database, user: &Arc<UserEntry>) -> Arc<Pool> {
+    ctx.pools.get_or_create((&node.name, &database.name, &user.name), || {
+        let pool = &ctx.config.pool;
+        let target = ServerTarget {
+            host: node.host.clone(),
+            port: node.port,
+            database: database.server_dbname.clone(),
+            credentials: user.clone(),
+            connect_timeout: pool.server_connect_timeout,
+        };
+        let settings = PoolSettings {
+            size: database.pool_size.unwrap_or(pool.default_pool_size).get(),
+            mode: pool.mode,
+            reset_timeout: pool.server_reset_timeout,
+            idle_timeout: pool.server_idle_timeout,
+        };
+        (target, settings, ctx.metrics.pool(&node.name, &database.name, &user.name))
+    })
+}
+
+/// How long to wait before routing again after a server refused a new
+/// connection (the topology may change meanwhile).
+const CONNECT_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+pub async fn pause_before_retry(deadline: tokio::time::Instant) {
+    let now = tokio::time::Instant::now();
+    tokio::time::sleep(CONNECT_RETRY_PAUSE.min(deadline.saturating_duration_since(now))).await;
+}
+
+/// Routes a transaction on `listener`. While no primary is known it waits
+/// for the topology to change, until `deadline`; a split brain and a missing
+/// replica under `ro_fallback = "error"` are answered at once.
+pub async fn route_waiting(
+    ctx: &Context,
+    listener: ListenerKind,
+    deadline: tokio::time::Instant,
+) -> Result<(Arc<Topology>, usize), SessionError> {
+    let decide = |topology: &Arc<Topology>| {
+        let tick = ctx.round_robin.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match router::route(RouteInput { listener, tick }, ctx.config.routing.ro_fallback, topology) {
+            Ok(node) => Ok((topology.clone(), node)),
+            Err(e @ RouteError::NoPrimary(_)) => Err(Wait::Retry(e)),
+            Err(e) => Err(Wait::Fail(e)),
+        }
+    };
+    // The common case costs one snapshot load: no subscription, no timer.
+    match decide(&ctx.cluster.load()) {
+        Ok(routed) => return Ok(routed),
+        Err(Wait::Fail(e)) => return Err(e.into()),
+        Err(Wait::Retry(_)) => {}
+    }
+    tokio::select! {
+        _ = ctx.shutdown.cancelled() => Err(SessionError::Shutdown),
+        routed = ctx.cluster.wait_for(deadline, decide) => Ok(routed?),
+    }
+}
