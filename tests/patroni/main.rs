@@ -29,7 +29,7 @@ use pgrelay::RunningApp;
 
 use cluster::{PatroniCluster, SUPERUSER, SUPERUSER_PASSWORD};
 use load::{Load, WRITERS};
-use support::relay;
+use support::relay::{self, LISTEN_ANY};
 
 const CHECK_INTERVAL: Duration = Duration::from_millis(200);
 /// How far pgrelay may trail Patroni's `/cluster` in naming a new leader.
@@ -52,11 +52,7 @@ fn pgrelay_config(cluster: &PatroniCluster) -> Config {
         .collect();
     let text = format!(
         r#"
-[listen]
-rw = "127.0.0.1:0"
-ro = "127.0.0.1:0"
-http = "127.0.0.1:0"
-
+{LISTEN_ANY}
 [pool]
 default_pool_size = 4
 client_login_timeout = "10s"

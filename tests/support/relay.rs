@@ -16,6 +16,9 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
+/// Every listener on a free loopback port: tests never collide.
+pub const LISTEN_ANY: &str = "[listen]\nrw = \"127.0.0.1:0\"\nro = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n";
+
 /// A config for `cluster` with static roles, all listeners on free loopback
 /// ports, and `extra` TOML appended to the given sections.
 pub fn config_toml(cluster: &LocalCluster, pool_extra: &str, users_extra: &str) -> String {
@@ -39,11 +42,7 @@ pub fn config_toml(cluster: &LocalCluster, pool_extra: &str, users_extra: &str) 
     let pool = pool.join("\n");
     format!(
         r#"
-[listen]
-rw = "127.0.0.1:0"
-ro = "127.0.0.1:0"
-http = "127.0.0.1:0"
-
+{LISTEN_ANY}
 [pool]
 {pool}
 

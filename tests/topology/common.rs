@@ -13,7 +13,7 @@ use pgrelay::localcluster::{LocalCluster, LocalClusterOptions, NodeHandle};
 use pgrelay::RunningApp;
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::support::relay::{self, scalar};
+use crate::support::relay::{self, scalar, LISTEN_ANY};
 
 /// The monitors' check interval in these tests.
 pub const CHECK_INTERVAL: Duration = Duration::from_millis(200);
@@ -57,11 +57,7 @@ pub fn config(cluster: &LocalCluster, routing: &str, pool: &str) -> Config {
         .collect();
     let text = format!(
         r#"
-[listen]
-rw = "127.0.0.1:0"
-ro = "127.0.0.1:0"
-http = "127.0.0.1:0"
-
+{LISTEN_ANY}
 [pool]
 default_pool_size = 4
 client_login_timeout = "2s"
