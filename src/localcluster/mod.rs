@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 pub use error::LocalClusterError;
 
 use exec::Runner;
-use reaper::Reaper;
+pub use reaper::Reaper;
 use setup::PortPicker;
 
 /// The superuser; trusted over the Unix socket and from 127.0.0.1.
@@ -39,6 +39,9 @@ pub const MD5_PASSWORD: &str = "app_md5";
 pub const TRUST_USER: &str = "app_trust";
 /// The only address the servers listen on.
 pub const HOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
+
+/// How long dropping the cluster waits for its reaper to notice and exit.
+const REAPER_RELEASE_WAIT: Duration = Duration::from_secs(5);
 
 /// How long `start` and `wait_streaming` wait for every replica to stream.
 const STREAMING_TIMEOUT: Duration = Duration::from_secs(30);
@@ -354,7 +357,10 @@ impl Drop for LocalCluster {
             }
         }
         if let Some(reaper) = self.reaper.take() {
-            reaper.release();
+            // After Drop cleaned up, the reaper finds nothing left to do.
+            if !reaper.release(REAPER_RELEASE_WAIT) {
+                tracing::warn!("cluster cleanup process still running; leaving it to finish");
+            }
         }
     }
 }

@@ -11,7 +11,7 @@
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -33,52 +33,70 @@ wait
 if [ "$REAP_KEEP" != 1 ]; then rm -rf -- "$REAP_BASE"; fi
 "#;
 
-/// How long `release` waits for the reaper to notice and exit.
-const RELEASE_WAIT: Duration = Duration::from_secs(5);
-
+/// A detached `/bin/sh -c SCRIPT` that runs once its owner is gone (or
+/// releases it). Public so that other harnesses (the Patroni test) use the
+/// same lifeline with a script of their own.
 #[derive(Debug)]
-pub(crate) struct Reaper {
+pub struct Reaper {
     child: Child,
     /// Our end of the reaper's stdin; closing it sets the reaper off.
     lifeline: Option<ChildStdin>,
 }
 
 impl Reaper {
-    /// Starts the reaper in its own process group (a Ctrl-C aimed at us must
-    /// not kill it), as the servers' user, with no stdout/stderr of ours:
+    /// Runs `script` with `sh -c` through `shell` (a `/bin/sh` command the
+    /// caller has given its user and environment), named `name` in ps, with
+    /// `args` as `$@`. The script must first wait for its stdin to close
+    /// (`while read -r _line; do :; done`). It runs in its own process group
+    /// (a Ctrl-C aimed at us must not kill it) with no stdout/stderr of ours:
     /// `cargo test` waits for those pipes to close.
+    pub fn start<I, A>(mut shell: Command, script: &str, name: &str, args: I) -> std::io::Result<Reaper>
+    where
+        I: IntoIterator<Item = A>,
+        A: AsRef<std::ffi::OsStr>,
+    {
+        shell
+            .arg("-c")
+            .arg(script)
+            .arg(name)
+            .args(args)
+            .current_dir("/")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        let mut child = shell.spawn()?;
+        let lifeline = child.stdin.take();
+        Ok(Reaper { child, lifeline })
+    }
+
+    /// The cluster's reaper, as the servers' user.
     pub(crate) fn spawn(
         runner: &Runner,
         base_dir: &Path,
         data_dirs: &[PathBuf],
         keep: bool,
     ) -> Result<Reaper, LocalClusterError> {
-        let mut cmd = runner.command("/bin/sh");
-        cmd.arg("-c").arg(SCRIPT).arg("pgrelay-localcluster-reaper").args(data_dirs);
-        cmd.env("REAP_PG_CTL", runner.bin_dir().join("pg_ctl"))
+        let mut shell = runner.command("/bin/sh");
+        shell
+            .env("REAP_PG_CTL", runner.bin_dir().join("pg_ctl"))
             .env("REAP_BASE", base_dir)
-            .env("REAP_KEEP", if keep { "1" } else { "0" })
-            .current_dir("/")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0);
-        let mut child = cmd.spawn().map_err(LocalClusterError::io("starting the cleanup process (/bin/sh)"))?;
-        let lifeline = child.stdin.take();
-        Ok(Reaper { child, lifeline })
+            .env("REAP_KEEP", if keep { "1" } else { "0" });
+        Reaper::start(shell, SCRIPT, "pgrelay-localcluster-reaper", data_dirs)
+            .map_err(LocalClusterError::io("starting the cleanup process (/bin/sh)"))
     }
 
-    /// Lets the reaper run now (after `Drop` cleaned up, it finds nothing
-    /// left to do) and reaps it, so no zombie lingers while we live on.
-    pub(crate) fn release(mut self) {
+    /// Sets the reaper off now and waits up to `wait` for it to finish, so
+    /// no zombie lingers while we live on; false if it is still running.
+    pub fn release(mut self, wait: Duration) -> bool {
         drop(self.lifeline.take());
-        let deadline = Instant::now() + RELEASE_WAIT;
+        let deadline = Instant::now() + wait;
         while Instant::now() < deadline {
             match self.child.try_wait() {
                 Ok(None) => thread::sleep(Duration::from_millis(10)),
-                _ => return,
+                _ => return true,
             }
         }
-        tracing::warn!(pid = self.child.id(), "cluster cleanup process still running; leaving it to finish");
+        false
     }
 }

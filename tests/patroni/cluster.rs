@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::reaper::Reaper;
+use crate::reaper;
+use pgrelay::localcluster::Reaper;
 
 /// The Patroni superuser; pgrelay's monitors log in as it.
 pub const SUPERUSER: &str = "postgres";
@@ -139,7 +140,7 @@ impl PatroniCluster {
         let _ = fs::remove_dir_all(&base);
         fs::create_dir_all(base.join("pids")).expect("create the cluster directory");
         let bin_dir = pg_bin_dir();
-        let reaper = Reaper::spawn(&base, &bin_dir.join("pg_ctl"), keep, run_as.map(|r| (r.uid, r.gid)))
+        let reaper = reaper::spawn(&base, &bin_dir.join("pg_ctl"), keep, run_as.map(|r| (r.uid, r.gid)))
             .expect("start the cleanup process");
         let mut cluster =
             PatroniCluster { base: base.clone(), run_as, members: Vec::new(), etcd: None, reaper: Some(reaper) };
@@ -389,7 +390,7 @@ impl Drop for PatroniCluster {
         }
         // The reaper kills everything by pid and removes the directory.
         if let Some(reaper) = self.reaper.take() {
-            reaper.release();
+            reaper::release(reaper);
         }
         for child in self.members.iter_mut().filter_map(|m| m.patroni.as_mut()).chain(self.etcd.as_mut()) {
             // Normally already killed by the reaper; reap it so no zombie stays.

@@ -1,5 +1,5 @@
-//! The cleanup process of the Patroni cluster, the same idea as
-//! `src/localcluster/reaper.rs`: a detached shell whose stdin is a pipe only
+//! The cleanup script of the Patroni cluster, run on the same lifeline as
+//! `pgrelay::localcluster::Reaper`: a detached shell whose stdin is a pipe only
 //! the test process holds open. However the test process ends (return,
 //! panic, abort, SIGKILL) the kernel closes the pipe, and the shell then
 //! kills what the test started and removes the directory.
@@ -12,8 +12,10 @@
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use pgrelay::localcluster::Reaper;
 
 const SCRIPT: &str = r#"
 trap '' HUP INT PIPE TERM
@@ -40,46 +42,20 @@ if [ "$REAP_KEEP" != 1 ]; then rm -rf -- "$REAP_BASE"; fi
 /// How long `release` waits for the reaper to finish.
 const RELEASE_WAIT: Duration = Duration::from_secs(40);
 
-pub struct Reaper {
-    child: Child,
-    lifeline: Option<ChildStdin>,
+/// Starts the reaper as `user` (uid, gid) when given (pg_ctl refuses root),
+/// on the library's lifeline mechanism with the script above.
+pub fn spawn(base: &Path, pg_ctl: &Path, keep: bool, user: Option<(u32, u32)>) -> std::io::Result<Reaper> {
+    let mut shell = Command::new("/bin/sh");
+    shell.env("REAP_BASE", base).env("REAP_PG_CTL", pg_ctl).env("REAP_KEEP", if keep { "1" } else { "0" });
+    if let Some((uid, gid)) = user {
+        shell.uid(uid).gid(gid);
+    }
+    Reaper::start(shell, SCRIPT, "pgrelay-patroni-reaper", std::iter::empty::<&str>())
 }
 
-impl Reaper {
-    /// Starts the reaper as `user` (uid, gid) when given (pg_ctl refuses
-    /// root), in its own process group, with no stdout/stderr of ours
-    /// (`cargo test` waits for those pipes to close).
-    pub fn spawn(base: &Path, pg_ctl: &Path, keep: bool, user: Option<(u32, u32)>) -> std::io::Result<Reaper> {
-        let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c")
-            .arg(SCRIPT)
-            .arg("pgrelay-patroni-reaper")
-            .env("REAP_BASE", base)
-            .env("REAP_PG_CTL", pg_ctl)
-            .env("REAP_KEEP", if keep { "1" } else { "0" })
-            .current_dir("/")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0);
-        if let Some((uid, gid)) = user {
-            cmd.uid(uid).gid(gid);
-        }
-        let mut child = cmd.spawn()?;
-        let lifeline = child.stdin.take();
-        Ok(Reaper { child, lifeline })
-    }
-
-    /// Sets the reaper off now and waits (bounded) for it to finish.
-    pub fn release(mut self) {
-        drop(self.lifeline.take());
-        let deadline = Instant::now() + RELEASE_WAIT;
-        while Instant::now() < deadline {
-            match self.child.try_wait() {
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                _ => return,
-            }
-        }
-        eprintln!("the Patroni cleanup process (pid {}) is still running; leaving it to finish", self.child.id());
+/// Sets the reaper off now and waits (bounded) for it to finish.
+pub fn release(reaper: Reaper) {
+    if !reaper.release(RELEASE_WAIT) {
+        eprintln!("the Patroni cleanup process is still running; leaving it to finish");
     }
 }
