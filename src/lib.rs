@@ -23,9 +23,11 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use cluster::monitor::Generation;
 use cluster::{ClusterView, Topology};
 use config::{Config, Source};
 use frontend::Context;
+pub use frontend::StopMode;
 use router::ListenerKind;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,8 +51,18 @@ pub struct RunningApp {
 pub struct App;
 
 impl App {
-    /// Binds the listeners and starts serving.
+    /// Loads `path` and starts serving; RELOAD and SIGHUP read `path` again.
+    pub async fn start_from(path: &std::path::Path) -> Result<RunningApp, StartError> {
+        let config = Config::load(path).map_err(|e| StartError::Config(e.to_string()))?;
+        Self::start_with(config, Some(path.to_owned())).await
+    }
+
+    /// Binds the listeners and starts serving (no file to reload from).
     pub async fn start(config: Config) -> Result<RunningApp, StartError> {
+        Self::start_with(config, None).await
+    }
+
+    async fn start_with(config: Config, path: Option<std::path::PathBuf>) -> Result<RunningApp, StartError> {
         let users = auth::UserDb::from_config(&config).map_err(StartError::Config)?;
         let initial = match config.cluster.source {
             Source::Static => Topology::from_static(&config),
@@ -66,38 +78,25 @@ impl App {
         let http = bind(config.listen.http, "listen.http").await?;
         let (rw_addr, ro_addr) = (rw.local_addr().expect("bound"), ro.local_addr().expect("bound"));
         let http_addr = http.local_addr().expect("bound");
-        let ctx = Context::new(config, users, cluster);
-        start_monitors(&ctx).await;
+        let ctx = Context::new(config, users, cluster, path);
+        if ctx.config().cluster.source != Source::Static {
+            // The first clients should see a real topology: wait (bounded) for a first check of every node.
+            let ready = ctx.start_monitors(Generation::First);
+            let bound = ctx.config().cluster.check_timeout + Duration::from_millis(100);
+            if tokio::time::timeout(bound, ready).await.is_err() {
+                tracing::warn!(?bound, "not every node answered its first check in time; serving anyway");
+            }
+        }
         ctx.tasks.spawn(frontend::serve(ctx.clone(), rw, ListenerKind::ReadWrite));
         ctx.tasks.spawn(frontend::serve(ctx.clone(), ro, ListenerKind::ReadOnly));
         let http_state = Arc::new(admin::HttpState {
             metrics: ctx.metrics.clone(),
             cluster: ctx.cluster.clone(),
-            draining: ctx.shutdown.clone(),
+            draining: ctx.lifecycle.draining().clone(),
         });
         ctx.tasks.spawn(admin::serve(http, http_state, ctx.shutdown.clone(), ctx.tasks.clone()));
         tracing::info!(rw = %rw_addr, ro = %ro_addr, http = %http_addr, "pgrelay listening");
         Ok(RunningApp { rw_addr, ro_addr, http_addr, ctx })
-    }
-}
-
-/// With `source = "postgres"` or `"patroni"`: starts the monitors, whose fencing hook
-/// closes a former primary's pools, and waits (bounded by check_timeout) for
-/// a first check of every node so the first clients see a real topology.
-async fn start_monitors(ctx: &Arc<Context>) {
-    if ctx.config.cluster.source == Source::Static {
-        return;
-    }
-    let weak = Arc::downgrade(ctx);
-    let fence = Box::new(move |node: &str| {
-        if let Some(ctx) = weak.upgrade() {
-            ctx.pools.close_node(node);
-        }
-    });
-    let ready = cluster::monitor::start(&ctx.config, ctx.cluster.clone(), &ctx.tasks, ctx.shutdown.clone(), fence);
-    let bound = ctx.config.cluster.check_timeout + Duration::from_millis(100);
-    if tokio::time::timeout(bound, ready).await.is_err() {
-        tracing::warn!(?bound, "not every node answered its first check in time; serving anyway");
     }
 }
 
@@ -107,12 +106,45 @@ impl RunningApp {
         &self.ctx
     }
 
-    /// Stops accepting, ends every session, and waits (bounded) for the tasks.
+    /// Resolves when the admin console asks pgrelay to stop (SHUTDOWN).
+    pub async fn stop_requested(&self) -> StopMode {
+        self.ctx.lifecycle.stop_requested().await
+    }
+
+    /// Stops at once: every session ends (clients get 57P01), then waits
+    /// (bounded by `grace`) for the tasks.
     pub async fn shutdown(self, grace: Duration) {
-        self.ctx.shutdown.cancel();
-        self.ctx.tasks.close();
-        if tokio::time::timeout(grace, self.ctx.tasks.wait()).await.is_err() {
-            tracing::warn!(?grace, "some connections did not finish in time");
+        self.stop(StopMode::Immediate, grace).await;
+    }
+
+    /// Stops as `mode` says. Draining modes stop accepting connections
+    /// (and /readyz turns 503) at once, let each client reach its next
+    /// boundary, and close whatever is left once `grace` has passed.
+    pub async fn stop(self, mode: StopMode, grace: Duration) {
+        let ctx = &self.ctx;
+        if mode != StopMode::Immediate {
+            ctx.metrics.draining.set(1);
+            ctx.lifecycle.begin_drain(mode);
+            ctx.client_tasks.close();
+            let clients = ctx.clients.len();
+            tracing::info!(?mode, clients, ?grace, "draining: no new connections");
+            if tokio::time::timeout(grace, ctx.client_tasks.wait()).await.is_err() {
+                tracing::warn!(?grace, clients = ctx.clients.len(), "grace period over: closing the remaining clients");
+            }
+        }
+        ctx.lifecycle.begin_drain(mode);
+        ctx.shutdown.cancel();
+        ctx.client_tasks.close();
+        ctx.tasks.close();
+        let wait_all = async {
+            ctx.client_tasks.wait().await;
+            ctx.tasks.wait().await;
+        };
+        if tokio::time::timeout(FINAL_WAIT, wait_all).await.is_err() {
+            tracing::warn!("some connections did not finish in time");
         }
     }
 }
+
+/// How long the last farewells may take once everything was told to stop.
+const FINAL_WAIT: Duration = Duration::from_secs(2);

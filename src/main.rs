@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{signal, SignalKind};
 
 use pgrelay::config::Config;
-use pgrelay::App;
+use pgrelay::{App, StopMode};
 
 #[derive(Debug, Parser)]
 #[command(name = "pgrelay", version, about = "A replication-aware PostgreSQL proxy")]
@@ -30,7 +30,7 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve with the given configuration until SIGTERM or SIGINT.
+    /// Serve with the given configuration until SIGTERM, SIGINT or SIGQUIT.
     Run {
         #[arg(short, long, default_value = "config/pgrelay.toml")]
         config: PathBuf,
@@ -56,9 +56,6 @@ enum Command {
         ro_port: u16,
     },
 }
-
-/// How long clients get to finish when pgrelay stops.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -109,17 +106,51 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Serves until a signal or the admin console's SHUTDOWN says to stop, as
+/// PgBouncer defines the signals: SIGTERM drains clients (each finishes its
+/// transaction), SIGINT drains server work, SIGQUIT stops at once, SIGHUP
+/// reloads, SIGUSR1 / SIGUSR2 pause / resume. A second stop signal during a
+/// drain stops at once.
 async fn run(path: &std::path::Path) -> anyhow::Result<()> {
-    let config = Config::load(path)?;
-    let app = App::start(config).await?;
+    let app = App::start_from(path).await?;
+    let ctx = app.context().clone();
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
+    let mut quit = signal(SignalKind::quit())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut pause = signal(SignalKind::user_defined1())?;
+    let mut resume = signal(SignalKind::user_defined2())?;
+    let mode = loop {
+        tokio::select! {
+            _ = terminate.recv() => break StopMode::WaitForClients,
+            _ = interrupt.recv() => break StopMode::WaitForServers,
+            _ = quit.recv() => break StopMode::Immediate,
+            mode = app.stop_requested() => break mode,
+            _ = hangup.recv() => {
+                // The outcome is logged and counted by reload itself.
+                let _ = ctx.reload();
+            }
+            _ = pause.recv() => {
+                let ctx = ctx.clone();
+                tokio::spawn(async move { ctx.pause().await });
+            }
+            _ = resume.recv() => ctx.resume(),
+        }
+    };
+    let grace = ctx.config().pool.shutdown_grace;
+    tracing::info!(?mode, ?grace, "stopping");
+    let stopping = app.stop(mode, grace);
+    tokio::pin!(stopping);
+    loop {
+        tokio::select! {
+            _ = &mut stopping => return Ok(()),
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+            _ = quit.recv() => {}
+        }
+        tracing::info!("second stop signal: closing every connection now");
+        ctx.shutdown.cancel();
     }
-    app.shutdown(SHUTDOWN_GRACE).await;
-    Ok(())
 }
 
 /// A bounded HTTP/1.1 GET of `http://HOST:PORT/PATH`; Ok on status 200.

@@ -45,6 +45,10 @@ pub struct Metrics {
     pub primary_changes: IntCounter,
     pub split_brain: IntGauge,
     pub config_reloads: IntCounterVec,
+    /// 1 while PAUSE holds new transactions.
+    pub paused: IntGauge,
+    /// 1 from the start of a drain (SIGTERM, SIGINT, SHUTDOWN WAIT_FOR_*) on.
+    pub draining: IntGauge,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -202,6 +206,11 @@ impl Metrics {
                     opts("pgrelay_config_reloads_total", "Configuration reloads by result (ok, error)."),
                     &["result"]
                 )
+            ),
+            paused: register!(r, IntGauge::with_opts(opts("pgrelay_paused", "1 while PAUSE holds new transactions."))),
+            draining: register!(
+                r,
+                IntGauge::with_opts(opts("pgrelay_draining", "1 while pgrelay drains before stopping."))
             ),
             logins_by_result: Default::default(),
             clients_by_labels: Mutex::default(),

@@ -368,6 +368,11 @@ pub struct Fencer {
 }
 
 impl Fencer {
+    /// A fencer that knows `primary` as the current primary.
+    pub fn remembering(primary: Option<usize>) -> Fencer {
+        Fencer { last_primary: primary }
+    }
+
     /// The node to fence after `next` is published: the previous primary,
     /// once another node is elected, it is seen in recovery, or a split
     /// brain leaves nobody in charge. A primary that is merely unreachable

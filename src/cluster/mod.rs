@@ -90,6 +90,47 @@ impl Topology {
         }
     }
 
+    /// This snapshot on a reloaded node list: a node that kept its name and
+    /// address keeps what is known about it, a new one starts unchecked.
+    pub fn rebased(&self, nodes: &[crate::config::Node]) -> Topology {
+        let mut primary = None;
+        let statuses: Vec<NodeStatus> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| {
+                let known =
+                    self.nodes.iter().position(|n| n.name == node.name && n.host == node.host && n.port == node.port);
+                match known {
+                    Some(old) => {
+                        if self.primary == Some(old) {
+                            primary = Some(i);
+                        }
+                        self.nodes[old].clone()
+                    }
+                    None => NodeStatus {
+                        role: None,
+                        excluded: Some("not checked yet".to_owned()),
+                        ..NodeStatus::from_config(node)
+                    },
+                }
+            })
+            .collect();
+        let read_set = (0..statuses.len()).filter(|&i| statuses[i].excluded.is_none() && Some(i) != primary).collect();
+        let no_primary_reason = match primary {
+            Some(_) => None,
+            None => {
+                Some(self.no_primary_reason.clone().unwrap_or_else(|| "the primary left the configuration".to_owned()))
+            }
+        };
+        Topology {
+            nodes: statuses,
+            primary,
+            read_set,
+            no_primary_reason,
+            split_brain: self.split_brain && primary.is_none(),
+        }
+    }
+
     /// Whether routing would decide differently between the two snapshots
     /// (lag figures alone do not count).
     pub fn routes_like(&self, other: &Topology) -> bool {

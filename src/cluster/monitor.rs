@@ -61,14 +61,26 @@ struct MonitorTarget {
     timeout: Duration,
 }
 
-/// Starts the monitors and the coordinator on `tasks`. The receiver fires
-/// once every node has been checked at least once.
+/// Which monitors these are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Generation {
+    /// The first, at start-up: the view knows nothing yet, so each report is published.
+    First,
+    /// After a reload: the view holds what the previous monitors knew (with
+    /// `primary`, to fence if it moves), and is only replaced once every
+    /// node has been checked again, or after two check_timeouts.
+    Reloaded { primary: Option<usize> },
+}
+
+/// Starts the monitors and the coordinator on `tasks`; `shutdown` stops
+/// them. The receiver fires once every node has been checked at least once.
 pub fn start(
     config: &Config,
     view: Arc<ClusterView>,
     tasks: &TaskTracker,
     shutdown: CancellationToken,
     fence: FenceHook,
+    generation: Generation,
 ) -> oneshot::Receiver<()> {
     let (reports, inbox) = mpsc::channel(config.nodes.len() * 4 + 4);
     for (index, node) in config.nodes.iter().enumerate() {
@@ -107,7 +119,13 @@ pub fn start(
         state = state.with_patroni();
     }
     let (ready, ready_rx) = oneshot::channel();
-    let coordinator = Coordinator { state, view, fence, fencer: Fencer::default(), ready: Some(ready) };
+    let (fencer, hold_until) = match generation {
+        Generation::First => (Fencer::default(), None),
+        Generation::Reloaded { primary } => {
+            (Fencer::remembering(primary), Some(tokio::time::Instant::now() + config.cluster.check_timeout * 2))
+        }
+    };
+    let coordinator = Coordinator { state, view, fence, fencer, ready: Some(ready), hold_until };
     tasks.spawn(coordinator.run(inbox, shutdown).instrument(tracing::info_span!("topology-coordinator")));
     ready_rx
 }
@@ -223,6 +241,8 @@ struct Coordinator {
     fence: FenceHook,
     fencer: Fencer,
     ready: Option<oneshot::Sender<()>>,
+    /// Publish nothing before every node was checked, or until then.
+    hold_until: Option<tokio::time::Instant>,
 }
 
 impl Coordinator {
@@ -238,6 +258,12 @@ impl Coordinator {
             match report {
                 Report::Node(node, observation) => self.state.observe(node, observation),
                 Report::Patroni(answer) => self.state.observe_patroni(answer),
+            }
+            if let Some(until) = self.hold_until {
+                if !self.state.all_checked() && tokio::time::Instant::now() < until {
+                    continue;
+                }
+                self.hold_until = None;
             }
             let current = self.view.load();
             let next = self.state.topology(&current.nodes);

@@ -34,6 +34,7 @@ pub struct Config {
     pub pool: Pool,
     pub routing: Routing,
     pub cluster: Cluster,
+    pub admin: Admin,
     pub nodes: Vec<Node>,
     pub users: Vec<User>,
     pub databases: Vec<Database>,
@@ -74,6 +75,17 @@ pub struct Pool {
     pub client_login_timeout: Duration,
     pub max_message_size: usize,
     pub session_state: SessionStatePolicy,
+    /// How long SIGTERM / SIGINT let clients finish before closing them.
+    pub shutdown_grace: Duration,
+}
+
+/// Who may use the admin console (database `pgrelay` or `pgbouncer`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Admin {
+    /// May run every command.
+    pub admin_users: Vec<String>,
+    /// May run SHOW commands only.
+    pub stats_users: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,9 +206,10 @@ impl Config {
         let pool = validate::pool(&raw.pool, locations)?;
         let routing = validate::routing(&raw.routing, locations)?;
         let cluster = validate::cluster(raw.cluster, locations)?;
+        let admin = validate::admin(raw.admin, locations)?;
         let nodes = members::nodes(raw.nodes, cluster.source, locations)?;
         let users = members::users(raw.users, locations)?;
         let databases = members::databases(raw.databases, locations)?;
-        Ok(Config { listen, pool, routing, cluster, nodes, users, databases })
+        Ok(Config { listen, pool, routing, cluster, admin, nodes, users, databases })
     }
 }

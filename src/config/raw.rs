@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 /// Sections that are one table (`[pool]`); their keys can be overridden from
 /// the environment.
-pub(super) const TABLES: [&str; 4] = ["listen", "pool", "routing", "cluster"];
+pub(super) const TABLES: [&str; 5] = ["listen", "pool", "routing", "cluster", "admin"];
 /// Sections that are lists of tables (`[[nodes]]`).
 pub(super) const LISTS: [&str; 3] = ["nodes", "users", "databases"];
 
@@ -23,6 +23,10 @@ pub(super) const INTEGER_KEYS: [(&str, &str); 4] = [
     ("cluster", "rejoin_after_checks"),
 ];
 
+/// Keys whose TOML type is a list of strings; an environment override gives
+/// them comma-separated.
+pub(super) const LIST_KEYS: [(&str, &str); 2] = [("admin", "admin_users"), ("admin", "stats_users")];
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawConfig {
@@ -30,6 +34,7 @@ pub(super) struct RawConfig {
     pub pool: RawPool,
     pub routing: RawRouting,
     pub cluster: RawCluster,
+    pub admin: RawAdmin,
     pub nodes: Vec<RawNode>,
     pub users: Vec<RawUser>,
     pub databases: Vec<RawDatabase>,
@@ -56,6 +61,14 @@ pub(super) struct RawPool {
     pub client_login_timeout: Option<RawDuration>,
     pub max_message_size: Option<RawSize>,
     pub session_state: Option<String>,
+    pub shutdown_grace: Option<RawDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    pub admin_users: Option<Vec<String>>,
+    pub stats_users: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -193,6 +206,7 @@ pub(super) fn keys(section: &str) -> Option<&'static [&'static str]> {
         "pool" => keys_of::<RawPool>(),
         "routing" => keys_of::<RawRouting>(),
         "cluster" => keys_of::<RawCluster>(),
+        "admin" => keys_of::<RawAdmin>(),
         "nodes" => keys_of::<RawNode>(),
         "users" => keys_of::<RawUser>(),
         "databases" => keys_of::<RawDatabase>(),

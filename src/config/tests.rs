@@ -103,8 +103,10 @@ fn defaults_from_a_minimal_file() {
         client_login_timeout: Duration::from_secs(15),
         max_message_size: 16 << 20,
         session_state: SessionStatePolicy::Pin,
+        shutdown_grace: Duration::from_secs(30),
     };
     assert_eq!(config.pool, pool);
+    assert_eq!(config.admin, Admin::default());
     let routing = Routing {
         max_replica_lag_bytes: 16 << 20,
         max_replica_lag: Duration::from_secs(10),
@@ -271,6 +273,7 @@ fn every_table_key_can_be_overridden() {
                 ("client_login_timeout", "4s"),
                 ("max_message_size", "65536"),
                 ("session_state", "refuse"),
+                ("shutdown_grace", "5s"),
             ],
         ),
         ("routing", &[("max_replica_lag_bytes", "1kB"), ("max_replica_lag", "1s"), ("ro_fallback", "error")]),
@@ -286,6 +289,7 @@ fn every_table_key_can_be_overridden() {
                 ("password", "pw"),
             ],
         ),
+        ("admin", &[("admin_users", "ops"), ("stats_users", "monitor, exporter")]),
     ];
     for (section, keys) in values {
         let listed: BTreeSet<&str> = keys.iter().map(|(key, _)| *key).collect();
@@ -319,6 +323,11 @@ fn env_errors_name_the_variable() {
 
     let error = parse_env(&minimal(), &[("PGRELAY_LISTEN_RO", "0.0.0.0:5432")]).expect_err("collision");
     assert!(error.starts_with("PGRELAY_LISTEN_RO: [listen] ro:") && error.contains("rw"), "{error}");
+
+    let config =
+        Config::parse_with_env(&minimal(), [("PGRELAY_ADMIN_STATS_USERS".to_owned(), "monitor, exporter".to_owned())])
+            .expect("list override");
+    assert_eq!(config.admin.stats_users, ["monitor", "exporter"], "a list override is split at commas");
 
     for ignored in ["PGRELAY_LOG", "PGRELAY_POOLING_X", "PGRELAY_NODES_PG0_PORT", "pgrelay_pool_nosuch"] {
         assert!(parse_env(&minimal(), &[(ignored, "1")]).is_ok(), "{ignored} is not an override");

@@ -7,9 +7,9 @@ use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use super::locate::{error_at, Locations, Origin};
-use super::raw::{RawCluster, RawInt, RawListen, RawPool, RawRouting, RawSize};
+use super::raw::{RawAdmin, RawCluster, RawInt, RawListen, RawPool, RawRouting, RawSize};
 use super::units::{listeners_collide, parse_addr, parse_duration, parse_size, size_from_int};
-use super::{Cluster, ConfigError, Listen, Pool, PoolMode, RoFallback, Routing, SessionStatePolicy, Source};
+use super::{Admin, Cluster, ConfigError, Listen, Pool, PoolMode, RoFallback, Routing, SessionStatePolicy, Source};
 
 const MIN_MESSAGE_SIZE: u64 = 64 * 1024;
 const MAX_MESSAGE_SIZE: u64 = 1024 * 1024 * 1024;
@@ -157,7 +157,19 @@ pub(super) fn pool(raw: &RawPool, locations: &Locations<'_>) -> Result<Pool, Con
             SessionStatePolicy::Pin,
             &policies,
         )?,
+        shutdown_grace: field("shutdown_grace").duration(raw.shutdown_grace.as_deref(), "30s")?,
     })
+}
+
+pub(super) fn admin(raw: RawAdmin, locations: &Locations<'_>) -> Result<Admin, ConfigError> {
+    let list = |key, names: Option<Vec<String>>| {
+        let names = names.unwrap_or_default();
+        match names.iter().find(|n| n.trim().is_empty()) {
+            Some(_) => Err(Field::new(locations, "admin", key).error("user names must not be empty")),
+            None => Ok(names),
+        }
+    };
+    Ok(Admin { admin_users: list("admin_users", raw.admin_users)?, stats_users: list("stats_users", raw.stats_users)? })
 }
 
 pub(super) fn routing(raw: &RawRouting, locations: &Locations<'_>) -> Result<Routing, ConfigError> {

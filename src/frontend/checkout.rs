@@ -4,32 +4,28 @@
 
 use std::sync::Arc;
 
+use super::control::pool_settings;
 use super::error::SessionError;
 use super::Context;
 use crate::auth::UserEntry;
 use crate::backend::ServerTarget;
 use crate::cluster::{NodeStatus, Topology, Wait};
 use crate::config::Database;
-use crate::pool::{Pool, PoolSettings};
+use crate::pool::Pool;
 use crate::router::{self, ListenerKind, RouteError, RouteInput};
 
 /// The pool for (node, database, user), created on first use.
 pub fn pool_for(ctx: &Context, node: &NodeStatus, database: &Database, user: &Arc<UserEntry>) -> Arc<Pool> {
     ctx.pools.get_or_create((&node.name, &database.name, &user.name), || {
-        let pool = &ctx.config.pool;
+        let config = ctx.config();
         let target = ServerTarget {
             host: node.host.clone(),
             port: node.port,
             database: database.server_dbname.clone(),
             credentials: user.clone(),
-            connect_timeout: pool.server_connect_timeout,
+            connect_timeout: config.pool.server_connect_timeout,
         };
-        let settings = PoolSettings {
-            size: database.pool_size.unwrap_or(pool.default_pool_size).get(),
-            mode: pool.mode,
-            reset_timeout: pool.server_reset_timeout,
-            idle_timeout: pool.server_idle_timeout,
-        };
+        let settings = pool_settings(&config, database);
         (target, settings, ctx.metrics.pool(&node.name, &database.name, &user.name))
     })
 }
@@ -53,7 +49,7 @@ pub async fn route_waiting(
 ) -> Result<(Arc<Topology>, usize), SessionError> {
     let decide = |topology: &Arc<Topology>| {
         let tick = ctx.round_robin.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        match router::route(RouteInput { listener, tick }, ctx.config.routing.ro_fallback, topology) {
+        match router::route(RouteInput { listener, tick }, ctx.config().routing.ro_fallback, topology) {
             Ok(node) => Ok((topology.clone(), node)),
             Err(e @ RouteError::NoPrimary(_)) => Err(Wait::Retry(e)),
             Err(e) => Err(Wait::Fail(e)),

@@ -1,6 +1,7 @@
 //! Accepting clients: one task per connection, a permit per client
 //! (max_client_conn), a login deadline, and one span per connection.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,8 +11,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument, Span};
 
 use super::error::SessionError;
+use super::registry::NewClient;
 use super::session::Session;
-use super::startup::login;
+use super::startup::{login, Login};
 use super::Context;
 use crate::metrics::{ErrorOrigin, LoginResult};
 use crate::router::ListenerKind;
@@ -20,11 +22,12 @@ use crate::wire::{self, sqlstate, Severity};
 /// How long a final error message may take to reach a departing client.
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Accepts clients on `listener` until shutdown.
+/// Accepts clients on `listener` until pgrelay drains or shuts down; the
+/// listening socket closes on return, so new connections are refused.
 pub async fn serve(ctx: Arc<Context>, listener: TcpListener, kind: ListenerKind) {
     loop {
         let accepted = tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
+            _ = ctx.lifecycle.draining().cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
@@ -41,18 +44,23 @@ pub async fn serve(ctx: Arc<Context>, listener: TcpListener, kind: ListenerKind)
         match ctx.client_slots.clone().try_acquire_owned() {
             Ok(permit) => {
                 let task_ctx = ctx.clone();
-                ctx.tasks.spawn(async move {
-                    handle_client(task_ctx, stream, kind, span).await;
+                ctx.client_tasks.spawn(async move {
+                    handle_client(task_ctx, stream, peer, kind, span).await;
                     drop(permit);
                 });
             }
             Err(_) => {
                 let message =
-                    format!("too many client connections (max_client_conn = {})", ctx.config.pool.max_client_conn);
+                    format!("too many client connections (max_client_conn = {})", ctx.config().pool.max_client_conn);
                 tracing::warn!(parent: &span, "{message}");
                 ctx.metrics.login(LoginResult::Rejected);
                 ctx.metrics.error(sqlstate::TOO_MANY_CONNECTIONS.as_bytes(), ErrorOrigin::Pgrelay);
-                ctx.tasks.spawn(farewell(stream, BytesMut::new(), sqlstate::TOO_MANY_CONNECTIONS.into(), message));
+                ctx.client_tasks.spawn(farewell(
+                    stream,
+                    BytesMut::new(),
+                    sqlstate::TOO_MANY_CONNECTIONS.into(),
+                    message,
+                ));
             }
         }
     }
@@ -61,8 +69,8 @@ pub async fn serve(ctx: Arc<Context>, listener: TcpListener, kind: ListenerKind)
 /// One client connection. Its span is entered while logging in and named as
 /// the parent of every later event; the relay loop itself runs outside it,
 /// since entering a span on every poll is measurable on the hot path.
-async fn handle_client(ctx: Arc<Context>, mut stream: TcpStream, kind: ListenerKind, span: Span) {
-    let login_timeout = ctx.config.pool.client_login_timeout;
+async fn handle_client(ctx: Arc<Context>, mut stream: TcpStream, peer: SocketAddr, kind: ListenerKind, span: Span) {
+    let login_timeout = ctx.config().pool.client_login_timeout;
     let mut buf = BytesMut::new();
     // Boxed, so that the login's state is freed once it is over instead of
     // staying in every idle client's task.
@@ -74,8 +82,13 @@ async fn handle_client(ctx: Arc<Context>, mut stream: TcpStream, kind: ListenerK
         r = login => r,
     };
     let parts = match logged_in {
-        Ok(Ok(Some(parts))) => parts,
-        Ok(Ok(None)) => return,
+        Ok(Ok(Login::Client(parts))) => parts,
+        Ok(Ok(Login::Cancel)) => return,
+        Ok(Ok(Login::Admin(admin))) => {
+            ctx.metrics.login(LoginResult::Ok);
+            tracing::info!(parent: &span, user = %admin.user.name, "admin console login");
+            return crate::admin::console::serve(ctx, stream, buf, admin, span).await;
+        }
         Ok(Err(error)) => {
             ctx.metrics.login(login_failure(&error));
             return report(&ctx, stream, BytesMut::new(), error, &span).await;
@@ -87,7 +100,15 @@ async fn handle_client(ctx: Arc<Context>, mut stream: TcpStream, kind: ListenerK
     };
     ctx.metrics.login(LoginResult::Ok);
     tracing::info!(parent: &span, user = %parts.user.name, database = %parts.database.name, "client logged in");
-    let mut session = Session::new(ctx.clone(), stream, kind, parts, buf, span.clone());
+    let registered = ctx.clients.register(NewClient {
+        peer,
+        local: stream.local_addr().ok(),
+        user: parts.user.name.clone(),
+        database: parts.database.name.clone(),
+        listener: kind,
+        application_name: parts.application_name().to_owned(),
+    });
+    let mut session = Session::new(ctx.clone(), stream, kind, parts, buf, span.clone(), registered);
     let result = session.run().await;
     let poison = matches!(
         result,
@@ -116,9 +137,10 @@ async fn report(ctx: &Context, stream: TcpStream, pending: BytesMut, error: Sess
 
 fn login_failure(error: &SessionError) -> LoginResult {
     match error {
-        SessionError::Login { code: sqlstate::INVALID_PASSWORD | sqlstate::INVALID_AUTHORIZATION, .. } => {
-            LoginResult::AuthFailed
-        }
+        SessionError::Login {
+            code: sqlstate::INVALID_PASSWORD | sqlstate::INVALID_AUTHORIZATION | sqlstate::INSUFFICIENT_PRIVILEGE,
+            ..
+        } => LoginResult::AuthFailed,
         _ => LoginResult::Error,
     }
 }

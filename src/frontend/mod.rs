@@ -3,20 +3,28 @@
 
 mod cancel;
 mod checkout;
+mod control;
 mod error;
+mod lifecycle;
 mod listener;
 mod prepared;
+mod registry;
 mod server_state;
 mod session;
 mod startup;
 
 pub use cancel::CancelRegistry;
 pub use error::SessionError;
+pub use lifecycle::{Lifecycle, StopMode};
 pub use listener::serve;
+pub use registry::{ClientActivity, ClientEntry, ClientRegistry, ClientState, ServerLink};
+pub use startup::{AdminLogin, ADMIN_DATABASES};
 
+use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
+use arc_swap::{ArcSwap, Guard};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -32,8 +40,11 @@ use crate::pool::Pools;
 /// What every client connection shares.
 #[derive(Debug)]
 pub struct Context {
-    pub config: Arc<Config>,
-    pub users: UserDb,
+    /// Replaced as a whole by a reload; see [`Context::config`].
+    config: ArcSwap<Config>,
+    users: ArcSwap<UserDb>,
+    /// The file a reload reads, when pgrelay was started from one.
+    pub config_path: Option<PathBuf>,
     pub cluster: Arc<ClusterView>,
     pub metrics: Arc<Metrics>,
     pub pools: Pools,
@@ -47,16 +58,32 @@ pub struct Context {
     pub round_robin: AtomicUsize,
     /// One permit per client connection (max_client_conn).
     pub client_slots: Arc<Semaphore>,
+    /// Logged-in clients, for the admin console.
+    pub clients: Arc<ClientRegistry>,
+    pub lifecycle: Lifecycle,
+    /// Ends everything at once: sessions, monitors, HTTP.
     pub shutdown: CancellationToken,
+    /// Every task but the client connections'.
     pub tasks: TaskTracker,
+    /// One task per client connection: a drain waits for these alone.
+    pub client_tasks: TaskTracker,
+    /// Stops the current generation of topology monitors (a reload restarts them).
+    pub(crate) monitors: std::sync::Mutex<CancellationToken>,
 }
 
 impl Context {
-    pub fn new(config: Arc<Config>, users: UserDb, cluster: Arc<ClusterView>) -> Arc<Context> {
+    pub fn new(
+        config: Arc<Config>,
+        users: UserDb,
+        cluster: Arc<ClusterView>,
+        config_path: Option<PathBuf>,
+    ) -> Arc<Context> {
+        let shutdown = CancellationToken::new();
         Arc::new(Context {
             client_slots: Arc::new(Semaphore::new(config.pool.max_client_conn)),
-            config,
-            users,
+            config: ArcSwap::new(config),
+            users: ArcSwap::from_pointee(users),
+            config_path,
             cluster,
             metrics: Arc::new(Metrics::new()),
             pools: Pools::default(),
@@ -65,9 +92,23 @@ impl Context {
             settings: SettingsInterner::default(),
             welcomes: WelcomeCache::default(),
             round_robin: AtomicUsize::new(0),
-            shutdown: CancellationToken::new(),
+            clients: Arc::default(),
+            lifecycle: Lifecycle::default(),
+            monitors: std::sync::Mutex::new(shutdown.child_token()),
+            shutdown,
             tasks: TaskTracker::new(),
+            client_tasks: TaskTracker::new(),
         })
+    }
+
+    /// The configuration in force (a reload replaces it; hold the guard briefly).
+    pub fn config(&self) -> Guard<Arc<Config>> {
+        self.config.load()
+    }
+
+    /// The configured users in force.
+    pub fn users(&self) -> Guard<Arc<UserDb>> {
+        self.users.load()
     }
 }
 

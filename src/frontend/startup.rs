@@ -33,15 +33,41 @@ pub struct LoginParts {
     pub cancel: super::cancel::CancelHandle,
 }
 
-/// Runs the login; returns who the client is, or None for a connection
-/// that was only a cancel request. Bytes the client sent after its last
-/// login message stay in `buf`.
+impl LoginParts {
+    pub fn application_name(&self) -> &str {
+        self.settings.iter().find(|(k, _)| k == "application_name").map_or("", |(_, v)| v.as_str())
+    }
+}
+
+/// The databases that name the admin console instead of a database.
+pub const ADMIN_DATABASES: [&str; 2] = ["pgrelay", "pgbouncer"];
+
+/// What a connection turned out to be.
+pub enum Login {
+    Client(LoginParts),
+    /// An authenticated user of the admin console; nothing was sent after
+    /// authentication (the console sends its own welcome).
+    Admin(AdminLogin),
+    /// Only a cancel request, already handled.
+    Cancel,
+}
+
+pub struct AdminLogin {
+    pub user: Arc<crate::auth::UserEntry>,
+    /// In `admin_users` (every command), not only `stats_users` (SHOW only).
+    pub may_control: bool,
+    /// Startup settings, incl. application_name.
+    pub settings: Vec<(String, String)>,
+}
+
+/// Runs the login; returns who the client is. Bytes the client sent after
+/// its last login message stay in `buf`.
 pub async fn login(
     ctx: &Arc<Context>,
     client: &mut TcpStream,
     buf: &mut BytesMut,
     listener: ListenerKind,
-) -> Result<Option<LoginParts>, SessionError> {
+) -> Result<Login, SessionError> {
     let mut negotiations = 0;
     let params = loop {
         let packet = read_startup_packet(client, buf).await?;
@@ -56,17 +82,20 @@ pub async fn login(
             }
             StartupPacket::Cancel { pid, secret } => {
                 ctx.cancels.cancel(pid, secret).await;
-                return Ok(None);
+                return Ok(Login::Cancel);
             }
             StartupPacket::Startup(params) => break params,
         }
     };
     let settings = client_settings(&params)?;
-    let user = ctx.users.get(&params.user).cloned().ok_or_else(|| {
+    let user = ctx.users().get(&params.user).cloned().ok_or_else(|| {
         login_error(sqlstate::INVALID_AUTHORIZATION, format!("user \"{}\" is not configured in pgrelay", params.user))
     })?;
     authenticate(client, buf, &user).await?;
-    let database = ctx.config.databases.iter().find(|d| d.name == params.database).cloned().ok_or_else(|| {
+    if ADMIN_DATABASES.contains(&params.database.as_str()) {
+        return admin_login(ctx, user, settings).map(Login::Admin);
+    }
+    let database = ctx.config().databases.iter().find(|d| d.name == params.database).cloned().ok_or_else(|| {
         login_error(
             sqlstate::INVALID_CATALOG_NAME,
             format!("database \"{}\" is not configured in pgrelay", params.database),
@@ -82,7 +111,26 @@ pub async fn login(
     wire::put_backend_key_data(&mut out, cancel.pid, cancel.secret);
     wire::put_ready_for_query(&mut out, TxStatus::Idle);
     client.write_all(&out).await.map_err(SessionError::ClientIo)?;
-    Ok(Some(LoginParts { user, database, settings, cancel }))
+    Ok(Login::Client(LoginParts { user, database, settings, cancel }))
+}
+
+fn admin_login(
+    ctx: &Context,
+    user: Arc<crate::auth::UserEntry>,
+    settings: Vec<(String, String)>,
+) -> Result<AdminLogin, SessionError> {
+    let config = ctx.config();
+    let may_control = config.admin.admin_users.contains(&user.name);
+    if !may_control && !config.admin.stats_users.contains(&user.name) {
+        return Err(login_error(
+            sqlstate::INSUFFICIENT_PRIVILEGE,
+            format!(
+                "user \"{}\" may not use the admin console (it is in neither [admin] admin_users nor stats_users)",
+                user.name
+            ),
+        ));
+    }
+    Ok(AdminLogin { user, may_control, settings })
 }
 
 async fn read_startup_packet(client: &mut TcpStream, buf: &mut BytesMut) -> Result<Bytes, SessionError> {
@@ -189,7 +237,7 @@ async fn server_params(
     if let Some(params) = ctx.pools.server_params_for(&database.name, &user.name) {
         return Ok(params);
     }
-    let deadline = tokio::time::Instant::now() + ctx.config.pool.query_wait_timeout;
+    let deadline = tokio::time::Instant::now() + ctx.config().pool.query_wait_timeout;
     loop {
         let (topology, node) = route_waiting(ctx, listener, deadline).await?;
         let pool = pool_for(ctx, &topology.nodes[node], database, user);

@@ -74,13 +74,36 @@ impl Pool {
     /// are closed instead of pooled, and [`Pool::closed`] fires for holders.
     pub fn close(&self) {
         self.closed.cancel();
+        self.retire();
+    }
+
+    /// Takes the pool out of service without interrupting anyone: idle
+    /// connections are dropped, checkouts fail with [`PoolError::Closed`]
+    /// (the client routes again, to a fresh pool), and leases close their
+    /// connection when they end. A reload retires pools whose settings changed.
+    pub fn retire(&self) {
         self.permits.close();
+        self.drop_idle();
+    }
+
+    /// Whether the pool was closed or retired.
+    pub fn is_closed(&self) -> bool {
+        self.permits.is_closed()
+    }
+
+    /// Closes the idle connections (PAUSE does, so a paused pgrelay holds none).
+    pub fn drop_idle(&self) {
         self.idle.lock().expect("pool lock").clear();
         self.metrics.idle.set(0);
     }
 
-    pub fn is_closed(&self) -> bool {
-        self.closed.is_cancelled()
+    /// Connections leased to clients (or being reset after one) right now.
+    pub fn in_use(&self) -> usize {
+        self.settings.size.saturating_sub(self.permits.available_permits())
+    }
+
+    pub fn settings(&self) -> &PoolSettings {
+        &self.settings
     }
 
     /// Resolves once the pool is closed.
@@ -340,6 +363,20 @@ impl Pools {
             }
             key.node != node
         });
+    }
+
+    /// Retires and forgets every pool for which `keep` says no.
+    pub fn retire_unless(&self, mut keep: impl FnMut(&Pool) -> bool) -> usize {
+        let mut pools = self.pools.lock().expect("pools lock");
+        let before = pools.len();
+        pools.retain(|_, pool| {
+            let kept = keep(pool);
+            if !kept {
+                pool.retire();
+            }
+            kept
+        });
+        before - pools.len()
     }
 
     pub fn all(&self) -> Vec<Arc<Pool>> {

@@ -19,6 +19,9 @@ pub mod sqlstate {
     pub const QUERY_CANCELED: &str = "57014";
     pub const INTERNAL_ERROR: &str = "XX000";
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+    pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
+    pub const SYNTAX_ERROR: &str = "42601";
+    pub const CONFIG_FILE_ERROR: &str = "F0000";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,7 +19,9 @@ mod statements;
 use super::cancel::CancelHandle;
 use super::checkout::{pause_before_retry, pool_for, route_waiting};
 use super::error::SessionError;
+use super::lifecycle::StopMode;
 use super::prepared::ClientStatements;
+use super::registry::{Registered, ServerLink};
 use super::server_state::{apply_settings, ensure_prepared};
 use super::startup::LoginParts;
 use super::Context;
@@ -50,6 +52,8 @@ enum Event {
     ServerRead,
     /// A socket we have bytes for can take them again.
     Writable,
+    /// pgrelay started draining: end the session at its next boundary.
+    Drain,
     Shutdown,
     /// The leased connection's pool was closed: its node stopped being the primary.
     Fenced,
@@ -76,8 +80,13 @@ pub struct Session {
     /// Why this client keeps its server connection until it disconnects.
     pinned: Option<SessionStateEffect>,
     terminated: bool,
-    /// Resolves when pgrelay shuts down; registered once per session.
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Resolves when pgrelay starts draining, then (once seen) when it shuts
+    /// down; registered once per session, not per wait.
+    stop_signal: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// A drain has begun: the session ends at its next boundary.
+    stopping: bool,
+    /// This client's entry in the registry the admin console lists.
+    registered: Registered,
     /// The connection's span: log events name it as their parent, so the
     /// hot loop never has to enter it.
     span: tracing::Span,
@@ -94,12 +103,15 @@ impl Session {
         parts: LoginParts,
         cbuf: BytesMut,
         span: tracing::Span,
+        registered: Registered,
     ) -> Session {
         let metrics = ctx.metrics.client(&parts.database.name, &parts.user.name, listener.as_str());
         Session {
             _connected: GaugeGuard::new(&metrics.connected),
             metrics,
-            shutdown: Box::pin(ctx.shutdown.clone().cancelled_owned()),
+            stop_signal: Box::pin(ctx.lifecycle.draining().clone().cancelled_owned()),
+            stopping: false,
+            registered,
             span,
             ctx,
             client,
@@ -136,6 +148,10 @@ impl Session {
                 }
                 Event::ServerRead => self.handle_server_messages()?,
                 Event::Writable => {}
+                Event::Drain => {
+                    self.stopping = true;
+                    self.stop_signal = Box::pin(self.ctx.shutdown.clone().cancelled_owned());
+                }
                 Event::Shutdown => return Err(SessionError::Shutdown),
                 Event::Fenced => {
                     let node = self.lease.as_ref().map(|l| l.pool().key.node.clone()).unwrap_or_default();
@@ -145,8 +161,25 @@ impl Session {
             self.flush_server()?;
             self.flush_client()?;
             self.release_if_idle();
+            if self.stopping && self.at_boundary() {
+                return Err(SessionError::Shutdown);
+            }
         }
         Ok(())
+    }
+
+    /// Whether the drain in progress may end this session now: between
+    /// transactions (SIGTERM), or when no server is working for it (SIGINT;
+    /// an open transaction is rolled back when the connection is reset).
+    fn at_boundary(&self) -> bool {
+        let Some(mode) = self.ctx.lifecycle.drain_mode() else { return false };
+        let Some(lease) = &self.lease else { return self.cbuf.is_empty() };
+        let tracker = &lease.conn().tracker;
+        match mode {
+            StopMode::Immediate => true,
+            StopMode::WaitForServers => tracker.is_idle(),
+            StopMode::WaitForClients => tracker.is_idle() && tracker.tx_status() == wire::TxStatus::Idle,
+        }
     }
 
     /// Consumes the session, leaving the client socket for a final message.
@@ -170,10 +203,10 @@ impl Session {
         let want_client_read = server_out < HIGH_WATER;
         let want_server_read = self.out.len() < HIGH_WATER;
         if want_client_read {
-            let max = self.ctx.config.pool.max_message_size + 5;
+            let max = self.ctx.config().pool.max_message_size + 5;
             self.cbuf.reserve(self.client_read_size.max(Frame::needed(&self.cbuf)).min(max));
         }
-        let Session { client, cbuf, out, lease, shutdown, .. } = self;
+        let Session { client, cbuf, out, lease, stop_signal, stopping, .. } = self;
         let (closed, server) = match lease.as_mut().map(Lease::split_mut) {
             Some((closed, conn)) => (Some(closed), Some(conn)),
             None => (None, None),
@@ -190,7 +223,7 @@ impl Session {
             // about to wait, which keeps their bookkeeping off the busy path.
             biased;
             event = io => event,
-            _ = shutdown.as_mut() => Ok(Event::Shutdown),
+            _ = stop_signal.as_mut() => Ok(if *stopping { Event::Shutdown } else { Event::Drain }),
             _ = fenced => Ok(Event::Fenced),
         };
         match event {
@@ -245,11 +278,12 @@ impl Session {
         if conn.tracker.is_idle() && conn.rbuf.is_empty() && conn.wbuf.is_empty() {
             self.lease = None;
             self.cancel.set_target(None);
+            self.registered.set_idle();
         }
     }
 
     async fn handle_client_messages(&mut self) -> Result<(), SessionError> {
-        let max = self.ctx.config.pool.max_message_size;
+        let max = self.ctx.config().pool.max_message_size;
         while let Some(frame) = Frame::peek(&self.cbuf, max)? {
             if frame.tag == tag::TERMINATE {
                 self.terminated = true;
@@ -274,8 +308,19 @@ impl Session {
     /// Routes the next transaction and leases a connection for it, all
     /// within query_wait_timeout (see [`route_waiting`]).
     async fn acquire(&mut self) -> Result<(), SessionError> {
-        let deadline = tokio::time::Instant::now() + self.ctx.config.pool.query_wait_timeout;
+        self.registered.set_waiting();
+        let mut deadline = None;
         loop {
+            if self.ctx.lifecycle.is_paused() {
+                // Held by PAUSE; query_wait_timeout counts from RESUME on.
+                let _waiting = GaugeGuard::new(&self.metrics.waiting);
+                tokio::select! {
+                    _ = self.ctx.shutdown.cancelled() => return Err(SessionError::Shutdown),
+                    _ = self.ctx.lifecycle.wait_resumed() => deadline = None,
+                }
+            }
+            let deadline = *deadline
+                .get_or_insert_with(|| tokio::time::Instant::now() + self.ctx.config().pool.query_wait_timeout);
             let (topology, node) = route_waiting(&self.ctx, self.listener, deadline).await?;
             let pool = self.pool_for_node(&topology.nodes[node]);
             let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -294,6 +339,14 @@ impl Session {
             };
             // The primary may have moved while the checkout waited.
             if self.listener == ListenerKind::ReadWrite && self.ctx.cluster.primary() != Some(node) {
+                continue;
+            }
+            let conn = lease.conn();
+            let link = ServerLink { pool: pool.clone(), addr: conn.addr, pid: conn.key.pid, created: conn.created };
+            self.registered.set_active(link);
+            // Checked after the client shows as active, so PAUSE either waits for it or it sees the pause.
+            if self.ctx.lifecycle.is_paused() {
+                self.registered.set_waiting();
                 continue;
             }
             apply_settings(lease.conn_mut(), &self.settings);
@@ -337,8 +390,9 @@ impl Session {
         match msg_tag {
             tag::QUERY => {
                 if let Some(effect) = router::session_state_effect(body) {
-                    if self.ctx.config.pool.session_state == SessionStatePolicy::Refuse
-                        && self.ctx.config.pool.mode == PoolMode::Transaction
+                    let config = self.ctx.config();
+                    if config.pool.session_state == SessionStatePolicy::Refuse
+                        && config.pool.mode == PoolMode::Transaction
                     {
                         return self.refuse_query(effect);
                     }

@@ -1,0 +1,172 @@
+//! What an operator does to a running pgrelay: pause and resume, reload the
+//! configuration, and (re)start the topology monitors that a reload may
+//! have to replace.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::registry::ClientState;
+use super::Context;
+use crate::auth::UserDb;
+use crate::cluster::{self, monitor::Generation, Topology};
+use crate::config::{Config, Source};
+use crate::pool::{Pool, PoolSettings};
+
+/// How often PAUSE looks whether the transactions in flight have ended.
+const PAUSE_POLL: Duration = Duration::from_millis(5);
+
+/// What a successful reload changed, for the log and the RELOAD command.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadSummary {
+    /// Pools retired because their node, user, database or settings changed.
+    pub pools_retired: usize,
+    /// Whether the topology monitors were restarted (nodes, cluster or routing changed).
+    pub monitors_restarted: bool,
+    /// Settings that only take effect on a restart, and were kept.
+    pub needs_restart: Vec<&'static str>,
+}
+
+impl Context {
+    /// Holds every client's next transaction and returns once no client is
+    /// in a transaction any more; idle server connections are closed.
+    pub async fn pause(&self) {
+        if self.lifecycle.set_paused() {
+            tracing::info!("PAUSE: holding new transactions");
+        }
+        self.metrics.paused.set(1);
+        while self.lifecycle.is_paused()
+            && self.clients.snapshot().iter().any(|c| c.activity().state == ClientState::Active)
+        {
+            tokio::time::sleep(PAUSE_POLL).await;
+        }
+        for pool in self.pools.all() {
+            pool.drop_idle();
+        }
+    }
+
+    /// Releases the transactions PAUSE held.
+    pub fn resume(&self) {
+        if self.lifecycle.set_resumed() {
+            tracing::info!("RESUME: releasing held transactions");
+        }
+        self.metrics.paused.set(0);
+    }
+
+    /// Reads the configuration file again and applies it (see [`Context::apply_config`]).
+    /// A file that does not load or validate changes nothing.
+    pub fn reload(self: &Arc<Self>) -> Result<ReloadSummary, String> {
+        let result = self
+            .config_path
+            .as_deref()
+            .ok_or_else(|| "pgrelay was not started from a configuration file".to_owned())
+            .and_then(|path| Config::load(path).map_err(|e| e.to_string()))
+            .and_then(|config| self.apply_config(config));
+        match &result {
+            Ok(summary) => {
+                self.metrics.config_reloads.with_label_values(&["ok"]).inc();
+                tracing::info!(?summary, "configuration reloaded");
+            }
+            Err(error) => {
+                self.metrics.config_reloads.with_label_values(&["error"]).inc();
+                tracing::error!(%error, "configuration reload failed; keeping the running configuration");
+            }
+        }
+        result
+    }
+
+    /// Switches to `new` without dropping clients: users, databases, pool
+    /// settings, nodes and routing limits take effect for the next
+    /// transaction; pools that did not change keep their server connections.
+    /// Listen addresses only change on a restart.
+    pub fn apply_config(self: &Arc<Self>, mut new: Config) -> Result<ReloadSummary, String> {
+        let users = UserDb::from_config(&new)?;
+        let old = self.config.load_full();
+        let mut summary = ReloadSummary::default();
+        if new.listen != old.listen {
+            summary.needs_restart.push("listen");
+            new.listen = old.listen.clone();
+        }
+        let new = Arc::new(new);
+        self.users.store(Arc::new(users));
+        self.config.store(new.clone());
+        self.resize_client_slots(old.pool.max_client_conn, new.pool.max_client_conn);
+        summary.pools_retired = self.pools.retire_unless(|pool| pool_unchanged(pool, &old, &new));
+        if new.nodes != old.nodes || new.cluster != old.cluster || new.routing != old.routing {
+            summary.monitors_restarted = true;
+            self.restart_monitors(&new);
+        }
+        Ok(summary)
+    }
+
+    fn resize_client_slots(&self, old: usize, new: usize) {
+        if new > old {
+            self.client_slots.add_permits(new - old);
+        } else if new < old {
+            // Only free slots can go at once; connected clients keep theirs.
+            let gone = self.client_slots.forget_permits(old - new);
+            if gone < old - new {
+                tracing::warn!(max_client_conn = new, "more clients are connected than the new max_client_conn allows");
+            }
+        }
+    }
+
+    /// With `source = "postgres"` or `"patroni"`: starts the monitors, whose
+    /// fencing hook closes a former primary's pools. The receiver fires
+    /// once every node has been checked.
+    pub(crate) fn start_monitors(self: &Arc<Self>, generation: Generation) -> tokio::sync::oneshot::Receiver<()> {
+        let config = self.config();
+        let weak = Arc::downgrade(self);
+        let fence = Box::new(move |node: &str| {
+            if let Some(ctx) = weak.upgrade() {
+                ctx.pools.close_node(node);
+            }
+        });
+        let stop = self.monitors.lock().expect("monitors lock").clone();
+        cluster::monitor::start(&config, self.cluster.clone(), &self.tasks, stop, fence, generation)
+    }
+
+    /// Replaces the monitors after a reload changed nodes, cluster or routing
+    /// settings. The view keeps what is known about unchanged nodes until the
+    /// new monitors have checked every node, so clients never see a gap.
+    fn restart_monitors(self: &Arc<Self>, new: &Config) {
+        let fresh = self.shutdown.child_token();
+        std::mem::replace(&mut *self.monitors.lock().expect("monitors lock"), fresh).cancel();
+        if new.cluster.source == Source::Static {
+            self.cluster.store(Topology::from_static(new));
+            return;
+        }
+        let rebased = self.cluster.load().rebased(&new.nodes);
+        let primary = rebased.primary;
+        self.cluster.store(rebased);
+        drop(self.start_monitors(Generation::Reloaded { primary }));
+    }
+}
+
+/// Whether a pool built under `old` is still what `new` would build.
+fn pool_unchanged(pool: &Pool, old: &Config, new: &Config) -> bool {
+    let key = &pool.key;
+    let node = |c: &Config| c.nodes.iter().find(|n| n.name == key.node).map(|n| (n.host.clone(), n.port));
+    let user = |c: &Config| c.users.iter().find(|u| u.name == key.user).cloned();
+    let database = |c: &Config| c.databases.iter().find(|d| d.name == key.database).cloned();
+    same(node(old), node(new))
+        && same(user(old), user(new))
+        && same(database(old), database(new))
+        && database(new).is_some_and(|db| pool.settings() == &pool_settings(new, &db))
+        && old.pool.server_connect_timeout == new.pool.server_connect_timeout
+}
+
+/// Present in both, and equal.
+fn same<T: PartialEq>(a: Option<T>, b: Option<T>) -> bool {
+    a.is_some() && a == b
+}
+
+/// The settings of a pool for `database` under `config`.
+pub fn pool_settings(config: &Config, database: &crate::config::Database) -> PoolSettings {
+    let pool = &config.pool;
+    PoolSettings {
+        size: database.pool_size.unwrap_or(pool.default_pool_size).get(),
+        mode: pool.mode,
+        reset_timeout: pool.server_reset_timeout,
+        idle_timeout: pool.server_idle_timeout,
+    }
+}
