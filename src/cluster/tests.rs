@@ -379,3 +379,28 @@ async fn fetches_cluster_over_http() {
     let error = super::patroni::fetch_cluster("http://127.0.0.1:1", Duration::from_secs(5)).await.expect_err("refused");
     assert!(error.to_string().starts_with("http://127.0.0.1:1/cluster: "), "{error}");
 }
+
+#[test]
+fn a_reload_keeps_what_is_known_about_unchanged_nodes() {
+    let round = vec![primary(100, 10), replica(100, Some(10)), replica(100, Some(10))];
+    let known = after(&vec![round; 3]);
+    assert_eq!((known.primary, known.read_set.clone()), (Some(0), vec![1, 2]));
+    let node = |name: &str, port: u16| crate::config::Node {
+        name: name.into(),
+        host: "127.0.0.1".into(),
+        port,
+        role: None,
+        patroni: None,
+    };
+    // pg1 is removed, pg2 kept, pg3 added; pg0 (the primary) moves to the end.
+    let rebased = known.rebased(&[node("pg2", 6002), node("pg3", 6003), node("pg0", 6000)]);
+    assert_eq!(rebased.primary, Some(2), "the primary is found under its new position");
+    assert_eq!(rebased.read_set, [0], "pg2 keeps serving reads; the new pg3 waits for a check");
+    assert_eq!(rebased.nodes[1].excluded.as_deref(), Some("not checked yet"));
+    assert_eq!(rebased.nodes[0], known.nodes[2]);
+
+    // A node that kept its name but moved is a new node.
+    let moved = known.rebased(&[node("pg0", 7000), node("pg2", 6002)]);
+    assert_eq!(moved.primary, None);
+    assert!(moved.no_primary_reason.is_some());
+}

@@ -280,6 +280,9 @@ pub(super) fn databases(raws: Vec<RawDatabase>, locations: &Locations<'_>) -> Re
         locations,
         |r| r.name.as_deref(),
         |raw, entry| {
+            if ["pgrelay", "pgbouncer"].contains(&entry.name.as_str()) {
+                return Err(entry.key_error("name", "is reserved for the admin console"));
+            }
             let server_dbname = raw.dbname.unwrap_or_else(|| entry.name.clone());
             if server_dbname.is_empty() {
                 return Err(entry.key_error("dbname", "must not be empty (leave it out to use the name)"));

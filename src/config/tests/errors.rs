@@ -263,4 +263,10 @@ fn database_values() {
     );
     let text = with(&[NODE, USER, "[[databases]]\nname = \"app\"\ndbname = \"\"\n"]);
     assert_error(&text, Some(line(&text, "dbname", 1)), &["[[databases]] \"app\" dbname: must not be empty"]);
+    let text = with(&[NODE, USER, "[[databases]]\nname = \"pgbouncer\"\n"]);
+    assert_error(
+        &text,
+        Some(line(&text, "name = \"pgbouncer\"", 1)),
+        &["[[databases]] \"pgbouncer\" name: is reserved for the admin console"],
+    );
 }
