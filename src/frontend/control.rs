@@ -12,8 +12,10 @@ use crate::cluster::{self, monitor::Generation, Topology};
 use crate::config::{Config, Source};
 use crate::pool::{Pool, PoolSettings};
 
-/// How often PAUSE looks whether the transactions in flight have ended.
-const PAUSE_POLL: Duration = Duration::from_millis(5);
+/// How often PAUSE looks whether the transactions in flight have ended: at
+/// first often (a switchover waits on it), then less (a pinned client may
+/// hold its transaction for long).
+const PAUSE_POLL: (Duration, Duration) = (Duration::from_millis(2), Duration::from_millis(100));
 
 /// What a successful reload changed, for the log and the RELOAD command.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -34,10 +36,10 @@ impl Context {
             tracing::info!("PAUSE: holding new transactions");
         }
         self.metrics.paused.set(1);
-        while self.lifecycle.is_paused()
-            && self.clients.snapshot().iter().any(|c| c.activity().state == ClientState::Active)
-        {
-            tokio::time::sleep(PAUSE_POLL).await;
+        let mut poll = PAUSE_POLL.0;
+        while self.lifecycle.is_paused() && self.clients.any_in(ClientState::Active) {
+            tokio::time::sleep(poll).await;
+            poll = (poll * 2).min(PAUSE_POLL.1);
         }
         for pool in self.pools.all() {
             pool.drop_idle();

@@ -121,6 +121,15 @@ impl ClientRegistry {
         all
     }
 
+    /// Whether any client is in `state` (looked at under the lock, without copying the list).
+    pub fn any_in(&self, state: ClientState) -> bool {
+        self.clients
+            .lock()
+            .expect("registry lock")
+            .values()
+            .any(|c| c.activity.lock().expect("client lock").state == state)
+    }
+
     pub fn len(&self) -> usize {
         self.clients.lock().expect("registry lock").len()
     }
