@@ -239,6 +239,31 @@ impl Metrics {
         }
     }
 
+    /// Per-database totals of the pool and client counters (SHOW STATS),
+    /// read from the series that exist: reading creates none.
+    pub fn database_totals(&self) -> std::collections::BTreeMap<String, DatabaseTotals> {
+        use prometheus::core::Collector;
+        let mut totals: std::collections::BTreeMap<String, DatabaseTotals> = Default::default();
+        let mut add = |collector: &dyn Collector, apply: &dyn Fn(&mut DatabaseTotals, &prometheus::proto::Metric)| {
+            for family in collector.collect() {
+                for metric in family.get_metric() {
+                    let database = metric.get_label().iter().find(|l| l.name() == "database");
+                    if let Some(database) = database {
+                        apply(totals.entry(database.value().to_owned()).or_default(), metric);
+                    }
+                }
+            }
+        };
+        let count = |m: &prometheus::proto::Metric| m.get_counter().get_value() as u64;
+        add(&self.transactions, &|t, m| t.transactions += count(m));
+        add(&self.queries, &|t, m| t.queries += count(m));
+        add(&self.client_bytes_received, &|t, m| t.bytes_received += count(m));
+        add(&self.client_bytes_sent, &|t, m| t.bytes_sent += count(m));
+        add(&self.transaction_duration, &|t, m| t.transaction_seconds += m.get_histogram().get_sample_sum());
+        add(&self.checkout_wait, &|t, m| t.wait_seconds += m.get_histogram().get_sample_sum());
+        totals
+    }
+
     pub fn client(&self, database: &str, user: &str, listener: &'static str) -> ClientMetrics {
         let mut known = self.clients_by_labels.lock().expect("metrics lock");
         if let Some((.., metrics)) = known.iter().find(|(d, u, l, _)| d == database && u == user && *l == listener) {
@@ -365,6 +390,19 @@ impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.dec();
     }
+}
+
+/// One database's counters summed over users and nodes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DatabaseTotals {
+    pub transactions: u64,
+    pub queries: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    /// Server lease time.
+    pub transaction_seconds: f64,
+    /// Time clients waited for a server connection.
+    pub wait_seconds: f64,
 }
 
 /// One logged-in client's handles.

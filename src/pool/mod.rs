@@ -3,6 +3,8 @@
 //! lease puts a clean connection back, or resets a dirty one in the
 //! background (bounded by `server_reset_timeout`) and closes it if that fails.
 
+mod inspect;
+
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};

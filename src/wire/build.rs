@@ -132,6 +132,58 @@ pub fn put_ready_for_query(buf: &mut BytesMut, status: TxStatus) {
     message(buf, backend::READY_FOR_QUERY, |b| b.put_u8(status.as_byte()));
 }
 
+/// A RowDescription of text-format columns, each given as (name, type OID).
+pub fn put_row_description(buf: &mut BytesMut, columns: &[(&str, u32)]) {
+    message(buf, backend::ROW_DESCRIPTION, |b| {
+        b.put_u16(columns.len() as u16);
+        for (name, type_oid) in columns {
+            put_cstr(b, name.as_bytes());
+            b.put_u32(0); // no table
+            b.put_u16(0); // no column number
+            b.put_u32(*type_oid);
+            b.put_i16(-1); // variable length
+            b.put_i32(-1); // no type modifier
+            b.put_u16(0); // text format
+        }
+    });
+}
+
+/// A DataRow of text values; `None` is NULL.
+pub fn put_data_row<'a>(buf: &mut BytesMut, values: impl ExactSizeIterator<Item = Option<&'a [u8]>>) {
+    message(buf, backend::DATA_ROW, |b| {
+        b.put_u16(values.len() as u16);
+        for value in values {
+            match value {
+                Some(v) => {
+                    b.put_i32(v.len() as i32);
+                    b.put_slice(v);
+                }
+                None => b.put_i32(-1),
+            }
+        }
+    });
+}
+
+/// CommandComplete with its tag (`"SHOW"`, `"PAUSE"`).
+pub fn put_command_complete(buf: &mut BytesMut, tag: &str) {
+    message(buf, backend::COMMAND_COMPLETE, |b| put_cstr(b, tag.as_bytes()));
+}
+
+pub fn put_empty_query_response(buf: &mut BytesMut) {
+    message(buf, backend::EMPTY_QUERY_RESPONSE, |_| {});
+}
+
+/// A NoticeResponse (severity NOTICE, SQLSTATE 00000) with a message and a detail.
+pub fn put_notice_response(buf: &mut BytesMut, text: &str, detail: &str) {
+    message(buf, backend::NOTICE_RESPONSE, |b| {
+        for (field, value) in [(b'S', "NOTICE"), (b'V', "NOTICE"), (b'C', "00000"), (b'M', text), (b'D', detail)] {
+            b.put_u8(field);
+            put_cstr(b, value.as_bytes());
+        }
+        b.put_u8(0);
+    });
+}
+
 pub fn put_parse_complete(buf: &mut BytesMut) {
     message(buf, backend::PARSE_COMPLETE, |_| {});
 }

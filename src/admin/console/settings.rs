@@ -1,0 +1,155 @@
+//! SHOW CONFIG and SHOW NODES. CONFIG keeps PgBouncer's columns (key, value,
+//! default, changeable) with pgrelay's own keys as `section.key`; passwords
+//! are never listed. NODES is pgrelay's own: the topology as routing sees it.
+
+use std::time::Duration;
+
+use super::table::{boolean, num, text, ColumnType as T, Table};
+use crate::cluster::Topology;
+use crate::config::{Config, RoFallback, Role, SessionStatePolicy, Source};
+
+/// SHOW CONFIG columns, PgBouncer 1.18.
+pub const CONFIG: [(&str, T); 4] =
+    [("key", T::Text), ("value", T::Text), ("default", T::Text), ("changeable", T::Text)];
+
+/// SHOW NODES columns.
+pub const NODES: [(&str, T); 9] = [
+    ("name", T::Text),
+    ("host", T::Text),
+    ("port", T::Int4),
+    ("role", T::Text),
+    ("reachable", T::Bool),
+    ("lag_bytes", T::Int8),
+    ("lag_seconds", T::Float8),
+    ("in_read_set", T::Bool),
+    ("excluded_reason", T::Text),
+];
+
+/// The smallest valid configuration: every setting at its default.
+const DEFAULTS_TOML: &str = r#"
+[[nodes]]
+name = "default"
+host = "localhost"
+
+[[users]]
+name = "default"
+password = "default"
+
+[[databases]]
+name = "default"
+"#;
+
+fn duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+fn optional_duration(d: Option<Duration>) -> String {
+    d.map_or_else(|| "off".to_owned(), duration)
+}
+
+/// Bytes in the largest unit that divides them evenly, as the config file takes them.
+fn size(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 4] = [("TB", 1 << 40), ("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)];
+    match UNITS.iter().find(|(_, unit)| bytes != 0 && bytes % unit == 0) {
+        Some((name, unit)) => format!("{}{name}", bytes / unit),
+        None => bytes.to_string(),
+    }
+}
+
+/// Every setting of the single-table sections, as `section.key` and the
+/// value written the way the config file takes it. Passwords are left out.
+pub fn config_values(config: &Config) -> Vec<(&'static str, String)> {
+    let pool = &config.pool;
+    let list = |names: &[String]| names.join(",");
+    vec![
+        ("listen.rw", config.listen.rw.to_string()),
+        ("listen.ro", config.listen.ro.to_string()),
+        ("listen.http", config.listen.http.to_string()),
+        ("pool.mode", super::show::pool_mode_name(pool.mode).to_owned()),
+        ("pool.default_pool_size", pool.default_pool_size.to_string()),
+        ("pool.max_client_conn", pool.max_client_conn.to_string()),
+        ("pool.query_wait_timeout", duration(pool.query_wait_timeout)),
+        ("pool.server_connect_timeout", duration(pool.server_connect_timeout)),
+        ("pool.server_reset_timeout", duration(pool.server_reset_timeout)),
+        ("pool.server_idle_timeout", optional_duration(pool.server_idle_timeout)),
+        ("pool.client_login_timeout", duration(pool.client_login_timeout)),
+        ("pool.max_message_size", size(pool.max_message_size as u64)),
+        (
+            "pool.session_state",
+            match pool.session_state {
+                SessionStatePolicy::Pin => "pin",
+                SessionStatePolicy::Refuse => "refuse",
+            }
+            .to_owned(),
+        ),
+        ("pool.shutdown_grace", duration(pool.shutdown_grace)),
+        ("routing.max_replica_lag_bytes", size(config.routing.max_replica_lag_bytes)),
+        ("routing.max_replica_lag", duration(config.routing.max_replica_lag)),
+        (
+            "routing.ro_fallback",
+            match config.routing.ro_fallback {
+                RoFallback::Primary => "primary",
+                RoFallback::Error => "error",
+            }
+            .to_owned(),
+        ),
+        (
+            "cluster.source",
+            match config.cluster.source {
+                Source::Postgres => "postgres",
+                Source::Patroni => "patroni",
+                Source::Static => "static",
+            }
+            .to_owned(),
+        ),
+        ("cluster.check_interval", duration(config.cluster.check_interval)),
+        ("cluster.check_timeout", duration(config.cluster.check_timeout)),
+        ("cluster.leave_after_checks", config.cluster.leave_after_checks.to_string()),
+        ("cluster.rejoin_after_checks", config.cluster.rejoin_after_checks.to_string()),
+        ("cluster.user", config.cluster.user.clone()),
+        ("admin.admin_users", list(&config.admin.admin_users)),
+        ("admin.stats_users", list(&config.admin.stats_users)),
+    ]
+}
+
+/// SHOW CONFIG. Every key but the listen addresses takes effect on RELOAD.
+pub fn config_table(config: &Config) -> Table {
+    let defaults = Config::parse(DEFAULTS_TOML).map(|c| config_values(&c)).unwrap_or_default();
+    let mut table = Table::new(&CONFIG);
+    for (key, value) in config_values(config) {
+        // check_timeout defaults to check_interval, whatever that is.
+        let default = match key {
+            "cluster.check_timeout" => Some(duration(config.cluster.check_interval)),
+            _ => defaults.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()),
+        };
+        let changeable = if key.starts_with("listen.") { "no" } else { "yes" };
+        table.push(vec![text(key), text(value), default, text(changeable)]);
+    }
+    table
+}
+
+/// SHOW NODES: every configured node with its role (primary, replica, or
+/// unknown while unreachable or unchecked), lag, and why a node that is not
+/// the primary is out of the read set.
+pub fn nodes_table(topology: &Topology) -> Table {
+    let mut table = Table::new(&NODES);
+    for (i, node) in topology.nodes.iter().enumerate() {
+        let role = match node.role {
+            Some(Role::Primary) => "primary",
+            Some(Role::Replica) => "replica",
+            None => "unknown",
+        };
+        table.push(vec![
+            text(node.name.as_str()),
+            text(node.host.as_str()),
+            num(node.port),
+            text(role),
+            boolean(node.role.is_some()),
+            node.lag_bytes.map(|b| b.to_string()),
+            node.lag.map(|d| format!("{:.3}", d.as_secs_f64())),
+            boolean(topology.read_set.contains(&i)),
+            node.excluded.clone(),
+        ]);
+    }
+    table
+}

@@ -1,0 +1,357 @@
+//! The SHOW tables about pools and traffic, with PgBouncer's column names
+//! and order (1.18), so tools written for PgBouncer (psql habits,
+//! prometheus-community/pgbouncer_exporter) read them unchanged.
+//!
+//! PgBouncer has one pool per (database, user); pgrelay has one per (node,
+//! database, user). Every table here aggregates over the nodes, so a
+//! (database, user) appears once and an exporter never sees a label set twice.
+//! Each table is built by a pure function from plain samples, read from the
+//! running pgrelay first by the `sample_*` functions.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use super::table::{num, text, ColumnType as T, Table, Value};
+use crate::config::PoolMode;
+use crate::frontend::{ClientState, Context};
+
+/// SHOW POOLS columns, PgBouncer 1.18.
+pub const POOLS: [(&str, T); 16] = [
+    ("database", T::Text),
+    ("user", T::Text),
+    ("cl_active", T::Int4),
+    ("cl_waiting", T::Int4),
+    ("cl_active_cancel_req", T::Int4),
+    ("cl_waiting_cancel_req", T::Int4),
+    ("sv_active", T::Int4),
+    ("sv_active_cancel", T::Int4),
+    ("sv_being_canceled", T::Int4),
+    ("sv_idle", T::Int4),
+    ("sv_used", T::Int4),
+    ("sv_tested", T::Int4),
+    ("sv_login", T::Int4),
+    ("maxwait", T::Int4),
+    ("maxwait_us", T::Int4),
+    ("pool_mode", T::Text),
+];
+
+/// SHOW STATS columns, PgBouncer 1.18.
+pub const STATS: [(&str, T); 15] = [
+    ("database", T::Text),
+    ("total_xact_count", T::Numeric),
+    ("total_query_count", T::Numeric),
+    ("total_received", T::Numeric),
+    ("total_sent", T::Numeric),
+    ("total_xact_time", T::Numeric),
+    ("total_query_time", T::Numeric),
+    ("total_wait_time", T::Numeric),
+    ("avg_xact_count", T::Numeric),
+    ("avg_query_count", T::Numeric),
+    ("avg_recv", T::Numeric),
+    ("avg_sent", T::Numeric),
+    ("avg_xact_time", T::Numeric),
+    ("avg_query_time", T::Numeric),
+    ("avg_wait_time", T::Numeric),
+];
+
+/// SHOW STATS_TOTALS and SHOW STATS_AVERAGES columns, PgBouncer 1.18.
+pub const STATS_PARTS: [(&str, T); 8] = [
+    ("database", T::Text),
+    ("xact_count", T::Numeric),
+    ("query_count", T::Numeric),
+    ("bytes_received", T::Numeric),
+    ("bytes_sent", T::Numeric),
+    ("xact_time", T::Numeric),
+    ("query_time", T::Numeric),
+    ("wait_time", T::Numeric),
+];
+
+/// SHOW DATABASES columns, PgBouncer 1.18.
+pub const DATABASES: [(&str, T); 13] = [
+    ("name", T::Text),
+    ("host", T::Text),
+    ("port", T::Int4),
+    ("database", T::Text),
+    ("force_user", T::Text),
+    ("pool_size", T::Int4),
+    ("min_pool_size", T::Int4),
+    ("reserve_pool", T::Int4),
+    ("pool_mode", T::Text),
+    ("max_connections", T::Int4),
+    ("current_connections", T::Int4),
+    ("paused", T::Int4),
+    ("disabled", T::Int4),
+];
+
+/// What one (node, database, user) pool holds right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSample {
+    pub database: String,
+    pub user: String,
+    pub mode: PoolMode,
+    pub idle: usize,
+    /// Leased to clients, or being reset after one.
+    pub in_use: usize,
+}
+
+/// What one client is doing right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSample {
+    pub database: String,
+    pub user: String,
+    pub state: ClientState,
+    /// When it entered `state`.
+    pub since: Instant,
+}
+
+/// One database's traffic since start, summed over its users and nodes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsSample {
+    pub transactions: u64,
+    pub queries: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    /// Server lease time, in microseconds.
+    pub transaction_us: u64,
+    /// Time clients waited for a server, in microseconds.
+    pub wait_us: u64,
+}
+
+pub fn pool_mode_name(mode: PoolMode) -> &'static str {
+    match mode {
+        PoolMode::Transaction => "transaction",
+        PoolMode::Session => "session",
+    }
+}
+
+pub fn sample_pools(ctx: &Context) -> Vec<PoolSample> {
+    ctx.pools
+        .all()
+        .iter()
+        .map(|pool| PoolSample {
+            database: pool.key.database.clone(),
+            user: pool.key.user.clone(),
+            mode: pool.mode(),
+            idle: pool.idle_count(),
+            in_use: pool.in_use(),
+        })
+        .collect()
+}
+
+pub fn sample_clients(ctx: &Context) -> Vec<ClientSample> {
+    ctx.clients
+        .snapshot()
+        .iter()
+        .map(|client| {
+            let activity = client.activity();
+            ClientSample {
+                database: client.database.clone(),
+                user: client.user.clone(),
+                state: activity.state,
+                since: activity.since,
+            }
+        })
+        .collect()
+}
+
+/// SHOW POOLS: one row per (database, user) that has a pool or a client.
+/// cl_active counts clients holding a server, cl_waiting those waiting for
+/// one; sv_active counts leased connections, sv_idle idle ones; maxwait
+/// (seconds) and maxwait_us (the microseconds part) are the longest current wait.
+pub fn pools_table(pools: &[PoolSample], clients: &[ClientSample], default_mode: PoolMode, now: Instant) -> Table {
+    #[derive(Default)]
+    struct Row {
+        active: usize,
+        waiting: usize,
+        sv_active: usize,
+        sv_idle: usize,
+        max_wait: Duration,
+        mode: Option<PoolMode>,
+    }
+    let mut rows: BTreeMap<(&str, &str), Row> = BTreeMap::new();
+    for pool in pools {
+        let row = rows.entry((&pool.database, &pool.user)).or_default();
+        row.sv_active += pool.in_use;
+        row.sv_idle += pool.idle;
+        row.mode = Some(pool.mode);
+    }
+    for client in clients {
+        let row = rows.entry((&client.database, &client.user)).or_default();
+        match client.state {
+            ClientState::Idle => {}
+            ClientState::Active => row.active += 1,
+            ClientState::Waiting => {
+                row.waiting += 1;
+                row.max_wait = row.max_wait.max(now.saturating_duration_since(client.since));
+            }
+        }
+    }
+    let mut table = Table::new(&POOLS);
+    for ((database, user), row) in rows {
+        table.push(vec![
+            text(database),
+            text(user),
+            num(row.active),
+            num(row.waiting),
+            num(0),
+            num(0),
+            num(row.sv_active),
+            num(0),
+            num(0),
+            num(row.sv_idle),
+            num(0),
+            num(0),
+            num(0),
+            num(row.max_wait.as_secs()),
+            num(row.max_wait.subsec_micros()),
+            text(pool_mode_name(row.mode.unwrap_or(default_mode))),
+        ]);
+    }
+    table
+}
+
+/// Every database's counters, from the metrics: totals since start, which
+/// include pools a failover or reload has since closed (their series stay),
+/// so a total never drops.
+pub fn sample_stats(ctx: &Context) -> BTreeMap<String, StatsSample> {
+    ctx.metrics
+        .database_totals()
+        .into_iter()
+        .map(|(database, t)| {
+            let sample = StatsSample {
+                transactions: t.transactions,
+                queries: t.queries,
+                bytes_received: t.bytes_received,
+                bytes_sent: t.bytes_sent,
+                transaction_us: micros(t.transaction_seconds),
+                wait_us: micros(t.wait_seconds),
+            };
+            (database, sample)
+        })
+        .collect()
+}
+
+fn micros(seconds: f64) -> u64 {
+    (seconds * 1e6).round() as u64
+}
+
+/// SHOW STATS: totals since start per database. pgrelay does not time
+/// single queries (total_query_time is 0) and keeps no per-second rates,
+/// so the avg_* columns are 0: take rates of the totals instead.
+pub fn stats_table(stats: &BTreeMap<String, StatsSample>) -> Table {
+    let mut table = Table::new(&STATS);
+    for (database, s) in stats {
+        let mut row = vec![text(database.as_str())];
+        row.extend(totals(s));
+        row.extend((0..7).map(|_| num(0)));
+        table.push(row);
+    }
+    table
+}
+
+/// SHOW STATS_TOTALS: the totals of SHOW STATS.
+pub fn stats_totals_table(stats: &BTreeMap<String, StatsSample>) -> Table {
+    let mut table = Table::new(&STATS_PARTS);
+    for (database, s) in stats {
+        let mut row = vec![text(database.as_str())];
+        row.extend(totals(s));
+        table.push(row);
+    }
+    table
+}
+
+/// SHOW STATS_AVERAGES: always 0, as pgrelay keeps no per-second rates.
+pub fn stats_averages_table(stats: &BTreeMap<String, StatsSample>) -> Table {
+    let mut table = Table::new(&STATS_PARTS);
+    for database in stats.keys() {
+        let mut row = vec![text(database.as_str())];
+        row.extend((0..7).map(|_| num(0)));
+        table.push(row);
+    }
+    table
+}
+
+fn totals(s: &StatsSample) -> [Value; 7] {
+    [
+        num(s.transactions),
+        num(s.queries),
+        num(s.bytes_received),
+        num(s.bytes_sent),
+        num(s.transaction_us),
+        num(0),
+        num(s.wait_us),
+    ]
+}
+
+/// SHOW DATABASES: one row per configured database; host and port are the
+/// current primary's (NULL while there is none); current_connections counts
+/// the server connections of every node; paused is pgrelay's PAUSE.
+pub fn databases_table(ctx: &Context, pools: &[PoolSample]) -> Table {
+    let config = ctx.config();
+    let topology = ctx.cluster.load();
+    let primary = topology.primary.and_then(|i| topology.nodes.get(i));
+    let paused = i32::from(ctx.lifecycle.is_paused());
+    let mut table = Table::new(&DATABASES);
+    for database in &config.databases {
+        let connections: usize = pools.iter().filter(|p| p.database == database.name).map(|p| p.idle + p.in_use).sum();
+        let pool_size = database.pool_size.unwrap_or(config.pool.default_pool_size);
+        table.push(vec![
+            text(database.name.as_str()),
+            primary.map(|node| node.host.clone()),
+            primary.map(|node| node.port.to_string()),
+            text(database.server_dbname.as_str()),
+            None,
+            num(pool_size),
+            num(0),
+            num(0),
+            text(pool_mode_name(config.pool.mode)),
+            num(0),
+            num(connections),
+            num(paused),
+            num(0),
+        ]);
+    }
+    table
+}
+
+/// SHOW LISTS: PgBouncer's counts of its internal lists, as far as pgrelay has them.
+pub fn lists_table(ctx: &Context, pools: &[PoolSample], clients: &[ClientSample]) -> Table {
+    let config = ctx.config();
+    let pairs: BTreeSet<(&str, &str)> = pools.iter().map(|p| (p.database.as_str(), p.user.as_str())).collect();
+    let servers: usize = pools.iter().map(|p| p.idle + p.in_use).sum();
+    let counts = [
+        ("databases", config.databases.len()),
+        ("users", config.users.len()),
+        ("pools", pairs.len()),
+        ("free_clients", ctx.client_slots.available_permits()),
+        ("used_clients", clients.len()),
+        ("login_clients", 0),
+        ("free_servers", 0),
+        ("used_servers", servers),
+        ("dns_names", 0),
+        ("dns_zones", 0),
+        ("dns_queries", 0),
+        ("dns_pending", 0),
+    ];
+    let mut table = Table::new(&[("list", T::Text), ("items", T::Int4)]);
+    for (list, items) in counts {
+        table.push(vec![text(list), num(items)]);
+    }
+    table
+}
+
+/// SHOW USERS: the configured users (pool_mode NULL: none has its own).
+pub fn users_table(ctx: &Context) -> Table {
+    let mut table = Table::new(&[("name", T::Text), ("pool_mode", T::Text)]);
+    for user in &ctx.config().users {
+        table.push(vec![text(user.name.as_str()), None]);
+    }
+    table
+}
+
+/// SHOW VERSION.
+pub fn version_table() -> Table {
+    let mut table = Table::new(&[("version", T::Text)]);
+    table.push(vec![text(format!("pgrelay {}", env!("CARGO_PKG_VERSION")))]);
+    table
+}

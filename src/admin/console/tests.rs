@@ -1,0 +1,167 @@
+use std::time::{Duration, Instant};
+
+use super::command::{parse, Command, ParseError, Show};
+use super::settings;
+use super::show::{self, ClientSample, PoolSample, StatsSample};
+use crate::config::{Config, PoolMode};
+use crate::frontend::{ClientState, StopMode};
+
+#[test]
+fn commands_parse_case_insensitively_with_trailing_semicolons() {
+    let cases: &[(&str, Result<Command, ParseError>)] = &[
+        ("SHOW POOLS", Ok(Command::Show(Show::Pools))),
+        ("show pools;", Ok(Command::Show(Show::Pools))),
+        ("  Show   Stats ; ; \n", Ok(Command::Show(Show::Stats))),
+        ("SHOW stats_totals", Ok(Command::Show(Show::StatsTotals))),
+        ("show nodes", Ok(Command::Show(Show::Nodes))),
+        ("SHOW HELP", Ok(Command::Help)),
+        ("", Ok(Command::Empty)),
+        (";", Ok(Command::Empty)),
+        ("pause", Ok(Command::Pause)),
+        ("RESUME;", Ok(Command::Resume)),
+        ("PAUSE MyDb", Ok(Command::PerDatabase { command: "PAUSE", database: "MyDb".into() })),
+        ("resume app", Ok(Command::PerDatabase { command: "RESUME", database: "app".into() })),
+        ("reload", Ok(Command::Reload)),
+        ("SHUTDOWN", Ok(Command::Shutdown(StopMode::Immediate))),
+        ("shutdown wait_for_servers", Ok(Command::Shutdown(StopMode::WaitForServers))),
+        ("SHUTDOWN WAIT_FOR_CLIENTS;", Ok(Command::Shutdown(StopMode::WaitForClients))),
+        ("SHOW POOLS; SHOW STATS", Err(ParseError::MoreThanOne)),
+        ("SHOW FOO", Err(ParseError::Unknown("SHOW FOO".into()))),
+        ("select 1", Err(ParseError::Unknown("select 1".into()))),
+        ("SHUTDOWN NOW", Err(ParseError::Unknown("SHUTDOWN NOW".into()))),
+    ];
+    for (query, expected) in cases {
+        assert_eq!(&parse(query), expected, "{query:?}");
+    }
+}
+
+#[test]
+fn only_controls_need_admin_rights() {
+    assert_eq!(parse("SHOW CONFIG").map(|c| c.control_name()), Ok(None));
+    assert_eq!(parse("PAUSE").map(|c| c.control_name()), Ok(Some("PAUSE")));
+    assert_eq!(parse("PAUSE app").map(|c| c.control_name()), Ok(Some("PAUSE")));
+    assert_eq!(parse("SHUTDOWN WAIT_FOR_CLIENTS").map(|c| c.control_name()), Ok(Some("SHUTDOWN WAIT_FOR_CLIENTS")));
+    let unknown = parse("FLY").expect_err("unknown").to_string();
+    assert!(unknown.contains("SHOW POOLS|STATS") && unknown.contains("RELOAD"), "{unknown}");
+}
+
+fn pool(database: &str, user: &str, idle: usize, in_use: usize) -> PoolSample {
+    PoolSample { database: database.into(), user: user.into(), mode: PoolMode::Transaction, idle, in_use }
+}
+
+fn client(database: &str, user: &str, state: ClientState, since: Instant) -> ClientSample {
+    ClientSample { database: database.into(), user: user.into(), state, since }
+}
+
+#[test]
+fn pools_are_one_row_per_database_and_user_over_every_node() {
+    let now = Instant::now();
+    let pools = [pool("app", "alice", 2, 1), pool("app", "alice", 1, 2), pool("app", "bob", 0, 0)];
+    let clients = [
+        client("app", "alice", ClientState::Active, now),
+        client("app", "alice", ClientState::Waiting, now - Duration::from_micros(2_500_123)),
+        client("app", "alice", ClientState::Waiting, now - Duration::from_millis(10)),
+        client("app", "alice", ClientState::Idle, now),
+        client("other", "carol", ClientState::Waiting, now),
+    ];
+    let table = show::pools_table(&pools, &clients, PoolMode::Session, now);
+    assert_eq!(table.names(), show::POOLS.map(|(name, _)| name));
+    let rows: Vec<Vec<&str>> =
+        table.rows.iter().map(|r| r.iter().map(|v| v.as_deref().unwrap_or("NULL")).collect()).collect();
+    assert_eq!(
+        rows,
+        [
+            ["app", "alice", "1", "2", "0", "0", "3", "0", "0", "3", "0", "0", "0", "2", "500123", "transaction"],
+            ["app", "bob", "0", "0", "0", "0", "0", "0", "0", "0", "0", "0", "0", "0", "0", "transaction"],
+            // No pool yet: the configured mode.
+            ["other", "carol", "0", "1", "0", "0", "0", "0", "0", "0", "0", "0", "0", "0", "0", "session"],
+        ]
+    );
+}
+
+#[test]
+fn stats_have_totals_and_zero_averages() {
+    let stats = [(
+        "app".to_owned(),
+        StatsSample {
+            transactions: 7,
+            queries: 9,
+            bytes_received: 100,
+            bytes_sent: 200,
+            transaction_us: 1234,
+            wait_us: 56,
+        },
+    )]
+    .into_iter()
+    .collect();
+    let table = show::stats_table(&stats);
+    assert_eq!(table.names(), show::STATS.map(|(name, _)| name));
+    let row: Vec<&str> = table.rows[0].iter().map(|v| v.as_deref().unwrap_or("NULL")).collect();
+    assert_eq!(row, ["app", "7", "9", "100", "200", "1234", "0", "56", "0", "0", "0", "0", "0", "0", "0"]);
+    let totals = show::stats_totals_table(&stats);
+    assert_eq!(totals.rows[0].len(), 8);
+    assert_eq!(totals.rows[0][1].as_deref(), Some("7"));
+}
+
+fn config(extra: &str) -> Config {
+    Config::parse(&format!(
+        "[[nodes]]\nname = \"pg0\"\nhost = \"db\"\n\n[[users]]\nname = \"u\"\npassword = \"secret-pw\"\n\n\
+         [[databases]]\nname = \"d\"\n\n{extra}"
+    ))
+    .expect("valid config")
+}
+
+#[test]
+fn config_lists_every_setting_with_its_default_and_no_password() {
+    let config = config("[pool]\ndefault_pool_size = 7\nserver_idle_timeout = \"off\"\n\n[cluster]\npassword = \"cluster-pw\"\n\n[admin]\nadmin_users = [\"u\", \"v\"]\n");
+    let table = settings::config_table(&config);
+    assert_eq!(table.names(), ["key", "value", "default", "changeable"]);
+    let find = |key: &str| {
+        let row = table.rows.iter().find(|r| r[0].as_deref() == Some(key)).unwrap_or_else(|| panic!("{key}"));
+        row.iter().map(|v| v.clone().unwrap_or_default()).collect::<Vec<_>>()
+    };
+    assert_eq!(find("pool.default_pool_size"), ["pool.default_pool_size", "7", "20", "yes"]);
+    assert_eq!(find("pool.server_idle_timeout"), ["pool.server_idle_timeout", "off", "10m", "yes"]);
+    assert_eq!(find("pool.max_message_size"), ["pool.max_message_size", "16MB", "16MB", "yes"]);
+    assert_eq!(find("pool.query_wait_timeout")[1], "30s");
+    assert_eq!(find("listen.rw")[3], "no");
+    assert_eq!(find("admin.admin_users")[1], "u,v");
+    let everything = format!("{:?}", table.rows);
+    assert!(!everything.contains("secret-pw") && !everything.contains("cluster-pw"), "{everything}");
+    assert!(!everything.contains("password"), "{everything}");
+}
+
+#[test]
+fn nodes_show_roles_lag_and_exclusions() {
+    let config = config("");
+    let mut topology = crate::cluster::Topology::unchecked(&config);
+    let table = settings::nodes_table(&topology);
+    let row: Vec<&str> = table.rows[0].iter().map(|v| v.as_deref().unwrap_or("NULL")).collect();
+    assert_eq!(row, ["pg0", "db", "5432", "unknown", "f", "NULL", "NULL", "f", "not checked yet"]);
+    topology.nodes[0].role = Some(crate::config::Role::Replica);
+    topology.nodes[0].lag_bytes = Some(42);
+    topology.nodes[0].lag = Some(Duration::from_millis(1500));
+    topology.nodes[0].excluded = None;
+    topology.read_set = vec![0];
+    let table = settings::nodes_table(&topology);
+    let row: Vec<&str> = table.rows[0].iter().map(|v| v.as_deref().unwrap_or("NULL")).collect();
+    assert_eq!(row, ["pg0", "db", "5432", "replica", "t", "42", "1.500", "t", "NULL"]);
+}
+
+#[test]
+fn a_table_encodes_as_row_description_data_rows_and_show() {
+    use super::table::{num, ColumnType, Table};
+    let mut table = Table::new(&[("a", ColumnType::Text), ("b", ColumnType::Int4)]);
+    table.push(vec![None, num(5)]);
+    let mut out = bytes::BytesMut::new();
+    table.encode(&mut out);
+    let mut tags = Vec::new();
+    let mut rest = out.clone();
+    while let Ok(Some(message)) = crate::wire::split_message(&mut rest, 1024) {
+        tags.push(message[0]);
+    }
+    assert_eq!(tags, b"TDC");
+    // The DataRow: 2 columns, NULL (-1), then "5".
+    let data_row = &out[out.len() - 26..out.len() - 10];
+    assert_eq!(data_row, [b'D', 0, 0, 0, 15, 0, 2, 255, 255, 255, 255, 0, 0, 0, 1, b'5']);
+}
