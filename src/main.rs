@@ -112,14 +112,15 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
 /// reloads, SIGUSR1 / SIGUSR2 pause / resume. A second stop signal during a
 /// drain stops at once.
 async fn run(path: &std::path::Path) -> anyhow::Result<()> {
-    let app = App::start_from(path).await?;
-    let ctx = app.context().clone();
+    // Installed first: from here on a signal is never the default "terminate".
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut quit = signal(SignalKind::quit())?;
     let mut hangup = signal(SignalKind::hangup())?;
     let mut pause = signal(SignalKind::user_defined1())?;
     let mut resume = signal(SignalKind::user_defined2())?;
+    let app = App::start_from(path).await?;
+    let ctx = app.context().clone();
     let mode = loop {
         tokio::select! {
             _ = terminate.recv() => break StopMode::WaitForClients,

@@ -145,3 +145,16 @@ pub fn ports(nodes: &[&NodeHandle]) -> Vec<u16> {
 pub async fn bounded<T>(what: &str, limit: Duration, work: impl Future<Output = T>) -> T {
     tokio::time::timeout(limit, work).await.unwrap_or_else(|_| panic!("{what}: not within {limit:?}"))
 }
+
+/// What a write load saw (the failover and switchover tests).
+#[derive(Default)]
+pub struct Load {
+    pub stop: std::sync::atomic::AtomicBool,
+    pub next_id: std::sync::atomic::AtomicUsize,
+    pub attempted: std::sync::atomic::AtomicUsize,
+    pub failed: std::sync::atomic::AtomicUsize,
+    pub failed_logins: std::sync::atomic::AtomicUsize,
+    /// (id, when acknowledged, the server port that acknowledged it)
+    pub acked: std::sync::Mutex<Vec<(i64, Instant, u16)>>,
+    pub errors: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}

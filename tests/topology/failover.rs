@@ -4,30 +4,18 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgrelay::localcluster::StopMode;
 
-use crate::common::{self, blocking, config, psql, read_set, wait_topology, CHECK_INTERVAL};
+use crate::common::{self, blocking, config, psql, read_set, wait_topology, Load, CHECK_INTERVAL};
 use crate::support::relay::{self, scalar};
 
 const WRITERS: usize = 4;
 /// Slack on top of 2 × check_interval for a loaded 2-core machine.
 const SLACK: Duration = Duration::from_millis(1500);
-
-/// What the load saw.
-#[derive(Default)]
-struct Load {
-    stop: AtomicBool,
-    next_id: AtomicUsize,
-    failed: AtomicUsize,
-    failed_logins: AtomicUsize,
-    /// (id, when acknowledged, the server port that acknowledged it)
-    acked: Mutex<Vec<(i64, Instant, u16)>>,
-    errors: Mutex<BTreeSet<String>>,
-}
 
 /// One writer: autocommit inserts in a loop, reconnecting after a lost connection.
 async fn writer(addr: SocketAddr, load: Arc<Load>) {

@@ -15,3 +15,4 @@ mod lag;
 mod patroni;
 mod replicas;
 mod split_brain;
+mod switchover;

@@ -177,8 +177,8 @@ impl Session {
         let tracker = &lease.conn().tracker;
         match mode {
             StopMode::Immediate => true,
-            StopMode::WaitForServers => tracker.is_idle(),
-            StopMode::WaitForClients => tracker.is_idle() && tracker.tx_status() == wire::TxStatus::Idle,
+            StopMode::WaitForServers => tracker.at_sync_point(),
+            StopMode::WaitForClients => tracker.is_idle(),
         }
     }
 
