@@ -42,6 +42,8 @@ use crate::pool::Pools;
 pub struct Context {
     /// Replaced as a whole by a reload; see [`Context::config`].
     config: ArcSwap<Config>,
+    /// `pool.max_message_size` of `config`, read on every client read.
+    max_message_size: std::sync::atomic::AtomicUsize,
     users: ArcSwap<UserDb>,
     /// The file a reload reads, when pgrelay was started from one.
     pub config_path: Option<PathBuf>,
@@ -81,6 +83,7 @@ impl Context {
         let shutdown = CancellationToken::new();
         Arc::new(Context {
             client_slots: Arc::new(Semaphore::new(config.pool.max_client_conn)),
+            max_message_size: config.pool.max_message_size.into(),
             config: ArcSwap::new(config),
             users: ArcSwap::from_pointee(users),
             config_path,
@@ -104,6 +107,17 @@ impl Context {
     /// The configuration in force (a reload replaces it; hold the guard briefly).
     pub fn config(&self) -> Guard<Arc<Config>> {
         self.config.load()
+    }
+
+    /// The largest message a client may send, per the configuration in force.
+    pub fn max_message_size(&self) -> usize {
+        self.max_message_size.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Replaces the configuration in force.
+    fn store_config(&self, config: Arc<Config>) {
+        self.max_message_size.store(config.pool.max_message_size, std::sync::atomic::Ordering::Relaxed);
+        self.config.store(config);
     }
 
     /// The configured users in force.

@@ -203,7 +203,7 @@ impl Session {
         let want_client_read = server_out < HIGH_WATER;
         let want_server_read = self.out.len() < HIGH_WATER;
         if want_client_read {
-            let max = self.ctx.config().pool.max_message_size + 5;
+            let max = self.ctx.max_message_size() + 5;
             self.cbuf.reserve(self.client_read_size.max(Frame::needed(&self.cbuf)).min(max));
         }
         let Session { client, cbuf, out, lease, stop_signal, stopping, .. } = self;
@@ -283,7 +283,7 @@ impl Session {
     }
 
     async fn handle_client_messages(&mut self) -> Result<(), SessionError> {
-        let max = self.ctx.config().pool.max_message_size;
+        let max = self.ctx.max_message_size();
         while let Some(frame) = Frame::peek(&self.cbuf, max)? {
             if frame.tag == tag::TERMINATE {
                 self.terminated = true;
