@@ -40,7 +40,8 @@ pub struct ServerLink {
 #[derive(Debug, Clone)]
 pub struct ClientActivity {
     pub state: ClientState,
-    /// When `state` was entered.
+    /// When the client last asked for a server connection (its request
+    /// time; while waiting, the start of the wait).
     pub since: Instant,
     pub server: Option<ServerLink>,
 }
@@ -72,14 +73,12 @@ impl ClientEntry {
     pub fn set_active(&self, server: ServerLink) {
         let mut activity = self.activity.lock().expect("client lock");
         activity.state = ClientState::Active;
-        activity.since = Instant::now();
         activity.server = Some(server);
     }
 
     pub fn set_idle(&self) {
         let mut activity = self.activity.lock().expect("client lock");
         activity.state = ClientState::Idle;
-        activity.since = Instant::now();
         activity.server = None;
     }
 }

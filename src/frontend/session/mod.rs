@@ -12,7 +12,7 @@ use std::task::Poll;
 
 use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
-use tokio_util::sync::WaitForCancellationFutureOwned;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 mod statements;
 
@@ -80,9 +80,11 @@ pub struct Session {
     /// Why this client keeps its server connection until it disconnects.
     pinned: Option<SessionStateEffect>,
     terminated: bool,
-    /// Resolves when pgrelay starts draining, then (once seen) when it shuts
-    /// down; registered once per session, not per wait.
-    stop_signal: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Fires when pgrelay starts draining, then (once seen) when it shuts down.
+    stop_signal: Signal,
+    /// Fires when the pool of the leased connection is closed (fenced): kept
+    /// across leases of the same pool, so it is registered once, not per transaction.
+    fence: Option<(Arc<Pool>, Signal)>,
     /// A drain has begun: the session ends at its next boundary.
     stopping: bool,
     /// This client's entry in the registry the admin console lists.
@@ -109,7 +111,8 @@ impl Session {
         Session {
             _connected: GaugeGuard::new(&metrics.connected),
             metrics,
-            stop_signal: Box::pin(ctx.lifecycle.draining().clone().cancelled_owned()),
+            stop_signal: Signal::new(ctx.lifecycle.draining().clone()),
+            fence: None,
             stopping: false,
             registered,
             span,
@@ -150,7 +153,7 @@ impl Session {
                 Event::Writable => {}
                 Event::Drain => {
                     self.stopping = true;
-                    self.stop_signal = Box::pin(self.ctx.shutdown.clone().cancelled_owned());
+                    self.stop_signal = Signal::new(self.ctx.shutdown.clone());
                 }
                 Event::Shutdown => return Err(SessionError::Shutdown),
                 Event::Fenced => {
@@ -206,26 +209,35 @@ impl Session {
             let max = self.ctx.max_message_size() + 5;
             self.cbuf.reserve(self.client_read_size.max(Frame::needed(&self.cbuf)).min(max));
         }
-        let Session { client, cbuf, out, lease, stop_signal, stopping, .. } = self;
-        let (closed, server) = match lease.as_mut().map(Lease::split_mut) {
-            Some((closed, conn)) => (Some(closed), Some(conn)),
-            None => (None, None),
-        };
-        let fenced = async {
-            match closed {
-                Some(closed) => closed.await,
-                None => std::future::pending().await,
+        if let Some(lease) = &self.lease {
+            if !self.fence.as_ref().is_some_and(|(pool, _)| Arc::ptr_eq(pool, lease.pool())) {
+                self.fence = Some((lease.pool().clone(), Signal::new(lease.pool().closed_token())));
             }
-        };
-        let io = poll_io(client, cbuf, want_client_read, !out.is_empty(), server, want_server_read);
-        let event = tokio::select! {
-            // IO first: the two signals are only polled when the session is
-            // about to wait, which keeps their bookkeeping off the busy path.
-            biased;
-            event = io => event,
-            _ = stop_signal.as_mut() => Ok(if *stopping { Event::Shutdown } else { Event::Drain }),
-            _ = fenced => Ok(Event::Fenced),
-        };
+        }
+        let Session { ctx, client, cbuf, out, lease, stop_signal, fence, stopping, .. } = self;
+        let mut server = lease.as_mut().map(|l| l.conn_mut());
+        let client_has_out = !out.is_empty();
+        let event = std::future::poll_fn(|cx| {
+            // IO first: the signals are only looked at when the session is about to wait.
+            let io =
+                poll_io(cx, client, cbuf, want_client_read, client_has_out, server.as_deref_mut(), want_server_read);
+            if io.is_ready() {
+                return io;
+            }
+            // A drain is announced by drain_mode before the token fires; once
+            // stopping, the signal is the shutdown token, always looked at.
+            let may_stop = *stopping || ctx.lifecycle.drain_mode().is_some();
+            if stop_signal.poll(cx, may_stop).is_ready() {
+                return Poll::Ready(Ok(if *stopping { Event::Shutdown } else { Event::Drain }));
+            }
+            if let (Some(_), Some((pool, signal))) = (server.as_ref(), fence.as_mut()) {
+                if signal.poll(cx, pool.is_closed()).is_ready() {
+                    return Poll::Ready(Ok(Event::Fenced));
+                }
+            }
+            Poll::Pending
+        })
+        .await;
         match event {
             Err(SessionError::ServerClosed { .. }) => {
                 let node = self.lease.as_ref().map(|l| l.pool().key.node.clone()).unwrap_or_default();
@@ -500,18 +512,42 @@ impl Session {
     }
 }
 
+/// A cancellation signal the relay loop looks at only when a cheap flag
+/// says it may have fired. Polling a registered `Notified` takes a lock, and
+/// the loop waits twice per transaction; the first poll registers the
+/// task's waker, which stays registered, so later polls can be skipped.
+struct Signal {
+    future: Pin<Box<WaitForCancellationFutureOwned>>,
+    registered: bool,
+}
+
+impl Signal {
+    fn new(token: CancellationToken) -> Signal {
+        Signal { future: Box::pin(token.cancelled_owned()), registered: false }
+    }
+
+    fn poll(&mut self, cx: &mut std::task::Context<'_>, may_have_fired: bool) -> Poll<()> {
+        if self.registered && !may_have_fired {
+            return Poll::Pending;
+        }
+        self.registered = true;
+        std::future::Future::poll(self.future.as_mut(), cx)
+    }
+}
+
 /// Polls the client and (when leased) the server socket: reads into their
 /// buffers when wanted, and reports write readiness when bytes are waiting.
-fn poll_io<'a>(
-    client: &'a mut TcpStream,
-    cbuf: &'a mut BytesMut,
+fn poll_io(
+    cx: &mut std::task::Context<'_>,
+    client: &mut TcpStream,
+    cbuf: &mut BytesMut,
     read_client: bool,
     client_has_out: bool,
-    mut server: Option<&'a mut ServerConn>,
+    server: Option<&mut ServerConn>,
     read_server: bool,
-) -> impl std::future::Future<Output = Result<Event, SessionError>> + 'a {
-    std::future::poll_fn(move |cx| {
-        if let Some(conn) = server.as_deref_mut() {
+) -> Poll<Result<Event, SessionError>> {
+    {
+        if let Some(conn) = server {
             if read_server {
                 conn.rbuf.reserve(READ_CHUNK.max(Frame::needed(&conn.rbuf)));
                 match poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.rbuf) {
@@ -536,5 +572,5 @@ fn poll_io<'a>(
             return Poll::Ready(Ok(Event::Writable));
         }
         Poll::Pending
-    })
+    }
 }
