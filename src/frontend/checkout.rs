@@ -10,7 +10,7 @@ use super::Context;
 use crate::auth::UserEntry;
 use crate::backend::ServerTarget;
 use crate::cluster::{NodeStatus, Topology, Wait};
-use crate::config::Database;
+use crate::config::{Database, RoFallback};
 use crate::pool::Pool;
 use crate::router::{self, ListenerKind, RouteError, RouteInput};
 
@@ -45,11 +45,12 @@ pub async fn pause_before_retry(deadline: tokio::time::Instant) {
 pub async fn route_waiting(
     ctx: &Context,
     listener: ListenerKind,
+    fallback: RoFallback,
     deadline: tokio::time::Instant,
 ) -> Result<(Arc<Topology>, usize), SessionError> {
     let decide = |topology: &Arc<Topology>| {
         let tick = ctx.round_robin.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        match router::route(RouteInput { listener, tick }, ctx.config().routing.ro_fallback, topology) {
+        match router::route(RouteInput { listener, tick }, fallback, topology) {
             Ok(node) => Ok((topology.clone(), node)),
             Err(e @ RouteError::NoPrimary(_)) => Err(Wait::Retry(e)),
             Err(e) => Err(Wait::Fail(e)),

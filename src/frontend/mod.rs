@@ -42,8 +42,9 @@ use crate::pool::Pools;
 pub struct Context {
     /// Replaced as a whole by a reload; see [`Context::config`].
     config: ArcSwap<Config>,
-    /// `pool.max_message_size` of `config`, read on every client read.
-    max_message_size: std::sync::atomic::AtomicUsize,
+    /// Advances with every reload, so a session can keep its own snapshot
+    /// of `config` and look at one atomic instead of loading it each time.
+    config_generation: std::sync::atomic::AtomicU64,
     users: ArcSwap<UserDb>,
     /// The file a reload reads, when pgrelay was started from one.
     pub config_path: Option<PathBuf>,
@@ -83,7 +84,7 @@ impl Context {
         let shutdown = CancellationToken::new();
         Arc::new(Context {
             client_slots: Arc::new(Semaphore::new(config.pool.max_client_conn)),
-            max_message_size: config.pool.max_message_size.into(),
+            config_generation: 0.into(),
             config: ArcSwap::new(config),
             users: ArcSwap::from_pointee(users),
             config_path,
@@ -109,15 +110,22 @@ impl Context {
         self.config.load()
     }
 
-    /// The largest message a client may send, per the configuration in force.
-    pub fn max_message_size(&self) -> usize {
-        self.max_message_size.load(std::sync::atomic::Ordering::Relaxed)
+    /// How many times the configuration was replaced.
+    pub fn config_generation(&self) -> u64 {
+        self.config_generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The configuration in force with its generation (read first, so a
+    /// reload in between is seen again at the next look, never missed).
+    pub fn config_snapshot(&self) -> (u64, Arc<Config>) {
+        let generation = self.config_generation();
+        (generation, self.config.load_full())
     }
 
     /// Replaces the configuration in force.
     fn store_config(&self, config: Arc<Config>) {
-        self.max_message_size.store(config.pool.max_message_size, std::sync::atomic::Ordering::Relaxed);
         self.config.store(config);
+        self.config_generation.fetch_add(1, std::sync::atomic::Ordering::Release);
     }
 
     /// The configured users in force.

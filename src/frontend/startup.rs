@@ -237,9 +237,12 @@ async fn server_params(
     if let Some(params) = ctx.pools.server_params_for(&database.name, &user.name) {
         return Ok(params);
     }
-    let deadline = tokio::time::Instant::now() + ctx.config().pool.query_wait_timeout;
+    let config = ctx.config();
+    let (fallback, deadline) =
+        (config.routing.ro_fallback, tokio::time::Instant::now() + config.pool.query_wait_timeout);
+    drop(config);
     loop {
-        let (topology, node) = route_waiting(ctx, listener, deadline).await?;
+        let (topology, node) = route_waiting(ctx, listener, fallback, deadline).await?;
         let pool = pool_for(ctx, &topology.nodes[node], database, user);
         if let Some(params) = pool.server_params() {
             return Ok(params);

@@ -91,8 +91,19 @@ pub fn session_state_effect(sql: &[u8]) -> Option<SessionStateEffect> {
         b"declare" if contains_ci(rest, b"with hold", 0) => Some(SessionStateEffect::HoldCursor),
         _ => None,
     };
-    effect.or_else(|| {
-        (contains_ci(sql, b"pg_advisory_lock", 5) || contains_ci(sql, b"pg_try_advisory_lock", 9))
-            .then_some(SessionStateEffect::AdvisoryLock)
+    effect.or_else(|| takes_session_advisory_lock(sql).then_some(SessionStateEffect::AdvisoryLock))
+}
+
+/// Whether `sql` calls `pg_advisory_lock` or `pg_try_advisory_lock` (the
+/// `_xact_` variants end with the transaction): one memchr pass for the
+/// 'v' of "advisory_lock", then a look at what precedes it.
+fn takes_session_advisory_lock(sql: &[u8]) -> bool {
+    const NEEDLE: &[u8] = b"advisory_lock";
+    memchr::memchr2_iter(b'v', b'V', sql).any(|pos| {
+        let Some(start) = pos.checked_sub(2) else { return false };
+        let called = sql.get(start..start + NEEDLE.len()).is_some_and(|w| w.eq_ignore_ascii_case(NEEDLE));
+        let prefixed =
+            |prefix: &[u8]| start.checked_sub(prefix.len()).is_some_and(|p| sql[p..start].eq_ignore_ascii_case(prefix));
+        called && (prefixed(b"pg_") || prefixed(b"pg_try_"))
     })
 }

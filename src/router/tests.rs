@@ -109,6 +109,8 @@ fn recognises_session_state() {
         ("select 'dvisory_lock' || 'v'", None),
         ("vv", None),
         ("select pg_advisory_xact_lock(1)", None),
+        ("select my_advisory_lock(1)", None),
+        ("select PG_TRY_ADVISORY_LOCK_SHARED(2)", Some(AdvisoryLock)),
         ("create temp table t (a int)", Some(TempTable)),
         ("create table t (a int)", None),
         ("declare c cursor with hold for select 1", Some(HoldCursor)),

@@ -28,7 +28,7 @@ use super::Context;
 use crate::auth::UserEntry;
 use crate::backend::{Expect, Origin, ServerConn, Synthetic, Verdict};
 use crate::cluster::NodeStatus;
-use crate::config::{Database, PoolMode, SessionStatePolicy};
+use crate::config::{Config, Database, PoolMode, SessionStatePolicy};
 use crate::metrics::{ClientMetrics, ErrorOrigin, GaugeGuard};
 use crate::pool::{Lease, Pool, PoolError};
 use crate::router::{self, ListenerKind, SessionStateEffect};
@@ -67,6 +67,8 @@ pub struct Session {
     database: Database,
     settings: Arc<Vec<(String, String)>>,
     cancel: CancelHandle,
+    /// The configuration this session last looked at, with its generation.
+    config: (u64, Arc<Config>),
     /// Bytes read from the client, not yet handled.
     cbuf: BytesMut,
     /// How much room the next client read gets (grows with the client's batches).
@@ -112,6 +114,7 @@ impl Session {
             _connected: GaugeGuard::new(&metrics.connected),
             metrics,
             stop_signal: Signal::new(ctx.lifecycle.draining().clone()),
+            config: ctx.config_snapshot(),
             fence: None,
             stopping: false,
             registered,
@@ -171,6 +174,14 @@ impl Session {
         Ok(())
     }
 
+    /// The configuration in force: this session's snapshot, renewed after a reload.
+    fn config(&mut self) -> &Config {
+        if self.config.0 != self.ctx.config_generation() {
+            self.config = self.ctx.config_snapshot();
+        }
+        &self.config.1
+    }
+
     /// Whether the drain in progress may end this session now: between
     /// transactions (SIGTERM), or when no server is working for it (SIGINT;
     /// an open transaction is rolled back when the connection is reset).
@@ -206,7 +217,7 @@ impl Session {
         let want_client_read = server_out < HIGH_WATER;
         let want_server_read = self.out.len() < HIGH_WATER;
         if want_client_read {
-            let max = self.ctx.max_message_size() + 5;
+            let max = self.config().pool.max_message_size + 5;
             self.cbuf.reserve(self.client_read_size.max(Frame::needed(&self.cbuf)).min(max));
         }
         if let Some(lease) = &self.lease {
@@ -295,7 +306,7 @@ impl Session {
     }
 
     async fn handle_client_messages(&mut self) -> Result<(), SessionError> {
-        let max = self.ctx.max_message_size();
+        let max = self.config().pool.max_message_size;
         while let Some(frame) = Frame::peek(&self.cbuf, max)? {
             if frame.tag == tag::TERMINATE {
                 self.terminated = true;
@@ -331,9 +342,12 @@ impl Session {
                     _ = self.ctx.lifecycle.wait_resumed() => deadline = None,
                 }
             }
-            let deadline = *deadline
-                .get_or_insert_with(|| tokio::time::Instant::now() + self.ctx.config().pool.query_wait_timeout);
-            let (topology, node) = route_waiting(&self.ctx, self.listener, deadline).await?;
+            let (wait, fallback) = {
+                let config = self.config();
+                (config.pool.query_wait_timeout, config.routing.ro_fallback)
+            };
+            let deadline = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + wait);
+            let (topology, node) = route_waiting(&self.ctx, self.listener, fallback, deadline).await?;
             let pool = self.pool_for_node(&topology.nodes[node]);
             let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
             let waiting = GaugeGuard::new(&self.metrics.waiting);
@@ -402,7 +416,7 @@ impl Session {
         match msg_tag {
             tag::QUERY => {
                 if let Some(effect) = router::session_state_effect(body) {
-                    let config = self.ctx.config();
+                    let config = self.config();
                     if config.pool.session_state == SessionStatePolicy::Refuse
                         && config.pool.mode == PoolMode::Transaction
                     {
