@@ -86,7 +86,8 @@ pub struct Tracker {
     tx: TxStatus,
     copy: CopyState,
     /// Server-side names of the statements prepared on this connection.
-    prepared: HashSet<Arc<str>>,
+    /// foldhash (randomly seeded): looked up on every Bind.
+    prepared: HashSet<Arc<str>, foldhash::fast::RandomState>,
 }
 
 impl Default for Tracker {
@@ -97,7 +98,7 @@ impl Default for Tracker {
             batch_open: false,
             tx: TxStatus::Idle,
             copy: CopyState::None,
-            prepared: HashSet::new(),
+            prepared: HashSet::default(),
         }
     }
 }
