@@ -32,7 +32,7 @@ impl Statement {
 /// Server-side names by statement definition, for the whole process.
 #[derive(Debug, Default)]
 pub struct StatementRegistry {
-    by_definition: Mutex<HashMap<Bytes, Arc<Statement>>>,
+    by_definition: Mutex<HashMap<Bytes, Arc<Statement>, foldhash::fast::RandomState>>,
     next_id: AtomicU64,
 }
 

@@ -24,14 +24,14 @@ struct Slot {
 
 #[derive(Debug)]
 pub struct CancelRegistry {
-    slots: Mutex<HashMap<u32, Arc<Slot>>>,
+    slots: Mutex<HashMap<u32, Arc<Slot>, foldhash::fast::RandomState>>,
     next_pid: AtomicU32,
 }
 
 impl Default for CancelRegistry {
     fn default() -> Self {
         CancelRegistry {
-            slots: Mutex::new(HashMap::new()),
+            slots: Mutex::new(HashMap::default()),
             next_pid: AtomicU32::new(rand::thread_rng().gen_range(1..1 << 30)),
         }
     }

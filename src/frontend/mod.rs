@@ -138,7 +138,8 @@ impl Context {
 /// connection that already has them is recognised by pointer, not by value.
 #[derive(Debug, Default)]
 pub struct SettingsInterner {
-    known: std::sync::Mutex<std::collections::HashMap<ClientSettings, Arc<ClientSettings>>>,
+    known:
+        std::sync::Mutex<std::collections::HashMap<ClientSettings, Arc<ClientSettings>, foldhash::fast::RandomState>>,
 }
 
 /// A client's startup settings as (name, value), sorted by name.

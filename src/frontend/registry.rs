@@ -14,7 +14,7 @@ use crate::router::ListenerKind;
 #[derive(Debug, Default)]
 pub struct ClientRegistry {
     next_id: AtomicU64,
-    clients: Mutex<HashMap<u64, Arc<ClientEntry>>>,
+    clients: Mutex<HashMap<u64, Arc<ClientEntry>, foldhash::fast::RandomState>>,
 }
 
 /// What a client is doing.

@@ -333,7 +333,7 @@ impl Drop for Lease {
 /// All pools, created on first use.
 #[derive(Debug, Default)]
 pub struct Pools {
-    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+    pools: Mutex<HashMap<PoolKey, Arc<Pool>, foldhash::fast::RandomState>>,
 }
 
 impl Pools {
