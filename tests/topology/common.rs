@@ -158,3 +158,26 @@ pub struct Load {
     pub acked: std::sync::Mutex<Vec<(i64, Instant, u16)>>,
     pub errors: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
+
+impl Load {
+    /// One autocommit insert of the next id into `table`, recording the
+    /// acknowledgement (with the answering server's port) or the error.
+    /// Returns whether the connection is still open.
+    pub async fn insert_next(&self, client: &tokio_postgres::Client, table: &str) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let id = self.next_id.fetch_add(1, Relaxed) as i64;
+        self.attempted.fetch_add(1, Relaxed);
+        let sql = format!("insert into {table} (id) values ($1) returning inet_server_port()");
+        match client.query_one(&sql, &[&id]).await {
+            Ok(row) => {
+                let port: i32 = row.get(0);
+                self.acked.lock().expect("acked").push((id, Instant::now(), port as u16));
+            }
+            Err(e) => {
+                self.failed.fetch_add(1, Relaxed);
+                self.errors.lock().expect("errors").insert(relay::message(&e));
+            }
+        }
+        !client.is_closed()
+    }
+}

@@ -32,20 +32,8 @@ async fn writer(addr: SocketAddr, load: Arc<Load>) {
             }
             continue;
         };
-        let id = load.next_id.fetch_add(1, Ordering::Relaxed) as i64;
-        let sql = "insert into failover_t (id) values ($1) returning inet_server_port()";
-        match live.query_one(sql, &[&id]).await {
-            Ok(row) => {
-                let port: i32 = row.get(0);
-                load.acked.lock().expect("acked").push((id, Instant::now(), port as u16));
-            }
-            Err(e) => {
-                load.failed.fetch_add(1, Ordering::Relaxed);
-                load.errors.lock().expect("errors").insert(relay::message(&e));
-                if live.is_closed() {
-                    client = None;
-                }
-            }
+        if !load.insert_next(live, "failover_t").await {
+            client = None;
         }
     }
 }

@@ -37,21 +37,8 @@ async fn writer(addr: SocketAddr, load: Arc<Load>) {
         if load.stop.load(Ordering::Relaxed) || started.elapsed() > MAX_LOAD_TIME {
             return;
         }
-        let id = load.next_id.fetch_add(1, Ordering::Relaxed) as i64;
-        load.attempted.fetch_add(1, Ordering::Relaxed);
-        let sql = "insert into switchover_t (id) values ($1) returning inet_server_port()";
-        match client.query_one(sql, &[&id]).await {
-            Ok(row) => {
-                let port: i32 = row.get(0);
-                load.acked.lock().expect("acked").push((id, Instant::now(), port as u16));
-            }
-            Err(e) => {
-                load.failed.fetch_add(1, Ordering::Relaxed);
-                load.errors.lock().expect("errors").insert(relay::message(&e));
-                if client.is_closed() {
-                    return;
-                }
-            }
+        if !load.insert_next(&client, "switchover_t").await {
+            return;
         }
     }
 }
