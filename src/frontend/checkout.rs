@@ -64,6 +64,7 @@ pub async fn route_waiting(
     }
     tokio::select! {
         _ = ctx.shutdown.cancelled() => Err(SessionError::Shutdown),
-        routed = ctx.cluster.wait_for(deadline, decide) => Ok(routed?),
+        // Boxed: only a client that waits for a primary needs this state.
+        routed = Box::pin(ctx.cluster.wait_for(deadline, decide)) => Ok(routed?),
     }
 }

@@ -108,7 +108,7 @@ async fn handle_client(ctx: Arc<Context>, mut stream: TcpStream, peer: SocketAdd
         listener: kind,
         application_name: parts.application_name().to_owned(),
     });
-    let mut session = Session::new(ctx.clone(), stream, kind, parts, buf, span.clone(), registered);
+    let mut session = Box::new(Session::new(ctx.clone(), stream, kind, parts, buf, span.clone(), registered));
     let result = session.run().await;
     let poison = matches!(
         result,

@@ -143,7 +143,9 @@ impl Pool {
             Err(tokio::sync::TryAcquireError::Closed) => return Err(PoolError::Closed),
             Err(tokio::sync::TryAcquireError::NoPermits) => {
                 let since = Instant::now();
-                match tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await {
+                // Boxed: a timer is large, and only a real wait needs one; inline,
+                // it would be part of every client task's size.
+                match Box::pin(tokio::time::timeout(wait, self.permits.clone().acquire_owned())).await {
                     Ok(Ok(permit)) => (permit, Some(since)),
                     Ok(Err(_)) => return Err(PoolError::Closed),
                     Err(_) => return Err(PoolError::Timeout(wait)),
