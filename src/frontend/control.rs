@@ -147,13 +147,20 @@ impl Context {
 /// Whether a pool built under `old` is still what `new` would build.
 fn pool_unchanged(pool: &Pool, old: &Config, new: &Config) -> bool {
     let key = &pool.key;
-    let node = |c: &Config| c.nodes.iter().find(|n| n.name == key.node).map(|n| (n.host.clone(), n.port));
-    let user = |c: &Config| c.users.iter().find(|u| u.name == key.user).cloned();
-    let database = |c: &Config| c.databases.iter().find(|d| d.name == key.database).cloned();
-    same(node(old), node(new))
-        && same(user(old), user(new))
-        && same(database(old), database(new))
-        && database(new).is_some_and(|db| pool.settings() == &pool_settings(new, &db))
+    fn node<'c>(c: &'c Config, name: &str) -> Option<(&'c str, u16)> {
+        c.nodes.iter().find(|n| n.name == name).map(|n| (n.host.as_str(), n.port))
+    }
+    fn user<'c>(c: &'c Config, name: &str) -> Option<&'c crate::config::User> {
+        c.users.iter().find(|u| u.name == name)
+    }
+    fn database<'c>(c: &'c Config, name: &str) -> Option<&'c crate::config::Database> {
+        c.databases.iter().find(|d| d.name == name)
+    }
+    let new_database = database(new, &key.database);
+    same(node(old, &key.node), node(new, &key.node))
+        && same(user(old, &key.user), user(new, &key.user))
+        && same(database(old, &key.database), new_database)
+        && new_database.is_some_and(|db| pool.settings() == &pool_settings(new, db))
         && old.pool.server_connect_timeout == new.pool.server_connect_timeout
 }
 

@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument, Span};
 
 use super::error::SessionError;
-use super::registry::NewClient;
+use super::registry::ClientInfo;
 use super::session::Session;
 use super::startup::{login, Login};
 use super::Context;
@@ -100,7 +100,7 @@ async fn handle_client(ctx: Arc<Context>, mut stream: TcpStream, peer: SocketAdd
     };
     ctx.metrics.login(LoginResult::Ok);
     tracing::info!(parent: &span, user = %parts.user.name, database = %parts.database.name, "client logged in");
-    let registered = ctx.clients.register(NewClient {
+    let registered = ctx.clients.register(ClientInfo {
         peer,
         local: stream.local_addr().ok(),
         user: parts.user.name.clone(),

@@ -18,7 +18,7 @@ pub use error::SessionError;
 pub use lifecycle::{Lifecycle, StopMode};
 pub use listener::serve;
 pub use registry::{ClientActivity, ClientEntry, ClientRegistry, ClientState, ServerLink};
-pub use startup::{AdminLogin, ADMIN_DATABASES};
+pub use startup::{application_name, AdminLogin, ADMIN_DATABASES};
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;

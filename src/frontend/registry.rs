@@ -49,12 +49,7 @@ pub struct ClientActivity {
 #[derive(Debug)]
 pub struct ClientEntry {
     pub id: u64,
-    pub peer: SocketAddr,
-    pub local: Option<SocketAddr>,
-    pub user: String,
-    pub database: String,
-    pub listener: ListenerKind,
-    pub application_name: String,
+    pub info: ClientInfo,
     pub connected_at: SystemTime,
     activity: Mutex<ClientActivity>,
 }
@@ -83,9 +78,9 @@ impl ClientEntry {
     }
 }
 
-/// Who registers: everything about a client that does not change.
+/// Everything about a client that does not change while it is connected.
 #[derive(Debug)]
-pub struct NewClient {
+pub struct ClientInfo {
     pub peer: SocketAddr,
     pub local: Option<SocketAddr>,
     pub user: String,
@@ -96,16 +91,11 @@ pub struct NewClient {
 
 impl ClientRegistry {
     /// Adds a client; it stays listed until the returned guard is dropped.
-    pub fn register(self: &Arc<Self>, client: NewClient) -> Registered {
+    pub fn register(self: &Arc<Self>, info: ClientInfo) -> Registered {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let entry = Arc::new(ClientEntry {
             id,
-            peer: client.peer,
-            local: client.local,
-            user: client.user,
-            database: client.database,
-            listener: client.listener,
-            application_name: client.application_name,
+            info,
             connected_at: SystemTime::now(),
             activity: Mutex::new(ClientActivity { state: ClientState::Idle, since: Instant::now(), server: None }),
         });
@@ -165,7 +155,7 @@ mod tests {
     #[test]
     fn clients_are_listed_while_registered() {
         let registry = Arc::new(ClientRegistry::default());
-        let new = |user: &str| NewClient {
+        let new = |user: &str| ClientInfo {
             peer: "127.0.0.1:40000".parse().expect("addr"),
             local: None,
             user: user.into(),
@@ -177,7 +167,7 @@ mod tests {
         let bob = registry.register(new("bob"));
         alice.set_waiting();
         assert_eq!(alice.activity().state, ClientState::Waiting);
-        let names: Vec<String> = registry.snapshot().iter().map(|c| c.user.clone()).collect();
+        let names: Vec<String> = registry.snapshot().iter().map(|c| c.info.user.clone()).collect();
         assert_eq!(names, ["alice", "bob"]);
         drop(alice);
         assert_eq!(registry.len(), 1);

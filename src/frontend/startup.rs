@@ -35,8 +35,13 @@ pub struct LoginParts {
 
 impl LoginParts {
     pub fn application_name(&self) -> &str {
-        self.settings.iter().find(|(k, _)| k == "application_name").map_or("", |(_, v)| v.as_str())
+        application_name(&self.settings)
     }
+}
+
+/// The `application_name` among a client's startup settings ("" when unset).
+pub fn application_name(settings: &[(String, String)]) -> &str {
+    settings.iter().find(|(k, _)| k == "application_name").map_or("", |(_, v)| v.as_str())
 }
 
 /// The databases that name the admin console instead of a database.

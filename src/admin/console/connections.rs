@@ -94,7 +94,7 @@ pub fn servers_table(ctx: &Context, clock: &Clock) -> Table {
             text(format!("c:{}", client.id)),
             num(link.pid),
             text(""),
-            text(client.application_name.as_str()),
+            text(client.info.application_name.as_str()),
         ]);
     }
     let mut pools = ctx.pools.all();
@@ -144,13 +144,13 @@ pub fn clients_table(ctx: &Context, clock: &Clock, now: Instant) -> Table {
         let link = activity.server.as_ref().filter(|_| activity.state == ClientState::Active);
         table.push(vec![
             text("C"),
-            text(client.user.as_str()),
-            text(client.database.as_str()),
+            text(client.info.user.as_str()),
+            text(client.info.database.as_str()),
             text(state),
-            ip(Some(client.peer)),
-            port(Some(client.peer)),
-            ip(client.local),
-            port(client.local),
+            ip(Some(client.info.peer)),
+            port(Some(client.info.peer)),
+            ip(client.info.local),
+            port(client.info.local),
             clock.wall_time(client.connected_at),
             clock.at(activity.since),
             num(wait.as_secs()),
@@ -160,7 +160,7 @@ pub fn clients_table(ctx: &Context, clock: &Clock, now: Instant) -> Table {
             text(link.map(server_ptr).unwrap_or_default()),
             num(0),
             text(""),
-            text(client.application_name.as_str()),
+            text(client.info.application_name.as_str()),
         ]);
     }
     table

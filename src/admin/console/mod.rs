@@ -112,8 +112,7 @@ impl Console {
     /// AuthenticationOk and the rest of the welcome (login sent nothing after authentication).
     fn welcome(&self, out: &mut BytesMut) {
         wire::put_auth_ok(out);
-        let application_name =
-            self.login.settings.iter().find(|(k, _)| k == "application_name").map_or("", |(_, v)| v.as_str());
+        let application_name = crate::frontend::application_name(&self.login.settings);
         let server_version = self.server_version();
         let params: [(&str, &str); 7] = [
             ("server_version", &server_version),

@@ -145,8 +145,8 @@ pub fn sample_clients(ctx: &Context) -> Vec<ClientSample> {
         .map(|client| {
             let activity = client.activity();
             ClientSample {
-                database: client.database.clone(),
-                user: client.user.clone(),
+                database: client.info.database.clone(),
+                user: client.info.user.clone(),
                 state: activity.state,
                 since: activity.since,
             }
