@@ -114,7 +114,7 @@ fn split_all(buf: &[u8]) -> usize {
 /// output buffer. Returns the messages forwarded.
 fn relay_once(tracker: &mut Tracker, expects: &[Expect], server: &[u8], out: &mut BytesMut) -> usize {
     for expect in expects {
-        tracker.sent(expect.clone(), Origin::Client);
+        tracker.sent(expect.clone(), Origin::Client).expect("no COPY in progress");
     }
     let mut offset = 0;
     let mut forwarded = 0;
@@ -133,8 +133,13 @@ fn relay_once(tracker: &mut Tracker, expects: &[Expect], server: &[u8], out: &mu
 }
 
 const SIMPLE: &[Expect] = &[Expect::Query];
-const EXTENDED: &[Expect] =
-    &[Expect::Parse { registers: None }, Expect::Bind, Expect::DescribePortal, Expect::Execute, Expect::Sync];
+const EXTENDED: &[Expect] = &[
+    Expect::Parse { registers: None, client_name: None },
+    Expect::Bind { statement: None },
+    Expect::DescribePortal,
+    Expect::Execute,
+    Expect::Sync,
+];
 
 fn bench_frames(c: &mut Criterion) {
     let mut group = c.benchmark_group("frame_peek");
@@ -155,7 +160,7 @@ fn bench_tracker(c: &mut Criterion) {
         ("simple_select_1000_rows", SIMPLE, query_response(1000)),
     ];
     for (name, expects, server) in &cases {
-        let mut tracker = Tracker::default();
+        let mut tracker = Tracker::new(200);
         let mut out = BytesMut::with_capacity(server.len() * 2);
         let messages = split_all(server);
         group.throughput(Throughput::Elements(messages as u64));
@@ -204,7 +209,7 @@ fn report_allocations() {
         ("simple select, 1000 rows", SIMPLE, query_response(1000)),
     ];
     for (name, expects, server) in &cases {
-        let mut tracker = Tracker::default();
+        let mut tracker = Tracker::new(200);
         let mut out = BytesMut::with_capacity(server.len() * 2);
         relay_once(&mut tracker, expects, server, &mut out);
         const ROUNDS: usize = 10_000;

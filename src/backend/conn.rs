@@ -1,5 +1,7 @@
-//! One server connection: startup, authentication, and the small amount of
-//! request/response handling pgrelay does on its own behalf (reset queries).
+//! One server connection: startup, authentication, and its protocol state.
+//! The connection owns its write buffer and expected-response queue: every
+//! request goes through [`ServerConn::send`] and friends, which record the
+//! answer it is owed, so nothing can be written without being accounted for.
 
 use std::io;
 use std::net::SocketAddr;
@@ -10,7 +12,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::tracker::{Expect, Origin, Tracker};
+use super::tracker::{CopyInterleaved, Expect, Origin, Synthetic, Tracker, Verdict};
+use super::Statement;
 use crate::auth::scram::{ScramClient, MECHANISM};
 use crate::auth::{md5, AuthError, ServerCredentials};
 use crate::wire::{self, backend as tag, ErrorFields, Frame, WireError};
@@ -39,6 +42,9 @@ pub enum BackendError {
     Server(ErrorFields),
     #[error("server did not answer within {0:?}")]
     Timeout(Duration),
+    /// The connection's protocol state is unknown or unusable.
+    #[error("{0}")]
+    Abandoned(&'static str),
 }
 
 impl BackendError {
@@ -55,7 +61,10 @@ impl BackendError {
             | BackendError::Timeout(_) => true,
             // 08: connection exceptions; 57: shutting down, cannot connect now.
             BackendError::Server(fields) => fields.code.starts_with("08") || fields.code.starts_with("57"),
-            BackendError::Protocol(_) | BackendError::Auth(_) | BackendError::UnsupportedAuth(_) => false,
+            BackendError::Protocol(_)
+            | BackendError::Auth(_)
+            | BackendError::UnsupportedAuth(_)
+            | BackendError::Abandoned(_) => false,
         }
     }
 }
@@ -71,6 +80,8 @@ pub struct ServerTarget {
     pub database: String,
     pub credentials: Arc<crate::auth::UserEntry>,
     pub connect_timeout: Duration,
+    /// Shared statements kept prepared per connection (max_prepared_statements).
+    pub max_prepared: usize,
 }
 
 /// The server's BackendKeyData, needed to cancel its queries.
@@ -80,6 +91,9 @@ pub struct BackendKey {
     pub secret: u32,
 }
 
+/// A client's startup settings as (name, value), sorted by name.
+pub type ClientSettings = Vec<(String, String)>;
+
 /// A live, authenticated server connection.
 #[derive(Debug)]
 pub struct ServerConn {
@@ -88,15 +102,15 @@ pub struct ServerConn {
     /// Bytes read from the server, not yet handled.
     pub rbuf: BytesMut,
     /// Bytes waiting to be written to the server.
-    pub wbuf: BytesMut,
-    pub tracker: Tracker,
+    wbuf: BytesMut,
+    tracker: Tracker,
     pub key: BackendKey,
     /// ParameterStatus values reported at startup, as (name, value).
     pub startup_params: ServerParams,
-    /// The client settings last applied with SET (None: the connection's defaults).
-    pub applied: Option<Arc<Vec<(String, String)>>>,
+    /// The client settings last applied (None: the connection's defaults).
+    applied: Option<Arc<ClientSettings>>,
     /// A client changed a setting itself; reset everything before the next client.
-    pub settings_dirty: bool,
+    settings_dirty: bool,
     pub created: Instant,
     pub last_used: Instant,
 }
@@ -126,7 +140,7 @@ impl ServerConn {
             addr,
             rbuf: BytesMut::with_capacity(8192),
             wbuf: BytesMut::with_capacity(8192),
-            tracker: Tracker::default(),
+            tracker: Tracker::new(target.max_prepared),
             key: BackendKey { pid: 0, secret: 0 },
             startup_params: Arc::new(Vec::new()),
             applied: None,
@@ -247,8 +261,7 @@ impl ServerConn {
     /// connection at a sync point and waits until they finish without error.
     pub async fn run_reset(&mut self, queries: &[&str]) -> Result<(), BackendError> {
         for q in queries {
-            wire::put_query(&mut self.wbuf, q);
-            self.tracker.sent(Expect::Query, Origin::InjectedSetup);
+            self.send_built(Expect::Query, Origin::InjectedSetup, |b| wire::put_query(b, q)).map_err(copy_error)?;
         }
         match self.finish_pending().await? {
             Some(fields) => Err(BackendError::Server(fields)),
@@ -260,15 +273,11 @@ impl ServerConn {
     /// reads until the server owes nothing, discarding what it says. Returns
     /// the last error the server reported on the way.
     pub async fn finish_pending(&mut self) -> Result<Option<ErrorFields>, BackendError> {
-        if self.tracker.copy_state() != super::CopyState::None {
-            return Err(BackendError::Server(ErrorFields {
-                message: "connection abandoned during COPY".into(),
-                ..Default::default()
-            }));
+        if self.tracker.copy_state() != super::CopyState::None || self.tracker.client_copy_open() {
+            return Err(BackendError::Abandoned("connection abandoned during COPY"));
         }
         if self.tracker.batch_open() {
-            wire::put_sync(&mut self.wbuf);
-            self.tracker.sent(Expect::Sync, Origin::InjectedSetup);
+            self.send_built(Expect::Sync, Origin::InjectedSetup, wire::put_sync).map_err(copy_error)?;
         }
         self.stream.write_all(&self.wbuf).await?;
         self.wbuf.clear();
@@ -278,8 +287,197 @@ impl ServerConn {
             if msg[0] == tag::ERROR_RESPONSE {
                 failed = Some(ErrorFields::parse(&msg[5..]));
             }
-            self.tracker.on_server_message(msg[0], &msg[5..]);
+            if let Verdict::Desync(reason) = self.tracker.on_server_message(msg[0], &msg[5..]) {
+                return Err(BackendError::Abandoned(reason));
+            }
         }
         Ok(failed)
     }
+
+    /// The connection's protocol state, to look at.
+    pub fn tracker(&self) -> &Tracker {
+        &self.tracker
+    }
+
+    /// Queues `msg` for the server, recording the answer it is owed.
+    #[inline]
+    pub fn send(&mut self, msg: &[u8], expect: Expect, origin: Origin) -> Result<(), CopyInterleaved> {
+        self.tracker.sent(expect, origin)?;
+        self.wbuf.extend_from_slice(msg);
+        Ok(())
+    }
+
+    /// Queues a message pgrelay builds, recording the answer it is owed.
+    pub fn send_built(
+        &mut self,
+        expect: Expect,
+        origin: Origin,
+        build: impl FnOnce(&mut BytesMut),
+    ) -> Result<(), CopyInterleaved> {
+        self.tracker.sent(expect, origin)?;
+        build(&mut self.wbuf);
+        Ok(())
+    }
+
+    /// Makes sure the shared statement exists on this connection, preparing
+    /// it first when it does not; closes what that evicts. Returns whether a
+    /// Parse was queued.
+    pub fn prepare(
+        &mut self,
+        stmt: &Arc<Statement>,
+        origin: Origin,
+        client_name: Option<Bytes>,
+    ) -> Result<bool, CopyInterleaved> {
+        if self.tracker.client_copy_open() {
+            return Err(CopyInterleaved);
+        }
+        if self.tracker.prepared().touch(&stmt.server_name) {
+            return Ok(false);
+        }
+        let name = stmt.server_name.clone();
+        if self.tracker.prepared().is_uncertain() {
+            // It may exist after all: a Close of a missing statement is no error.
+            self.send_built(Expect::Close { closes: None }, Origin::Injected, |b| {
+                wire::put_statement_op(b, wire::frontend::CLOSE, name.as_bytes())
+            })?;
+        }
+        let evicted = self.tracker.prepared().insert(name.clone());
+        self.send_built(Expect::Parse { registers: Some(stmt.clone()), client_name }, origin, |b| {
+            wire::put_parse_renamed(b, name.as_bytes(), stmt.definition())
+        })?;
+        if let Some(old) = evicted {
+            self.send_built(Expect::Close { closes: Some(old.clone()) }, Origin::Injected, |b| {
+                wire::put_statement_op(b, wire::frontend::CLOSE, old.as_bytes())
+            })?;
+        }
+        Ok(true)
+    }
+
+    /// Whether the shared statement is prepared here.
+    pub fn has_statement(&self, stmt: &Statement) -> bool {
+        self.tracker.is_prepared(&stmt.server_name)
+    }
+
+    /// Forgets a shared statement the client's own command deallocates.
+    pub fn forget_statement(&mut self, server_name: &str) {
+        self.tracker.prepared().remove(server_name);
+    }
+
+    /// Client statement names whose Parse did not happen after all.
+    pub fn take_undone_parses(&mut self) -> Option<Vec<Bytes>> {
+        self.tracker.take_undone_parses()
+    }
+
+    /// The connection's settings are no longer the client's (DISCARD ALL).
+    pub fn settings_reset(&mut self) {
+        self.settings_dirty = true;
+    }
+
+    /// The client ran something that may have deallocated statements.
+    pub fn statements_uncertain(&mut self) {
+        self.tracker.prepared().make_uncertain();
+    }
+
+    /// Queues an answer pgrelay gives itself, in order with the server's.
+    pub fn synthetic(&mut self, answer: Synthetic, out: &mut BytesMut) {
+        self.tracker.synthetic(answer, out);
+    }
+
+    /// Accounts for one server message (see [`Tracker::on_server_message`]).
+    #[inline]
+    pub fn on_server_message(&mut self, msg_tag: u8, body: &[u8]) -> Verdict {
+        let verdict = self.tracker.on_server_message(msg_tag, body);
+        if verdict == Verdict::Relay && msg_tag == tag::PARAMETER_STATUS {
+            // The client changed a reported setting itself.
+            self.settings_dirty = true;
+        }
+        verdict
+    }
+
+    /// Emits the synthetic answers now due (after relaying a server message).
+    #[inline]
+    pub fn emit_synthetic(&mut self, out: &mut BytesMut) {
+        self.tracker.emit_synthetic(out);
+    }
+
+    /// Bytes queued for the server, not yet written.
+    #[inline]
+    pub fn pending_write(&self) -> usize {
+        self.wbuf.len()
+    }
+
+    /// Writes what the socket takes now.
+    pub fn try_flush(&mut self) -> io::Result<()> {
+        while !self.wbuf.is_empty() {
+            match self.stream.try_write(&self.wbuf) {
+                Ok(n) => self.wbuf.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Nothing owed, nothing buffered, no transaction: another client may have it.
+    #[inline]
+    pub fn is_clean(&self) -> bool {
+        self.tracker.is_idle() && self.rbuf.is_empty() && self.wbuf.is_empty()
+    }
+
+    /// DISCARD ALL ran: no statements, no settings of any client.
+    pub fn discarded(&mut self) {
+        self.tracker.prepared().reset();
+        self.applied = None;
+        self.settings_dirty = false;
+    }
+
+    /// Brings the connection to the client's startup settings, answers
+    /// swallowed. Values travel as parameters of `set_config($1, $2, false)`,
+    /// never as SQL text, so no value can be read as SQL whatever the
+    /// connection's string settings are.
+    pub fn apply_settings(&mut self, wanted: &Arc<ClientSettings>) -> Result<(), CopyInterleaved> {
+        if !self.settings_dirty && self.applied.as_ref().is_some_and(|a| Arc::ptr_eq(a, wanted)) {
+            return Ok(());
+        }
+        let current = if self.settings_dirty { None } else { self.applied.clone() };
+        let current = current.as_deref().map_or(&[][..], |c| &c[..]);
+        let mut resets = String::new();
+        if self.settings_dirty {
+            resets.push_str("RESET ALL;");
+        }
+        for (name, _) in current.iter().filter(|(name, _)| !wanted.iter().any(|(n, _)| n == name)) {
+            resets.push_str(&format!("RESET {};", quote_ident(name)));
+        }
+        if !resets.is_empty() {
+            self.send_built(Expect::Query, Origin::InjectedSetup, |b| wire::put_query(b, &resets))?;
+        }
+        let changed: Vec<&(String, String)> =
+            wanted.iter().filter(|(name, value)| !current.iter().any(|(n, v)| n == name && v == value)).collect();
+        if !changed.is_empty() {
+            const TEXT: u32 = 25;
+            let sql = "SELECT pg_catalog.set_config($1, $2, false)";
+            self.send_built(Expect::Parse { registers: None, client_name: None }, Origin::InjectedSetup, |b| {
+                wire::put_parse(b, b"", sql, &[TEXT, TEXT])
+            })?;
+            for (name, value) in changed {
+                self.send_built(Expect::Bind { statement: None }, Origin::InjectedSetup, |b| {
+                    wire::put_bind_text(b, b"", b"", &[name.as_bytes(), value.as_bytes()])
+                })?;
+                self.send_built(Expect::Execute, Origin::InjectedSetup, |b| wire::put_execute(b, b""))?;
+            }
+            self.send_built(Expect::Sync, Origin::InjectedSetup, wire::put_sync)?;
+        }
+        self.applied = Some(wanted.clone());
+        self.settings_dirty = false;
+        Ok(())
+    }
+}
+
+/// An identifier in double quotes (unaffected by standard_conforming_strings).
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn copy_error(_: CopyInterleaved) -> BackendError {
+    BackendError::Abandoned("connection abandoned during COPY")
 }

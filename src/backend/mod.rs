@@ -2,11 +2,13 @@
 //! reported at startup, and track each connection's protocol state.
 
 mod conn;
+mod server_statements;
 mod statements;
 #[cfg(test)]
 mod tests;
 pub mod tracker;
 
-pub use conn::{BackendError, BackendKey, ServerConn, ServerParams, ServerTarget};
-pub use statements::{Statement, StatementRegistry};
-pub use tracker::{CopyState, Expect, Origin, Synthetic, Tracker, Verdict};
+pub use conn::{BackendError, BackendKey, ClientSettings, ServerConn, ServerParams, ServerTarget};
+pub use server_statements::ServerStatements;
+pub use statements::{Statement, StatementContext, StatementRegistry};
+pub use tracker::{CopyInterleaved, CopyState, Expect, Origin, Synthetic, Tracker, Verdict};

@@ -1,25 +1,53 @@
-//! Server-side prepared statements shared by all clients: one server name per
-//! distinct statement (query text + parameter types), prepared lazily on each
+//! Server-side prepared statements shared between clients: one server name
+//! per distinct (statement context, definition), prepared lazily on each
 //! server connection that needs it.
+//!
+//! A statement's meaning depends on the session that parses it (search_path
+//! resolves its tables, and the parameter types PostgreSQL infers follow
+//! from them), so statements are shared only between clients whose
+//! *context* is the same: the same startup settings, and no settings
+//! changed by the client itself (the session gives such a client a private
+//! context). The registry holds statements weakly: a statement lives as long
+//! as a client refers to it, so the registry is bounded by the clients'
+//! own statement maps. Server names are random, so no client can guess
+//! another's statement and deallocate or replace it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
+
+/// Clients with the same context may share statements.
+pub type StatementContext = u64;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    context: StatementContext,
+    /// The Parse body after the name: query text and parameter types.
+    definition: Bytes,
+}
+
+type Entries = Mutex<HashMap<Key, Weak<Statement>, foldhash::fast::RandomState>>;
 
 /// A statement as the servers know it.
 #[derive(Debug)]
 pub struct Statement {
     pub server_name: Arc<str>,
-    /// The Parse body after the name: query text and parameter types.
-    pub definition: Bytes,
+    key: Key,
     /// A server has accepted this definition (answered ParseComplete), so a
     /// client's Parse of it can be answered without asking a server again.
     validated: AtomicBool,
+    /// The registry it is listed in, to unlist it when the last client lets go.
+    registry: Weak<Entries>,
 }
 
 impl Statement {
+    /// The Parse body after the name: query text and parameter types.
+    pub fn definition(&self) -> &Bytes {
+        &self.key.definition
+    }
+
     pub fn is_validated(&self) -> bool {
         self.validated.load(Ordering::Relaxed)
     }
@@ -27,37 +55,65 @@ impl Statement {
     pub fn mark_validated(&self) {
         self.validated.store(true, Ordering::Relaxed);
     }
+
+    /// Takes this statement out of sharing: the next client to prepare its
+    /// text gets a new statement under a new name. For a statement the
+    /// server can no longer run as prepared (its result type changed, a type
+    /// it used was dropped); clients holding it keep getting the server's
+    /// error, as they would on a direct connection, until they prepare it again.
+    pub fn retire(&self) {
+        let Some(entries) = self.registry.upgrade() else { return };
+        let mut entries = entries.lock().expect("statement registry lock");
+        if entries.get(&self.key).is_some_and(|w| std::ptr::eq(w.as_ptr(), self)) {
+            entries.remove(&self.key);
+        }
+    }
 }
 
-/// Server-side names by statement definition, for the whole process.
+impl Drop for Statement {
+    fn drop(&mut self) {
+        // Only this statement's own entry: a retired one may have been replaced.
+        self.retire();
+    }
+}
+
+/// The statements clients refer to right now, for the whole process.
 #[derive(Debug, Default)]
 pub struct StatementRegistry {
-    by_definition: Mutex<HashMap<Bytes, Arc<Statement>, foldhash::fast::RandomState>>,
-    next_id: AtomicU64,
+    entries: Arc<Entries>,
 }
 
 impl StatementRegistry {
-    pub fn intern(&self, definition: &[u8]) -> Arc<Statement> {
-        let mut map = self.by_definition.lock().expect("statement registry lock");
-        if let Some(stmt) = map.get(definition) {
-            return stmt.clone();
+    /// The shared statement for `definition` in `context`, created (with a
+    /// new random server name) when no client refers to one.
+    pub fn intern(&self, context: StatementContext, definition: &[u8]) -> Arc<Statement> {
+        let mut entries = self.entries.lock().expect("statement registry lock");
+        let key = Key { context, definition: Bytes::copy_from_slice(definition) };
+        if let Some(stmt) = entries.get(&key).and_then(Weak::upgrade) {
+            // Returned, never dropped here: its Drop takes this lock.
+            return stmt;
         }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let definition = Bytes::copy_from_slice(definition);
         let stmt = Arc::new(Statement {
-            server_name: format!("pgrelay_{id}").into(),
-            definition: definition.clone(),
+            server_name: random_name().into(),
+            key: key.clone(),
             validated: AtomicBool::new(false),
+            registry: Arc::downgrade(&self.entries),
         });
-        map.insert(definition, stmt.clone());
+        entries.insert(key, Arc::downgrade(&stmt));
         stmt
     }
 
+    /// Statements some client refers to.
     pub fn len(&self) -> usize {
-        self.by_definition.lock().expect("statement registry lock").len()
+        self.entries.lock().expect("statement registry lock").len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// `pgrelay_` and 64 random bits: unguessable, and unique in practice.
+fn random_name() -> String {
+    format!("pgrelay_{:016x}", rand::random::<u64>())
 }

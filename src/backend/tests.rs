@@ -1,7 +1,7 @@
 //! The expected-response queue, driven with the message sequences a real
 //! server sends.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use super::statements::StatementRegistry;
 use super::tracker::{CopyState, Expect, Origin, Synthetic, Tracker, Verdict};
@@ -24,16 +24,30 @@ fn feed(tracker: &mut Tracker, out: &mut BytesMut, server: &str) -> Vec<Verdict>
         .collect()
 }
 
+fn send(tracker: &mut Tracker, expect: Expect, origin: Origin) {
+    tracker.sent(expect, origin).expect("accepted");
+}
+
+/// A shared statement recorded as prepared, the way the connection sends a Parse.
+fn parse_shared(tracker: &mut Tracker, stmt: &std::sync::Arc<super::Statement>, origin: Origin) {
+    assert!(tracker.prepared().insert(stmt.server_name.clone()).is_none());
+    send(
+        tracker,
+        Expect::Parse { registers: Some(stmt.clone()), client_name: Some(Bytes::from_static(b"s1")) },
+        origin,
+    );
+}
+
 fn extended(tracker: &mut Tracker, origin: Origin) {
-    tracker.sent(Expect::Parse { registers: None }, origin);
-    tracker.sent(Expect::Bind, origin);
-    tracker.sent(Expect::Execute, origin);
-    tracker.sent(Expect::Sync, origin);
+    send(tracker, Expect::Parse { registers: None, client_name: None }, origin);
+    send(tracker, Expect::Bind { statement: None }, origin);
+    send(tracker, Expect::Execute, origin);
+    send(tracker, Expect::Sync, origin);
 }
 
 #[test]
 fn pipelined_syncs_are_answered_in_order() {
-    let mut t = Tracker::default();
+    let mut t = Tracker::new(200);
     let mut out = BytesMut::new();
     extended(&mut t, Origin::Client);
     extended(&mut t, Origin::Client);
@@ -46,19 +60,21 @@ fn pipelined_syncs_are_answered_in_order() {
 
 #[test]
 fn an_error_skips_the_rest_of_the_batch() {
-    let mut t = Tracker::default();
+    let mut t = Tracker::new(200);
     let mut out = BytesMut::new();
-    let stmt = StatementRegistry::default().intern(b"select 1/0\0\0\0");
+    let registry = StatementRegistry::default();
+    let stmt = registry.intern(0, b"select 1/0\0\0\0");
     let name = stmt.server_name.clone();
-    t.sent(Expect::Parse { registers: Some(stmt.clone()) }, Origin::Client);
-    t.sent(Expect::Bind, Origin::Client);
-    t.sent(Expect::Execute, Origin::Client);
-    t.sent(Expect::Sync, Origin::Client);
+    parse_shared(&mut t, &stmt, Origin::Client);
+    send(&mut t, Expect::Bind { statement: None }, Origin::Client);
+    send(&mut t, Expect::Execute, Origin::Client);
+    send(&mut t, Expect::Sync, Origin::Client);
     extended(&mut t, Origin::Client);
     assert!(t.is_prepared(&name));
     feed(&mut t, &mut out, "E ZI");
     assert!(!t.is_prepared(&name), "the failed Parse created nothing");
     assert!(!stmt.is_validated());
+    assert_eq!(t.take_undone_parses(), Some(vec![Bytes::from_static(b"s1")]), "the client's name is undone");
     assert_eq!(t.pending_ready(), 1);
     feed(&mut t, &mut out, "1 2 D C ZI");
     assert!(t.is_idle());
@@ -66,28 +82,28 @@ fn an_error_skips_the_rest_of_the_batch() {
 
 #[test]
 fn messages_sent_after_an_error_but_before_sync_expect_nothing() {
-    let mut t = Tracker::default();
+    let mut t = Tracker::new(200);
     let mut out = BytesMut::new();
-    t.sent(Expect::Parse { registers: None }, Origin::Client);
-    t.sent(Expect::Bind, Origin::Client);
+    send(&mut t, Expect::Parse { registers: None, client_name: None }, Origin::Client);
+    send(&mut t, Expect::Bind { statement: None }, Origin::Client);
     // Flush: the error arrives while the batch is still open.
     feed(&mut t, &mut out, "E");
-    t.sent(Expect::Execute, Origin::Client);
-    t.synthetic(Synthetic::ParseComplete, &mut out);
+    send(&mut t, Expect::Execute, Origin::Client);
+    t.synthetic(Synthetic::ParseComplete(Bytes::from_static(b"s2")), &mut out);
     assert!(out.is_empty(), "a synthetic answer for a skipped message is never sent");
-    t.sent(Expect::Sync, Origin::Client);
+    send(&mut t, Expect::Sync, Origin::Client);
     feed(&mut t, &mut out, "ZI");
     assert!(t.is_idle());
 }
 
 #[test]
 fn synthetic_answers_wait_for_what_is_ahead_of_them() {
-    let mut t = Tracker::default();
+    let mut t = Tracker::new(200);
     let mut out = BytesMut::new();
-    t.sent(Expect::Parse { registers: None }, Origin::Client);
-    t.synthetic(Synthetic::ParseComplete, &mut out);
+    send(&mut t, Expect::Parse { registers: None, client_name: None }, Origin::Client);
+    t.synthetic(Synthetic::ParseComplete(Bytes::from_static(b"s2")), &mut out);
     assert!(out.is_empty(), "must follow the real ParseComplete");
-    t.sent(Expect::Sync, Origin::Client);
+    send(&mut t, Expect::Sync, Origin::Client);
     let verdicts = feed(&mut t, &mut out, "1");
     assert_eq!(verdicts, [Verdict::Relay]);
     assert_eq!(&out[..], b"1\0\0\0\x04", "emitted right after the server's answer");
@@ -97,57 +113,58 @@ fn synthetic_answers_wait_for_what_is_ahead_of_them() {
 
 #[test]
 fn injected_requests_are_swallowed_and_client_ones_relayed() {
-    let mut t = Tracker::default();
+    let mut t = Tracker::new(200);
     let mut out = BytesMut::new();
-    t.sent(Expect::Query, Origin::InjectedSetup);
-    let stmt = StatementRegistry::default().intern(b"select 1\0\0\0");
-    t.sent(Expect::Parse { registers: Some(stmt.clone()) }, Origin::InjectedParse);
-    t.sent(Expect::Bind, Origin::Client);
-    t.sent(Expect::Execute, Origin::Client);
-    t.sent(Expect::Sync, Origin::Client);
-    let verdicts = feed(&mut t, &mut out, "S T D C ZI 1 2 D C ZI");
+    send(&mut t, Expect::Query, Origin::InjectedSetup);
+    let registry = StatementRegistry::default();
+    let stmt = registry.intern(0, b"select 1\0\0\0");
+    parse_shared(&mut t, &stmt, Origin::Injected);
+    send(&mut t, Expect::Bind { statement: None }, Origin::Client);
+    send(&mut t, Expect::Execute, Origin::Client);
+    send(&mut t, Expect::Sync, Origin::Client);
+    let verdicts = feed(&mut t, &mut out, "S C ZI 1 2 D C ZI");
     use Verdict::{Relay, Swallow};
-    assert_eq!(verdicts, [Swallow, Swallow, Swallow, Swallow, Swallow, Swallow, Relay, Relay, Relay, Relay]);
+    assert_eq!(verdicts, [Swallow, Swallow, Swallow, Swallow, Relay, Relay, Relay, Relay]);
     assert!(stmt.is_validated() && t.is_prepared(&stmt.server_name));
 }
 
 #[test]
 fn a_failed_setup_query_is_reported() {
-    let mut t = Tracker::default();
+    let mut t = Tracker::new(200);
     let mut out = BytesMut::new();
-    t.sent(Expect::Query, Origin::InjectedSetup);
-    t.sent(Expect::Query, Origin::Client);
+    send(&mut t, Expect::Query, Origin::InjectedSetup);
+    send(&mut t, Expect::Query, Origin::Client);
     assert_eq!(feed(&mut t, &mut out, "E"), [Verdict::SetupFailed]);
 }
 
 #[test]
 fn transaction_and_copy_state_follow_the_server() {
-    let mut t = Tracker::default();
+    let mut t = Tracker::new(200);
     let mut out = BytesMut::new();
-    t.sent(Expect::Query, Origin::Client);
+    send(&mut t, Expect::Query, Origin::Client);
     feed(&mut t, &mut out, "C ZT");
     assert_eq!(t.tx_status(), TxStatus::InTransaction);
     assert!(!t.is_idle() && t.at_sync_point());
-    t.sent(Expect::Query, Origin::Client);
+    send(&mut t, Expect::Query, Origin::Client);
     feed(&mut t, &mut out, "G");
     assert_eq!(t.copy_state(), CopyState::In);
     assert!(!t.at_sync_point());
     feed(&mut t, &mut out, "C ZT");
     assert_eq!(t.copy_state(), CopyState::None);
-    t.sent(Expect::Query, Origin::Client);
+    send(&mut t, Expect::Query, Origin::Client);
     feed(&mut t, &mut out, "E ZE");
     assert_eq!(t.tx_status(), TxStatus::Failed);
-    t.sent(Expect::Query, Origin::Client);
+    send(&mut t, Expect::Query, Origin::Client);
     feed(&mut t, &mut out, "C ZI");
     assert!(t.is_idle());
 }
 
 #[test]
 fn describe_statement_waits_for_row_description() {
-    let mut t = Tracker::default();
+    let mut t = Tracker::new(200);
     let mut out = BytesMut::new();
-    t.sent(Expect::DescribeStatement { got_parameters: false }, Origin::Client);
-    t.sent(Expect::Sync, Origin::Client);
+    send(&mut t, Expect::DescribeStatement { got_parameters: false }, Origin::Client);
+    send(&mut t, Expect::Sync, Origin::Client);
     feed(&mut t, &mut out, "t");
     assert_eq!(t.pending_ready(), 1);
     feed(&mut t, &mut out, "n ZI");
@@ -157,18 +174,18 @@ fn describe_statement_waits_for_row_description() {
 #[test]
 fn syncs_pipelined_into_copy_in_are_ignored_like_the_server_does() {
     // tokio-postgres: Bind Execute Sync, then CopyData.. CopyDone Sync.
-    let mut t = Tracker::default();
+    let mut t = Tracker::new(200);
     let mut out = BytesMut::new();
-    t.sent(Expect::Bind, Origin::Client);
-    t.sent(Expect::Execute, Origin::Client);
-    t.sent(Expect::Sync, Origin::Client);
+    send(&mut t, Expect::Bind { statement: None }, Origin::Client);
+    send(&mut t, Expect::Execute, Origin::Client);
+    send(&mut t, Expect::Sync, Origin::Client);
     feed(&mut t, &mut out, "2 G");
     assert_eq!(t.pending_ready(), 0, "the server ignores that Sync");
     assert!(t.batch_open(), "the batch stays open until a Sync after CopyDone");
-    t.sent(Expect::Sync, Origin::Client);
+    send(&mut t, Expect::Sync, Origin::Client);
     assert_eq!(t.pending_ready(), 0, "a Sync during COPY IN is ignored too");
-    t.sent(Expect::CopyEnd, Origin::Client);
-    t.sent(Expect::Sync, Origin::Client);
+    send(&mut t, Expect::CopyEnd, Origin::Client);
+    send(&mut t, Expect::Sync, Origin::Client);
     assert_eq!(t.pending_ready(), 1);
     feed(&mut t, &mut out, "C ZI");
     assert!(t.is_idle());
@@ -176,17 +193,17 @@ fn syncs_pipelined_into_copy_in_are_ignored_like_the_server_does() {
 
 #[test]
 fn copy_in_by_simple_query_with_copy_done_already_sent() {
-    let mut t = Tracker::default();
+    let mut t = Tracker::new(200);
     let mut out = BytesMut::new();
-    t.sent(Expect::Query, Origin::Client);
-    t.sent(Expect::CopyEnd, Origin::Client);
-    t.sent(Expect::Query, Origin::Client);
+    send(&mut t, Expect::Query, Origin::Client);
+    send(&mut t, Expect::CopyEnd, Origin::Client);
+    send(&mut t, Expect::Query, Origin::Client);
     feed(&mut t, &mut out, "G C ZI");
     assert_eq!(t.pending_ready(), 1);
     feed(&mut t, &mut out, "C ZI");
     assert!(t.is_idle());
     // A stray CopyDone after a failed COPY expects nothing.
-    t.sent(Expect::CopyEnd, Origin::Client);
+    send(&mut t, Expect::CopyEnd, Origin::Client);
     assert!(t.is_idle());
 }
 
@@ -205,4 +222,145 @@ fn only_passing_connect_failures_are_retried() {
     assert!(!server("28P01").is_transient(), "a wrong password does not pass by waiting");
     assert!(!server("3D000").is_transient(), "nor does an unknown database");
     assert!(!BackendError::UnsupportedAuth(7).is_transient());
+}
+
+/// An ErrorResponse body with severity, SQLSTATE and message.
+fn error_body(severity: &str, code: &str, message: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (field, value) in [(b'S', severity), (b'V', severity), (b'C', code), (b'M', message)] {
+        body.push(field);
+        body.extend_from_slice(value.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    body
+}
+
+#[test]
+fn answers_to_nothing_outstanding_are_never_relayed() {
+    let mut t = Tracker::new(200);
+    let mut out = BytesMut::new();
+    assert!(matches!(feed(&mut t, &mut out, "ZI")[..], [Verdict::Desync(_)]), "ReadyForQuery with nothing owed");
+    let mut t = Tracker::new(200);
+    assert!(matches!(feed(&mut t, &mut out, "D")[..], [Verdict::Desync(_)]), "a row with nothing owed");
+    let mut t = Tracker::new(200);
+    send(&mut t, Expect::Query, Origin::Client);
+    feed(&mut t, &mut out, "T D C ZI");
+    assert!(matches!(feed(&mut t, &mut out, "D")[..], [Verdict::Desync(_)]), "a row after the last Sync's answer");
+    let mut t = Tracker::new(200);
+    send(&mut t, Expect::Parse { registers: None, client_name: None }, Origin::Client);
+    assert!(matches!(feed(&mut t, &mut out, "2")[..], [Verdict::Desync(_)]), "BindComplete answering a Parse");
+    let mut t = Tracker::new(200);
+    send(&mut t, Expect::Bind { statement: None }, Origin::Client);
+    send(&mut t, Expect::Sync, Origin::Client);
+    assert!(matches!(feed(&mut t, &mut out, "ZI")[..], [Verdict::Desync(_)]), "ReadyForQuery before BindComplete");
+}
+
+#[test]
+fn an_unasked_fatal_is_relayed_but_an_unasked_error_is_not() {
+    let mut t = Tracker::new(200);
+    let fatal = error_body("FATAL", "57P01", "terminating connection due to administrator command");
+    assert_eq!(t.on_server_message(b'E', &fatal), Verdict::Relay);
+    let error = error_body("ERROR", "42601", "syntax error");
+    assert!(matches!(t.on_server_message(b'E', &error), Verdict::Desync(_)));
+}
+
+#[test]
+fn nothing_but_copy_messages_may_follow_copy_data() {
+    // A COPY FROM STDIN whose data may already have failed on the server:
+    // whether it would answer a Sync (or run a Query) cannot be known.
+    let mut t = Tracker::new(200);
+    let mut out = BytesMut::new();
+    send(&mut t, Expect::Query, Origin::Client);
+    feed(&mut t, &mut out, "G");
+    send(&mut t, Expect::CopyData, Origin::Client);
+    send(&mut t, Expect::CopyData, Origin::Client);
+    send(&mut t, Expect::Flush, Origin::Client);
+    assert!(t.client_copy_open());
+    assert_eq!(t.sent(Expect::Sync, Origin::Client), Err(super::CopyInterleaved));
+    assert_eq!(t.sent(Expect::Query, Origin::Client), Err(super::CopyInterleaved));
+    assert_eq!(
+        t.sent(Expect::Parse { registers: None, client_name: None }, Origin::Client),
+        Err(super::CopyInterleaved)
+    );
+    // Once the server's error is seen, the COPY is over and the client may go on.
+    let bad_row = error_body("ERROR", "22P02", "invalid input syntax for type integer");
+    assert_eq!(t.on_server_message(b'E', &bad_row), Verdict::Relay);
+    assert!(!t.client_copy_open());
+    send(&mut t, Expect::Sync, Origin::Client);
+    send(&mut t, Expect::Query, Origin::Client);
+    feed(&mut t, &mut out, "ZI ZI T D C ZI");
+    assert!(t.is_idle());
+}
+
+#[test]
+fn a_pipelined_copy_with_its_end_is_predictable() {
+    // Query, data and CopyDone in one write, then a Sync and a Query: after
+    // CopyDone the server answers both whether the COPY failed or not.
+    let mut t = Tracker::new(200);
+    let mut out = BytesMut::new();
+    send(&mut t, Expect::Query, Origin::Client);
+    send(&mut t, Expect::CopyData, Origin::Client);
+    send(&mut t, Expect::CopyEnd, Origin::Client);
+    send(&mut t, Expect::Sync, Origin::Client);
+    send(&mut t, Expect::Query, Origin::Client);
+    assert!(!t.client_copy_open());
+    let bad_row = error_body("ERROR", "22P02", "invalid input syntax for type integer");
+    feed(&mut t, &mut out, "G");
+    assert_eq!(t.on_server_message(b'E', &bad_row), Verdict::Relay);
+    feed(&mut t, &mut out, "ZI ZI T D C ZI");
+    assert!(t.is_idle());
+}
+
+#[test]
+fn requests_pipelined_behind_a_copy_without_its_data_are_refused() {
+    let mut t = Tracker::new(200);
+    let mut out = BytesMut::new();
+    send(&mut t, Expect::Query, Origin::Client);
+    send(&mut t, Expect::Query, Origin::Client);
+    assert!(matches!(feed(&mut t, &mut out, "G")[..], [Verdict::Desync(_)]));
+}
+
+#[test]
+fn a_statement_whose_result_type_changed_is_no_longer_shared() {
+    let registry = StatementRegistry::default();
+    let stmt = registry.intern(7, b"select * from t\0\0\0");
+    let mut t = Tracker::new(200);
+    let mut out = BytesMut::new();
+    send(&mut t, Expect::Bind { statement: Some(stmt.clone()) }, Origin::Client);
+    send(&mut t, Expect::Execute, Origin::Client);
+    send(&mut t, Expect::Sync, Origin::Client);
+    let stale = error_body("ERROR", "0A000", "cached plan must not change result type");
+    assert_eq!(t.on_server_message(b'E', &stale), Verdict::Relay);
+    feed(&mut t, &mut out, "ZI");
+    assert!(t.is_idle());
+    let fresh = registry.intern(7, b"select * from t\0\0\0");
+    assert_ne!(fresh.server_name, stmt.server_name, "the next Parse gets a new server-side statement");
+    assert!(!std::sync::Arc::ptr_eq(&fresh, &stmt));
+}
+
+#[test]
+fn statements_are_shared_within_a_context_only_and_freed_with_their_last_client() {
+    let registry = StatementRegistry::default();
+    let a = registry.intern(1, b"insert into t values ($1)\0\0\0");
+    let again = registry.intern(1, b"insert into t values ($1)\0\0\0");
+    let other = registry.intern(2, b"insert into t values ($1)\0\0\0");
+    assert!(std::sync::Arc::ptr_eq(&a, &again));
+    assert_ne!(a.server_name, other.server_name, "another search_path or settings: another statement");
+    assert!(a.server_name.starts_with("pgrelay_") && a.server_name.len() == "pgrelay_".len() + 16);
+    assert_eq!(registry.len(), 2);
+    drop((a, again));
+    assert_eq!(registry.len(), 1, "no client refers to it any more");
+    drop(other);
+    assert!(registry.is_empty());
+}
+
+#[test]
+fn the_connections_statements_are_bounded_least_recently_used_first() {
+    let mut statements = super::ServerStatements::new(2);
+    assert_eq!(statements.insert("a".into()), None);
+    assert_eq!(statements.insert("b".into()), None);
+    assert!(statements.touch("a"));
+    assert_eq!(statements.insert("c".into()).as_deref(), Some("b"));
+    assert!(statements.contains("a") && statements.contains("c") && !statements.contains("b"));
 }

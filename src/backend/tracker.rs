@@ -1,39 +1,52 @@
 //! The expected-response queue of one server connection: which request each
 //! server message answers, whether the client or pgrelay asked for it, where
 //! answers pgrelay makes up itself belong, and the connection's transaction
-//! and COPY state. Pure bookkeeping; the session does the IO.
+//! and COPY state. Pure bookkeeping; the connection does the IO.
+//!
+//! It fails closed: a server message that answers nothing outstanding, or
+//! that is not a possible answer to the request at the front, is a
+//! [`Verdict::Desync`], and the connection must be closed, never relayed
+//! from or pooled. Client messages whose fate on the server cannot be known
+//! in advance (anything but COPY data while the client streams a COPY FROM
+//! STDIN that may or may not have failed already) are refused before they
+//! are sent.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
+use super::server_statements::ServerStatements;
 use super::Statement;
 use crate::wire::{self, backend as tag, TxStatus};
 
 /// What a request sent to the server is answered with.
 #[derive(Debug, Clone)]
 pub enum Expect {
-    /// ParseComplete; `registers` is the server-side statement it creates.
-    Parse {
-        registers: Option<Arc<Statement>>,
-    },
-    Bind,
+    /// ParseComplete; `registers` is the shared statement it creates, and
+    /// `client_name` the name the client gave it (undone if it is skipped).
+    Parse { registers: Option<Arc<Statement>>, client_name: Option<Bytes> },
+    /// BindComplete; `statement` is the shared statement it binds.
+    Bind { statement: Option<Arc<Statement>> },
     /// ParameterDescription + RowDescription/NoData.
-    DescribeStatement {
-        got_parameters: bool,
-    },
+    DescribeStatement { got_parameters: bool },
     /// RowDescription/NoData.
     DescribePortal,
     /// Rows or COPY, then CommandComplete/EmptyQuery/PortalSuspended.
     Execute,
-    Close,
+    /// CloseComplete; `closes` is the shared statement pgrelay closes.
+    Close { closes: Option<Arc<str>> },
     /// ReadyForQuery.
     Sync,
     /// A simple Query or FunctionCall: everything up to ReadyForQuery.
     Query,
+    /// Flush: answers nothing.
+    Flush,
+    /// CopyData: answers nothing; the first of a run marks where the
+    /// client's COPY data begins.
+    CopyData,
     /// CopyDone or CopyFail: answers nothing itself, but marks where the
-    /// server leaves COPY IN mode (it ignores Sync until then).
+    /// client's COPY data ends (the server ignores Sync until then).
     CopyEnd,
 }
 
@@ -41,16 +54,19 @@ pub enum Expect {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
     Client,
-    /// A Parse pgrelay sent so a statement the client prepared elsewhere exists here.
-    InjectedParse,
-    /// The SET/RESET query that brings the connection to the client's settings.
+    /// Statement upkeep: a Parse so that a statement the client prepared
+    /// elsewhere exists here, or a Close of one evicted. Its errors concern
+    /// the client's request, so they are relayed.
+    Injected,
+    /// The settings that bring the connection to the client's, or a reset.
     InjectedSetup,
 }
 
 /// An answer pgrelay gives itself, in order with the server's answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Synthetic {
-    ParseComplete,
+    /// For the client's Parse of this name, of a statement already prepared.
+    ParseComplete(Bytes),
     CloseComplete,
 }
 
@@ -67,6 +83,9 @@ pub enum Verdict {
     Swallow,
     /// pgrelay's setup query failed: the client cannot run with its settings.
     SetupFailed,
+    /// The message answers nothing outstanding: the connection's state is
+    /// unknown, so it must be closed and nothing more relayed from it.
+    Desync(&'static str),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,59 +95,101 @@ pub enum CopyState {
     Out,
 }
 
+/// A client message whose effect on the server cannot be known in advance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("only CopyData, CopyDone and CopyFail may follow CopyData until the COPY ends")]
+pub struct CopyInterleaved;
+
+impl CopyInterleaved {
+    pub fn message(self) -> &'static str {
+        "only CopyData, CopyDone and CopyFail may follow CopyData until the COPY ends"
+    }
+}
+
 #[derive(Debug)]
 pub struct Tracker {
     queue: VecDeque<Pending>,
+    /// CopyData/CopyEnd markers in `queue` (0 on every path but COPY's).
+    markers: usize,
     /// After an error in extended protocol the server ignores everything up to Sync.
     skipping_until_sync: bool,
     /// Extended-protocol messages were sent since the last Sync.
     batch_open: bool,
     tx: TxStatus,
     copy: CopyState,
-    /// Server-side names of the statements prepared on this connection.
-    /// foldhash (randomly seeded): looked up on every Bind.
-    prepared: HashSet<Arc<str>, foldhash::fast::RandomState>,
+    /// The shared statements prepared on this connection.
+    prepared: ServerStatements,
+    /// Names of client Parses the server skipped or refused: the client's
+    /// statement of that name does not exist after all.
+    undone_parses: Vec<Bytes>,
 }
 
-impl Default for Tracker {
-    fn default() -> Self {
+impl Tracker {
+    pub fn new(max_prepared: usize) -> Tracker {
         Tracker {
             queue: VecDeque::with_capacity(8),
+            markers: 0,
             skipping_until_sync: false,
             batch_open: false,
             tx: TxStatus::Idle,
             copy: CopyState::None,
-            prepared: HashSet::default(),
+            prepared: ServerStatements::new(max_prepared),
+            undone_parses: Vec::new(),
         }
     }
-}
 
-impl Tracker {
-    /// Records a request written to the server.
-    pub fn sent(&mut self, expect: Expect, origin: Origin) {
+    /// Records a request written to the server. Refuses (before anything is
+    /// written) a request whose answer cannot be predicted.
+    pub fn sent(&mut self, expect: Expect, origin: Origin) -> Result<(), CopyInterleaved> {
+        if self.client_copy_open() && !matches!(expect, Expect::CopyData | Expect::CopyEnd | Expect::Flush) {
+            return Err(CopyInterleaved);
+        }
         match expect {
-            // The server ignores a Sync that arrives during COPY IN.
-            Expect::Sync if self.copy == CopyState::In && !self.copy_end_queued() => return,
+            Expect::Flush => return Ok(()),
+            // With nothing in flight the server is not in COPY and drops
+            // COPY messages; within a run, only the first one marks it.
+            Expect::CopyData if self.queue.is_empty() || self.client_copy_open() => return Ok(()),
+            Expect::CopyEnd if self.queue.is_empty() => return Ok(()),
+            Expect::CopyData | Expect::CopyEnd => self.markers += 1,
+            // The server ignores a Sync that arrives during COPY IN before
+            // any CopyData (one sent during the data was refused above).
+            Expect::Sync if self.copy == CopyState::In && !self.copy_end_queued() => return Ok(()),
             Expect::Sync => {
                 self.batch_open = false;
                 self.skipping_until_sync = false;
             }
-            Expect::Query => {}
-            // With nothing in flight there is no COPY for it to end (a stray
-            // CopyDone after a failed COPY, which the server ignores).
-            Expect::CopyEnd if self.skipping_until_sync || self.queue.is_empty() => return,
-            Expect::CopyEnd => {}
             _ => {
-                self.batch_open = true;
+                if !matches!(expect, Expect::Query) {
+                    self.batch_open = true;
+                }
+                // The server discards everything up to the Sync: what the
+                // caller recorded for a Parse or Close did not happen.
                 if self.skipping_until_sync {
-                    return;
+                    self.undo_statement_change(&expect);
+                    return Ok(());
                 }
             }
         }
-        if let Expect::Parse { registers: Some(stmt) } = &expect {
-            self.prepared.insert(stmt.server_name.clone());
-        }
         self.queue.push_back(Pending::Server { expect, origin });
+        Ok(())
+    }
+
+    /// The client has sent CopyData and neither its CopyDone/CopyFail nor the
+    /// end of the COPY on the server has been seen: whether the server is
+    /// still reading COPY data (and would ignore a Sync or choke on a Query)
+    /// or already failed the COPY (and would answer them) is unknown.
+    pub fn client_copy_open(&self) -> bool {
+        self.markers > 0
+            && self
+                .queue
+                .iter()
+                .rev()
+                .find_map(|p| match p {
+                    Pending::Server { expect: Expect::CopyData, .. } => Some(true),
+                    Pending::Server { expect: Expect::CopyEnd, .. } => Some(false),
+                    _ => None,
+                })
+                .unwrap_or(false)
     }
 
     /// Extended-protocol messages were sent since the last Sync.
@@ -151,19 +212,25 @@ impl Tracker {
     pub fn emit_synthetic(&mut self, out: &mut BytesMut) {
         while let Some(Pending::Synthetic(answer)) = self.queue.front() {
             match answer {
-                Synthetic::ParseComplete => wire::put_parse_complete(out),
+                Synthetic::ParseComplete(_) => wire::put_parse_complete(out),
                 Synthetic::CloseComplete => wire::put_close_complete(out),
             }
             self.queue.pop_front();
         }
     }
 
+    /// Client statement names whose Parse did not happen (see `undone_parses`).
+    pub fn take_undone_parses(&mut self) -> Option<Vec<Bytes>> {
+        (!self.undone_parses.is_empty()).then(|| std::mem::take(&mut self.undone_parses))
+    }
+
     pub fn is_prepared(&self, server_name: &str) -> bool {
         self.prepared.contains(server_name)
     }
 
-    pub fn forget_prepared(&mut self) {
-        self.prepared.clear();
+    /// The shared statements prepared on this connection.
+    pub fn prepared(&mut self) -> &mut ServerStatements {
+        &mut self.prepared
     }
 
     pub fn tx_status(&self) -> TxStatus {
@@ -177,12 +244,12 @@ impl Tracker {
     /// Nothing in flight, no open batch, no transaction: the connection may
     /// serve another client.
     pub fn is_idle(&self) -> bool {
-        self.queue.is_empty() && !self.batch_open && self.copy == CopyState::None && self.tx == TxStatus::Idle
+        self.at_sync_point() && self.tx == TxStatus::Idle
     }
 
     /// Nothing in flight and no open batch (a transaction may be open).
     pub fn at_sync_point(&self) -> bool {
-        self.queue.is_empty() && !self.batch_open && self.copy == CopyState::None
+        self.queue.is_empty() && !self.batch_open && self.copy == CopyState::None && !self.skipping_until_sync
     }
 
     /// ReadyForQuery answers still owed by the server.
@@ -190,144 +257,244 @@ impl Tracker {
         self.queue.iter().filter(|p| matches!(p, Pending::Server { expect: Expect::Sync | Expect::Query, .. })).count()
     }
 
-    fn front_origin(&self) -> Option<Origin> {
-        match self.queue.front() {
-            Some(Pending::Server { origin, .. }) => Some(*origin),
-            _ => None,
-        }
-    }
-
     /// Accounts for one server message and says what to do with it. Call
     /// [`Tracker::emit_synthetic`] after relaying it.
     pub fn on_server_message(&mut self, msg_tag: u8, body: &[u8]) -> Verdict {
-        let origin = self.front_origin().unwrap_or(Origin::Client);
-        let verdict = match origin {
-            Origin::Client => Verdict::Relay,
-            Origin::InjectedParse | Origin::InjectedSetup => Verdict::Swallow,
-        };
         match msg_tag {
-            // Asynchronous messages answer nothing.
-            tag::NOTICE_RESPONSE | tag::PARAMETER_STATUS | tag::NOTIFICATION_RESPONSE => return verdict,
-            tag::ERROR_RESPONSE => return self.on_error(origin),
-            tag::READY_FOR_QUERY => {
-                if let Some(status) = body.first().copied().and_then(TxStatus::from_byte) {
-                    self.tx = status;
-                }
-                self.copy = CopyState::None;
-                // Pop through the Sync/Query this answers (anything before it was skipped).
-                while let Some(p) = self.queue.pop_front() {
-                    if let Pending::Server { expect: Expect::Sync | Expect::Query, origin } = p {
-                        self.pop_copy_end_markers();
-                        return match origin {
-                            Origin::Client => Verdict::Relay,
-                            Origin::InjectedParse | Origin::InjectedSetup => Verdict::Swallow,
-                        };
-                    }
-                }
-                return verdict;
-            }
-            tag::COPY_IN_RESPONSE => {
-                self.copy = CopyState::In;
-                self.drop_syncs_ignored_during_copy();
-            }
-            tag::COPY_OUT_RESPONSE | tag::COPY_BOTH_RESPONSE => self.copy = CopyState::Out,
-            tag::COMMAND_COMPLETE if self.copy != CopyState::None => self.copy = CopyState::None,
-            _ => {}
-        }
-        let done = match self.queue.front_mut() {
-            Some(Pending::Server { expect, .. }) => match expect {
-                Expect::Parse { registers } => {
-                    if let (Some(stmt), tag::PARSE_COMPLETE) = (registers, msg_tag) {
-                        stmt.mark_validated();
-                    }
-                    msg_tag == tag::PARSE_COMPLETE
-                }
-                Expect::Bind => msg_tag == tag::BIND_COMPLETE,
-                Expect::Close => msg_tag == tag::CLOSE_COMPLETE,
-                Expect::DescribeStatement { got_parameters } => {
-                    if msg_tag == tag::PARAMETER_DESCRIPTION {
-                        *got_parameters = true;
-                        false
-                    } else {
-                        matches!(msg_tag, tag::ROW_DESCRIPTION | tag::NO_DATA)
-                    }
-                }
-                Expect::DescribePortal => matches!(msg_tag, tag::ROW_DESCRIPTION | tag::NO_DATA),
-                Expect::Execute => {
-                    matches!(msg_tag, tag::COMMAND_COMPLETE | tag::EMPTY_QUERY_RESPONSE | tag::PORTAL_SUSPENDED)
-                }
-                Expect::Sync | Expect::Query | Expect::CopyEnd => false,
+            // Asynchronous messages answer nothing; on an idle connection
+            // (a pinned client between queries) they are the client's.
+            tag::NOTICE_RESPONSE | tag::PARAMETER_STATUS | tag::NOTIFICATION_RESPONSE => match self.queue.front() {
+                Some(Pending::Server { origin, .. }) => verdict_for(*origin),
+                _ => Verdict::Relay,
             },
-            _ => false,
+            tag::ERROR_RESPONSE => self.on_error(body),
+            tag::READY_FOR_QUERY => self.on_ready(body),
+            _ => self.on_reply(msg_tag),
+        }
+    }
+
+    fn on_ready(&mut self, body: &[u8]) -> Verdict {
+        let Some(status) = body.first().copied().and_then(TxStatus::from_byte) else {
+            return Verdict::Desync("malformed ReadyForQuery");
+        };
+        match self.queue.pop_front() {
+            Some(Pending::Server { expect: Expect::Sync | Expect::Query, origin }) => {
+                self.tx = status;
+                self.copy = CopyState::None;
+                self.pop_markers();
+                verdict_for(origin)
+            }
+            _ => Verdict::Desync("ReadyForQuery with no Sync or Query outstanding"),
+        }
+    }
+
+    fn on_reply(&mut self, msg_tag: u8) -> Verdict {
+        let Some(Pending::Server { expect, origin }) = self.queue.front_mut() else {
+            return Verdict::Desync("a server message with nothing outstanding");
+        };
+        let verdict = verdict_for(*origin);
+        let done = match expect {
+            Expect::Parse { registers, .. } => {
+                if msg_tag != tag::PARSE_COMPLETE {
+                    return Verdict::Desync("unexpected answer to Parse");
+                }
+                if let Some(stmt) = registers {
+                    stmt.mark_validated();
+                }
+                true
+            }
+            Expect::Bind { .. } if msg_tag == tag::BIND_COMPLETE => true,
+            Expect::Close { .. } if msg_tag == tag::CLOSE_COMPLETE => true,
+            Expect::DescribeStatement { got_parameters } => match msg_tag {
+                tag::PARAMETER_DESCRIPTION if !*got_parameters => {
+                    *got_parameters = true;
+                    false
+                }
+                tag::ROW_DESCRIPTION | tag::NO_DATA if *got_parameters => true,
+                _ => return Verdict::Desync("unexpected answer to Describe"),
+            },
+            Expect::DescribePortal if matches!(msg_tag, tag::ROW_DESCRIPTION | tag::NO_DATA) => true,
+            Expect::Execute => match msg_tag {
+                tag::DATA_ROW if self.copy == CopyState::None => false,
+                tag::COMMAND_COMPLETE | tag::EMPTY_QUERY_RESPONSE | tag::PORTAL_SUSPENDED => {
+                    self.copy = CopyState::None;
+                    true
+                }
+                _ => return self.on_copy_message(msg_tag, verdict),
+            },
+            Expect::Query => match msg_tag {
+                tag::ROW_DESCRIPTION | tag::DATA_ROW | tag::EMPTY_QUERY_RESPONSE | tag::FUNCTION_CALL_RESPONSE
+                    if self.copy == CopyState::None =>
+                {
+                    false
+                }
+                tag::COMMAND_COMPLETE => {
+                    self.copy = CopyState::None;
+                    false
+                }
+                _ => return self.on_copy_message(msg_tag, verdict),
+            },
+            _ => return Verdict::Desync("a server message that answers nothing outstanding"),
         };
         if done {
             self.queue.pop_front();
-            self.pop_copy_end_markers();
+            self.pop_markers();
         }
         verdict
     }
 
-    fn is_copy_end(pending: &Pending) -> bool {
-        matches!(pending, Pending::Server { expect: Expect::CopyEnd, .. })
+    /// COPY's own messages within an Execute or Query.
+    fn on_copy_message(&mut self, msg_tag: u8, verdict: Verdict) -> Verdict {
+        match (msg_tag, self.copy) {
+            (tag::COPY_IN_RESPONSE, CopyState::None) => {
+                self.copy = CopyState::In;
+                self.start_copy_in().map_or(verdict, Verdict::Desync)
+            }
+            (tag::COPY_OUT_RESPONSE | tag::COPY_BOTH_RESPONSE, CopyState::None) => {
+                self.copy = CopyState::Out;
+                verdict
+            }
+            (tag::COPY_DATA | tag::COPY_DONE, CopyState::Out) => verdict,
+            _ => Verdict::Desync("unexpected message for the request in progress"),
+        }
+    }
+
+    /// The server entered COPY IN for the request at the front. Until the
+    /// client's first CopyData it ignores Sync, so Syncs pipelined there go
+    /// unanswered; anything else there would be taken as a protocol
+    /// violation that ends the COPY, which is refused as unknowable.
+    fn start_copy_in(&mut self) -> Option<&'static str> {
+        let data_start = self.queue.iter().skip(1).position(Self::is_marker).map_or(self.queue.len(), |i| i + 1);
+        let mut dropped = false;
+        for index in (1..data_start).rev() {
+            match &self.queue[index] {
+                Pending::Server { expect: Expect::Sync, .. } => {
+                    self.queue.remove(index);
+                    dropped = true;
+                }
+                _ => return Some("requests pipelined behind a COPY FROM STDIN without its data"),
+            }
+        }
+        // The batch a dropped Sync closed is open again until the next one.
+        if dropped && !self.queue.iter().any(|p| matches!(p, Pending::Server { expect: Expect::Sync, .. })) {
+            self.batch_open = true;
+        }
+        None
+    }
+
+    fn on_error(&mut self, body: &[u8]) -> Verdict {
+        // Any COPY is over: the server is back to reading requests.
+        self.copy = CopyState::None;
+        let (stale, origin) = match self.queue.front() {
+            None | Some(Pending::Synthetic(_)) => {
+                // Unasked, only a FATAL can come: the server is going away.
+                return if wire::is_fatal_error(body) {
+                    Verdict::Relay
+                } else {
+                    Verdict::Desync("an error with nothing outstanding")
+                };
+            }
+            // A simple query ends with ReadyForQuery after its error; an
+            // error at Sync (a failed commit) is followed by ReadyForQuery.
+            Some(Pending::Server { expect: Expect::Query | Expect::Sync, origin }) => {
+                let origin = *origin;
+                if self.queue.front().is_some_and(|p| matches!(p, Pending::Server { expect: Expect::Query, .. })) {
+                    // The rest of the query's text is not run: its COPY data is dropped.
+                    self.pop_markers_behind_front();
+                }
+                return error_verdict(origin);
+            }
+            Some(Pending::Server { expect: Expect::Bind { statement: Some(stmt) }, origin }) => {
+                (is_stale_plan(body).then(|| stmt.clone()), *origin)
+            }
+            Some(Pending::Server { origin, .. }) => (None, *origin),
+        };
+        if let Some(stmt) = stale {
+            stmt.retire();
+        }
+        self.skip_to_sync();
+        error_verdict(origin)
+    }
+
+    /// Extended protocol after an error: the server skips everything up to
+    /// the next Sync. Skipped Parses created nothing; skipped Closes closed
+    /// nothing.
+    fn skip_to_sync(&mut self) {
+        while !matches!(self.queue.front(), None | Some(Pending::Server { expect: Expect::Sync, .. })) {
+            match self.queue.pop_front() {
+                Some(Pending::Server { expect: Expect::CopyData | Expect::CopyEnd, .. }) => self.markers -= 1,
+                Some(Pending::Server { expect, .. }) => self.undo_statement_change(&expect),
+                Some(Pending::Synthetic(Synthetic::ParseComplete(name))) => self.undone_parses.push(name),
+                _ => {}
+            }
+        }
+        if self.queue.is_empty() {
+            self.skipping_until_sync = true;
+        }
+    }
+
+    /// A Parse or Close the server did not run: it created or closed nothing.
+    fn undo_statement_change(&mut self, expect: &Expect) {
+        match expect {
+            Expect::Parse { registers, client_name } => {
+                if let Some(stmt) = registers {
+                    self.prepared.remove(&stmt.server_name);
+                }
+                if let Some(name) = client_name {
+                    self.undone_parses.push(name.clone());
+                }
+            }
+            Expect::Close { closes: Some(name) } => self.prepared.restore(name.clone()),
+            _ => {}
+        }
+    }
+
+    fn is_marker(pending: &Pending) -> bool {
+        matches!(pending, Pending::Server { expect: Expect::CopyData | Expect::CopyEnd, .. })
     }
 
     fn copy_end_queued(&self) -> bool {
-        self.queue.iter().any(Self::is_copy_end)
+        self.markers > 0 && self.queue.iter().any(|p| matches!(p, Pending::Server { expect: Expect::CopyEnd, .. }))
     }
 
-    /// A COPY marker at the front has done its job: the COPY it ended is over.
-    fn pop_copy_end_markers(&mut self) {
-        while self.queue.front().is_some_and(Self::is_copy_end) {
+    /// Markers at the front have done their job: the COPY they belong to is over.
+    fn pop_markers(&mut self) {
+        while self.queue.front().is_some_and(Self::is_marker) {
             self.queue.pop_front();
+            self.markers -= 1;
         }
     }
 
-    /// The server entered COPY IN for the request at the front: the Syncs the
-    /// client pipelined behind it, before its CopyDone/CopyFail, are ignored
-    /// by the server and will not be answered.
-    fn drop_syncs_ignored_during_copy(&mut self) {
-        let copy_end = self.queue.iter().position(Self::is_copy_end).unwrap_or(self.queue.len());
-        let mut index = 0;
-        let mut dropped = false;
-        self.queue.retain(|p| {
-            let keep = index == 0 || index >= copy_end || !matches!(p, Pending::Server { expect: Expect::Sync, .. });
-            dropped |= !keep;
-            index += 1;
-            keep
-        });
-        let sync_after_copy = self
-            .queue
-            .iter()
-            .skip_while(|p| !Self::is_copy_end(p))
-            .any(|p| matches!(p, Pending::Server { expect: Expect::Sync, .. }));
-        if dropped && !sync_after_copy {
-            self.batch_open = true;
+    fn pop_markers_behind_front(&mut self) {
+        while self.queue.get(1).is_some_and(Self::is_marker) {
+            self.queue.remove(1);
+            self.markers -= 1;
         }
     }
+}
 
-    fn on_error(&mut self, origin: Origin) -> Verdict {
-        self.copy = CopyState::None;
-        let front_is_query = matches!(self.queue.front(), Some(Pending::Server { expect: Expect::Query, .. }));
-        if !front_is_query {
-            // Extended protocol: the server skips everything up to the next Sync.
-            while let Some(p) = self.queue.front() {
-                match p {
-                    Pending::Server { expect: Expect::Sync, .. } => break,
-                    Pending::Server { expect: Expect::Parse { registers: Some(stmt) }, .. } => {
-                        self.prepared.remove(&stmt.server_name);
-                    }
-                    _ => {}
-                }
-                self.queue.pop_front();
-            }
-            if self.queue.is_empty() {
-                self.skipping_until_sync = true;
-            }
-        }
-        match origin {
-            Origin::InjectedSetup => Verdict::SetupFailed,
-            // The client must learn why its Bind/Describe cannot run.
-            Origin::InjectedParse | Origin::Client => Verdict::Relay,
-        }
+fn verdict_for(origin: Origin) -> Verdict {
+    match origin {
+        Origin::Client => Verdict::Relay,
+        Origin::Injected | Origin::InjectedSetup => Verdict::Swallow,
+    }
+}
+
+fn error_verdict(origin: Origin) -> Verdict {
+    match origin {
+        Origin::InjectedSetup => Verdict::SetupFailed,
+        // The client must learn why its Bind/Describe cannot run.
+        Origin::Injected | Origin::Client => Verdict::Relay,
+    }
+}
+
+/// The server can no longer run a prepared statement as it was prepared:
+/// its result type changed (0A000), or something it used was dropped and
+/// recreated (XX000 "cache lookup failed").
+fn is_stale_plan(body: &[u8]) -> bool {
+    match wire::error_code(body) {
+        Some(b"0A000") => wire::ErrorFields::parse(body).message.contains("cached plan must not change result type"),
+        Some(b"XX000") => wire::ErrorFields::parse(body).message.starts_with("cache lookup failed"),
+        _ => false,
     }
 }

@@ -75,6 +75,10 @@ pub struct Pool {
     pub client_login_timeout: Duration,
     pub max_message_size: usize,
     pub session_state: SessionStatePolicy,
+    /// Shared statements kept prepared per server connection (least recently used closed first).
+    pub max_prepared_statements: usize,
+    /// Named prepared statements one client may hold at once.
+    pub max_client_prepared_statements: usize,
     /// How long SIGTERM / SIGINT let clients finish before closing them.
     pub shutdown_grace: Duration,
 }

@@ -16,9 +16,11 @@ pub(super) const LISTS: [&str; 3] = ["nodes", "users", "databases"];
 
 /// Keys whose TOML type is an integer, so an environment override's text is
 /// parsed as one. Every other table key takes a string (sizes take either).
-pub(super) const INTEGER_KEYS: [(&str, &str); 4] = [
+pub(super) const INTEGER_KEYS: [(&str, &str); 6] = [
     ("pool", "default_pool_size"),
     ("pool", "max_client_conn"),
+    ("pool", "max_prepared_statements"),
+    ("pool", "max_client_prepared_statements"),
     ("cluster", "leave_after_checks"),
     ("cluster", "rejoin_after_checks"),
 ];
@@ -61,6 +63,8 @@ pub(super) struct RawPool {
     pub client_login_timeout: Option<RawDuration>,
     pub max_message_size: Option<RawSize>,
     pub session_state: Option<String>,
+    pub max_prepared_statements: Option<RawInt>,
+    pub max_client_prepared_statements: Option<RawInt>,
     pub shutdown_grace: Option<RawDuration>,
 }
 

@@ -103,6 +103,8 @@ fn defaults_from_a_minimal_file() {
         client_login_timeout: Duration::from_secs(15),
         max_message_size: 16 << 20,
         session_state: SessionStatePolicy::Pin,
+        max_prepared_statements: 200,
+        max_client_prepared_statements: 1000,
         shutdown_grace: Duration::from_secs(30),
     };
     assert_eq!(config.pool, pool);
@@ -273,6 +275,8 @@ fn every_table_key_can_be_overridden() {
                 ("client_login_timeout", "4s"),
                 ("max_message_size", "65536"),
                 ("session_state", "refuse"),
+                ("max_prepared_statements", "7"),
+                ("max_client_prepared_statements", "8"),
                 ("shutdown_grace", "5s"),
             ],
         ),

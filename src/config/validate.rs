@@ -157,6 +157,12 @@ pub(super) fn pool(raw: &RawPool, locations: &Locations<'_>) -> Result<Pool, Con
             SessionStatePolicy::Pin,
             &policies,
         )?,
+        max_prepared_statements: field("max_prepared_statements")
+            .positive(raw.max_prepared_statements.map(|n| n.0), 200)?
+            .get(),
+        max_client_prepared_statements: field("max_client_prepared_statements")
+            .positive(raw.max_client_prepared_statements.map(|n| n.0), 1000)?
+            .get(),
         shutdown_grace: field("shutdown_grace").duration(raw.shutdown_grace.as_deref(), "30s")?,
     })
 }

@@ -24,6 +24,7 @@ pub fn pool_for(ctx: &Context, node: &NodeStatus, database: &Database, user: &Ar
             database: database.server_dbname.clone(),
             credentials: user.clone(),
             connect_timeout: config.pool.server_connect_timeout,
+            max_prepared: config.pool.max_prepared_statements,
         };
         let settings = pool_settings(&config, database);
         (target, settings, ctx.metrics.pool(&node.name, &database.name, &user.name))

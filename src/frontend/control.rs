@@ -162,6 +162,7 @@ fn pool_unchanged(pool: &Pool, old: &Config, new: &Config) -> bool {
         && same(database(old, &key.database), new_database)
         && new_database.is_some_and(|db| pool.settings() == &pool_settings(new, db))
         && old.pool.server_connect_timeout == new.pool.server_connect_timeout
+        && old.pool.max_prepared_statements == new.pool.max_prepared_statements
 }
 
 /// Present in both, and equal.

@@ -21,6 +21,14 @@ pub enum SessionError {
     ServerIo(io::Error),
     #[error("server protocol violation: {0}")]
     ServerProtocol(WireError),
+    /// pgrelay cannot tell what the server connection owes to whom; it was
+    /// closed rather than relayed from.
+    #[error("pgrelay lost track of the server connection's answers ({0}); it was closed and the transaction in progress is lost")]
+    ServerDesync(&'static str),
+    /// The server ended the connection with its own FATAL error, which the
+    /// client has already received.
+    #[error("the server closed the connection after a FATAL error")]
+    ServerEnded,
     #[error("server connection to {node} closed unexpectedly; the transaction in progress is lost")]
     ServerClosed { node: String },
     #[error(
@@ -43,7 +51,7 @@ impl SessionError {
     /// is gone and there is nobody to tell.
     pub fn sqlstate(&self) -> Option<String> {
         let code = match self {
-            SessionError::ClientIo(_) => return None,
+            SessionError::ClientIo(_) | SessionError::ServerEnded => return None,
             SessionError::ClientProtocol(WireError::NoUser) => sqlstate::INVALID_AUTHORIZATION,
             SessionError::ClientProtocol(_) => sqlstate::PROTOCOL_VIOLATION,
             SessionError::Route(_) => sqlstate::CONNECTION_FAILURE,
@@ -55,6 +63,7 @@ impl SessionError {
                 sqlstate::CONNECTION_FAILURE
             }
             SessionError::ServerProtocol(_) => sqlstate::PROTOCOL_VIOLATION,
+            SessionError::ServerDesync(_) => sqlstate::PROTOCOL_VIOLATION,
             SessionError::SetupFailed(fields) if !fields.code.is_empty() => return Some(fields.code.clone()),
             SessionError::SetupFailed(_) => sqlstate::INTERNAL_ERROR,
             SessionError::Shutdown => sqlstate::ADMIN_SHUTDOWN,

@@ -112,7 +112,12 @@ async fn handle_client(ctx: Arc<Context>, mut stream: TcpStream, peer: SocketAdd
     let result = session.run().await;
     let poison = matches!(
         result,
-        Err(SessionError::ServerClosed { .. } | SessionError::ServerIo(_) | SessionError::ServerProtocol(_))
+        Err(SessionError::ServerClosed { .. }
+            | SessionError::ServerIo(_)
+            | SessionError::ServerProtocol(_)
+            | SessionError::ServerDesync(_)
+            | SessionError::ServerEnded
+            | SessionError::ClientProtocol(_))
     );
     session.drop_lease_after_error(poison);
     let (stream, out) = session.into_client();
@@ -131,7 +136,18 @@ async fn report(ctx: &Context, stream: TcpStream, pending: BytesMut, error: Sess
             // Boxed: only departing clients need this state, not every task.
             Box::pin(farewell(stream, pending, code, error.to_string())).await;
         }
-        None => tracing::debug!(parent: span, error = %error, "client connection lost"),
+        None => {
+            tracing::debug!(parent: span, error = %error, "client connection lost");
+            if !pending.is_empty() {
+                // What the server said last (its own FATAL) still reaches the client.
+                let mut stream = stream;
+                let _ = tokio::time::timeout(FAREWELL_TIMEOUT, async {
+                    stream.write_all(&pending).await?;
+                    stream.shutdown().await
+                })
+                .await;
+            }
+        }
     }
 }
 

@@ -9,7 +9,6 @@ mod lifecycle;
 mod listener;
 mod prepared;
 mod registry;
-mod server_state;
 mod session;
 mod startup;
 
@@ -31,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::UserDb;
-use crate::backend::{ServerParams, StatementRegistry};
+use crate::backend::{ServerParams, StatementContext, StatementRegistry};
 use crate::cluster::ClusterView;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -136,14 +135,17 @@ impl Context {
 
 /// Clients with the same startup settings share one `Arc`, so a server
 /// connection that already has them is recognised by pointer, not by value.
+/// Each shared set also names a statement context: clients with the same
+/// settings may share prepared statements.
 #[derive(Debug, Default)]
 pub struct SettingsInterner {
-    known:
-        std::sync::Mutex<std::collections::HashMap<ClientSettings, Arc<ClientSettings>, foldhash::fast::RandomState>>,
+    known: std::sync::Mutex<
+        std::collections::HashMap<ClientSettings, (Arc<ClientSettings>, StatementContext), foldhash::fast::RandomState>,
+    >,
+    next_context: std::sync::atomic::AtomicU64,
 }
 
-/// A client's startup settings as (name, value), sorted by name.
-pub type ClientSettings = Vec<(String, String)>;
+pub use crate::backend::ClientSettings;
 
 /// Distinct setting sets kept; beyond this each client gets its own copy.
 const MAX_INTERNED_SETTINGS: usize = 1024;
@@ -151,14 +153,29 @@ const MAX_INTERNED_SETTINGS: usize = 1024;
 impl SettingsInterner {
     pub fn intern(&self, settings: ClientSettings) -> Arc<ClientSettings> {
         let mut known = self.known.lock().expect("settings lock");
-        if let Some(shared) = known.get(&settings) {
+        if let Some((shared, _)) = known.get(&settings) {
             return shared.clone();
         }
         let shared = Arc::new(settings);
         if known.len() < MAX_INTERNED_SETTINGS {
-            known.insert(shared.as_ref().clone(), shared.clone());
+            known.insert(shared.as_ref().clone(), (shared.clone(), self.private_context()));
         }
         shared
+    }
+
+    /// The statement context of clients with these settings: shared when
+    /// they were interned, this client's own otherwise.
+    pub fn statement_context(&self, settings: &Arc<ClientSettings>) -> StatementContext {
+        let known = self.known.lock().expect("settings lock");
+        match known.get(settings.as_ref()) {
+            Some((shared, context)) if Arc::ptr_eq(shared, settings) => *context,
+            _ => self.private_context(),
+        }
+    }
+
+    /// A statement context no other client has.
+    pub fn private_context(&self) -> StatementContext {
+        self.next_context.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 }
 

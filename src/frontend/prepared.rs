@@ -1,7 +1,8 @@
 //! One client's named prepared statements under transaction pooling: the
 //! client's name maps to a server-side statement shared by every client that
-//! prepares the same text and parameter types; the session prepares it on
-//! whichever server connection the client's next Bind or Describe lands on.
+//! prepares the same text and parameter types in the same context; the
+//! session prepares it on whichever server connection the client's next
+//! Bind or Describe lands on. Bounded by `max_client_prepared_statements`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,15 +20,27 @@ pub struct ClientStatements {
 }
 
 impl ClientStatements {
-    pub fn insert(&mut self, name: &[u8], stmt: Arc<Statement>) {
-        self.by_name.insert(Bytes::copy_from_slice(name), stmt);
+    pub fn insert(&mut self, name: Bytes, stmt: Arc<Statement>) {
+        self.by_name.insert(name, stmt);
     }
 
     pub fn get(&self, name: &[u8]) -> Option<&Arc<Statement>> {
         self.by_name.get(name)
     }
 
+    pub fn contains(&self, name: &[u8]) -> bool {
+        self.by_name.contains_key(name)
+    }
+
     pub fn remove(&mut self, name: &[u8]) -> Option<Arc<Statement>> {
         self.by_name.remove(name)
+    }
+
+    pub fn clear(&mut self) {
+        self.by_name.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
     }
 }

@@ -222,7 +222,7 @@ impl Pool {
         let work = async {
             conn.finish_pending().await?;
             let mut queries = Vec::new();
-            if conn.tracker.tx_status() != crate::wire::TxStatus::Idle {
+            if conn.tracker().tx_status() != crate::wire::TxStatus::Idle {
                 queries.push("ROLLBACK");
             }
             if discard {
@@ -234,11 +234,9 @@ impl Pool {
             Ok::<_, BackendError>(())
         };
         match tokio::time::timeout(self.settings.reset_timeout, work).await {
-            Ok(Ok(())) if conn.tracker.is_idle() => {
+            Ok(Ok(())) if conn.tracker().is_idle() => {
                 if discard {
-                    conn.tracker.forget_prepared();
-                    conn.applied = None;
-                    conn.settings_dirty = false;
+                    conn.discarded();
                 }
                 Some(conn)
             }
@@ -314,8 +312,7 @@ impl Drop for Lease {
             return;
         }
         let discard = self.discard || self.pool.settings.mode == PoolMode::Session;
-        let clean = conn.tracker.is_idle() && conn.rbuf.is_empty() && conn.wbuf.is_empty();
-        if clean && !discard {
+        if conn.is_clean() && !discard {
             self.pool.put_idle(conn, now);
             return;
         }
@@ -406,6 +403,7 @@ mod tests {
             database: "app".into(),
             credentials: users.get("alice").expect("configured").clone(),
             connect_timeout: Duration::from_secs(1),
+            max_prepared: 200,
         };
         let settings = PoolSettings {
             size: 2,

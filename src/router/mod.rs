@@ -5,7 +5,9 @@ mod statement;
 #[cfg(test)]
 mod tests;
 
-pub use statement::{session_state_effect, SessionStateEffect};
+pub use statement::{
+    classify, prepared_command, session_state_effect, PreparedCommand, SessionStateEffect, SqlEffects,
+};
 
 use crate::cluster::Topology;
 use crate::config::RoFallback;

@@ -11,9 +11,20 @@ pub enum SessionStateEffect {
     TempTable,
     HoldCursor,
     Load,
+    Deallocate,
+    Discard,
+    Dblink,
+    /// A DO block or CALL: what it does cannot be proved harmless.
+    Unprovable,
 }
 
 impl SessionStateEffect {
+    /// Whether the statement may deallocate prepared statements pgrelay
+    /// keeps on the connection.
+    pub fn may_deallocate(self) -> bool {
+        matches!(self, SessionStateEffect::Deallocate | SessionStateEffect::Discard | SessionStateEffect::Unprovable)
+    }
+
     pub fn describe(self) -> &'static str {
         match self {
             SessionStateEffect::Set => "SET",
@@ -23,6 +34,10 @@ impl SessionStateEffect {
             SessionStateEffect::TempTable => "a temporary table",
             SessionStateEffect::HoldCursor => "a cursor WITH HOLD",
             SessionStateEffect::Load => "LOAD",
+            SessionStateEffect::Deallocate => "DEALLOCATE",
+            SessionStateEffect::Discard => "DISCARD",
+            SessionStateEffect::Dblink => "a dblink connection",
+            SessionStateEffect::Unprovable => "a DO block or CALL",
         }
     }
 }
@@ -106,4 +121,30 @@ fn takes_session_advisory_lock(sql: &[u8]) -> bool {
             |prefix: &[u8]| start.checked_sub(prefix.len()).is_some_and(|p| sql[p..start].eq_ignore_ascii_case(prefix));
         called && (prefixed(b"pg_") || prefixed(b"pg_try_"))
     })
+}
+
+/// What a text does beyond its transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SqlEffects {
+    pub session_state: Option<SessionStateEffect>,
+    /// Any SET, SET LOCAL, RESET or set_config(...).
+    pub changes_settings: bool,
+}
+
+pub fn classify(sql: &[u8]) -> SqlEffects {
+    let session_state = session_state_effect(sql);
+    SqlEffects { session_state, changes_settings: session_state == Some(SessionStateEffect::Set) }
+}
+
+/// A whole text that is one statement of these forms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PreparedCommand {
+    Deallocate(Vec<u8>),
+    DeallocateAll,
+    DiscardAll,
+    DiscardPlans,
+}
+
+pub fn prepared_command(_sql: &[u8]) -> Option<PreparedCommand> {
+    None
 }

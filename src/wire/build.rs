@@ -269,3 +269,38 @@ pub fn cancel_request(pid: u32, secret: u32) -> [u8; 16] {
     out[12..].copy_from_slice(&secret.to_be_bytes());
     out
 }
+
+/// Parse of `sql` as statement `name`, with parameter type OIDs.
+pub fn put_parse(buf: &mut BytesMut, name: &[u8], sql: &str, param_types: &[u32]) {
+    message(buf, frontend::PARSE, |b| {
+        put_cstr(b, name);
+        put_cstr(b, sql.as_bytes());
+        b.put_u16(param_types.len() as u16);
+        for oid in param_types {
+            b.put_u32(*oid);
+        }
+    });
+}
+
+/// Bind of `statement` to `portal` with text parameters and text results.
+pub fn put_bind_text(buf: &mut BytesMut, portal: &[u8], statement: &[u8], params: &[&[u8]]) {
+    message(buf, frontend::BIND, |b| {
+        put_cstr(b, portal);
+        put_cstr(b, statement);
+        b.put_u16(0);
+        b.put_u16(params.len() as u16);
+        for value in params {
+            b.put_i32(value.len() as i32);
+            b.put_slice(value);
+        }
+        b.put_u16(0);
+    });
+}
+
+/// Execute of `portal`, all rows.
+pub fn put_execute(buf: &mut BytesMut, portal: &[u8]) {
+    message(buf, frontend::EXECUTE, |b| {
+        put_cstr(b, portal);
+        b.put_u32(0);
+    });
+}

@@ -75,6 +75,8 @@ pub enum WireError {
     Malformed(&'static str),
     #[error("unexpected message type '{}'", char::from(*.0))]
     UnexpectedTag(u8),
+    #[error("{0}")]
+    Violation(&'static str),
 }
 
 /// One complete tagged message found at the start of a buffer: its tag and
@@ -190,18 +192,28 @@ impl ErrorFields {
 /// The SQLSTATE ('C' field) of an ErrorResponse/NoticeResponse body, found
 /// without allocating.
 pub fn error_code(body: &[u8]) -> Option<&[u8]> {
+    error_field(body, b'C')
+}
+
+/// One field of an ErrorResponse/NoticeResponse body, found without allocating.
+pub fn error_field(body: &[u8], field: u8) -> Option<&[u8]> {
     let mut rest = body;
     while let Some((&kind, tail)) = rest.split_first() {
         if kind == 0 {
             return None;
         }
         let (value, tail) = read_cstr(tail)?;
-        if kind == b'C' {
+        if kind == field {
             return Some(value);
         }
         rest = tail;
     }
     None
+}
+
+/// A FATAL or PANIC ErrorResponse: the server closes the connection after it.
+pub fn is_fatal_error(body: &[u8]) -> bool {
+    matches!(error_field(body, b'V').or_else(|| error_field(body, b'S')), Some(b"FATAL" | b"PANIC"))
 }
 
 /// Splits the first complete message off `bytes` (used where messages are

@@ -14,6 +14,8 @@ use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+mod forward;
+mod relay;
 mod statements;
 
 use super::cancel::CancelHandle;
@@ -22,17 +24,16 @@ use super::error::SessionError;
 use super::lifecycle::StopMode;
 use super::prepared::ClientStatements;
 use super::registry::{Registered, ServerLink};
-use super::server_state::{apply_settings, ensure_prepared};
 use super::startup::LoginParts;
 use super::Context;
 use crate::auth::UserEntry;
-use crate::backend::{Expect, Origin, ServerConn, Synthetic, Verdict};
+use crate::backend::{ServerConn, StatementContext};
 use crate::cluster::NodeStatus;
-use crate::config::{Config, Database, PoolMode, SessionStatePolicy};
-use crate::metrics::{ClientMetrics, ErrorOrigin, GaugeGuard};
+use crate::config::{Config, Database, PoolMode};
+use crate::metrics::{ClientMetrics, GaugeGuard};
 use crate::pool::{Lease, Pool, PoolError};
-use crate::router::{self, ListenerKind, SessionStateEffect};
-use crate::wire::{self, backend as server_tag, frontend as tag, ErrorFields, Frame, WireError};
+use crate::router::{ListenerKind, SessionStateEffect};
+use crate::wire::Frame;
 
 /// Stop reading from one side while this much is waiting to go to the other.
 const HIGH_WATER: usize = 256 * 1024;
@@ -42,8 +43,6 @@ const READ_CHUNK: usize = 16 * 1024;
 /// idle client should not hold 16 KiB. A read that fills it doubles it (up
 /// to READ_CHUNK), and the buffer keeps its capacity from then on.
 const FIRST_CLIENT_READ: usize = 1024;
-/// Server messages are trusted up to PostgreSQL's own 1 GB field limit.
-const MAX_SERVER_MESSAGE: usize = 1 << 30;
 
 enum Event {
     /// Bytes from the client were appended to `cbuf` (0: it closed).
@@ -79,6 +78,24 @@ pub struct Session {
     /// Pools this session has used, by node name.
     pools: Vec<Arc<Pool>>,
     statements: ClientStatements,
+    /// The client's unnamed statement, re-prepared when a later transaction uses it.
+    unnamed: UnnamedStatement,
+    /// Clients with this context may share this client's prepared statements.
+    shared_context: StatementContext,
+    /// This client's own statement context, for statements parsed while its
+    /// settings may differ from its startup settings (created on first use).
+    private_context: Option<StatementContext>,
+    /// The client changed a setting in the current transaction (SET LOCAL,
+    /// set_config): statements it parses now are not shared.
+    settings_changed: bool,
+    /// pgrelay answered an extended-protocol message with an error: the
+    /// client's messages up to its next Sync are discarded, as a server would.
+    discard_until_sync: bool,
+    /// Bytes of a large server message still to be passed through to the
+    /// client as they arrive (its header was read and accounted for).
+    passthrough: usize,
+    /// The server's own FATAL error was relayed: it is closing the connection.
+    server_fatal: bool,
     /// Why this client keeps its server connection until it disconnects.
     pinned: Option<SessionStateEffect>,
     terminated: bool,
@@ -110,6 +127,7 @@ impl Session {
         registered: Registered,
     ) -> Session {
         let metrics = ctx.metrics.client(&parts.database.name, &parts.user.name, listener.as_str());
+        let shared_context = ctx.settings.statement_context(&parts.settings);
         Session {
             _connected: GaugeGuard::new(&metrics.connected),
             metrics,
@@ -132,6 +150,13 @@ impl Session {
             lease: None,
             pools: Vec::new(),
             statements: ClientStatements::default(),
+            unnamed: UnnamedStatement::default(),
+            shared_context,
+            private_context: None,
+            settings_changed: false,
+            discard_until_sync: false,
+            passthrough: 0,
+            server_fatal: false,
             pinned: None,
             terminated: false,
         }
@@ -167,6 +192,13 @@ impl Session {
             self.flush_server()?;
             self.flush_client()?;
             self.release_if_idle();
+            // Messages held back while the client's output was full.
+            if self.out.len() < HIGH_WATER && Frame::peek(&self.cbuf, usize::MAX).is_ok_and(|f| f.is_some()) {
+                self.handle_client_messages().await?;
+                self.flush_server()?;
+                self.flush_client()?;
+                self.release_if_idle();
+            }
             if self.stopping && self.at_boundary() {
                 return Err(SessionError::Shutdown);
             }
@@ -188,7 +220,7 @@ impl Session {
     fn at_boundary(&self) -> bool {
         let Some(mode) = self.ctx.lifecycle.drain_mode() else { return false };
         let Some(lease) = &self.lease else { return self.cbuf.is_empty() };
-        let tracker = &lease.conn().tracker;
+        let tracker = lease.conn().tracker();
         match mode {
             StopMode::Immediate => true,
             StopMode::WaitForServers => tracker.at_sync_point(),
@@ -213,9 +245,16 @@ impl Session {
     /// Reads go through `poll_read`, which treats a short read as "drained"
     /// and so never spends a syscall on an empty read.
     async fn next_event(&mut self) -> Result<Event, SessionError> {
-        let server_out = self.lease.as_ref().map_or(0, |l| l.conn().wbuf.len());
-        let want_client_read = server_out < HIGH_WATER;
+        let server_out = self.lease.as_ref().map_or(0, |l| l.conn().pending_write());
+        // A client that does not read its answers is not read from either
+        // (as PostgreSQL does): what pgrelay answers itself is bounded too.
+        let want_client_read = server_out < HIGH_WATER && self.out.len() < HIGH_WATER;
         let want_server_read = self.out.len() < HIGH_WATER;
+        // A large message passing through needs no room for all of it.
+        let server_read_size = match self.lease.as_ref() {
+            Some(l) if self.passthrough == 0 => READ_CHUNK.max(Frame::needed(&l.conn().rbuf)),
+            _ => READ_CHUNK,
+        };
         if want_client_read {
             let max = self.config().pool.max_message_size + 5;
             self.cbuf.reserve(self.client_read_size.max(Frame::needed(&self.cbuf)).min(max));
@@ -230,8 +269,8 @@ impl Session {
         let client_has_out = !out.is_empty();
         let event = std::future::poll_fn(|cx| {
             // IO first: the signals are only looked at when the session is about to wait.
-            let io =
-                poll_io(cx, client, cbuf, want_client_read, client_has_out, server.as_deref_mut(), want_server_read);
+            let server_read = want_server_read.then_some(server_read_size);
+            let io = poll_io(cx, client, cbuf, want_client_read, client_has_out, server.as_deref_mut(), server_read);
             if io.is_ready() {
                 return io;
             }
@@ -274,58 +313,29 @@ impl Session {
 
     fn flush_server(&mut self) -> Result<(), SessionError> {
         let Some(lease) = self.lease.as_mut() else { return Ok(()) };
-        let conn = lease.conn_mut();
-        while !conn.wbuf.is_empty() {
-            match conn.stream.try_write(&conn.wbuf) {
-                Ok(n) => conn.wbuf.advance(n),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    lease.poison();
-                    return Err(SessionError::ServerIo(e));
-                }
-            }
+        if let Err(e) = lease.conn_mut().try_flush() {
+            lease.poison();
+            return Err(SessionError::ServerIo(e));
         }
         Ok(())
     }
 
     /// Gives the server connection back once the transaction is over.
     fn release_if_idle(&mut self) {
-        if self.pinned.is_some() {
+        if self.pinned.is_some() || self.passthrough > 0 {
             return;
         }
         let Some(lease) = &self.lease else { return };
         if lease.pool().mode() == PoolMode::Session {
             return;
         }
-        let conn = lease.conn();
-        if conn.tracker.is_idle() && conn.rbuf.is_empty() && conn.wbuf.is_empty() {
+        if lease.conn().is_clean() {
             self.lease = None;
+            self.settings_changed = false;
+            self.unnamed.on_lease = false;
             self.cancel.set_target(None);
             self.registered.set_idle();
         }
-    }
-
-    async fn handle_client_messages(&mut self) -> Result<(), SessionError> {
-        let max = self.config().pool.max_message_size;
-        while let Some(frame) = Frame::peek(&self.cbuf, max)? {
-            if frame.tag == tag::TERMINATE {
-                self.terminated = true;
-                return Ok(());
-            }
-            let msg = self.cbuf.split_to(frame.total_len);
-            if self.lease.is_none() {
-                if self.answer_without_server(frame.tag, &msg)? {
-                    continue;
-                }
-                self.acquire().await?;
-            }
-            self.forward_client_message(frame.tag, &msg)?;
-            // Keep the server busy while the rest of a large batch is handled.
-            if self.lease.as_ref().is_some_and(|l| l.conn().wbuf.len() >= HIGH_WATER) {
-                self.flush_server()?;
-            }
-        }
-        Ok(())
     }
 
     /// Routes the next transaction and leases a connection for it, all
@@ -375,7 +385,7 @@ impl Session {
                 self.registered.set_waiting();
                 continue;
             }
-            apply_settings(lease.conn_mut(), &self.settings);
+            lease.conn_mut().apply_settings(&self.settings).expect("a fresh lease has no COPY in progress");
             self.cancel.set_target(Some((lease.conn().addr, lease.conn().key)));
             self.lease = Some(lease);
             return Ok(());
@@ -405,125 +415,24 @@ impl Session {
         }
     }
 
-    fn forward_client_message(&mut self, msg_tag: u8, msg: &[u8]) -> Result<(), SessionError> {
-        let body = wire::body(msg);
-        tracing::trace!(parent: &self.span, tag = %char::from(msg_tag), len = msg.len(), "client message");
-        if matches!(msg_tag, tag::QUERY | tag::EXECUTE) {
-            if let Some(lease) = &self.lease {
-                lease.pool().metrics().queries.inc();
-            }
+    /// The statement context for statements this client parses now.
+    fn statement_context(&mut self) -> StatementContext {
+        if self.pinned.is_none() && !self.settings_changed {
+            return self.shared_context;
         }
-        match msg_tag {
-            tag::QUERY => {
-                if let Some(effect) = router::session_state_effect(body) {
-                    let config = self.config();
-                    if config.pool.session_state == SessionStatePolicy::Refuse
-                        && config.pool.mode == PoolMode::Transaction
-                    {
-                        return self.refuse_query(effect);
-                    }
-                    self.pin(effect);
-                }
-                self.send(msg, Expect::Query);
-            }
-            tag::PARSE => self.forward_parse(msg, body)?,
-            tag::BIND => {
-                let (portal, rest) = wire::read_cstr(body).ok_or(WireError::Malformed("Bind"))?;
-                let (name, params) = wire::read_cstr(rest).ok_or(WireError::Malformed("Bind"))?;
-                match self.client_statement(name) {
-                    Some(stmt) => {
-                        let conn = self.lease.as_mut().expect("leased").conn_mut();
-                        ensure_prepared(conn, &stmt, &self.ctx.metrics);
-                        wire::put_bind_renamed(&mut conn.wbuf, portal, stmt.server_name.as_bytes(), params);
-                        conn.tracker.sent(Expect::Bind, Origin::Client);
-                    }
-                    None => self.send(msg, Expect::Bind),
-                }
-            }
-            tag::DESCRIBE | tag::CLOSE => {
-                let (&kind, rest) = body.split_first().ok_or(WireError::Malformed("Describe/Close"))?;
-                let (name, _) = wire::read_cstr(rest).ok_or(WireError::Malformed("Describe/Close"))?;
-                let expect = match (msg_tag, kind) {
-                    (tag::CLOSE, _) => Expect::Close,
-                    (_, b'S') => Expect::DescribeStatement { got_parameters: false },
-                    _ => Expect::DescribePortal,
-                };
-                let stmt = if kind == b'S' { self.client_statement(name) } else { None };
-                match (msg_tag, stmt) {
-                    (tag::CLOSE, Some(_)) => {
-                        // The server-side statement stays for other clients; the client's name goes.
-                        self.statements.remove(name);
-                        let lease = self.lease.as_mut().expect("leased");
-                        lease.conn_mut().tracker.synthetic(Synthetic::CloseComplete, &mut self.out);
-                    }
-                    (_, Some(stmt)) => {
-                        let conn = self.lease.as_mut().expect("leased").conn_mut();
-                        ensure_prepared(conn, &stmt, &self.ctx.metrics);
-                        wire::put_statement_op(&mut conn.wbuf, msg_tag, stmt.server_name.as_bytes());
-                        conn.tracker.sent(expect, Origin::Client);
-                    }
-                    (_, None) => self.send(msg, expect),
-                }
-            }
-            tag::EXECUTE => self.send(msg, Expect::Execute),
-            tag::SYNC => self.send(msg, Expect::Sync),
-            tag::FUNCTION_CALL => self.send(msg, Expect::Query),
-            tag::COPY_DONE | tag::COPY_FAIL => self.send(msg, Expect::CopyEnd),
-            tag::FLUSH | tag::COPY_DATA => self.conn().wbuf.extend_from_slice(msg),
-            other => return Err(WireError::UnexpectedTag(other).into()),
-        }
-        Ok(())
+        *self.private_context.get_or_insert_with(|| self.ctx.settings.private_context())
     }
+}
 
-    fn conn(&mut self) -> &mut ServerConn {
-        self.lease.as_mut().expect("leased").conn_mut()
-    }
-
-    /// Forwards a client message unchanged.
-    fn send(&mut self, msg: &[u8], expect: Expect) {
-        let conn = self.conn();
-        conn.wbuf.extend_from_slice(msg);
-        conn.tracker.sent(expect, Origin::Client);
-    }
-
-    fn handle_server_messages(&mut self) -> Result<(), SessionError> {
-        let span = &self.span;
-        let Some(lease) = self.lease.as_mut() else { return Ok(()) };
-        let conn = lease.conn_mut();
-        let mut consumed = 0;
-        let result = loop {
-            let rest = &conn.rbuf[consumed..];
-            let frame = match Frame::peek(rest, MAX_SERVER_MESSAGE) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break Ok(()),
-                Err(e) => break Err(SessionError::ServerProtocol(e)),
-            };
-            let msg = &rest[..frame.total_len];
-            let verdict = conn.tracker.on_server_message(frame.tag, &msg[5..]);
-            tracing::trace!(parent: span, tag = %char::from(frame.tag), ?verdict, "server message");
-            match verdict {
-                Verdict::Relay => {
-                    match frame.tag {
-                        server_tag::PARAMETER_STATUS => conn.settings_dirty = true,
-                        server_tag::ERROR_RESPONSE => {
-                            self.ctx.metrics.error(wire::error_code(&msg[5..]).unwrap_or(b"??"), ErrorOrigin::Server)
-                        }
-                        _ => {}
-                    }
-                    self.out.extend_from_slice(msg);
-                }
-                Verdict::Swallow => {}
-                Verdict::SetupFailed => break Err(SessionError::SetupFailed(ErrorFields::parse(&msg[5..]))),
-            }
-            consumed += frame.total_len;
-            conn.tracker.emit_synthetic(&mut self.out);
-        };
-        conn.rbuf.advance(consumed);
-        if result.is_err() {
-            lease.poison();
-        }
-        result
-    }
+/// The client's unnamed statement: PostgreSQL keeps it until it is replaced,
+/// across transactions, so a Bind in a later transaction (on another server
+/// connection) must find it there too.
+#[derive(Debug, Default)]
+struct UnnamedStatement {
+    /// The Parse body after the name, when the client has one.
+    definition: Option<Vec<u8>>,
+    /// It exists on the leased connection.
+    on_lease: bool,
 }
 
 /// A cancellation signal the relay loop looks at only when a cheap flag
@@ -558,12 +467,12 @@ fn poll_io(
     read_client: bool,
     client_has_out: bool,
     server: Option<&mut ServerConn>,
-    read_server: bool,
+    read_server: Option<usize>,
 ) -> Poll<Result<Event, SessionError>> {
     {
         if let Some(conn) = server {
-            if read_server {
-                conn.rbuf.reserve(READ_CHUNK.max(Frame::needed(&conn.rbuf)));
+            if let Some(size) = read_server {
+                conn.rbuf.reserve(size);
                 match poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.rbuf) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Err(SessionError::ServerClosed { node: String::new() })),
                     Poll::Ready(Ok(_)) => return Poll::Ready(Ok(Event::ServerRead)),
@@ -571,7 +480,7 @@ fn poll_io(
                     Poll::Pending => {}
                 }
             }
-            if !conn.wbuf.is_empty() && conn.stream.poll_write_ready(cx).is_ready() {
+            if conn.pending_write() > 0 && conn.stream.poll_write_ready(cx).is_ready() {
                 return Poll::Ready(Ok(Event::Writable));
             }
         }

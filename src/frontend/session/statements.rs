@@ -1,93 +1,376 @@
-//! The session's handling of named prepared statements and of what needs no
-//! server: Parse under a shared server-side name, the answers pgrelay gives
-//! between transactions, and refusing session state when configured to.
+//! The session's prepared statements: the client's names mapped to shared
+//! server-side statements, its unnamed statement, SQL DEALLOCATE / DISCARD
+//! of its own statements, and the errors a server would raise for them.
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
+use super::forward::sql_of;
 use super::Session;
 use crate::backend::{Expect, Origin, Statement, Synthetic};
 use crate::frontend::error::SessionError;
-use crate::router::{self, SessionStateEffect};
-use crate::wire::{self, frontend as tag, TxStatus, WireError};
+use crate::router::{self, PreparedCommand, SessionStateEffect};
+use crate::wire::{self, frontend as tag, sqlstate, Severity, TxStatus, WireError};
+
+/// prepared statement "name" already exists
+const DUPLICATE_STATEMENT: &str = "42P05";
+/// prepared statement "name" does not exist
+const UNDEFINED_STATEMENT: &str = "26000";
+/// too many prepared statements
+const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";
 
 impl Session {
-    /// Without a leased server connection the client is between transactions,
-    /// so some messages need no server: Parse of a statement a server has
-    /// already accepted (it is prepared wherever the client's Bind lands),
-    /// Close, Flush, and Sync (ReadyForQuery 'I'). Besides saving a round
-    /// trip, this keeps a client that prepares synchronously from waiting for
-    /// a connection that its own other connections hold.
-    pub(super) fn answer_without_server(&mut self, msg_tag: u8, msg: &[u8]) -> Result<bool, SessionError> {
-        let body = wire::body(msg);
-        match msg_tag {
-            tag::SYNC => wire::put_ready_for_query(&mut self.out, TxStatus::Idle),
-            tag::FLUSH => {}
-            tag::CLOSE => {
-                let (&kind, rest) = body.split_first().ok_or(WireError::Malformed("Close"))?;
-                let (name, _) = wire::read_cstr(rest).ok_or(WireError::Malformed("Close"))?;
-                if kind == b'S' {
-                    self.statements.remove(name);
-                }
-                wire::put_close_complete(&mut self.out);
-            }
-            tag::PARSE => {
-                let (name, definition) = wire::read_cstr(body).ok_or(WireError::Malformed("Parse"))?;
-                let sql = wire::read_cstr(definition).map_or(definition, |(sql, _)| sql);
-                if name.is_empty() || router::session_state_effect(sql).is_some() {
-                    return Ok(false);
-                }
-                let stmt = self.ctx.statements.intern(definition);
-                if !stmt.is_validated() {
-                    return Ok(false);
-                }
-                self.statements.insert(name, stmt);
-                wire::put_parse_complete(&mut self.out);
-            }
-            _ => return Ok(false),
+    /// A Parse between transactions: answered at once when a server has
+    /// accepted the same statement (in the same context), refused when the
+    /// name is taken or the client is at its limit.
+    pub(super) fn parse_without_server(&mut self, body: &[u8]) -> Result<bool, SessionError> {
+        let (name, definition) = wire::read_cstr(body).ok_or(WireError::Malformed("Parse"))?;
+        if name.is_empty() {
+            return Ok(false);
         }
+        if let Some((code, message)) = self.parse_refusal(name) {
+            self.error_without_server(code, &message, true);
+            return Ok(true);
+        }
+        let effects = router::classify(sql_of(definition));
+        if effects.session_state.is_some() || effects.changes_settings {
+            return Ok(false);
+        }
+        let context = self.statement_context();
+        let stmt = self.ctx.statements.intern(context, definition);
+        if !stmt.is_validated() {
+            return Ok(false);
+        }
+        self.statements.insert(Bytes::copy_from_slice(name), stmt);
+        wire::put_parse_complete(&mut self.out);
+        Ok(true)
+    }
+
+    /// Bind or Describe of a statement the client does not have, between
+    /// transactions: the error a server would give, without one.
+    pub(super) fn check_statement_without_server(&mut self, msg_tag: u8, body: &[u8]) -> Result<bool, SessionError> {
+        let name = match msg_tag {
+            tag::BIND => wire::read_cstr(body).and_then(|(_, rest)| wire::read_cstr(rest)),
+            _ => match body.split_first() {
+                Some((b'S', rest)) => wire::read_cstr(rest),
+                _ => return Ok(false),
+            },
+        };
+        let (name, _) = name.ok_or(WireError::Malformed("Bind/Describe"))?;
+        let exists = if name.is_empty() { self.unnamed.definition.is_some() } else { self.statements.contains(name) };
+        if exists {
+            return Ok(false);
+        }
+        self.error_without_server(UNDEFINED_STATEMENT, &undefined_statement(name), true);
         Ok(true)
     }
 
     pub(super) fn forward_parse(&mut self, msg: &[u8], body: &[u8]) -> Result<(), SessionError> {
         let (name, definition) = wire::read_cstr(body).ok_or(WireError::Malformed("Parse"))?;
-        if let Some(effect) = wire::read_cstr(definition).and_then(|(sql, _)| router::session_state_effect(sql)) {
+        let effects = router::classify(sql_of(definition));
+        self.settings_changed |= effects.changes_settings;
+        if let Some(effect) = effects.session_state {
             self.pin(effect);
         }
         if name.is_empty() {
-            self.send(msg, Expect::Parse { registers: None });
-            return Ok(());
+            match &mut self.unnamed.definition {
+                Some(kept) => {
+                    kept.clear();
+                    kept.extend_from_slice(definition);
+                }
+                None => self.unnamed.definition = Some(definition.to_vec()),
+            }
+            self.unnamed.on_lease = true;
+            return Ok(self.send(msg, Expect::Parse { registers: None, client_name: None })?);
         }
-        let stmt = self.ctx.statements.intern(definition);
-        self.statements.insert(name, stmt.clone());
-        let lease = self.lease.as_mut().expect("leased");
-        let conn = lease.conn_mut();
-        if conn.tracker.is_prepared(&stmt.server_name) {
-            conn.tracker.synthetic(Synthetic::ParseComplete, &mut self.out);
-        } else {
-            wire::put_parse_renamed(&mut conn.wbuf, stmt.server_name.as_bytes(), &stmt.definition);
-            conn.tracker.sent(Expect::Parse { registers: Some(stmt.clone()) }, Origin::Client);
+        if let Some((code, message)) = self.parse_refusal(name) {
+            return self.raise_in_batch(code, &message);
+        }
+        let context = self.statement_context();
+        let stmt = self.ctx.statements.intern(context, definition);
+        let name = Bytes::copy_from_slice(name);
+        self.statements.insert(name.clone(), stmt.clone());
+        let for_server = self.statement_for_server(&stmt);
+        let conn = self.lease.as_mut().expect("leased").conn_mut();
+        if !conn.prepare(&for_server, Origin::Client, Some(name.clone()))? {
+            conn.synthetic(Synthetic::ParseComplete(name), &mut self.out);
         }
         Ok(())
+    }
+
+    /// Why a Parse of `name` must fail, as PostgreSQL (or the client's limit) says.
+    fn parse_refusal(&mut self, name: &[u8]) -> Option<(&'static str, String)> {
+        if self.statements.contains(name) {
+            let name = String::from_utf8_lossy(name);
+            return Some((DUPLICATE_STATEMENT, format!("prepared statement \"{name}\" already exists")));
+        }
+        let limit = self.config().pool.max_client_prepared_statements;
+        (self.statements.len() >= limit).then(|| {
+            (
+                CONFIGURATION_LIMIT_EXCEEDED,
+                format!(
+                    "too many prepared statements (max_client_prepared_statements = {limit}); \
+                     close or DEALLOCATE some first"
+                ),
+            )
+        })
+    }
+
+    pub(super) fn forward_bind(&mut self, msg: &[u8], body: &[u8]) -> Result<(), SessionError> {
+        let (portal, rest) = wire::read_cstr(body).ok_or(WireError::Malformed("Bind"))?;
+        let (name, params) = wire::read_cstr(rest).ok_or(WireError::Malformed("Bind"))?;
+        if name.is_empty() {
+            self.ensure_unnamed()?;
+            return Ok(self.send(msg, Expect::Bind { statement: None })?);
+        }
+        let stmt = match self.known_statement(name)? {
+            Known::Statement(stmt) => stmt,
+            Known::Forward => return Ok(self.send(msg, Expect::Bind { statement: None })?),
+            Known::Raised => return Ok(()),
+        };
+        let conn = self.conn();
+        conn.send_built(Expect::Bind { statement: Some(stmt.clone()) }, Origin::Client, |b| {
+            wire::put_bind_renamed(b, portal, stmt.server_name.as_bytes(), params)
+        })?;
+        Ok(())
+    }
+
+    pub(super) fn forward_describe(&mut self, msg: &[u8], body: &[u8]) -> Result<(), SessionError> {
+        let (&kind, rest) = body.split_first().ok_or(WireError::Malformed("Describe"))?;
+        let (name, _) = wire::read_cstr(rest).ok_or(WireError::Malformed("Describe"))?;
+        if kind != b'S' {
+            return Ok(self.send(msg, Expect::DescribePortal)?);
+        }
+        let describe = Expect::DescribeStatement { got_parameters: false };
+        if name.is_empty() {
+            self.ensure_unnamed()?;
+            return Ok(self.send(msg, describe)?);
+        }
+        let stmt = match self.known_statement(name)? {
+            Known::Statement(stmt) => stmt,
+            Known::Forward => return Ok(self.send(msg, describe)?),
+            Known::Raised => return Ok(()),
+        };
+        let conn = self.conn();
+        conn.send_built(describe, Origin::Client, |b| {
+            wire::put_statement_op(b, tag::DESCRIBE, stmt.server_name.as_bytes())
+        })?;
+        Ok(())
+    }
+
+    pub(super) fn forward_close(&mut self, msg: &[u8], body: &[u8]) -> Result<(), SessionError> {
+        let (&kind, rest) = body.split_first().ok_or(WireError::Malformed("Close"))?;
+        let (name, _) = wire::read_cstr(rest).ok_or(WireError::Malformed("Close"))?;
+        if kind != b'S' || self.pinned.is_some() && !self.statements.contains(name) {
+            return Ok(self.send(msg, Expect::Close { closes: None })?);
+        }
+        if name.is_empty() {
+            self.unnamed.definition = None;
+            return Ok(self.send(msg, Expect::Close { closes: None })?);
+        }
+        // The server-side statement stays for other clients; the client's
+        // name goes (closing a name that does not exist is no error).
+        self.statements.remove(name);
+        let conn = self.lease.as_mut().expect("leased").conn_mut();
+        conn.synthetic(Synthetic::CloseComplete, &mut self.out);
+        Ok(())
+    }
+
+    /// The statement the client named, prepared on the leased connection.
+    fn known_statement(&mut self, name: &[u8]) -> Result<Known, SessionError> {
+        let Some(stmt) = self.statements.get(name).cloned() else {
+            if self.pinned.is_some() {
+                return Ok(Known::Forward);
+            }
+            self.raise_in_batch(UNDEFINED_STATEMENT, &undefined_statement(name))?;
+            return Ok(Known::Raised);
+        };
+        let stmt = self.statement_for_server(&stmt);
+        if self.conn().prepare(&stmt, Origin::Injected, None)? {
+            self.ctx.metrics.statements_reprepared.inc();
+        }
+        Ok(Known::Statement(stmt))
+    }
+
+    /// The statement to run on the leased connection. A client that changed
+    /// settings in this transaction gets a private copy of a statement not
+    /// yet prepared there, so that what is parsed under its transient
+    /// settings is never shared.
+    fn statement_for_server(&mut self, stmt: &Arc<Statement>) -> Arc<Statement> {
+        if !self.settings_changed || self.lease.as_ref().is_some_and(|l| l.conn().has_statement(stmt)) {
+            return stmt.clone();
+        }
+        let context = self.statement_context();
+        self.ctx.statements.intern(context, stmt.definition())
+    }
+
+    /// Makes the client's unnamed statement exist on the leased connection,
+    /// or makes sure none does (so the server reports it missing).
+    fn ensure_unnamed(&mut self) -> Result<(), SessionError> {
+        if self.unnamed.on_lease {
+            return Ok(());
+        }
+        let definition = self.unnamed.definition.take();
+        let conn = self.lease.as_mut().expect("leased").conn_mut();
+        let sent = match &definition {
+            Some(definition) => {
+                conn.send_built(Expect::Parse { registers: None, client_name: None }, Origin::Injected, |b| {
+                    wire::put_parse_renamed(b, b"", definition)
+                })
+            }
+            None => conn.send_built(Expect::Close { closes: None }, Origin::Injected, |b| {
+                wire::put_statement_op(b, tag::CLOSE, b"")
+            }),
+        };
+        self.unnamed.definition = definition;
+        sent?;
+        self.unnamed.on_lease = true;
+        Ok(())
+    }
+
+    /// A Query that is one DEALLOCATE or DISCARD, between transactions:
+    /// it concerns only the client's own statements.
+    pub(super) fn prepared_command_without_server(&mut self, command: PreparedCommand) -> bool {
+        let tag = match command {
+            PreparedCommand::Deallocate(name) => {
+                if self.statements.remove(&name).is_none() {
+                    self.error_without_server(UNDEFINED_STATEMENT, &undefined_statement(&name), false);
+                    return true;
+                }
+                "DEALLOCATE"
+            }
+            PreparedCommand::DeallocateAll => {
+                self.statements.clear();
+                "DEALLOCATE ALL"
+            }
+            PreparedCommand::DiscardAll => {
+                self.statements.clear();
+                self.unnamed.definition = None;
+                "DISCARD ALL"
+            }
+            PreparedCommand::DiscardPlans => return false,
+        };
+        wire::put_command_complete(&mut self.out, tag);
+        wire::put_ready_for_query(&mut self.out, TxStatus::Idle);
+        true
+    }
+
+    /// The same commands within a transaction (or a pipeline).
+    pub(super) fn forward_prepared_command(
+        &mut self,
+        command: PreparedCommand,
+        msg: &[u8],
+    ) -> Result<(), SessionError> {
+        match command {
+            PreparedCommand::Deallocate(name) => {
+                let Some(stmt) = self.statements.remove(&name) else {
+                    return self.raise_in_query(UNDEFINED_STATEMENT, &undefined_statement(&name));
+                };
+                // The server's own answer, from the shared statement; if
+                // the command fails (an aborted transaction), pgrelay does
+                // not know whether it still exists there.
+                let conn = self.conn();
+                conn.prepare(&stmt, Origin::Injected, None)?;
+                conn.forget_statement(&stmt.server_name);
+                conn.statements_uncertain();
+                let sql = format!("DEALLOCATE {}", stmt.server_name);
+                return Ok(conn.send_built(Expect::Query, Origin::Client, |b| wire::put_query(b, &sql))?);
+            }
+            PreparedCommand::DeallocateAll => self.statements.clear(),
+            PreparedCommand::DiscardAll => {
+                self.statements.clear();
+                self.unnamed.definition = None;
+                self.conn().settings_reset();
+            }
+            PreparedCommand::DiscardPlans => {}
+        }
+        self.conn().statements_uncertain();
+        Ok(self.send(msg, Expect::Query)?)
     }
 
     /// Answers a statement that would leave session state, under
-    /// `session_state = "refuse"`, with an error raised by the server itself so
-    /// it arrives in order with everything else.
+    /// `session_state = "refuse"`, with an error raised by the server itself
+    /// so it arrives in order with everything else.
     pub(super) fn refuse_query(&mut self, effect: SessionStateEffect) -> Result<(), SessionError> {
-        let sql = format!(
-            "DO $pgrelay$ BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', MESSAGE = '{} is not allowed through pgrelay in transaction pooling (session_state = \"refuse\")'; END $pgrelay$",
+        let message = format!(
+            "{} is not allowed through pgrelay in transaction pooling (session_state = \"refuse\")",
             effect.describe()
         );
+        self.raise_in_query(sqlstate::FEATURE_NOT_SUPPORTED, &message)
+    }
+
+    /// An error for the client's simple Query, raised by the server so that
+    /// it comes in order and with the transaction state a server gives it.
+    fn raise_in_query(&mut self, code: &str, message: &str) -> Result<(), SessionError> {
+        let sql = raise_sql(code, message);
+        Ok(self.conn().send_built(Expect::Query, Origin::Client, |b| wire::put_query(b, &sql))?)
+    }
+
+    /// The same for an extended-protocol message: the server skips the rest
+    /// of the batch, and so does pgrelay with the client's messages.
+    fn raise_in_batch(&mut self, code: &str, message: &str) -> Result<(), SessionError> {
+        let sql = raise_sql(code, message);
         let conn = self.conn();
-        wire::put_query(&mut conn.wbuf, &sql);
-        conn.tracker.sent(Expect::Query, Origin::Client);
+        conn.send_built(Expect::Parse { registers: None, client_name: None }, Origin::Injected, |b| {
+            wire::put_parse(b, b"", &sql, &[])
+        })?;
+        conn.send_built(Expect::Bind { statement: None }, Origin::Injected, |b| wire::put_bind_text(b, b"", b"", &[]))?;
+        conn.send_built(Expect::Execute, Origin::Injected, |b| wire::put_execute(b, b""))?;
+        // The client's unnamed statement was replaced on this connection.
+        self.unnamed.on_lease = false;
+        self.discard_until_sync = true;
         Ok(())
     }
 
-    pub(super) fn client_statement(&self, name: &[u8]) -> Option<Arc<Statement>> {
-        if name.is_empty() {
-            return None;
+    /// An error between transactions; in a batch, the client's messages are
+    /// discarded up to its Sync, which is answered as a server would.
+    fn error_without_server(&mut self, code: &str, message: &str, in_batch: bool) {
+        wire::put_error_response(&mut self.out, Severity::Error, code, message, None);
+        if in_batch {
+            self.discard_until_sync = true;
+        } else {
+            wire::put_ready_for_query(&mut self.out, TxStatus::Idle);
         }
-        self.statements.get(name).cloned()
+    }
+}
+
+/// What a client's statement name stands for on the leased connection.
+enum Known {
+    Statement(Arc<Statement>),
+    /// A pinned client's own SQL-prepared statement: the server knows it.
+    Forward,
+    /// The client has no such statement; the server is raising 26000.
+    Raised,
+}
+
+fn undefined_statement(name: &[u8]) -> String {
+    if name.is_empty() {
+        return "unnamed prepared statement does not exist".into();
+    }
+    format!("prepared statement \"{}\" does not exist", String::from_utf8_lossy(name))
+}
+
+/// A DO block that raises `message` with SQLSTATE `code`. The message is
+/// dollar-quoted with tags that occur nowhere in it, so no text in it can
+/// end the quote, whatever the connection's string settings.
+fn raise_sql(code: &str, message: &str) -> String {
+    let tag = |base: &str, text: &str| {
+        (0u32..).map(|n| format!("{base}{n}")).find(|t| !text.contains(&format!("${t}$"))).expect("a free tag")
+    };
+    let inner = tag("m", message);
+    let body = format!(" BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', MESSAGE = ${inner}${message}${inner}$; END ");
+    let outer = tag("pgrelay", &body);
+    format!("DO ${outer}${body}${outer}$")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn raised_messages_cannot_end_their_quotes() {
+        let sql = super::raise_sql("26000", "prepared statement \"$m0$; drop table t; $pgrelay0$\" does not exist");
+        assert!(sql.starts_with("DO $pgrelay1$"), "{sql}");
+        assert!(sql.contains("MESSAGE = $m1$prepared statement"), "{sql}");
+        assert!(sql.ends_with("$pgrelay1$"), "{sql}");
     }
 }

@@ -1,0 +1,93 @@
+//! The shared statements prepared on one server connection: a bounded set
+//! with least-recently-used eviction, so a connection never holds more than
+//! `max_prepared_statements` of them (the caller closes what is evicted).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+#[derive(Debug)]
+pub struct ServerStatements {
+    /// Server-side name -> the tick of its last use. foldhash (randomly
+    /// seeded): looked up on every Bind.
+    names: HashMap<Arc<str>, u64, foldhash::fast::RandomState>,
+    tick: u64,
+    capacity: usize,
+    /// Something the client ran may have deallocated statements pgrelay does
+    /// not know of: a statement not in `names` may still exist, so it is
+    /// closed before it is prepared again. Ends when the connection is reset.
+    uncertain: bool,
+}
+
+impl ServerStatements {
+    pub fn new(capacity: usize) -> ServerStatements {
+        ServerStatements { names: HashMap::default(), tick: 0, capacity: capacity.max(1), uncertain: false }
+    }
+
+    /// Whether `name` is prepared here; counts as a use.
+    pub fn touch(&mut self, name: &str) -> bool {
+        self.tick += 1;
+        match self.names.get_mut(name) {
+            Some(stamp) => {
+                *stamp = self.tick;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.names.contains_key(name)
+    }
+
+    /// Records `name` as prepared; returns the least recently used name it
+    /// displaced, which the caller must close on the server.
+    pub fn insert(&mut self, name: Arc<str>) -> Option<Arc<str>> {
+        self.tick += 1;
+        let evicted = if self.names.len() >= self.capacity && !self.names.contains_key(&name) {
+            let oldest = self.names.iter().min_by_key(|(_, stamp)| **stamp).map(|(n, _)| n.clone());
+            oldest.inspect(|n| {
+                self.names.remove(n);
+            })
+        } else {
+            None
+        };
+        self.names.insert(name, self.tick);
+        evicted
+    }
+
+    /// Records `name` as prepared again (its Close was not run), even
+    /// beyond capacity: it does exist on the server.
+    pub fn restore(&mut self, name: Arc<str>) {
+        self.tick += 1;
+        self.names.insert(name, self.tick);
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        self.names.remove(name);
+    }
+
+    /// The client may have deallocated statements: forget them all, and
+    /// close any name before preparing it again.
+    pub fn make_uncertain(&mut self) {
+        self.names.clear();
+        self.uncertain = true;
+    }
+
+    pub fn is_uncertain(&self) -> bool {
+        self.uncertain
+    }
+
+    /// DISCARD ALL ran: nothing is prepared, and that is certain.
+    pub fn reset(&mut self) {
+        self.names.clear();
+        self.uncertain = false;
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}

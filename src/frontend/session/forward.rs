@@ -1,0 +1,151 @@
+//! The client's messages: what pgrelay answers itself between transactions,
+//! and forwarding the rest to the leased server connection, each with the
+//! answer it is owed.
+
+use super::{Session, HIGH_WATER};
+use crate::backend::{CopyInterleaved, Expect, Origin, ServerConn};
+use crate::config::{PoolMode, SessionStatePolicy};
+use crate::frontend::error::SessionError;
+use crate::router::{self, SessionStateEffect};
+use crate::wire::{self, frontend as tag, Frame, TxStatus, WireError};
+
+impl From<CopyInterleaved> for SessionError {
+    fn from(e: CopyInterleaved) -> SessionError {
+        SessionError::ClientProtocol(WireError::Violation(e.message()))
+    }
+}
+
+impl Session {
+    pub(super) async fn handle_client_messages(&mut self) -> Result<(), SessionError> {
+        let max = self.config().pool.max_message_size;
+        // Stops while the client's output is full: it is not reading.
+        while self.out.len() < HIGH_WATER {
+            let Some(frame) = Frame::peek(&self.cbuf, max)? else { break };
+            if frame.tag == tag::TERMINATE {
+                self.terminated = true;
+                return Ok(());
+            }
+            let msg = self.cbuf.split_to(frame.total_len);
+            if self.discard_until_sync {
+                if frame.tag != tag::SYNC {
+                    continue;
+                }
+                self.discard_until_sync = false;
+            }
+            if self.lease.is_none() {
+                if self.answer_without_server(frame.tag, &msg)? {
+                    continue;
+                }
+                self.acquire().await?;
+            }
+            self.forward_client_message(frame.tag, &msg)?;
+            // Keep the server busy while the rest of a large batch is handled.
+            if self.lease.as_ref().is_some_and(|l| l.conn().pending_write() >= HIGH_WATER) {
+                self.flush_server()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Without a leased server connection the client is between transactions,
+    /// so some messages need no server: Parse of a statement a server has
+    /// already accepted (it is prepared wherever the client's Bind lands),
+    /// Close, Flush, Sync (ReadyForQuery 'I'), and the prepared-statement
+    /// commands that concern only the client's own statements. Besides saving
+    /// a round trip, this keeps a client that prepares synchronously from
+    /// waiting for a connection that its own other connections hold.
+    fn answer_without_server(&mut self, msg_tag: u8, msg: &[u8]) -> Result<bool, SessionError> {
+        let body = wire::body(msg);
+        match msg_tag {
+            tag::SYNC => wire::put_ready_for_query(&mut self.out, TxStatus::Idle),
+            tag::FLUSH => {}
+            tag::CLOSE => {
+                let (&kind, rest) = body.split_first().ok_or(WireError::Malformed("Close"))?;
+                let (name, _) = wire::read_cstr(rest).ok_or(WireError::Malformed("Close"))?;
+                match (kind, name.is_empty()) {
+                    (b'S', true) => self.unnamed.definition = None,
+                    (b'S', false) => {
+                        self.statements.remove(name);
+                    }
+                    _ => {}
+                }
+                wire::put_close_complete(&mut self.out);
+            }
+            tag::PARSE => return self.parse_without_server(body),
+            tag::BIND | tag::DESCRIBE => return self.check_statement_without_server(msg_tag, body),
+            // Only a text that starts with D can be DEALLOCATE or DISCARD.
+            tag::QUERY if starts_with_d(sql_of(body)) => {
+                let Some(command) = router::prepared_command(sql_of(body)) else { return Ok(false) };
+                return Ok(self.prepared_command_without_server(command));
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn forward_client_message(&mut self, msg_tag: u8, msg: &[u8]) -> Result<(), SessionError> {
+        let body = wire::body(msg);
+        tracing::trace!(parent: &self.span, tag = %char::from(msg_tag), len = msg.len(), "client message");
+        if matches!(msg_tag, tag::QUERY | tag::EXECUTE) {
+            if let Some(lease) = &self.lease {
+                lease.pool().metrics().queries.inc();
+            }
+        }
+        match msg_tag {
+            tag::QUERY => self.forward_query(msg, body)?,
+            tag::PARSE => self.forward_parse(msg, body)?,
+            tag::BIND => self.forward_bind(msg, body)?,
+            tag::DESCRIBE => self.forward_describe(msg, body)?,
+            tag::CLOSE => self.forward_close(msg, body)?,
+            tag::EXECUTE => self.send(msg, Expect::Execute)?,
+            tag::SYNC => self.send(msg, Expect::Sync)?,
+            tag::FUNCTION_CALL => self.send(msg, Expect::Query)?,
+            tag::FLUSH => self.send(msg, Expect::Flush)?,
+            tag::COPY_DATA => self.send(msg, Expect::CopyData)?,
+            tag::COPY_DONE | tag::COPY_FAIL => self.send(msg, Expect::CopyEnd)?,
+            other => return Err(WireError::UnexpectedTag(other).into()),
+        }
+        Ok(())
+    }
+
+    fn forward_query(&mut self, msg: &[u8], body: &[u8]) -> Result<(), SessionError> {
+        let sql = sql_of(body);
+        let effects = router::classify(sql);
+        self.settings_changed |= effects.changes_settings;
+        let Some(effect) = effects.session_state else { return Ok(self.send(msg, Expect::Query)?) };
+        if self.pinned.is_none() && matches!(effect, SessionStateEffect::Deallocate | SessionStateEffect::Discard) {
+            if let Some(command) = router::prepared_command(sql) {
+                return self.forward_prepared_command(command, msg);
+            }
+        }
+        let config = self.config();
+        if config.pool.session_state == SessionStatePolicy::Refuse && config.pool.mode == PoolMode::Transaction {
+            return self.refuse_query(effect);
+        }
+        self.pin(effect);
+        if effect.may_deallocate() {
+            self.conn().statements_uncertain();
+        }
+        Ok(self.send(msg, Expect::Query)?)
+    }
+
+    pub(super) fn conn(&mut self) -> &mut ServerConn {
+        self.lease.as_mut().expect("leased").conn_mut()
+    }
+
+    /// Forwards a client message unchanged.
+    pub(super) fn send(&mut self, msg: &[u8], expect: Expect) -> Result<(), CopyInterleaved> {
+        self.conn().send(msg, expect, Origin::Client)
+    }
+}
+
+/// The query text of a Query message (or of a Parse after its name).
+pub(super) fn sql_of(body: &[u8]) -> &[u8] {
+    wire::read_cstr(body).map_or(body, |(sql, _)| sql)
+}
+
+/// Whether the first word of `sql` (after spaces and comments) may start with D.
+fn starts_with_d(sql: &[u8]) -> bool {
+    let first = sql.iter().find(|b| !b.is_ascii_whitespace());
+    matches!(first, Some(b'd' | b'D' | b'-' | b'/'))
+}
