@@ -269,10 +269,37 @@ impl ServerConn {
         }
     }
 
+    /// Applies the client's settings from scratch and returns the value the
+    /// server gives each of them (as SHOW shows it: `UTF8` for `utf8`), in
+    /// the order of `wanted`. A value the server rejects is its error.
+    pub async fn probe_settings(&mut self, wanted: &Arc<ClientSettings>) -> Result<Vec<Bytes>, BackendError> {
+        self.settings_dirty = true;
+        self.apply_settings(wanted).map_err(copy_error)?;
+        let mut values = Vec::with_capacity(wanted.len());
+        match self
+            .finish_pending_with(|msg| {
+                if msg[0] == tag::DATA_ROW && msg.len() >= 11 {
+                    // One column: its length, then its value.
+                    values.push(Bytes::copy_from_slice(&msg[11..]));
+                }
+            })
+            .await?
+        {
+            Some(fields) => Err(BackendError::Server(fields)),
+            None if values.len() == wanted.len() => Ok(values),
+            None => Err(BackendError::Abandoned("the server did not answer every setting")),
+        }
+    }
+
     /// Sends what is buffered (closing an open extended batch with Sync) and
     /// reads until the server owes nothing, discarding what it says. Returns
     /// the last error the server reported on the way.
     pub async fn finish_pending(&mut self) -> Result<Option<ErrorFields>, BackendError> {
+        self.finish_pending_with(|_| {}).await
+    }
+
+    /// [`ServerConn::finish_pending`], showing each message to `seen`.
+    async fn finish_pending_with(&mut self, mut seen: impl FnMut(&[u8])) -> Result<Option<ErrorFields>, BackendError> {
         if self.tracker.copy_state() != super::CopyState::None || self.tracker.client_copy_open() {
             return Err(BackendError::Abandoned("connection abandoned during COPY"));
         }
@@ -287,6 +314,7 @@ impl ServerConn {
             if msg[0] == tag::ERROR_RESPONSE {
                 failed = Some(ErrorFields::parse(&msg[5..]));
             }
+            seen(&msg);
             if let Verdict::Desync(reason) = self.tracker.on_server_message(msg[0], &msg[5..]) {
                 return Err(BackendError::Abandoned(reason));
             }

@@ -11,6 +11,7 @@ mod prepared;
 mod registry;
 mod session;
 mod startup;
+mod welcome;
 
 pub use cancel::CancelRegistry;
 pub use error::SessionError;
@@ -18,19 +19,19 @@ pub use lifecycle::{Lifecycle, StopMode};
 pub use listener::serve;
 pub use registry::{ClientActivity, ClientEntry, ClientRegistry, ClientState, ServerLink};
 pub use startup::{application_name, AdminLogin, ADMIN_DATABASES};
+pub use welcome::WelcomeCache;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Guard};
-use bytes::{Bytes, BytesMut};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::UserDb;
-use crate::backend::{ServerParams, StatementContext, StatementRegistry};
+use crate::backend::{StatementContext, StatementRegistry};
 use crate::cluster::ClusterView;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -176,65 +177,5 @@ impl SettingsInterner {
     /// A statement context no other client has.
     pub fn private_context(&self) -> StatementContext {
         self.next_context.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    }
-}
-
-/// The encoded ParameterStatus messages for each (server parameters, client
-/// settings) pair seen, so a login copies one block instead of encoding a
-/// dozen messages. Both keys are shared `Arc`s (interned settings), compared
-/// by pointer; the entries keep them alive, so a pointer is never reused.
-#[derive(Debug, Default)]
-pub struct WelcomeCache {
-    known: std::sync::Mutex<Vec<(ServerParams, Arc<ClientSettings>, Bytes)>>,
-}
-
-/// Distinct welcomes kept.
-const MAX_CACHED_WELCOMES: usize = 64;
-
-impl WelcomeCache {
-    pub fn get_or_encode(&self, server: &ServerParams, client: &Arc<ClientSettings>) -> Bytes {
-        let mut known = self.known.lock().expect("welcome lock");
-        if let Some((.., block)) = known.iter().find(|(s, c, _)| Arc::ptr_eq(s, server) && Arc::ptr_eq(c, client)) {
-            return block.clone();
-        }
-        let mut block = BytesMut::new();
-        for (name, value) in server.iter() {
-            // The client's own startup value wins: the session applies it on every server connection.
-            let own = client.iter().find(|(k, _)| k.as_bytes() == &name[..]).map(|(_, v)| v.as_bytes());
-            crate::wire::put_parameter_status(&mut block, name, own.unwrap_or(value));
-        }
-        let block = block.freeze();
-        // Oldest out: after failovers, pools (and their parameters) are new.
-        if known.len() == MAX_CACHED_WELCOMES {
-            known.remove(0);
-        }
-        known.push((server.clone(), client.clone(), block.clone()));
-        block
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn param(name: &str, value: &str) -> (Bytes, Bytes) {
-        (Bytes::copy_from_slice(name.as_bytes()), Bytes::copy_from_slice(value.as_bytes()))
-    }
-
-    #[test]
-    fn welcome_is_encoded_once_per_pair_with_the_clients_own_values() {
-        let server: ServerParams = Arc::new(vec![param("TimeZone", "UTC"), param("application_name", "")]);
-        let interner = SettingsInterner::default();
-        let client = interner.intern(vec![("application_name".into(), "psql".into())]);
-        let cache = WelcomeCache::default();
-        let first = cache.get_or_encode(&server, &client);
-        let mut expected = BytesMut::new();
-        crate::wire::put_parameter_status(&mut expected, b"TimeZone", b"UTC");
-        crate::wire::put_parameter_status(&mut expected, b"application_name", b"psql");
-        assert_eq!(first, expected.freeze());
-        let again = cache.get_or_encode(&server, &interner.intern(vec![("application_name".into(), "psql".into())]));
-        assert_eq!(first.as_ptr(), again.as_ptr(), "the same pair is served from the cache");
-        let other = cache.get_or_encode(&server, &interner.intern(Vec::new()));
-        assert_ne!(first, other);
     }
 }

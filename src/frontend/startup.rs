@@ -108,7 +108,7 @@ pub async fn login(
     })?;
     let server_params = server_params(ctx, listener, &user, &database).await?;
     let settings = ctx.settings.intern(settings);
-    let welcome = ctx.welcomes.get_or_encode(&server_params, &settings);
+    let welcome = super::welcome::welcome(ctx, listener, &user, &database, &server_params, &settings).await?;
     let cancel = ctx.cancels.register();
     let mut out = BytesMut::with_capacity(welcome.len() + 64);
     wire::put_auth_ok(&mut out);

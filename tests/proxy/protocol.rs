@@ -224,3 +224,50 @@ async fn ssl_and_gssenc_requests_are_declined_and_login_continues() {
     assert!(tags(&raw.until_ready().await).ends_with('Z'));
     app.shutdown(GRACE).await;
 }
+
+/// ParameterStatus values of the client's own startup settings, from a login's messages.
+fn reported(messages: &[(u8, bytes::Bytes)], name: &str) -> Option<String> {
+    messages.iter().filter(|(t, _)| *t == b'S').find_map(|(_, body)| {
+        let mut parts = body.split(|&b| b == 0);
+        let key = parts.next()?;
+        (key == name.as_bytes()).then(|| String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned())
+    })
+}
+
+#[tokio::test]
+async fn startup_settings_are_reported_as_the_server_reports_them() {
+    let app = relay::start_default(cluster(), "").await;
+    let settings = [("client_encoding", "utf8"), ("datestyle", "sql"), ("TimeZone", "europe/paris")];
+    let (mut raw, welcome) = Raw::login(app.rw_addr, &settings).await;
+    assert_eq!(reported(&welcome, "client_encoding").as_deref(), Some("UTF8"));
+    assert_eq!(reported(&welcome, "DateStyle").as_deref(), Some("SQL, MDY"));
+    assert_eq!(reported(&welcome, "TimeZone").as_deref(), Some("Europe/Paris"));
+    // A second login with the same settings is welcomed the same way.
+    let (_, again) = Raw::login(app.rw_addr, &settings).await;
+    assert_eq!(reported(&again, "client_encoding").as_deref(), Some("UTF8"));
+    let mut out = BytesMut::new();
+    out.extend_from_slice(&query_message("show datestyle"));
+    raw.send(&out).await;
+    let answer = raw.until_ready().await;
+    assert_eq!(tags(&answer), "T D C Z");
+    // A value the server rejects fails the login, as it does on PostgreSQL.
+    let mut bad = Raw::connect(app.rw_addr).await;
+    let mut out = BytesMut::new();
+    let params: Vec<(&[u8], &[u8])> = vec![
+        (b"user", pgrelay::localcluster::TRUST_USER.as_bytes()),
+        (b"database", b"app"),
+        (b"DateStyle", b"no such style"),
+    ];
+    wire::put_startup_message(&mut out, params);
+    bad.send(&out).await;
+    let refused = bad.until_ready().await;
+    let error = refused.iter().find(|(t, _)| *t == b'E').expect("an error");
+    assert_eq!(error_fields(&error.1).0, "22023", "invalid_parameter_value");
+    app.shutdown(GRACE).await;
+}
+
+fn query_message(sql: &str) -> BytesMut {
+    let mut out = BytesMut::new();
+    wire::put_query(&mut out, sql);
+    out
+}
