@@ -271,3 +271,31 @@ fn query_message(sql: &str) -> BytesMut {
     wire::put_query(&mut out, sql);
     out
 }
+
+#[tokio::test]
+async fn the_servers_own_fatal_reaches_the_client_once() {
+    let app = relay::start_default(cluster(), "").await;
+    let (mut raw, _) = Raw::login(app.rw_addr, &[]).await;
+    raw.send(&query_message("select pg_sleep(30) -- fatal once")).await;
+    // Wait until the query runs, then end its backend as an operator would.
+    let deadline = Instant::now() + GRACE;
+    loop {
+        let sql = "select pg_terminate_backend(pid) from pg_stat_activity where query like '%-- fatal once' \
+                   and pid <> pg_backend_pid()";
+        let out = cluster().psql(cluster().primary(), sql).expect("psql");
+        if out.contains('t') {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the query never showed up in pg_stat_activity");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut errors = Vec::new();
+    while let Some((tag, body)) = raw.recv().await {
+        if tag == b'E' {
+            errors.push(error_fields(&body));
+        }
+    }
+    assert_eq!(errors.len(), 1, "exactly one error: {errors:?}");
+    assert_eq!(errors[0].0, "57P01", "the server's own: {errors:?}");
+    app.shutdown(GRACE).await;
+}

@@ -289,6 +289,10 @@ impl Session {
         })
         .await;
         match event {
+            // The client has the server's own FATAL: no second error from pgrelay.
+            Err(SessionError::ServerClosed { .. } | SessionError::ServerIo(_)) if self.server_fatal => {
+                Err(SessionError::ServerEnded)
+            }
             Err(SessionError::ServerClosed { .. }) => {
                 let node = self.lease.as_ref().map(|l| l.pool().key.node.clone()).unwrap_or_default();
                 Err(SessionError::ServerClosed { node })
