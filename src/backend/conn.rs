@@ -12,7 +12,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::tracker::{CopyInterleaved, Expect, Origin, Synthetic, Tracker, Verdict};
+use super::tracker::{Expect, Origin, Synthetic, Tracker, Verdict};
 use super::Statement;
 use crate::auth::scram::{ScramClient, MECHANISM};
 use crate::auth::{md5, AuthError, ServerCredentials};
@@ -261,7 +261,7 @@ impl ServerConn {
     /// connection at a sync point and waits until they finish without error.
     pub async fn run_reset(&mut self, queries: &[&str]) -> Result<(), BackendError> {
         for q in queries {
-            self.send_built(Expect::Query, Origin::InjectedSetup, |b| wire::put_query(b, q)).map_err(copy_error)?;
+            self.send_built(Expect::Query, Origin::InjectedSetup, |b| wire::put_query(b, q));
         }
         match self.finish_pending().await? {
             Some(fields) => Err(BackendError::Server(fields)),
@@ -274,7 +274,7 @@ impl ServerConn {
     /// the order of `wanted`. A value the server rejects is its error.
     pub async fn probe_settings(&mut self, wanted: &Arc<ClientSettings>) -> Result<Vec<Bytes>, BackendError> {
         self.settings_dirty = true;
-        self.apply_settings(wanted).map_err(copy_error)?;
+        self.apply_settings(wanted);
         let mut values = Vec::with_capacity(wanted.len());
         match self
             .finish_pending_with(|msg| {
@@ -304,7 +304,7 @@ impl ServerConn {
             return Err(BackendError::Abandoned("connection abandoned during COPY"));
         }
         if self.tracker.batch_open() {
-            self.send_built(Expect::Sync, Origin::InjectedSetup, wire::put_sync).map_err(copy_error)?;
+            self.send_built(Expect::Sync, Origin::InjectedSetup, wire::put_sync);
         }
         self.stream.write_all(&self.wbuf).await?;
         self.wbuf.clear();
@@ -329,56 +329,60 @@ impl ServerConn {
 
     /// Queues `msg` for the server, recording the answer it is owed.
     #[inline]
-    pub fn send(&mut self, msg: &[u8], expect: Expect, origin: Origin) -> Result<(), CopyInterleaved> {
-        self.tracker.sent(expect, origin)?;
-        self.wbuf.extend_from_slice(msg);
-        Ok(())
+    pub fn send(&mut self, msg: &[u8], expect: Expect, origin: Origin) {
+        self.send_built(expect, origin, |b| b.extend_from_slice(msg));
     }
 
     /// Queues a message pgrelay builds, recording the answer it is owed.
-    pub fn send_built(
-        &mut self,
-        expect: Expect,
-        origin: Origin,
-        build: impl FnOnce(&mut BytesMut),
-    ) -> Result<(), CopyInterleaved> {
-        self.tracker.sent(expect, origin)?;
-        build(&mut self.wbuf);
-        Ok(())
+    #[inline]
+    pub fn send_built(&mut self, expect: Expect, origin: Origin, build: impl FnOnce(&mut BytesMut)) {
+        if self.tracker.client_copy_open() && !matches!(expect, Expect::CopyData | Expect::CopyEnd | Expect::Flush) {
+            self.end_open_copy();
+        }
+        if self.tracker.sent(expect, origin).is_ok() {
+            build(&mut self.wbuf);
+        }
+    }
+
+    /// The client sent something other than COPY data while its COPY FROM
+    /// STDIN is open. Whether the server already failed the COPY (and would
+    /// answer that message) or still reads data (and would ignore or choke
+    /// on it) cannot be known, so pgrelay ends the COPY first with CopyFail:
+    /// either way the server is then out of COPY, and what follows is
+    /// answered as it would be after any failed COPY.
+    fn end_open_copy(&mut self) {
+        if self.tracker.sent(Expect::CopyEnd, Origin::Injected).is_ok() {
+            wire::put_copy_fail(&mut self.wbuf, "pgrelay: the client sent another message before CopyDone or CopyFail");
+        }
     }
 
     /// Makes sure the shared statement exists on this connection, preparing
     /// it first when it does not; closes what that evicts. Returns whether a
     /// Parse was queued.
-    pub fn prepare(
-        &mut self,
-        stmt: &Arc<Statement>,
-        origin: Origin,
-        client_name: Option<Bytes>,
-    ) -> Result<bool, CopyInterleaved> {
-        if self.tracker.client_copy_open() {
-            return Err(CopyInterleaved);
-        }
+    pub fn prepare(&mut self, stmt: &Arc<Statement>, origin: Origin, client_name: Option<Bytes>) -> bool {
         if self.tracker.prepared().touch(&stmt.server_name) {
-            return Ok(false);
+            return false;
+        }
+        if self.tracker.client_copy_open() {
+            self.end_open_copy();
         }
         let name = stmt.server_name.clone();
         if self.tracker.prepared().is_uncertain() {
             // It may exist after all: a Close of a missing statement is no error.
             self.send_built(Expect::Close { closes: None }, Origin::Injected, |b| {
                 wire::put_statement_op(b, wire::frontend::CLOSE, name.as_bytes())
-            })?;
+            });
         }
         let evicted = self.tracker.prepared().insert(name.clone());
         self.send_built(Expect::Parse { registers: Some(stmt.clone()), client_name }, origin, |b| {
             wire::put_parse_renamed(b, name.as_bytes(), stmt.definition())
-        })?;
+        });
         if let Some(old) = evicted {
             self.send_built(Expect::Close { closes: Some(old.clone()) }, Origin::Injected, |b| {
                 wire::put_statement_op(b, wire::frontend::CLOSE, old.as_bytes())
-            })?;
+            });
         }
-        Ok(true)
+        true
     }
 
     /// Whether the shared statement is prepared here.
@@ -463,9 +467,9 @@ impl ServerConn {
     /// swallowed. Values travel as parameters of `set_config($1, $2, false)`,
     /// never as SQL text, so no value can be read as SQL whatever the
     /// connection's string settings are.
-    pub fn apply_settings(&mut self, wanted: &Arc<ClientSettings>) -> Result<(), CopyInterleaved> {
+    pub fn apply_settings(&mut self, wanted: &Arc<ClientSettings>) {
         if !self.settings_dirty && self.applied.as_ref().is_some_and(|a| Arc::ptr_eq(a, wanted)) {
-            return Ok(());
+            return;
         }
         let current = if self.settings_dirty { None } else { self.applied.clone() };
         let current = current.as_deref().map_or(&[][..], |c| &c[..]);
@@ -477,7 +481,7 @@ impl ServerConn {
             resets.push_str(&format!("RESET {};", quote_ident(name)));
         }
         if !resets.is_empty() {
-            self.send_built(Expect::Query, Origin::InjectedSetup, |b| wire::put_query(b, &resets))?;
+            self.send_built(Expect::Query, Origin::InjectedSetup, |b| wire::put_query(b, &resets));
         }
         let changed: Vec<&(String, String)> =
             wanted.iter().filter(|(name, value)| !current.iter().any(|(n, v)| n == name && v == value)).collect();
@@ -486,26 +490,21 @@ impl ServerConn {
             let sql = "SELECT pg_catalog.set_config($1, $2, false)";
             self.send_built(Expect::Parse { registers: None, client_name: None }, Origin::InjectedSetup, |b| {
                 wire::put_parse(b, b"", sql, &[TEXT, TEXT])
-            })?;
+            });
             for (name, value) in changed {
                 self.send_built(Expect::Bind { statement: None }, Origin::InjectedSetup, |b| {
                     wire::put_bind_text(b, b"", b"", &[name.as_bytes(), value.as_bytes()])
-                })?;
-                self.send_built(Expect::Execute, Origin::InjectedSetup, |b| wire::put_execute(b, b""))?;
+                });
+                self.send_built(Expect::Execute, Origin::InjectedSetup, |b| wire::put_execute(b, b""));
             }
-            self.send_built(Expect::Sync, Origin::InjectedSetup, wire::put_sync)?;
+            self.send_built(Expect::Sync, Origin::InjectedSetup, wire::put_sync);
         }
         self.applied = Some(wanted.clone());
         self.settings_dirty = false;
-        Ok(())
     }
 }
 
 /// An identifier in double quotes (unaffected by standard_conforming_strings).
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-fn copy_error(_: CopyInterleaved) -> BackendError {
-    BackendError::Abandoned("connection abandoned during COPY")
 }

@@ -4,7 +4,10 @@
 //! `ISO, MDY`), never as the client wrote them. The first login with a new
 //! set of settings applies them on a server connection to learn those values
 //! (and to refuse a value the server rejects, at login, as PostgreSQL does);
-//! later logins copy one encoded block.
+//! later logins copy one encoded block. Only settings the server could
+//! spell differently are asked about: a value equal to the server's own,
+//! and a plain ASCII application_name (reported as given), need no server,
+//! so logins go on without one while every server connection is busy.
 
 use std::sync::Arc;
 
@@ -31,9 +34,27 @@ pub async fn welcome(
     if let Some(block) = ctx.welcomes.get(server, settings) {
         return Ok(block);
     }
-    let reported =
-        if settings.is_empty() { Vec::new() } else { probe(ctx, listener, user, database, settings).await? };
+    let asked: ClientSettings =
+        settings.iter().filter(|(name, value)| respelled_by_server(server, name, value)).cloned().collect();
+    let mut reported = Vec::new();
+    if !asked.is_empty() {
+        let answers = probe(ctx, listener, user, database, &Arc::new(asked.clone())).await?;
+        reported = asked.into_iter().map(|(name, _)| name).zip(answers).collect();
+    }
     Ok(ctx.welcomes.insert(server, settings, &reported))
+}
+
+/// Whether the server might report `value` of setting `name` differently
+/// from how the client wrote it: a reported setting whose value differs
+/// from the server's own.
+fn respelled_by_server(server: &ServerParams, name: &str, value: &str) -> bool {
+    let Some((_, own)) = server.iter().find(|(n, _)| name.as_bytes().eq_ignore_ascii_case(n)) else {
+        return false;
+    };
+    let plain_name = name.eq_ignore_ascii_case("application_name")
+        && value.len() < 64
+        && value.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
+    own[..] != *value.as_bytes() && !plain_name
 }
 
 /// Applies `settings` on a server connection of the client's listener and
@@ -91,14 +112,18 @@ impl WelcomeCache {
         known.iter().find(|(s, c, _)| Arc::ptr_eq(s, server) && Arc::ptr_eq(c, client)).map(|(.., b)| b.clone())
     }
 
-    /// Encodes and keeps the welcome; `reported[i]` is the server's value of
-    /// the client's setting `client[i]`.
-    pub fn insert(&self, server: &ServerParams, client: &Arc<ClientSettings>, reported: &[Bytes]) -> Bytes {
+    /// Encodes and keeps the welcome: the server's parameters, with the
+    /// client's own settings as the server reported them (`reported`) or,
+    /// where it was not asked, as the client wrote them.
+    pub fn insert(&self, server: &ServerParams, client: &Arc<ClientSettings>, reported: &[(String, Bytes)]) -> Bytes {
         let mut block = BytesMut::new();
         for (name, value) in server.iter() {
             // Setting names are case-insensitive (DateStyle, datestyle).
-            let own = client.iter().position(|(k, _)| k.as_bytes().eq_ignore_ascii_case(name));
-            let value = own.and_then(|i| reported.get(i)).unwrap_or(value);
+            let named = |k: &String| k.as_bytes().eq_ignore_ascii_case(name);
+            let value = match reported.iter().find(|(k, _)| named(k)) {
+                Some((_, server_spelling)) => &server_spelling[..],
+                None => client.iter().find(|(k, _)| named(k)).map_or(&value[..], |(_, v)| v.as_bytes()),
+            };
             crate::wire::put_parameter_status(&mut block, name, value);
         }
         let block = block.freeze();
@@ -130,7 +155,9 @@ mod tests {
             interner.intern(vec![("client_encoding".into(), "utf8".into()), ("datestyle".into(), "sql".into())]);
         let cache = WelcomeCache::default();
         assert!(cache.get(&server, &client).is_none());
-        let block = cache.insert(&server, &client, &[Bytes::from_static(b"UTF8"), Bytes::from_static(b"SQL, MDY")]);
+        let client_encoding = ("client_encoding".to_owned(), Bytes::from_static(b"UTF8"));
+        let datestyle = ("datestyle".to_owned(), Bytes::from_static(b"SQL, MDY"));
+        let block = cache.insert(&server, &client, &[client_encoding, datestyle]);
         let mut expected = BytesMut::new();
         crate::wire::put_parameter_status(&mut expected, b"client_encoding", b"UTF8");
         crate::wire::put_parameter_status(&mut expected, b"DateStyle", b"SQL, MDY");
@@ -138,5 +165,17 @@ mod tests {
         assert_eq!(block, expected.freeze());
         let again = cache.get(&server, &interner.intern(client.as_ref().clone())).expect("cached");
         assert_eq!(block.as_ptr(), again.as_ptr(), "the same pair is served from the cache");
+    }
+
+    #[test]
+    fn only_settings_the_server_may_spell_differently_are_asked_about() {
+        let server: ServerParams =
+            Arc::new(vec![param("client_encoding", "UTF8"), param("application_name", ""), param("TimeZone", "UTC")]);
+        assert!(!respelled_by_server(&server, "client_encoding", "UTF8"), "the server's own value");
+        assert!(respelled_by_server(&server, "client_encoding", "utf8"));
+        assert!(respelled_by_server(&server, "timezone", "europe/paris"));
+        assert!(!respelled_by_server(&server, "application_name", "psql"), "plain ASCII is kept as given");
+        assert!(respelled_by_server(&server, "application_name", "caf\u{e9}"));
+        assert!(!respelled_by_server(&server, "search_path", "a, b"), "not reported at all");
     }
 }

@@ -304,3 +304,8 @@ pub fn put_execute(buf: &mut BytesMut, portal: &[u8]) {
         b.put_u32(0);
     });
 }
+
+/// CopyFail with the reason the server reports in its error.
+pub fn put_copy_fail(buf: &mut BytesMut, reason: &str) {
+    message(buf, frontend::COPY_FAIL, |b| put_cstr(b, reason.as_bytes()));
+}

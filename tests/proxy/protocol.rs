@@ -299,3 +299,44 @@ async fn the_servers_own_fatal_reaches_the_client_once() {
     assert_eq!(errors[0].0, "57P01", "the server's own: {errors:?}");
     app.shutdown(GRACE).await;
 }
+
+/// A client's COPY FROM STDIN fails on a bad row while it has already sent a
+/// Sync and a Query behind the data (no CopyDone): every answer still goes to
+/// the client that asked, and the next client of the same server connection
+/// gets its own rows. (It used to get the first client's.)
+#[tokio::test]
+async fn a_failed_copy_with_pipelined_sync_and_query_stays_with_its_client() {
+    let app = relay::start_default(cluster(), "default_pool_size = 1").await;
+    let setup = relay::connect(app.rw_addr).await;
+    setup.batch_execute("drop table if exists copy_fail; create table copy_fail (a int)").await.unwrap();
+    setup.batch_execute("grant all on copy_fail to app_trust").await.unwrap();
+    drop(setup);
+    for bad_row_complete in [true, false] {
+        let (mut a, _) = Raw::login(app.rw_addr, &[]).await;
+        a.send(&query_message("copy copy_fail from stdin")).await;
+        assert_eq!(a.recv().await.map(|m| m.0), Some(b'G'), "CopyInResponse");
+        let mut out = BytesMut::new();
+        // A complete bad line fails the COPY at once; a partial one leaves
+        // the server waiting for more data when the Sync arrives.
+        let row: &[u8] = if bad_row_complete { b"not a number\n" } else { b"12" };
+        out.extend_from_slice(b"d");
+        out.extend_from_slice(&(4 + row.len() as u32).to_be_bytes());
+        out.extend_from_slice(row);
+        wire::put_sync(&mut out);
+        out.extend_from_slice(&query_message("select 'A-after'"));
+        a.send(&out).await;
+        let b = relay::connect(app.rw_addr).await;
+        let b_answer = tokio::spawn(async move { scalar(&b, "select 'B'").await });
+        let copy = a.until_ready().await;
+        assert_eq!(tags(&copy), "E Z", "the COPY's error and its ReadyForQuery");
+        assert_eq!(tags(&a.until_ready().await), "Z", "the Sync's ReadyForQuery");
+        let after = a.until_ready().await;
+        assert_eq!(tags(&after), "T D C Z");
+        assert!(after[1].1.ends_with(b"A-after"), "A gets its own row");
+        assert_eq!(b_answer.await.unwrap(), "B", "B gets its own row");
+    }
+    let check = relay::connect(app.rw_addr).await;
+    assert_eq!(scalar(&check, "select count(*) from copy_fail").await, "0");
+    check.batch_execute("drop table copy_fail").await.unwrap();
+    app.shutdown(GRACE).await;
+}

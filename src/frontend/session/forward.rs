@@ -3,17 +3,11 @@
 //! answer it is owed.
 
 use super::{Session, HIGH_WATER};
-use crate::backend::{CopyInterleaved, Expect, Origin, ServerConn};
+use crate::backend::{Expect, Origin, ServerConn};
 use crate::config::{PoolMode, SessionStatePolicy};
 use crate::frontend::error::SessionError;
 use crate::router::{self, SessionStateEffect};
 use crate::wire::{self, frontend as tag, Frame, TxStatus, WireError};
-
-impl From<CopyInterleaved> for SessionError {
-    fn from(e: CopyInterleaved) -> SessionError {
-        SessionError::ClientProtocol(WireError::Violation(e.message()))
-    }
-}
 
 impl Session {
     pub(super) async fn handle_client_messages(&mut self) -> Result<(), SessionError> {
@@ -97,12 +91,12 @@ impl Session {
             tag::BIND => self.forward_bind(msg, body)?,
             tag::DESCRIBE => self.forward_describe(msg, body)?,
             tag::CLOSE => self.forward_close(msg, body)?,
-            tag::EXECUTE => self.send(msg, Expect::Execute)?,
-            tag::SYNC => self.send(msg, Expect::Sync)?,
-            tag::FUNCTION_CALL => self.send(msg, Expect::Query)?,
-            tag::FLUSH => self.send(msg, Expect::Flush)?,
-            tag::COPY_DATA => self.send(msg, Expect::CopyData)?,
-            tag::COPY_DONE | tag::COPY_FAIL => self.send(msg, Expect::CopyEnd)?,
+            tag::EXECUTE => self.send(msg, Expect::Execute),
+            tag::SYNC => self.send(msg, Expect::Sync),
+            tag::FUNCTION_CALL => self.send(msg, Expect::Query),
+            tag::FLUSH => self.send(msg, Expect::Flush),
+            tag::COPY_DATA => self.send(msg, Expect::CopyData),
+            tag::COPY_DONE | tag::COPY_FAIL => self.send(msg, Expect::CopyEnd),
             other => return Err(WireError::UnexpectedTag(other).into()),
         }
         Ok(())
@@ -112,7 +106,10 @@ impl Session {
         let sql = sql_of(body);
         let effects = router::classify(sql);
         self.settings_changed |= effects.changes_settings;
-        let Some(effect) = effects.session_state else { return Ok(self.send(msg, Expect::Query)?) };
+        let Some(effect) = effects.session_state else {
+            self.send(msg, Expect::Query);
+            return Ok(());
+        };
         if self.pinned.is_none() && matches!(effect, SessionStateEffect::Deallocate | SessionStateEffect::Discard) {
             if let Some(command) = router::prepared_command(sql) {
                 return self.forward_prepared_command(command, msg);
@@ -126,7 +123,8 @@ impl Session {
         if effect.may_deallocate() {
             self.conn().statements_uncertain();
         }
-        Ok(self.send(msg, Expect::Query)?)
+        self.send(msg, Expect::Query);
+        Ok(())
     }
 
     pub(super) fn conn(&mut self) -> &mut ServerConn {
@@ -134,7 +132,7 @@ impl Session {
     }
 
     /// Forwards a client message unchanged.
-    pub(super) fn send(&mut self, msg: &[u8], expect: Expect) -> Result<(), CopyInterleaved> {
+    pub(super) fn send(&mut self, msg: &[u8], expect: Expect) {
         self.conn().send(msg, expect, Origin::Client)
     }
 }

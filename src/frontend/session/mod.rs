@@ -389,7 +389,7 @@ impl Session {
                 self.registered.set_waiting();
                 continue;
             }
-            lease.conn_mut().apply_settings(&self.settings).expect("a fresh lease has no COPY in progress");
+            lease.conn_mut().apply_settings(&self.settings);
             self.cancel.set_target(Some((lease.conn().addr, lease.conn().key)));
             self.lease = Some(lease);
             return Ok(());

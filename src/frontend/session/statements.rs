@@ -82,7 +82,10 @@ impl Session {
                 None => self.unnamed.definition = Some(definition.to_vec()),
             }
             self.unnamed.on_lease = true;
-            return Ok(self.send(msg, Expect::Parse { registers: None, client_name: None })?);
+            {
+                self.send(msg, Expect::Parse { registers: None, client_name: None });
+                return Ok(());
+            }
         }
         if let Some((code, message)) = self.parse_refusal(name) {
             return self.raise_in_batch(code, &message);
@@ -93,7 +96,7 @@ impl Session {
         self.statements.insert(name.clone(), stmt.clone());
         let for_server = self.statement_for_server(&stmt);
         let conn = self.lease.as_mut().expect("leased").conn_mut();
-        if !conn.prepare(&for_server, Origin::Client, Some(name.clone()))? {
+        if !conn.prepare(&for_server, Origin::Client, Some(name.clone())) {
             conn.synthetic(Synthetic::ParseComplete(name), &mut self.out);
         }
         Ok(())
@@ -122,17 +125,23 @@ impl Session {
         let (name, params) = wire::read_cstr(rest).ok_or(WireError::Malformed("Bind"))?;
         if name.is_empty() {
             self.ensure_unnamed()?;
-            return Ok(self.send(msg, Expect::Bind { statement: None })?);
+            {
+                self.send(msg, Expect::Bind { statement: None });
+                return Ok(());
+            }
         }
         let stmt = match self.known_statement(name)? {
             Known::Statement(stmt) => stmt,
-            Known::Forward => return Ok(self.send(msg, Expect::Bind { statement: None })?),
+            Known::Forward => {
+                self.send(msg, Expect::Bind { statement: None });
+                return Ok(());
+            }
             Known::Raised => return Ok(()),
         };
         let conn = self.conn();
         conn.send_built(Expect::Bind { statement: Some(stmt.clone()) }, Origin::Client, |b| {
             wire::put_bind_renamed(b, portal, stmt.server_name.as_bytes(), params)
-        })?;
+        });
         Ok(())
     }
 
@@ -140,22 +149,31 @@ impl Session {
         let (&kind, rest) = body.split_first().ok_or(WireError::Malformed("Describe"))?;
         let (name, _) = wire::read_cstr(rest).ok_or(WireError::Malformed("Describe"))?;
         if kind != b'S' {
-            return Ok(self.send(msg, Expect::DescribePortal)?);
+            {
+                self.send(msg, Expect::DescribePortal);
+                return Ok(());
+            }
         }
         let describe = Expect::DescribeStatement { got_parameters: false };
         if name.is_empty() {
             self.ensure_unnamed()?;
-            return Ok(self.send(msg, describe)?);
+            {
+                self.send(msg, describe);
+                return Ok(());
+            }
         }
         let stmt = match self.known_statement(name)? {
             Known::Statement(stmt) => stmt,
-            Known::Forward => return Ok(self.send(msg, describe)?),
+            Known::Forward => {
+                self.send(msg, describe);
+                return Ok(());
+            }
             Known::Raised => return Ok(()),
         };
         let conn = self.conn();
         conn.send_built(describe, Origin::Client, |b| {
             wire::put_statement_op(b, tag::DESCRIBE, stmt.server_name.as_bytes())
-        })?;
+        });
         Ok(())
     }
 
@@ -163,11 +181,17 @@ impl Session {
         let (&kind, rest) = body.split_first().ok_or(WireError::Malformed("Close"))?;
         let (name, _) = wire::read_cstr(rest).ok_or(WireError::Malformed("Close"))?;
         if kind != b'S' || self.pinned.is_some() && !self.statements.contains(name) {
-            return Ok(self.send(msg, Expect::Close { closes: None })?);
+            {
+                self.send(msg, Expect::Close { closes: None });
+                return Ok(());
+            }
         }
         if name.is_empty() {
             self.unnamed.definition = None;
-            return Ok(self.send(msg, Expect::Close { closes: None })?);
+            {
+                self.send(msg, Expect::Close { closes: None });
+                return Ok(());
+            }
         }
         // The server-side statement stays for other clients; the client's
         // name goes (closing a name that does not exist is no error).
@@ -187,7 +211,7 @@ impl Session {
             return Ok(Known::Raised);
         };
         let stmt = self.statement_for_server(&stmt);
-        if self.conn().prepare(&stmt, Origin::Injected, None)? {
+        if self.conn().prepare(&stmt, Origin::Injected, None) {
             self.ctx.metrics.statements_reprepared.inc();
         }
         Ok(Known::Statement(stmt))
@@ -213,7 +237,7 @@ impl Session {
         }
         let definition = self.unnamed.definition.take();
         let conn = self.lease.as_mut().expect("leased").conn_mut();
-        let sent = match &definition {
+        match &definition {
             Some(definition) => {
                 conn.send_built(Expect::Parse { registers: None, client_name: None }, Origin::Injected, |b| {
                     wire::put_parse_renamed(b, b"", definition)
@@ -224,7 +248,6 @@ impl Session {
             }),
         };
         self.unnamed.definition = definition;
-        sent?;
         self.unnamed.on_lease = true;
         Ok(())
     }
@@ -271,11 +294,12 @@ impl Session {
                 // the command fails (an aborted transaction), pgrelay does
                 // not know whether it still exists there.
                 let conn = self.conn();
-                conn.prepare(&stmt, Origin::Injected, None)?;
+                conn.prepare(&stmt, Origin::Injected, None);
                 conn.forget_statement(&stmt.server_name);
                 conn.statements_uncertain();
                 let sql = format!("DEALLOCATE {}", stmt.server_name);
-                return Ok(conn.send_built(Expect::Query, Origin::Client, |b| wire::put_query(b, &sql))?);
+                conn.send_built(Expect::Query, Origin::Client, |b| wire::put_query(b, &sql));
+                return Ok(());
             }
             PreparedCommand::DeallocateAll => self.statements.clear(),
             PreparedCommand::DiscardAll => {
@@ -286,7 +310,8 @@ impl Session {
             PreparedCommand::DiscardPlans => {}
         }
         self.conn().statements_uncertain();
-        Ok(self.send(msg, Expect::Query)?)
+        self.send(msg, Expect::Query);
+        Ok(())
     }
 
     /// Answers a statement that would leave session state, under
@@ -304,7 +329,8 @@ impl Session {
     /// it comes in order and with the transaction state a server gives it.
     fn raise_in_query(&mut self, code: &str, message: &str) -> Result<(), SessionError> {
         let sql = raise_sql(code, message);
-        Ok(self.conn().send_built(Expect::Query, Origin::Client, |b| wire::put_query(b, &sql))?)
+        self.conn().send_built(Expect::Query, Origin::Client, |b| wire::put_query(b, &sql));
+        Ok(())
     }
 
     /// The same for an extended-protocol message: the server skips the rest
@@ -314,9 +340,9 @@ impl Session {
         let conn = self.conn();
         conn.send_built(Expect::Parse { registers: None, client_name: None }, Origin::Injected, |b| {
             wire::put_parse(b, b"", &sql, &[])
-        })?;
-        conn.send_built(Expect::Bind { statement: None }, Origin::Injected, |b| wire::put_bind_text(b, b"", b"", &[]))?;
-        conn.send_built(Expect::Execute, Origin::Injected, |b| wire::put_execute(b, b""))?;
+        });
+        conn.send_built(Expect::Bind { statement: None }, Origin::Injected, |b| wire::put_bind_text(b, b"", b"", &[]));
+        conn.send_built(Expect::Execute, Origin::Injected, |b| wire::put_execute(b, b""));
         // The client's unnamed statement was replaced on this connection.
         self.unnamed.on_lease = false;
         self.discard_until_sync = true;
