@@ -83,7 +83,7 @@ async fn handle_client(ctx: Arc<Context>, mut stream: TcpStream, peer: SocketAdd
     };
     let parts = match logged_in {
         Ok(Ok(Login::Client(parts))) => parts,
-        Ok(Ok(Login::Cancel)) => return,
+        Ok(Ok(Login::Cancel | Login::Closed)) => return,
         Ok(Ok(Login::Admin(admin))) => {
             ctx.metrics.login(LoginResult::Ok);
             tracing::info!(parent: &span, user = %admin.user.name, "admin console login");

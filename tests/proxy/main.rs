@@ -10,6 +10,7 @@ mod admin;
 mod auth;
 mod bad_input;
 mod http;
+mod login;
 mod pooling;
 mod prepared;
 mod protocol;
