@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 
 use super::checkout::{pause_before_retry, pool_for, route_waiting};
 use super::error::SessionError;
+use super::preauth::Admission;
 use super::Context;
 use crate::auth::{AuthError, AuthStep, ClientAuth};
 use crate::config::Database;
@@ -84,12 +85,14 @@ pub struct AdminLogin {
 }
 
 /// Runs the login; returns who the client is. Bytes the client sent after
-/// its last login message stay in `buf`.
+/// its last login message stay in `buf`. Once the client is authenticated,
+/// `admission` holds one of max_client_conn instead of a pre-auth share.
 pub async fn login(
     ctx: &Arc<Context>,
     client: &mut TcpStream,
     buf: &mut BytesMut,
     listener: ListenerKind,
+    admission: &mut Admission,
 ) -> Result<Login, SessionError> {
     let params = match read_opening(client, buf).await? {
         Opening::Startup(params) => params,
@@ -104,6 +107,10 @@ pub async fn login(
         login_error(sqlstate::INVALID_AUTHORIZATION, format!("user \"{}\" is not configured in pgrelay", params.user))
     })?;
     authenticate(client, buf, &user).await?;
+    admission.authenticated(&ctx.client_slots).map_err(|_| {
+        let max = ctx.config().pool.max_client_conn;
+        login_error(sqlstate::TOO_MANY_CONNECTIONS, format!("too many client connections (max_client_conn = {max})"))
+    })?;
     if ADMIN_DATABASES.contains(&params.database.as_str()) {
         return admin_login(ctx, user, settings).map(Login::Admin);
     }

@@ -1,17 +1,41 @@
-//! Connections that have not logged in yet: the bound on startup
-//! parameters, and clients that leave before their startup packet.
+//! Connections that have not logged in yet: their own cap (in total and per
+//! client address) apart from max_client_conn, cancel requests served while
+//! that cap is full, the bound on startup parameters, and clients that leave
+//! before their startup packet.
 
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use pgrelay::wire;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_postgres::{Client, NoTls};
 
 use crate::support::cluster;
-use crate::support::relay::{self, error_fields, tags, Raw};
+use crate::support::relay::{self, error_fields, scalar, sqlstate, tags, Raw};
 
 const GRACE: Duration = Duration::from_secs(5);
+
+/// Loopback addresses the tests connect from (all of 127.0.0.0/8 is local).
+const HOST_A: [u8; 4] = [127, 0, 0, 1];
+const HOST_B: [u8; 4] = [127, 0, 0, 2];
+const HOST_C: [u8; 4] = [127, 0, 0, 3];
+
+/// A TCP connection to `addr` from the loopback address `from`.
+async fn tcp_from(from: [u8; 4], addr: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.bind(SocketAddr::from((from, 0))).expect("bind a loopback source address");
+    socket.connect(addr).await.expect("tcp connect")
+}
+
+/// A tokio-postgres client logged in as `app` over a connection from `from`.
+async fn client_from(from: [u8; 4], addr: SocketAddr) -> Result<Client, tokio_postgres::Error> {
+    let config: tokio_postgres::Config = relay::conn_string(addr, "app", "app").parse().expect("config");
+    let (client, connection) = config.connect_raw(tcp_from(from, addr).await, NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
 
 /// Reads what pgrelay says until it closes; returns the last ErrorResponse's SQLSTATE and message.
 async fn final_error(raw: &mut Raw) -> Option<(String, String)> {
@@ -22,6 +46,74 @@ async fn final_error(raw: &mut Raw) -> Option<(String, String)> {
         }
     }
     error
+}
+
+/// Waits (bounded) until pgrelay counts `n` connections that are still logging in.
+async fn until_logging_in(app: &pgrelay::RunningApp, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.context().pre_auth.logging_in() != n {
+        assert!(
+            Instant::now() < deadline,
+            "{} connections logging in, expected {n}",
+            app.context().pre_auth.logging_in()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn connections_logging_in_have_their_own_cap_and_cancels_still_pass() {
+    const PER_ADDR: usize = 6;
+    let pool = format!("max_client_conn = {PER_ADDR}\nmax_pre_auth_conn = 9\nmax_pre_auth_conn_per_addr = {PER_ADDR}");
+    let app = relay::start_default(cluster(), &pool).await;
+
+    // As many silent connections from one address as it may have logging in:
+    // they hold neither max_client_conn slots nor anyone else's share.
+    let mut silent = Vec::new();
+    for _ in 0..PER_ADDR {
+        silent.push(tcp_from(HOST_A, app.rw_addr).await);
+    }
+    until_logging_in(&app, PER_ADDR).await;
+    let client = client_from(HOST_B, app.rw_addr).await.expect("a client from another address logs in");
+    assert_eq!(scalar(&client, "select 'in'").await, "in");
+
+    // A cancel from the saturated address still reaches the query.
+    let token = client.cancel_token();
+    let sleeping = tokio::spawn(async move { client.simple_query("select pg_sleep(10)").await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    token.cancel_query_raw(tcp_from(HOST_A, app.rw_addr).await, NoTls).await.expect("cancel sent");
+    let cancelled = tokio::time::timeout(GRACE, sleeping).await.expect("cancelled in time").unwrap();
+    assert_eq!(sqlstate(&cancelled.unwrap_err()), "57014");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+
+    // One more silent connection from that address is refused, naming the key.
+    let mut extra = Raw { stream: tcp_from(HOST_A, app.rw_addr).await, buf: BytesMut::new() };
+    let started = Instant::now();
+    let (code, message) = final_error(&mut extra).await.expect("a refusal");
+    assert_eq!(code, "53300", "{message}");
+    assert!(message.contains("max_pre_auth_conn_per_addr = 6") && message.contains("127.0.0.1"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(3), "refused promptly, not at the login timeout");
+
+    // Filling the total from a third address refuses everyone else, at once.
+    for _ in 0..3 {
+        silent.push(tcp_from(HOST_C, app.rw_addr).await);
+    }
+    until_logging_in(&app, 9).await;
+    let mut late = Raw { stream: tcp_from(HOST_B, app.rw_addr).await, buf: BytesMut::new() };
+    let mut startup = BytesMut::new();
+    wire::put_startup_message(&mut startup, [(&b"user"[..], &b"app_trust"[..]), (&b"database"[..], &b"app"[..])]);
+    late.send(&startup).await;
+    let (code, message) = final_error(&mut late).await.expect("a refusal");
+    assert_eq!(code, "53300", "{message}");
+    assert!(message.contains("max_pre_auth_conn = 9"), "{message}");
+
+    // Once the silent ones are gone, that address logs in again.
+    drop(silent);
+    until_logging_in(&app, 0).await;
+    let again = relay::connect(app.rw_addr).await;
+    assert_eq!(scalar(&again, "select 1").await, "1");
+    app.shutdown(GRACE).await;
 }
 
 /// A startup packet with `user`, `database` and `extra` more parameters.

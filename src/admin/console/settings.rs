@@ -68,6 +68,8 @@ pub fn config_values(config: &Config) -> Vec<(&'static str, String)> {
         ("pool.mode", super::show::pool_mode_name(pool.mode).to_owned()),
         ("pool.default_pool_size", pool.default_pool_size.to_string()),
         ("pool.max_client_conn", pool.max_client_conn.to_string()),
+        ("pool.max_pre_auth_conn", pool.max_pre_auth_conn.to_string()),
+        ("pool.max_pre_auth_conn_per_addr", pool.max_pre_auth_conn_per_addr.to_string()),
         ("pool.query_wait_timeout", duration(pool.query_wait_timeout)),
         ("pool.server_connect_timeout", duration(pool.server_connect_timeout)),
         ("pool.server_reset_timeout", duration(pool.server_reset_timeout)),

@@ -89,6 +89,8 @@ fn invalid_values_name_their_key_and_line() {
         ("[pool]\nsession_state = \"ignore\"\n", "[pool] session_state: invalid value \"ignore\""),
         ("[pool]\ndefault_pool_size = 0\n", "[pool] default_pool_size: must be greater than 0"),
         ("[pool]\nmax_client_conn = -1\n", "[pool] max_client_conn: must be greater than 0 (got -1)"),
+        ("[pool]\nmax_pre_auth_conn = 0\n", "[pool] max_pre_auth_conn: must be greater than 0 (got 0)"),
+        ("[pool]\nmax_pre_auth_conn_per_addr = 0\n", "[pool] max_pre_auth_conn_per_addr: must be greater than 0"),
         ("[pool]\nserver_connect_timeout = \"0s\"\n", "[pool] server_connect_timeout: must be greater than 0"),
         ("[pool]\nserver_idle_timeout = \"never\"\n", "[pool] server_idle_timeout: invalid duration \"never\""),
         ("[pool]\nmax_message_size = \"16 parsecs\"\n", "[pool] max_message_size: invalid size \"16 parsecs\""),
