@@ -103,10 +103,17 @@ pub async fn login(
         Opening::Closed => return Ok(Login::Closed),
     };
     let settings = client_settings(&params)?;
-    let user = ctx.users().get(&params.user).cloned().ok_or_else(|| {
-        login_error(sqlstate::INVALID_AUTHORIZATION, format!("user \"{}\" is not configured in pgrelay", params.user))
-    })?;
-    authenticate(client, buf, &user).await?;
+    // An unknown user goes through the exchange a wrong password gets.
+    let user = {
+        let users = ctx.users();
+        users.get(&params.user).cloned().unwrap_or_else(|| users.unknown(&params.user))
+    };
+    if let Err(error) = authenticate(client, buf, &user).await {
+        if user.is_unknown() {
+            tracing::info!(user = %user.name, "login as a user that is not configured in pgrelay");
+        }
+        return Err(error);
+    }
     admission.authenticated(&ctx.client_slots).map_err(|_| {
         let max = ctx.config().pool.max_client_conn;
         login_error(sqlstate::TOO_MANY_CONNECTIONS, format!("too many client connections (max_client_conn = {max})"))
