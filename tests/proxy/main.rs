@@ -9,6 +9,7 @@ mod support;
 mod admin;
 mod auth;
 mod bad_input;
+mod cancel;
 mod http;
 mod login;
 mod pooling;
