@@ -45,6 +45,9 @@ pub struct Listen {
     pub rw: SocketAddr,
     pub ro: SocketAddr,
     pub http: SocketAddr,
+    /// How long an HTTP client may take to send a request's headers (also
+    /// how long an idle keep-alive connection stays). Read at start-up only.
+    pub http_header_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -48,6 +48,7 @@ pub(super) struct RawListen {
     pub rw: Option<String>,
     pub ro: Option<String>,
     pub http: Option<String>,
+    pub http_header_timeout: Option<RawDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -90,7 +90,12 @@ fn defaults_from_a_minimal_file() {
     let config = Config::parse(&minimal()).expect("minimal config parses");
     assert_eq!(
         config.listen,
-        Listen { rw: addr("0.0.0.0:5432"), ro: addr("0.0.0.0:5433"), http: addr("0.0.0.0:9930") }
+        Listen {
+            rw: addr("0.0.0.0:5432"),
+            ro: addr("0.0.0.0:5433"),
+            http: addr("0.0.0.0:9930"),
+            http_header_timeout: Duration::from_secs(10),
+        }
     );
     let pool = Pool {
         mode: PoolMode::Transaction,
@@ -261,7 +266,16 @@ fn env_overrides_keys() {
 #[test]
 fn every_table_key_can_be_overridden() {
     let values = [
-        ("listen", [("rw", "127.0.0.1:7001"), ("ro", "127.0.0.1:7002"), ("http", "127.0.0.1:7003")].as_slice()),
+        (
+            "listen",
+            [
+                ("rw", "127.0.0.1:7001"),
+                ("ro", "127.0.0.1:7002"),
+                ("http", "127.0.0.1:7003"),
+                ("http_header_timeout", "3s"),
+            ]
+            .as_slice(),
+        ),
         (
             "pool",
             &[

@@ -105,6 +105,8 @@ pub(super) fn listen(raw: &RawListen, locations: &Locations<'_>) -> Result<Liste
         rw: field("rw").addr(raw.rw.as_deref(), "0.0.0.0:5432")?,
         ro: field("ro").addr(raw.ro.as_deref(), "0.0.0.0:5433")?,
         http: field("http").addr(raw.http.as_deref(), "0.0.0.0:9930")?,
+        http_header_timeout: field("http_header_timeout")
+            .positive_duration(raw.http_header_timeout.as_deref(), "10s")?,
     };
     let named = [("rw", listen.rw), ("ro", listen.ro), ("http", listen.http)];
     for (i, (key, addr)) in named.iter().enumerate() {

@@ -65,6 +65,7 @@ pub fn config_values(config: &Config) -> Vec<(&'static str, String)> {
         ("listen.rw", config.listen.rw.to_string()),
         ("listen.ro", config.listen.ro.to_string()),
         ("listen.http", config.listen.http.to_string()),
+        ("listen.http_header_timeout", duration(config.listen.http_header_timeout)),
         ("pool.mode", super::show::pool_mode_name(pool.mode).to_owned()),
         ("pool.default_pool_size", pool.default_pool_size.to_string()),
         ("pool.max_client_conn", pool.max_client_conn.to_string()),

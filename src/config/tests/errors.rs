@@ -103,6 +103,7 @@ fn invalid_values_name_their_key_and_line() {
         ("[cluster]\ncheck_interval = \"0ms\"\n", "[cluster] check_interval: must be greater than 0"),
         ("[cluster]\nuser = \"\"\n", "[cluster] user: must not be empty"),
         ("[listen]\nhttp = \"localhost:9930\"\n", "[listen] http: invalid address \"localhost:9930\""),
+        ("[listen]\nhttp_header_timeout = \"0s\"\n", "[listen] http_header_timeout: must be greater than 0"),
     ];
     for (head, expected) in cases {
         assert_error(&base(head), Some(2), &[expected]);
