@@ -93,6 +93,7 @@ impl App {
             metrics: ctx.metrics.clone(),
             cluster: ctx.cluster.clone(),
             draining: ctx.lifecycle.draining().clone(),
+            header_timeout: ctx.config().listen.http_header_timeout,
         });
         ctx.tasks.spawn(admin::serve(http, http_state, ctx.shutdown.clone(), ctx.tasks.clone()));
         tracing::info!(rw = %rw_addr, ro = %ro_addr, http = %http_addr, "pgrelay listening");

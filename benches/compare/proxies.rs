@@ -154,9 +154,12 @@ impl Pgrelay {
     /// and waits until both listeners answer.
     pub fn start(bin: &Path, dir: &Path, cluster: &LocalCluster, s: &ProxySettings) -> Result<Pgrelay, String> {
         let (rw, ro, http) = (free_port(), free_port(), free_port());
+        // Every bench client comes from 127.0.0.1 (the idle-client round logs
+        // in 100 at a time): one address may hold the whole pre-auth cap.
         let mut conf = format!(
             "[listen]\nrw = \"127.0.0.1:{rw}\"\nro = \"127.0.0.1:{ro}\"\nhttp = \"127.0.0.1:{http}\"\n\n\
-             [pool]\nmode = \"transaction\"\ndefault_pool_size = {}\nmax_client_conn = {}\n\n\
+             [pool]\nmode = \"transaction\"\ndefault_pool_size = {}\nmax_client_conn = {}\n\
+             max_pre_auth_conn_per_addr = 256\n\n\
              [cluster]\nsource = \"static\"\nuser = \"postgres\"\npassword = \"\"\n",
             s.pool_size, s.max_client_conn
         );

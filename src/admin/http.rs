@@ -1,7 +1,10 @@
 //! HTTP on `[listen] http`: `GET /metrics` (Prometheus text), `/livez`
 //! (the process runs), `/readyz` (200 once a primary is known and pgrelay is
 //! not draining, else 503 with the reason), `/topology` (JSON). Served with
-//! hyper, HTTP/1.1, one task per connection owned by the app's task tracker.
+//! hyper, HTTP/1.1, one task per connection owned by the app's task tracker;
+//! at most [`MAX_HTTP_CONNECTIONS`] at once, each closed when a request's
+//! headers (or the next request on an idle connection) take longer than
+//! `[listen] http_header_timeout`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -13,9 +16,10 @@ use hyper::header::CONTENT_TYPE;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -30,7 +34,15 @@ pub struct HttpState {
     pub cluster: Arc<ClusterView>,
     /// Cancelled when pgrelay starts draining: /readyz turns 503 at once.
     pub draining: CancellationToken,
+    /// How long a client may take to send a request's headers; an idle
+    /// keep-alive connection is closed after as long.
+    pub header_timeout: Duration,
 }
+
+/// HTTP connections open at once. Probes and scrapers need a handful; one
+/// more is closed at once, so stalled connections cannot take the process's
+/// file descriptors (each lasts at most `header_timeout` without a request).
+pub const MAX_HTTP_CONNECTIONS: usize = 64;
 
 impl HttpState {
     /// Ready means: a primary is known and pgrelay is not draining.
@@ -50,26 +62,36 @@ impl HttpState {
 
 /// Accepts HTTP connections until `shutdown`.
 pub async fn serve(listener: TcpListener, state: Arc<HttpState>, shutdown: CancellationToken, tasks: TaskTracker) {
+    let slots = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
             Err(e) => {
                 tracing::warn!(error = %e, "http accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, max = MAX_HTTP_CONNECTIONS, "too many HTTP connections: closed at once");
+            continue;
+        };
         let (state, shutdown) = (state.clone(), shutdown.clone());
         tasks.spawn(async move {
+            let _permit = permit;
+            let header_timeout = state.header_timeout;
             let service = service_fn(move |request| {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(respond(&state, &request)) }
             });
-            let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), service);
             tokio::select! {
                 result = connection => {
                     if let Err(e) = result {

@@ -4,4 +4,4 @@
 pub mod console;
 mod http;
 
-pub use http::{serve, topology_json, HttpState};
+pub use http::{serve, topology_json, HttpState, MAX_HTTP_CONNECTIONS};

@@ -8,7 +8,7 @@ pub mod scram;
 mod tests;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::{Bytes, BytesMut};
 use rand::Rng;
@@ -37,7 +37,20 @@ pub enum AuthError {
 #[derive(Debug, Clone)]
 pub enum ClientSecret {
     Trust,
-    Md5 { stored: String },
+    Md5 {
+        stored: String,
+    },
+    Scram(ScramVerifier),
+    /// A user pgrelay does not know: challenged as a real user of the usual
+    /// method would be, and always answered as a wrong password, so the
+    /// wire never tells which user names exist.
+    Unknown(Mock),
+}
+
+/// The challenge an unknown user gets.
+#[derive(Debug, Clone)]
+pub enum Mock {
+    Md5,
     Scram(ScramVerifier),
 }
 
@@ -104,6 +117,17 @@ pub struct UserEntry {
 #[derive(Debug, Default)]
 pub struct UserDb {
     users: HashMap<String, Arc<UserEntry>>,
+    /// Unknown users are challenged with md5 rather than SCRAM: when more
+    /// configured users use md5 (as PostgreSQL picks its usual password
+    /// type, so that they blend in).
+    mock_md5: bool,
+}
+
+/// The secret unknown users' SCRAM salts are derived from: random, and the
+/// same for the whole process (across reloads), as a real user's salt is.
+fn mock_secret() -> &'static [u8; 32] {
+    static SECRET: OnceLock<[u8; 32]> = OnceLock::new();
+    SECRET.get_or_init(|| rand::thread_rng().gen())
 }
 
 impl UserDb {
@@ -140,11 +164,32 @@ impl UserDb {
                 ServerCredentials { user: user.server_user.clone().unwrap_or_else(|| user.name.clone()), secret };
             users.insert(user.name.clone(), Arc::new(UserEntry { name: user.name.clone(), client, server }));
         }
-        Ok(UserDb { users })
+        let md5 = users.values().filter(|u| matches!(u.client, ClientSecret::Md5 { .. })).count();
+        let scram = users.values().filter(|u| matches!(u.client, ClientSecret::Scram(_))).count();
+        Ok(UserDb { users, mock_md5: md5 > scram })
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<UserEntry>> {
         self.users.get(name)
+    }
+
+    /// A stand-in for a user that is not configured: authenticating it
+    /// always fails with [`AuthError::WrongPassword`], after the same
+    /// exchange a configured user with a wrong password goes through.
+    pub fn unknown(&self, name: &str) -> Arc<UserEntry> {
+        let mock = if self.mock_md5 { Mock::Md5 } else { Mock::Scram(ScramVerifier::mock(name, mock_secret())) };
+        Arc::new(UserEntry {
+            name: name.to_owned(),
+            client: ClientSecret::Unknown(mock),
+            server: ServerCredentials { user: name.to_owned(), secret: ServerSecret::None },
+        })
+    }
+}
+
+impl UserEntry {
+    /// A stand-in from [`UserDb::unknown`], not a configured user.
+    pub fn is_unknown(&self) -> bool {
+        matches!(self.client, ClientSecret::Unknown(_))
     }
 }
 
@@ -178,12 +223,12 @@ impl ClientAuth {
         let mut out = BytesMut::new();
         let (state, step) = match &user.client {
             ClientSecret::Trust => (ClientAuthState::Finished, AuthStep::Done(Bytes::new())),
-            ClientSecret::Md5 { .. } => {
+            ClientSecret::Md5 { .. } | ClientSecret::Unknown(Mock::Md5) => {
                 let salt: [u8; 4] = rand::thread_rng().gen();
                 wire::put_auth_md5(&mut out, salt);
                 (ClientAuthState::Md5 { salt }, AuthStep::Continue(out.freeze()))
             }
-            ClientSecret::Scram(_) => {
+            ClientSecret::Scram(_) | ClientSecret::Unknown(Mock::Scram(_)) => {
                 wire::put_auth_sasl(&mut out, &[scram::MECHANISM]);
                 (ClientAuthState::ScramStart, AuthStep::Continue(out.freeze()))
             }
@@ -191,7 +236,9 @@ impl ClientAuth {
         (ClientAuth { user, state }, step)
     }
 
-    /// Feeds the body of the client's password message ('p').
+    /// Feeds the body of the client's password message ('p'). An unknown
+    /// user's answers are checked like a real user's (malformed ones fail
+    /// the same way), and even a valid one fails as a wrong password.
     pub fn step(&mut self, body: &[u8]) -> Result<AuthStep, AuthError> {
         let mut out = BytesMut::new();
         match (std::mem::replace(&mut self.state, ClientAuthState::Finished), &self.user.client) {
@@ -203,7 +250,14 @@ impl ClientAuth {
                 }
                 Ok(AuthStep::Done(Bytes::new()))
             }
-            (ClientAuthState::ScramStart, ClientSecret::Scram(verifier)) => {
+            (ClientAuthState::Md5 { .. }, ClientSecret::Unknown(Mock::Md5)) => {
+                wire::read_cstr(body).ok_or(AuthError::Malformed("password message"))?;
+                Err(AuthError::WrongPassword)
+            }
+            (
+                ClientAuthState::ScramStart,
+                ClientSecret::Scram(verifier) | ClientSecret::Unknown(Mock::Scram(verifier)),
+            ) => {
                 let (mechanism, rest) = wire::read_cstr(body).ok_or(AuthError::Malformed("SASLInitialResponse"))?;
                 if mechanism != scram::MECHANISM.as_bytes() {
                     return Err(AuthError::Unsupported("SASL mechanism other than SCRAM-SHA-256"));
@@ -222,6 +276,10 @@ impl ClientAuth {
                 self.user.server.remember_client_key(verified.client_key);
                 wire::put_auth_sasl_final(&mut out, verified.server_final.as_bytes());
                 Ok(AuthStep::Done(out.freeze()))
+            }
+            (ClientAuthState::ScramFinal(server), ClientSecret::Unknown(Mock::Scram(verifier))) => {
+                server.finish(body, verifier)?;
+                Err(AuthError::WrongPassword)
             }
             _ => Err(AuthError::Malformed("authentication message out of order")),
         }

@@ -14,6 +14,8 @@ use super::AuthError;
 
 pub const MECHANISM: &str = "SCRAM-SHA-256";
 const DEFAULT_ITERATIONS: u32 = 4096;
+/// PostgreSQL's salt length, for the verifiers pgrelay makes.
+const SALT_LEN: usize = 16;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -74,9 +76,23 @@ impl ScramVerifier {
         })
     }
 
+    /// What a user that does not exist is challenged with, as PostgreSQL's
+    /// mock authentication does: salt and keys derived from the name and a
+    /// per-process `secret`, so one name is offered the same salt every
+    /// time, as a real user is; the keys belong to no password.
+    pub fn mock(name: &str, secret: &[u8; 32]) -> ScramVerifier {
+        let derive = |purpose: &[u8]| hmac(secret, &[purpose, b"\0", name.as_bytes()]);
+        ScramVerifier {
+            iterations: DEFAULT_ITERATIONS,
+            salt: derive(b"salt")[..SALT_LEN].to_vec(),
+            stored_key: derive(b"stored key"),
+            server_key: derive(b"server key"),
+        }
+    }
+
     /// A verifier for a plain-text password, with a fresh random salt.
     pub fn from_password(password: &str) -> ScramVerifier {
-        let mut salt = vec![0u8; 16];
+        let mut salt = vec![0u8; SALT_LEN];
         rand::thread_rng().fill_bytes(&mut salt);
         let (client_key, server_key) = derive_keys(password, &salt, DEFAULT_ITERATIONS);
         ScramVerifier { iterations: DEFAULT_ITERATIONS, salt, stored_key: sha256(&client_key), server_key }

@@ -77,3 +77,99 @@ fn derived_keys_are_cached_per_salt() {
     assert!(password.has_keys_for(&other.salt, other.iterations));
     assert_eq!(scram_exchange(&other, &ScramSecret::password("wrong")).unwrap_err(), AuthError::WrongPassword);
 }
+
+fn config(users: &str) -> Config {
+    let text = format!("[[nodes]]\nname = \"pg0\"\n\n{users}\n[[databases]]\nname = \"app\"\n");
+    Config::parse(&text).expect("test config")
+}
+
+/// Runs a client-facing exchange for `user` with `password` as a real
+/// client would answer; returns each message pgrelay sent (as its
+/// authentication request code) and how it ended.
+fn client_exchange(user: Arc<UserEntry>, password: &str) -> (Vec<u32>, Result<(), AuthError>) {
+    let code = |message: &Bytes| u32::from_be_bytes(message[5..9].try_into().expect("an auth request"));
+    let (mut auth, mut step) = ClientAuth::start(user.clone());
+    let mut sent = Vec::new();
+    let mut scram = None;
+    loop {
+        let message = match step {
+            AuthStep::Done(_) => return (sent, Ok(())),
+            AuthStep::Continue(message) => message,
+        };
+        sent.push(code(&message));
+        let answer = match code(&message) {
+            5 => {
+                let salt: [u8; 4] = message[9..13].try_into().unwrap();
+                let mut answer = md5::salted_answer(&md5::stored_hash(password, &user.name), salt).into_bytes();
+                answer.push(0);
+                answer
+            }
+            10 => {
+                let (client, first) = ScramClient::start();
+                scram = Some(client);
+                let mut answer = format!("{}\0", MECHANISM).into_bytes();
+                answer.extend_from_slice(&(first.len() as u32).to_be_bytes());
+                answer.extend_from_slice(first.as_bytes());
+                answer
+            }
+            11 => {
+                let client = scram.take().expect("SASL started");
+                let fin = client.answer(&message[9..], &ScramSecret::password(password)).expect("a valid challenge");
+                fin.client_final.into_bytes()
+            }
+            other => panic!("unexpected auth request {other}"),
+        };
+        step = match auth.step(&answer) {
+            Ok(next) => next,
+            Err(e) => return (sent, Err(e)),
+        };
+    }
+}
+
+#[test]
+fn an_unknown_user_is_challenged_like_a_user_with_a_wrong_password() {
+    let db = UserDb::from_config(&config("[[users]]\nname = \"app\"\npassword = \"secret\"\n")).unwrap();
+    let app = db.get("app").unwrap().clone();
+    assert_eq!(client_exchange(app.clone(), "secret"), (vec![10, 11], Ok(())));
+    let wrong = client_exchange(app, "wrong");
+    assert_eq!(wrong, (vec![10, 11], Err(AuthError::WrongPassword)));
+    let unknown = db.unknown("nobody");
+    assert!(unknown.is_unknown());
+    assert_eq!(client_exchange(unknown, "wrong"), wrong);
+    // Whatever the password: nobody can log in as a user that does not exist.
+    assert_eq!(client_exchange(db.unknown("nobody"), "").1, Err(AuthError::WrongPassword));
+}
+
+#[test]
+fn an_unknown_users_salt_is_stable_per_name_and_looks_real() {
+    let db = UserDb::from_config(&config("[[users]]\nname = \"app\"\npassword = \"secret\"\n")).unwrap();
+    let verifier = |name: &str| match &db.unknown(name).client {
+        ClientSecret::Unknown(Mock::Scram(v)) => v.clone(),
+        other => panic!("{other:?}"),
+    };
+    let ClientSecret::Scram(real) = &db.get("app").unwrap().client else { panic!("SCRAM user") };
+    assert_eq!(verifier("nobody"), verifier("nobody"));
+    assert_ne!(verifier("nobody").salt, verifier("somebody").salt);
+    assert_eq!((verifier("nobody").salt.len(), verifier("nobody").iterations), (real.salt.len(), 4096));
+    // Across a reload too.
+    let reloaded = UserDb::from_config(&config("[[users]]\nname = \"app\"\npassword = \"secret\"\n")).unwrap();
+    let ClientSecret::Unknown(Mock::Scram(again)) = &reloaded.unknown("nobody").client else { panic!() };
+    assert_eq!(again, &verifier("nobody"));
+}
+
+#[test]
+fn unknown_users_get_the_method_most_users_have() {
+    let md5_users = "[[users]]\nname = \"a\"\npassword = \"a\"\nauth_type = \"md5\"\n\n\
+                     [[users]]\nname = \"b\"\npassword = \"b\"\nauth_type = \"md5\"\n\n\
+                     [[users]]\nname = \"c\"\npassword = \"c\"\n\n\
+                     [[users]]\nname = \"t\"\nauth_type = \"trust\"\n";
+    let db = UserDb::from_config(&config(md5_users)).unwrap();
+    let wrong = client_exchange(db.get("a").unwrap().clone(), "wrong");
+    assert_eq!(wrong, (vec![5], Err(AuthError::WrongPassword)));
+    assert_eq!(client_exchange(db.unknown("nobody"), "wrong"), wrong);
+    // A tie goes to SCRAM, PostgreSQL's default.
+    let tie =
+        "[[users]]\nname = \"a\"\npassword = \"a\"\nauth_type = \"md5\"\n\n[[users]]\nname = \"c\"\npassword = \"c\"\n";
+    let db = UserDb::from_config(&config(tie)).unwrap();
+    assert_eq!(client_exchange(db.unknown("nobody"), "x").0, vec![10, 11]);
+}

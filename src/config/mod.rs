@@ -45,6 +45,9 @@ pub struct Listen {
     pub rw: SocketAddr,
     pub ro: SocketAddr,
     pub http: SocketAddr,
+    /// How long an HTTP client may take to send a request's headers (also
+    /// how long an idle keep-alive connection stays). Read at start-up only.
+    pub http_header_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +70,13 @@ pub enum SessionStatePolicy {
 pub struct Pool {
     pub mode: PoolMode,
     pub default_pool_size: NonZeroUsize,
+    /// Logged-in clients at once; a connection takes a slot once authenticated.
     pub max_client_conn: usize,
+    /// Connections still logging in (not yet authenticated) at once.
+    pub max_pre_auth_conn: usize,
+    /// The share of `max_pre_auth_conn` one client address may hold (an IPv6
+    /// client's /64 counts as one address).
+    pub max_pre_auth_conn_per_addr: usize,
     pub query_wait_timeout: Duration,
     pub server_connect_timeout: Duration,
     pub server_reset_timeout: Duration,

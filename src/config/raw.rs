@@ -16,11 +16,13 @@ pub(super) const LISTS: [&str; 3] = ["nodes", "users", "databases"];
 
 /// Keys whose TOML type is an integer, so an environment override's text is
 /// parsed as one. Every other table key takes a string (sizes take either).
-pub(super) const INTEGER_KEYS: [(&str, &str); 6] = [
+pub(super) const INTEGER_KEYS: [(&str, &str); 8] = [
     ("pool", "default_pool_size"),
     ("pool", "max_client_conn"),
     ("pool", "max_prepared_statements"),
     ("pool", "max_client_prepared_statements"),
+    ("pool", "max_pre_auth_conn"),
+    ("pool", "max_pre_auth_conn_per_addr"),
     ("cluster", "leave_after_checks"),
     ("cluster", "rejoin_after_checks"),
 ];
@@ -48,6 +50,7 @@ pub(super) struct RawListen {
     pub rw: Option<String>,
     pub ro: Option<String>,
     pub http: Option<String>,
+    pub http_header_timeout: Option<RawDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -56,6 +59,8 @@ pub(super) struct RawPool {
     pub mode: Option<String>,
     pub default_pool_size: Option<RawInt>,
     pub max_client_conn: Option<RawInt>,
+    pub max_pre_auth_conn: Option<RawInt>,
+    pub max_pre_auth_conn_per_addr: Option<RawInt>,
     pub query_wait_timeout: Option<RawDuration>,
     pub server_connect_timeout: Option<RawDuration>,
     pub server_reset_timeout: Option<RawDuration>,

@@ -90,12 +90,19 @@ fn defaults_from_a_minimal_file() {
     let config = Config::parse(&minimal()).expect("minimal config parses");
     assert_eq!(
         config.listen,
-        Listen { rw: addr("0.0.0.0:5432"), ro: addr("0.0.0.0:5433"), http: addr("0.0.0.0:9930") }
+        Listen {
+            rw: addr("0.0.0.0:5432"),
+            ro: addr("0.0.0.0:5433"),
+            http: addr("0.0.0.0:9930"),
+            http_header_timeout: Duration::from_secs(10),
+        }
     );
     let pool = Pool {
         mode: PoolMode::Transaction,
         default_pool_size: NonZeroUsize::new(20).expect("20"),
         max_client_conn: 1000,
+        max_pre_auth_conn: 256,
+        max_pre_auth_conn_per_addr: 64,
         query_wait_timeout: Duration::from_secs(30),
         server_connect_timeout: Duration::from_secs(5),
         server_reset_timeout: Duration::from_secs(5),
@@ -261,13 +268,24 @@ fn env_overrides_keys() {
 #[test]
 fn every_table_key_can_be_overridden() {
     let values = [
-        ("listen", [("rw", "127.0.0.1:7001"), ("ro", "127.0.0.1:7002"), ("http", "127.0.0.1:7003")].as_slice()),
+        (
+            "listen",
+            [
+                ("rw", "127.0.0.1:7001"),
+                ("ro", "127.0.0.1:7002"),
+                ("http", "127.0.0.1:7003"),
+                ("http_header_timeout", "3s"),
+            ]
+            .as_slice(),
+        ),
         (
             "pool",
             &[
                 ("mode", "session"),
                 ("default_pool_size", "3"),
                 ("max_client_conn", "9"),
+                ("max_pre_auth_conn", "8"),
+                ("max_pre_auth_conn_per_addr", "2"),
                 ("query_wait_timeout", "1s"),
                 ("server_connect_timeout", "2s"),
                 ("server_reset_timeout", "3s"),

@@ -105,6 +105,8 @@ pub(super) fn listen(raw: &RawListen, locations: &Locations<'_>) -> Result<Liste
         rw: field("rw").addr(raw.rw.as_deref(), "0.0.0.0:5432")?,
         ro: field("ro").addr(raw.ro.as_deref(), "0.0.0.0:5433")?,
         http: field("http").addr(raw.http.as_deref(), "0.0.0.0:9930")?,
+        http_header_timeout: field("http_header_timeout")
+            .positive_duration(raw.http_header_timeout.as_deref(), "10s")?,
     };
     let named = [("rw", listen.rw), ("ro", listen.ro), ("http", listen.http)];
     for (i, (key, addr)) in named.iter().enumerate() {
@@ -141,6 +143,10 @@ pub(super) fn pool(raw: &RawPool, locations: &Locations<'_>) -> Result<Pool, Con
         mode: field("mode").choice(raw.mode.as_deref(), PoolMode::Transaction, &modes)?,
         default_pool_size: field("default_pool_size").positive(raw.default_pool_size.map(|n| n.0), 20)?,
         max_client_conn: field("max_client_conn").positive(raw.max_client_conn.map(|n| n.0), 1000)?.get(),
+        max_pre_auth_conn: field("max_pre_auth_conn").positive(raw.max_pre_auth_conn.map(|n| n.0), 256)?.get(),
+        max_pre_auth_conn_per_addr: field("max_pre_auth_conn_per_addr")
+            .positive(raw.max_pre_auth_conn_per_addr.map(|n| n.0), 64)?
+            .get(),
         query_wait_timeout: field("query_wait_timeout").positive_duration(raw.query_wait_timeout.as_deref(), "30s")?,
         server_connect_timeout: field("server_connect_timeout")
             .positive_duration(raw.server_connect_timeout.as_deref(), "5s")?,

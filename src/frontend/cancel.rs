@@ -1,10 +1,13 @@
 //! Cancel keys pgrelay issues to its clients, and forwarding a client's
 //! CancelRequest to the server that is running that client's query. A client
-//! only ever learns pgrelay's keys, never a server's.
+//! only ever learns pgrelay's keys, never a server's. Both halves of a key
+//! are random, so one client's key says nothing about another's; and a
+//! cancel is forwarded only while the client still holds the lease it was
+//! read during, so it cannot land on a later transaction on that server
+//! connection, which may be another client's.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,26 +18,26 @@ use tokio::net::TcpStream;
 use crate::backend::BackendKey;
 use crate::wire;
 
+/// How long forwarding one cancel may take (connect and write).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
 #[derive(Debug)]
 struct Slot {
     secret: u32,
-    /// The server connection the client holds right now, if any.
-    target: Mutex<Option<(SocketAddr, BackendKey)>>,
+    target: Mutex<Target>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default, Clone, Copy)]
+struct Target {
+    /// The server connection the client holds right now, if any.
+    server: Option<(SocketAddr, BackendKey)>,
+    /// Advances at every lease and every release of a server connection.
+    generation: u64,
+}
+
+#[derive(Debug, Default)]
 pub struct CancelRegistry {
     slots: Mutex<HashMap<u32, Arc<Slot>, foldhash::fast::RandomState>>,
-    next_pid: AtomicU32,
-}
-
-impl Default for CancelRegistry {
-    fn default() -> Self {
-        CancelRegistry {
-            slots: Mutex::new(HashMap::default()),
-            next_pid: AtomicU32::new(rand::thread_rng().gen_range(1..1 << 30)),
-        }
-    }
 }
 
 /// A client's registration; unregisters on drop.
@@ -46,14 +49,34 @@ pub struct CancelHandle {
     slot: Arc<Slot>,
 }
 
+/// A cancel as read from a client: aimed at the server connection that
+/// client held at that moment, during that lease.
+#[derive(Debug)]
+struct Aimed {
+    pid: u32,
+    slot: Arc<Slot>,
+    addr: SocketAddr,
+    key: BackendKey,
+    generation: u64,
+}
+
+impl Aimed {
+    /// Whether the client still holds the lease the cancel was read during.
+    fn is_current(&self) -> bool {
+        self.slot.target.lock().expect("cancel lock").generation == self.generation
+    }
+}
+
 impl CancelRegistry {
     pub fn register(self: &Arc<Self>) -> CancelHandle {
-        let secret = rand::thread_rng().gen();
-        let slot = Arc::new(Slot { secret, target: Mutex::new(None) });
+        let mut rng = rand::thread_rng();
+        let secret = rng.gen();
+        let slot = Arc::new(Slot { secret, target: Mutex::default() });
         let mut slots = self.slots.lock().expect("cancel lock");
+        // A positive int4, as a PostgreSQL pid: some clients keep it in one.
         let pid = loop {
-            let pid = self.next_pid.fetch_add(1, Ordering::Relaxed) & 0x7fff_ffff;
-            if pid != 0 && !slots.contains_key(&pid) {
+            let pid = rng.gen_range(1..=i32::MAX as u32);
+            if !slots.contains_key(&pid) {
                 break pid;
             }
         };
@@ -62,40 +85,153 @@ impl CancelRegistry {
     }
 
     /// Forwards a cancel for pgrelay's (pid, secret) to the right server, if
-    /// the key is valid and the client is running something right now.
+    /// the key is valid, the client is running something right now, and it
+    /// still is by the time the request could be sent.
     pub async fn cancel(&self, pid: u32, secret: u32) {
-        let target = {
-            let slots = self.slots.lock().expect("cancel lock");
-            match slots.get(&pid) {
-                Some(slot) if slot.secret == secret => *slot.target.lock().expect("cancel lock"),
-                _ => None,
-            }
-        };
-        let Some((addr, key)) = target else {
-            tracing::debug!(pid, "cancel request for an unknown key or an idle client ignored");
-            return;
-        };
-        let send = async {
-            let mut stream = TcpStream::connect(addr).await?;
-            stream.write_all(&wire::cancel_request(key.pid, key.secret)).await?;
-            stream.shutdown().await
-        };
-        match tokio::time::timeout(Duration::from_secs(5), send).await {
-            Ok(Ok(())) => tracing::debug!(pid, server = %addr, "cancel request forwarded"),
-            Ok(Err(e)) => tracing::warn!(pid, server = %addr, error = %e, "forwarding cancel request failed"),
-            Err(_) => tracing::warn!(pid, server = %addr, "forwarding cancel request timed out"),
+        match self.aim(pid, secret) {
+            Some(aimed) => forward(aimed).await,
+            None => tracing::debug!(pid, "cancel request for an unknown key or an idle client ignored"),
         }
+    }
+
+    /// What a cancel read now is aimed at.
+    fn aim(&self, pid: u32, secret: u32) -> Option<Aimed> {
+        let slot = match self.slots.lock().expect("cancel lock").get(&pid) {
+            Some(slot) if slot.secret == secret => slot.clone(),
+            _ => return None,
+        };
+        let target = *slot.target.lock().expect("cancel lock");
+        let (addr, key) = target.server?;
+        Some(Aimed { pid, slot, addr, key, generation: target.generation })
+    }
+}
+
+/// Sends the CancelRequest, unless the lease it was aimed at ended while
+/// connecting. What remains is the window between that check and the
+/// server acting on the request (one write and the postmaster's signal): if
+/// the query ends within it, the connection may go back to the pool and a
+/// query of its next lease be cancelled. PostgreSQL has the same race
+/// between a query's end and a cancel's arrival. (The session also bumps the
+/// generation just after releasing its lease, not before: a window of a few
+/// instructions inside that one.) Closing it needs the pool to hold a
+/// connection back until cancels aimed at it are done, as PgBouncer's
+/// `sv_being_canceled` does.
+async fn forward(aimed: Aimed) {
+    let (pid, addr) = (aimed.pid, aimed.addr);
+    let send = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        if !aimed.is_current() {
+            return Ok(false);
+        }
+        stream.write_all(&wire::cancel_request(aimed.key.pid, aimed.key.secret)).await?;
+        stream.shutdown().await?;
+        Ok::<_, std::io::Error>(true)
+    };
+    match tokio::time::timeout(FORWARD_TIMEOUT, send).await {
+        Ok(Ok(true)) => tracing::debug!(pid, server = %addr, "cancel request forwarded"),
+        Ok(Ok(false)) => tracing::debug!(pid, "the query a cancel request was aimed at has ended; not forwarded"),
+        Ok(Err(e)) => tracing::warn!(pid, server = %addr, error = %e, "forwarding cancel request failed"),
+        Err(_) => tracing::warn!(pid, server = %addr, "forwarding cancel request timed out"),
     }
 }
 
 impl CancelHandle {
+    /// The server connection this client leases from now on (`Some`), or
+    /// that it holds none any more (`None`). Each call starts a new lease
+    /// generation: cancels read before it are not forwarded after it.
     pub fn set_target(&self, target: Option<(SocketAddr, BackendKey)>) {
-        *self.slot.target.lock().expect("cancel lock") = target;
+        let mut current = self.slot.target.lock().expect("cancel lock");
+        current.server = target;
+        current.generation += 1;
     }
 }
 
 impl Drop for CancelHandle {
     fn drop(&mut self) {
         self.registry.slots.lock().expect("cancel lock").remove(&self.pid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    const KEY: BackendKey = BackendKey { pid: 4242, secret: 77 };
+
+    #[test]
+    fn keys_are_random_positive_and_unique() {
+        let registry = Arc::new(CancelRegistry::default());
+        let handles: Vec<CancelHandle> = (0..2000).map(|_| registry.register()).collect();
+        let mut pids: Vec<u32> = handles.iter().map(|h| h.pid).collect();
+        assert!(pids.iter().all(|&pid| (1..=i32::MAX as u32).contains(&pid)));
+        pids.sort_unstable();
+        pids.dedup();
+        assert_eq!(pids.len(), handles.len(), "unique among registered clients");
+        let neighbours = pids.windows(2).filter(|w| w[1] - w[0] == 1).count();
+        assert!(neighbours < 5, "{neighbours} consecutive pids: not random");
+        let secrets: std::collections::HashSet<u32> = handles.iter().map(|h| h.secret).collect();
+        assert!(secrets.len() > handles.len() - 5);
+        drop(handles);
+        assert!(registry.slots.lock().unwrap().is_empty(), "unregistered on drop");
+    }
+
+    #[test]
+    fn a_cancel_is_aimed_only_with_the_right_key_at_a_leased_connection() {
+        let registry = Arc::new(CancelRegistry::default());
+        let handle = registry.register();
+        assert!(registry.aim(handle.pid, handle.secret).is_none(), "idle: nothing to cancel");
+        handle.set_target(Some(("127.0.0.1:1".parse().unwrap(), KEY)));
+        assert!(registry.aim(handle.pid, handle.secret.wrapping_add(1)).is_none(), "wrong secret");
+        let aimed = registry.aim(handle.pid, handle.secret).expect("aimed");
+        assert_eq!((aimed.key, aimed.is_current()), (KEY, true));
+    }
+
+    #[test]
+    fn a_cancel_aimed_during_one_lease_is_stale_in_the_next() {
+        let registry = Arc::new(CancelRegistry::default());
+        let handle = registry.register();
+        let server = "127.0.0.1:1".parse().unwrap();
+        handle.set_target(Some((server, KEY)));
+        let aimed = registry.aim(handle.pid, handle.secret).unwrap();
+        handle.set_target(None);
+        assert!(!aimed.is_current(), "released");
+        handle.set_target(Some((server, KEY)));
+        assert!(!aimed.is_current(), "the same server connection, leased again: a later transaction");
+        assert!(registry.aim(handle.pid, handle.secret).unwrap().is_current());
+    }
+
+    /// A stand-in server: returns the bytes one connection sent before closing.
+    async fn fake_server() -> (SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut bytes = Vec::new();
+            stream.read_to_end(&mut bytes).await.unwrap();
+            bytes
+        });
+        (addr, received)
+    }
+
+    #[tokio::test]
+    async fn only_a_current_cancel_reaches_the_server() {
+        let registry = Arc::new(CancelRegistry::default());
+        let handle = registry.register();
+
+        let (addr, received) = fake_server().await;
+        handle.set_target(Some((addr, KEY)));
+        registry.cancel(handle.pid, handle.secret).await;
+        assert_eq!(received.await.unwrap(), wire::cancel_request(KEY.pid, KEY.secret));
+
+        // Read during one lease, forwarded after it ended: the server hears nothing.
+        let (addr, received) = fake_server().await;
+        handle.set_target(Some((addr, KEY)));
+        let aimed = registry.aim(handle.pid, handle.secret).unwrap();
+        handle.set_target(None);
+        handle.set_target(Some((addr, KEY)));
+        forward(aimed).await;
+        assert_eq!(received.await.unwrap(), b"", "a stale cancel is not sent");
     }
 }

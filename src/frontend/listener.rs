@@ -1,5 +1,6 @@
-//! Accepting clients: one task per connection, a permit per client
-//! (max_client_conn), a login deadline, and one span per connection.
+//! Accepting clients: one task per connection, admitted while logging in by
+//! the pre-auth caps and once authenticated by max_client_conn (see
+//! `preauth`), a login deadline, and one span per connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,9 +12,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument, Span};
 
 use super::error::SessionError;
+use super::preauth::{Admission, Limits, Refusal, Slot, CANCEL_WINDOW};
 use super::registry::ClientInfo;
 use super::session::Session;
-use super::startup::{login, Login};
+use super::startup::{login, read_opening, Login, Opening};
 use super::Context;
 use crate::metrics::{ErrorOrigin, LoginResult};
 use crate::router::ListenerKind;
@@ -41,41 +43,78 @@ pub async fn serve(ctx: Arc<Context>, listener: TcpListener, kind: ListenerKind)
         };
         let _ = stream.set_nodelay(true);
         let span = tracing::info_span!("client", %peer, port = kind.as_str());
-        match ctx.client_slots.clone().try_acquire_owned() {
-            Ok(permit) => {
+        let limits = {
+            let pool = &ctx.config().pool;
+            Limits { total: pool.max_pre_auth_conn, per_addr: pool.max_pre_auth_conn_per_addr }
+        };
+        match ctx.pre_auth.admit(peer.ip(), limits) {
+            Ok(slot) => {
                 let task_ctx = ctx.clone();
-                ctx.client_tasks.spawn(async move {
-                    handle_client(task_ctx, stream, peer, kind, span).await;
-                    drop(permit);
-                });
+                let admission = Admission::PreAuth(slot);
+                ctx.client_tasks.spawn(handle_client(task_ctx, stream, peer, kind, span, admission));
             }
-            Err(_) => {
-                let message =
-                    format!("too many client connections (max_client_conn = {})", ctx.config().pool.max_client_conn);
-                tracing::warn!(parent: &span, "{message}");
-                ctx.metrics.login(LoginResult::Rejected);
-                ctx.metrics.error(sqlstate::TOO_MANY_CONNECTIONS.as_bytes(), ErrorOrigin::Pgrelay);
-                ctx.client_tasks.spawn(farewell(
-                    stream,
-                    BytesMut::new(),
-                    sqlstate::TOO_MANY_CONNECTIONS.into(),
-                    message,
-                ));
-            }
+            Err(refusal) => match ctx.pre_auth.admit_for_cancel(peer.ip()) {
+                Some(slot) => {
+                    ctx.client_tasks.spawn(cancel_or_refuse(ctx.clone(), stream, refusal, span, slot));
+                }
+                None => {
+                    refused(&ctx, &refusal, &span);
+                    // Not worth a task: the error fits in the new socket's
+                    // send buffer, and whatever happens to it, the socket closes.
+                    let mut message = BytesMut::new();
+                    let (code, text) = (sqlstate::TOO_MANY_CONNECTIONS, refusal.message());
+                    wire::put_error_response(&mut message, Severity::Fatal, code, &text, None);
+                    let _ = stream.try_write(&message);
+                }
+            },
         }
+    }
+}
+
+/// A connection beyond the pre-auth caps, within the small allowance for
+/// cancels: a CancelRequest sent within [`CANCEL_WINDOW`] is served as
+/// usual (it is answered at once and never logs in); a startup packet,
+/// anything else, or silence is refused with 53300 naming the cap.
+async fn cancel_or_refuse(ctx: Arc<Context>, mut stream: TcpStream, refusal: Refusal, span: Span, _slot: Slot) {
+    let mut buf = BytesMut::new();
+    let opening = tokio::time::timeout(CANCEL_WINDOW, read_opening(&mut stream, &mut buf)).instrument(span.clone());
+    match opening.await {
+        Ok(Ok(Opening::Cancel { pid, secret })) => return ctx.cancels.cancel(pid, secret).await,
+        Ok(Ok(Opening::Closed) | Err(SessionError::ClientIo(_))) => return,
+        Ok(Ok(Opening::Startup(_)) | Err(_)) | Err(_) => {}
+    }
+    refused(&ctx, &refusal, &span);
+    farewell(stream, BytesMut::new(), sqlstate::TOO_MANY_CONNECTIONS.into(), refusal.message()).await;
+}
+
+/// Counts a connection refused by a pre-auth cap, and logs it (at most one
+/// line per interval, with the number refused since the last one).
+fn refused(ctx: &Context, refusal: &Refusal, span: &Span) {
+    ctx.metrics.login(LoginResult::Rejected);
+    ctx.metrics.error(sqlstate::TOO_MANY_CONNECTIONS.as_bytes(), ErrorOrigin::Pgrelay);
+    if let Some(refused) = ctx.pre_auth.note_refusal() {
+        tracing::warn!(parent: span, refused, "{}; connection refused", refusal.message());
     }
 }
 
 /// One client connection. Its span is entered while logging in and named as
 /// the parent of every later event; the relay loop itself runs outside it,
 /// since entering a span on every poll is measurable on the hot path.
-async fn handle_client(ctx: Arc<Context>, mut stream: TcpStream, peer: SocketAddr, kind: ListenerKind, span: Span) {
+async fn handle_client(
+    ctx: Arc<Context>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    kind: ListenerKind,
+    span: Span,
+    mut admission: Admission,
+) {
     let login_timeout = ctx.config().pool.client_login_timeout;
     let mut buf = BytesMut::new();
     // Boxed, so that the login's state is freed once it is over instead of
     // staying in every idle client's task.
     let login = Box::pin(
-        tokio::time::timeout(login_timeout, login(&ctx, &mut stream, &mut buf, kind)).instrument(span.clone()),
+        tokio::time::timeout(login_timeout, login(&ctx, &mut stream, &mut buf, kind, &mut admission))
+            .instrument(span.clone()),
     );
     let logged_in = tokio::select! {
         _ = ctx.shutdown.cancelled() => Ok(Err(SessionError::Shutdown)),
@@ -83,7 +122,7 @@ async fn handle_client(ctx: Arc<Context>, mut stream: TcpStream, peer: SocketAdd
     };
     let parts = match logged_in {
         Ok(Ok(Login::Client(parts))) => parts,
-        Ok(Ok(Login::Cancel)) => return,
+        Ok(Ok(Login::Cancel | Login::Closed)) => return,
         Ok(Ok(Login::Admin(admin))) => {
             ctx.metrics.login(LoginResult::Ok);
             tracing::info!(parent: &span, user = %admin.user.name, "admin console login");
@@ -125,6 +164,7 @@ async fn handle_client(ctx: Arc<Context>, mut stream: TcpStream, peer: SocketAdd
         Ok(()) => tracing::debug!(parent: &span, "client disconnected"),
         Err(error) => report(&ctx, stream, out, error, &span).await,
     }
+    drop(admission);
 }
 
 /// Logs an error that ended a connection and tells the client, if it is still there.
@@ -157,6 +197,7 @@ fn login_failure(error: &SessionError) -> LoginResult {
             code: sqlstate::INVALID_PASSWORD | sqlstate::INVALID_AUTHORIZATION | sqlstate::INSUFFICIENT_PRIVILEGE,
             ..
         } => LoginResult::AuthFailed,
+        SessionError::Login { code: sqlstate::TOO_MANY_CONNECTIONS, .. } => LoginResult::Rejected,
         _ => LoginResult::Error,
     }
 }

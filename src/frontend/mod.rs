@@ -7,6 +7,7 @@ mod control;
 mod error;
 mod lifecycle;
 mod listener;
+mod preauth;
 mod prepared;
 mod registry;
 mod session;
@@ -17,6 +18,7 @@ pub use cancel::CancelRegistry;
 pub use error::SessionError;
 pub use lifecycle::{Lifecycle, StopMode};
 pub use listener::serve;
+pub use preauth::PreAuth;
 pub use registry::{ClientActivity, ClientEntry, ClientRegistry, ClientState, ServerLink};
 pub use startup::{application_name, AdminLogin, ADMIN_DATABASES};
 pub use welcome::WelcomeCache;
@@ -59,8 +61,10 @@ pub struct Context {
     pub welcomes: WelcomeCache,
     /// Round-robin position for reads.
     pub round_robin: AtomicUsize,
-    /// One permit per client connection (max_client_conn).
+    /// One permit per logged-in client (max_client_conn).
     pub client_slots: Arc<Semaphore>,
+    /// Connections still logging in (max_pre_auth_conn, max_pre_auth_conn_per_addr).
+    pub pre_auth: PreAuth,
     /// Logged-in clients, for the admin console.
     pub clients: Arc<ClientRegistry>,
     pub lifecycle: Lifecycle,
@@ -84,6 +88,7 @@ impl Context {
         let shutdown = CancellationToken::new();
         Arc::new(Context {
             client_slots: Arc::new(Semaphore::new(config.pool.max_client_conn)),
+            pre_auth: PreAuth::default(),
             config_generation: 0.into(),
             config: ArcSwap::new(config),
             users: ArcSwap::from_pointee(users),

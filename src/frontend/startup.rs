@@ -11,12 +11,16 @@ use tokio::net::TcpStream;
 
 use super::checkout::{pause_before_retry, pool_for, route_waiting};
 use super::error::SessionError;
+use super::preauth::Admission;
 use super::Context;
 use crate::auth::{AuthError, AuthStep, ClientAuth};
 use crate::config::Database;
 use crate::pool::PoolError;
 use crate::router::ListenerKind;
-use crate::wire::{self, frontend as tag, sqlstate, StartupPacket, StartupParams, TxStatus, WireError};
+use crate::wire::{
+    self, frontend as tag, sqlstate, StartupPacket, StartupParams, StartupPeek, TxStatus, WireError,
+    MAX_STARTUP_PARAMETERS,
+};
 
 /// Largest password message accepted before a client is authenticated.
 const MAX_AUTH_MESSAGE: usize = 8192;
@@ -55,6 +59,21 @@ pub enum Login {
     Admin(AdminLogin),
     /// Only a cancel request, already handled.
     Cancel,
+    /// Closed (or Terminate sent) before a startup packet: nothing to answer.
+    Closed,
+}
+
+/// What a connection opened with, once its SSL/GSS requests were declined.
+pub enum Opening {
+    Startup(StartupParams),
+    Cancel {
+        pid: u32,
+        secret: u32,
+    },
+    /// The client left before a whole startup packet (a health check, a port
+    /// scan, a client that did not like the 'N'): as PostgreSQL does, it is
+    /// closed without a word. Partial packets count: nobody is left to tell.
+    Closed,
 }
 
 pub struct AdminLogin {
@@ -66,37 +85,39 @@ pub struct AdminLogin {
 }
 
 /// Runs the login; returns who the client is. Bytes the client sent after
-/// its last login message stay in `buf`.
+/// its last login message stay in `buf`. Once the client is authenticated,
+/// `admission` holds one of max_client_conn instead of a pre-auth share.
 pub async fn login(
     ctx: &Arc<Context>,
     client: &mut TcpStream,
     buf: &mut BytesMut,
     listener: ListenerKind,
+    admission: &mut Admission,
 ) -> Result<Login, SessionError> {
-    let mut negotiations = 0;
-    let params = loop {
-        let packet = read_startup_packet(client, buf).await?;
-        match StartupPacket::parse(packet)? {
-            StartupPacket::SslRequest | StartupPacket::GssEncRequest if negotiations < 2 => {
-                negotiations += 1;
-                // No TLS or GSS encryption yet: the client continues in plain text.
-                client.write_all(b"N").await.map_err(SessionError::ClientIo)?;
-            }
-            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
-                return Err(WireError::BadStartup("too many encryption requests").into());
-            }
-            StartupPacket::Cancel { pid, secret } => {
-                ctx.cancels.cancel(pid, secret).await;
-                return Ok(Login::Cancel);
-            }
-            StartupPacket::Startup(params) => break params,
+    let params = match read_opening(client, buf).await? {
+        Opening::Startup(params) => params,
+        Opening::Cancel { pid, secret } => {
+            ctx.cancels.cancel(pid, secret).await;
+            return Ok(Login::Cancel);
         }
+        Opening::Closed => return Ok(Login::Closed),
     };
     let settings = client_settings(&params)?;
-    let user = ctx.users().get(&params.user).cloned().ok_or_else(|| {
-        login_error(sqlstate::INVALID_AUTHORIZATION, format!("user \"{}\" is not configured in pgrelay", params.user))
+    // An unknown user goes through the exchange a wrong password gets.
+    let user = {
+        let users = ctx.users();
+        users.get(&params.user).cloned().unwrap_or_else(|| users.unknown(&params.user))
+    };
+    if let Err(error) = authenticate(client, buf, &user).await {
+        if user.is_unknown() {
+            tracing::info!(user = %user.name, "login as a user that is not configured in pgrelay");
+        }
+        return Err(error);
+    }
+    admission.authenticated(&ctx.client_slots).map_err(|_| {
+        let max = ctx.config().pool.max_client_conn;
+        login_error(sqlstate::TOO_MANY_CONNECTIONS, format!("too many client connections (max_client_conn = {max})"))
     })?;
-    authenticate(client, buf, &user).await?;
     if ADMIN_DATABASES.contains(&params.database.as_str()) {
         return admin_login(ctx, user, settings).map(Login::Admin);
     }
@@ -138,25 +159,64 @@ fn admin_login(
     Ok(AdminLogin { user, may_control, settings })
 }
 
-async fn read_startup_packet(client: &mut TcpStream, buf: &mut BytesMut) -> Result<Bytes, SessionError> {
+/// Reads up to the first packet that is not an SSL or GSS encryption request,
+/// declining those ('N', at most twice).
+pub async fn read_opening(client: &mut TcpStream, buf: &mut BytesMut) -> Result<Opening, SessionError> {
+    let mut negotiations = 0;
     loop {
-        if let Some(len) = StartupPacket::peek_len(buf)? {
-            if buf.len() >= len {
-                return Ok(buf.split_to(len).freeze());
+        let Some(packet) = read_startup_packet(client, buf).await? else {
+            tracing::debug!("client left before sending a startup packet");
+            return Ok(Opening::Closed);
+        };
+        match StartupPacket::parse(packet)? {
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest if negotiations < 2 => {
+                negotiations += 1;
+                // No TLS or GSS encryption yet: the client continues in plain text.
+                client.write_all(b"N").await.map_err(SessionError::ClientIo)?;
             }
-        }
-        if client.read_buf(buf).await.map_err(SessionError::ClientIo)? == 0 {
-            return Err(SessionError::ClientIo(std::io::ErrorKind::UnexpectedEof.into()));
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                return Err(WireError::BadStartup("too many encryption requests").into());
+            }
+            StartupPacket::Cancel { pid, secret } => return Ok(Opening::Cancel { pid, secret }),
+            StartupPacket::Startup(params) => return Ok(Opening::Startup(params)),
         }
     }
 }
 
-/// The settings a client asked for at startup, incl. `-c name=value` in `options`.
+/// The next untagged packet; `None` when the client sends Terminate or
+/// closes before the first byte of it. A close part way through is an
+/// error, but one nobody is told about ([`SessionError::ClientIo`]).
+async fn read_startup_packet(client: &mut TcpStream, buf: &mut BytesMut) -> Result<Option<Bytes>, SessionError> {
+    loop {
+        match StartupPacket::peek(buf)? {
+            StartupPeek::Packet(len) if buf.len() >= len => return Ok(Some(buf.split_to(len).freeze())),
+            StartupPeek::Terminate => return Ok(None),
+            StartupPeek::Packet(_) | StartupPeek::Incomplete => {}
+        }
+        if client.read_buf(buf).await.map_err(SessionError::ClientIo)? == 0 {
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            let incomplete = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "incomplete startup packet");
+            return Err(SessionError::ClientIo(incomplete));
+        }
+    }
+}
+
+/// The settings a client asked for at startup, incl. `-c name=value` in
+/// `options`, sorted by name; of two spellings of one name (compared
+/// without case) the later wins. At most [`MAX_STARTUP_PARAMETERS`] are
+/// read, each `-c` counting as one; one pass plus a sort.
 fn client_settings(params: &StartupParams) -> Result<Vec<(String, String)>, SessionError> {
-    let mut settings: Vec<(String, String)> = Vec::new();
-    let mut set = |k: &str, v: &str| {
-        settings.retain(|(name, _)| !name.eq_ignore_ascii_case(k));
-        settings.push((k.to_owned(), v.to_owned()));
+    let mut settings: Vec<(String, String)> = Vec::with_capacity(params.settings.len());
+    let too_many = || {
+        login_error(
+            sqlstate::PROTOCOL_VIOLATION,
+            format!(
+                "invalid startup packet: more than {MAX_STARTUP_PARAMETERS} parameters, counting each -c in options \
+                 (pgrelay's limit)"
+            ),
+        )
     };
     for (key, value) in &params.settings {
         match key.as_str() {
@@ -181,14 +241,32 @@ fn client_settings(params: &StartupParams) -> Result<Vec<(String, String)>, Sess
                             format!("unsupported startup option \"{word}\" (only -c name=value is supported)"),
                         ));
                     };
-                    set(&k.replace('-', "_"), v);
+                    if settings.len() == MAX_STARTUP_PARAMETERS {
+                        return Err(too_many());
+                    }
+                    settings.push((k.replace('-', "_"), v.to_owned()));
                 }
             }
-            _ => set(key, value),
+            _ => {
+                if settings.len() == MAX_STARTUP_PARAMETERS {
+                    return Err(too_many());
+                }
+                settings.push((key.clone(), value.clone()));
+            }
         }
     }
+    // Latest first, then a stable sort by name: each name's first entry is
+    // the one the client sent last, and the only one kept.
+    settings.reverse();
+    settings.sort_by(|(a, _), (b, _)| caseless(a).cmp(caseless(b)));
+    settings.dedup_by(|(later, _), (kept, _)| later.eq_ignore_ascii_case(kept));
     settings.sort();
     Ok(settings)
+}
+
+/// A name's bytes, compared as PostgreSQL compares setting names: without ASCII case.
+fn caseless(name: &str) -> impl Iterator<Item = u8> + '_ {
+    name.bytes().map(|b| b.to_ascii_lowercase())
 }
 
 async fn authenticate(
@@ -260,5 +338,66 @@ async fn server_params(
             }
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(settings: &[(&str, &str)]) -> StartupParams {
+        StartupParams {
+            user: "app".into(),
+            database: "app".into(),
+            settings: settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
+    }
+
+    fn settings(given: &[(&str, &str)]) -> Result<Vec<(String, String)>, String> {
+        client_settings(&params(given)).map_err(|e| e.to_string())
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn the_last_of_each_name_wins_without_case_and_the_result_is_sorted() {
+        let given = [
+            ("TimeZone", "UTC"),
+            ("application_name", "a"),
+            ("options", "-c search_path=s1 -cwork_mem=4MB --statement-timeout=5s"),
+            ("timezone", "Europe/Paris"),
+            ("application_name", "b"),
+            ("options", "-c search_path=s2"),
+        ];
+        let expected = [
+            ("application_name", "b"),
+            ("search_path", "s2"),
+            ("statement_timeout", "5s"),
+            ("timezone", "Europe/Paris"),
+            ("work_mem", "4MB"),
+        ];
+        assert_eq!(settings(&given), Ok(pairs(&expected)));
+    }
+
+    #[test]
+    fn settings_are_bounded_counting_each_option() {
+        let names: Vec<String> = (0..MAX_STARTUP_PARAMETERS + 1).map(|i| format!("p{i}")).collect();
+        let given: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+        assert_eq!(settings(&given[..MAX_STARTUP_PARAMETERS]).map(|s| s.len()), Ok(MAX_STARTUP_PARAMETERS));
+        let error = settings(&given).expect_err("one too many");
+        assert!(error.contains(&format!("more than {MAX_STARTUP_PARAMETERS} parameters")), "{error}");
+        // Repeating one name does not get around the bound: every -c counts.
+        let options = "-c a=1 ".repeat(MAX_STARTUP_PARAMETERS);
+        assert_eq!(settings(&[("options", options.as_str())]).map(|s| s.len()), Ok(1));
+        let error = settings(&[("x", "1"), ("options", options.as_str())]).expect_err("one too many");
+        assert!(error.contains("counting each -c in options"), "{error}");
+    }
+
+    #[test]
+    fn replication_and_other_options_are_refused() {
+        assert!(settings(&[("replication", "true")]).unwrap_err().contains("replication"));
+        assert!(settings(&[("options", "-v")]).unwrap_err().contains("unsupported startup option \"-v\""));
     }
 }

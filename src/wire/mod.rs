@@ -69,6 +69,8 @@ pub enum WireError {
     TooLong { len: usize, max: usize },
     #[error("invalid startup packet: {0}")]
     BadStartup(&'static str),
+    #[error("invalid startup packet: more than {max} parameters (pgrelay's limit)")]
+    TooManyStartupParameters { max: usize },
     #[error("no PostgreSQL user name specified in startup packet")]
     NoUser,
     #[error("malformed {0} message")]

@@ -10,6 +10,13 @@ pub const SSL_REQUEST_CODE: u32 = 80_877_103;
 pub const GSSENC_REQUEST_CODE: u32 = 80_877_104;
 /// PostgreSQL's own limit for a startup packet.
 pub const MAX_STARTUP_PACKET: usize = 10_000;
+/// pgrelay's limit on the parameters of a StartupMessage (user and database
+/// included). PostgreSQL has none, but each setting is applied on every
+/// server connection a client uses, so a client's cost must be bounded.
+pub const MAX_STARTUP_PARAMETERS: usize = 64;
+
+/// A Terminate message, which a client may send where its startup packet belongs.
+const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
 
 /// What a client opened with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +25,17 @@ pub enum StartupPacket {
     SslRequest,
     GssEncRequest,
     Cancel { pid: u32, secret: u32 },
+}
+
+/// What the start of a connection's buffer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartupPeek {
+    /// More bytes are needed.
+    Incomplete,
+    /// A packet of this many bytes (its length word included).
+    Packet(usize),
+    /// A Terminate instead of a startup packet: the client is leaving.
+    Terminate,
 }
 
 /// Parameters of a StartupMessage, in the order the client sent them.
@@ -30,17 +48,23 @@ pub struct StartupParams {
 }
 
 impl StartupPacket {
-    /// Length of the packet at the start of `buf` once its 4-byte length is
-    /// there; rejects lengths outside PostgreSQL's own bounds.
-    pub fn peek_len(buf: &[u8]) -> Result<Option<usize>, WireError> {
+    /// What starts `buf`: the length of a packet once its 4-byte length is
+    /// there, rejecting lengths outside PostgreSQL's own bounds, or a
+    /// Terminate. (A Terminate's first four bytes read as a length far above
+    /// the bound, so the two are never confused.)
+    pub fn peek(buf: &[u8]) -> Result<StartupPeek, WireError> {
+        let seen = buf.len().min(TERMINATE.len());
+        if seen > 0 && buf[..seen] == TERMINATE[..seen] {
+            return Ok(if seen == TERMINATE.len() { StartupPeek::Terminate } else { StartupPeek::Incomplete });
+        }
         if buf.len() < 4 {
-            return Ok(None);
+            return Ok(StartupPeek::Incomplete);
         }
         let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
         if !(8..=MAX_STARTUP_PACKET).contains(&len) {
             return Err(WireError::BadStartup("invalid length"));
         }
-        Ok(Some(len))
+        Ok(StartupPeek::Packet(len))
     }
 
     /// Parses one whole packet (length prefix included).
@@ -63,12 +87,18 @@ impl StartupPacket {
     }
 }
 
+/// One pass over the parameters, stopping at the first beyond the limit.
 fn parse_params(mut rest: &[u8]) -> Result<StartupParams, WireError> {
     let mut params = StartupParams::default();
+    let mut count = 0;
     loop {
         let (key, tail) = read_cstr(rest).ok_or(WireError::BadStartup("parameters not terminated"))?;
         if key.is_empty() {
             break;
+        }
+        count += 1;
+        if count > MAX_STARTUP_PARAMETERS {
+            return Err(WireError::TooManyStartupParameters { max: MAX_STARTUP_PARAMETERS });
         }
         let (value, tail) = read_cstr(tail).ok_or(WireError::BadStartup("parameter without value"))?;
         let key = std::str::from_utf8(key).map_err(|_| WireError::BadStartup("parameter name is not UTF-8"))?;

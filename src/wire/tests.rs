@@ -52,10 +52,52 @@ fn startup_packets_parse() {
 
 #[test]
 fn startup_length_is_bounded() {
-    assert_eq!(StartupPacket::peek_len(&[0, 0, 0]), Ok(None));
-    assert_eq!(StartupPacket::peek_len(&[0, 0, 0, 8]), Ok(Some(8)));
-    assert!(StartupPacket::peek_len(&[0, 0, 0, 7]).is_err());
-    assert!(StartupPacket::peek_len(b"GET ").is_err(), "an HTTP request is not a startup packet");
+    assert_eq!(StartupPacket::peek(&[]), Ok(StartupPeek::Incomplete));
+    assert_eq!(StartupPacket::peek(&[0, 0, 0]), Ok(StartupPeek::Incomplete));
+    assert_eq!(StartupPacket::peek(&[0, 0, 0, 8]), Ok(StartupPeek::Packet(8)));
+    assert!(StartupPacket::peek(&[0, 0, 0, 7]).is_err());
+    assert!(StartupPacket::peek(b"GET ").is_err(), "an HTTP request is not a startup packet");
+}
+
+#[test]
+fn a_terminate_in_place_of_a_startup_packet_is_recognised() {
+    assert_eq!(StartupPacket::peek(b"X"), Ok(StartupPeek::Incomplete));
+    assert_eq!(StartupPacket::peek(b"X\0\0\0"), Ok(StartupPeek::Incomplete));
+    assert_eq!(StartupPacket::peek(b"X\0\0\0\x04"), Ok(StartupPeek::Terminate));
+    assert_eq!(StartupPacket::peek(b"X\0\0\0\x04more"), Ok(StartupPeek::Terminate));
+    assert!(StartupPacket::peek(b"X\0\0\0\x05").is_err(), "only a Terminate, not any 'X'");
+    assert!(StartupPacket::peek(b"X\0\x01\0").is_err());
+}
+
+/// A StartupMessage body with `user` and `n - 1` more parameters.
+fn params(n: usize) -> Vec<u8> {
+    let mut body = b"user\0app\0".to_vec();
+    for i in 1..n {
+        body.extend_from_slice(format!("p{i}\0v\0").as_bytes());
+    }
+    body.push(0);
+    body
+}
+
+#[test]
+fn startup_parameters_are_bounded() {
+    let at_limit = StartupPacket::parse(packet(PROTOCOL_VERSION_3, &params(MAX_STARTUP_PARAMETERS)));
+    let Ok(StartupPacket::Startup(at_limit)) = at_limit else { panic!("{at_limit:?}") };
+    assert_eq!(at_limit.settings.len(), MAX_STARTUP_PARAMETERS - 1);
+    let beyond = StartupPacket::parse(packet(PROTOCOL_VERSION_3, &params(MAX_STARTUP_PARAMETERS + 1)));
+    assert_eq!(beyond, Err(WireError::TooManyStartupParameters { max: MAX_STARTUP_PARAMETERS }));
+    assert_eq!(
+        WireError::TooManyStartupParameters { max: 64 }.to_string(),
+        "invalid startup packet: more than 64 parameters (pgrelay's limit)"
+    );
+    // Refused after the limit, not after reading everything: the rest may even be malformed.
+    let mut truncated = params(MAX_STARTUP_PARAMETERS + 1);
+    truncated.pop();
+    truncated.extend_from_slice(b"unterminated");
+    assert!(matches!(
+        StartupPacket::parse(packet(PROTOCOL_VERSION_3, &truncated)),
+        Err(WireError::TooManyStartupParameters { .. })
+    ));
 }
 
 #[test]

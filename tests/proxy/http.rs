@@ -125,3 +125,35 @@ async fn metrics_follow_known_traffic() {
     assert_eq!(sample(&gone, "pgrelay_clients", &[("database", "app"), ("user", "app"), ("listener", "rw")]), 0.0);
     app.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn http_connections_are_capped_and_unfinished_requests_time_out() {
+    let toml = relay::config_toml(cluster(), "", "")
+        .replace("http = \"127.0.0.1:0\"\n", "http = \"127.0.0.1:0\"\nhttp_header_timeout = \"1s\"\n");
+    let app = relay::start(pgrelay::config::Config::parse(&toml).expect("config")).await;
+    let cap = pgrelay::admin::MAX_HTTP_CONNECTIONS;
+    // Every connection the cap allows, half silent, half with headers never finished.
+    let mut stalled = Vec::new();
+    for i in 0..cap {
+        let mut stream = tokio::net::TcpStream::connect(app.http_addr).await.unwrap();
+        if i % 2 == 0 {
+            stream.write_all(b"GET /livez HTTP/1.1\r\nHost: pgrelay\r\n").await.unwrap();
+        }
+        stalled.push(stream);
+    }
+    // One more is closed at once.
+    let mut extra = tokio::net::TcpStream::connect(app.http_addr).await.unwrap();
+    let mut sink = Vec::new();
+    let read = tokio::time::timeout(Duration::from_millis(500), extra.read_to_end(&mut sink)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the connection beyond the cap is closed at once: {read:?}");
+    // Once the header timeout closed the stalled ones, a fresh connection is served.
+    let started = std::time::Instant::now();
+    for stream in &mut stalled {
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut sink)).await.expect("closed");
+    }
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(get(app.http_addr, "/livez").await, (200, "ok\n".to_owned()));
+    app.shutdown(Duration::from_secs(5)).await;
+}

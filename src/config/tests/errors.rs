@@ -89,6 +89,8 @@ fn invalid_values_name_their_key_and_line() {
         ("[pool]\nsession_state = \"ignore\"\n", "[pool] session_state: invalid value \"ignore\""),
         ("[pool]\ndefault_pool_size = 0\n", "[pool] default_pool_size: must be greater than 0"),
         ("[pool]\nmax_client_conn = -1\n", "[pool] max_client_conn: must be greater than 0 (got -1)"),
+        ("[pool]\nmax_pre_auth_conn = 0\n", "[pool] max_pre_auth_conn: must be greater than 0 (got 0)"),
+        ("[pool]\nmax_pre_auth_conn_per_addr = 0\n", "[pool] max_pre_auth_conn_per_addr: must be greater than 0"),
         ("[pool]\nserver_connect_timeout = \"0s\"\n", "[pool] server_connect_timeout: must be greater than 0"),
         ("[pool]\nserver_idle_timeout = \"never\"\n", "[pool] server_idle_timeout: invalid duration \"never\""),
         ("[pool]\nmax_message_size = \"16 parsecs\"\n", "[pool] max_message_size: invalid size \"16 parsecs\""),
@@ -101,6 +103,7 @@ fn invalid_values_name_their_key_and_line() {
         ("[cluster]\ncheck_interval = \"0ms\"\n", "[cluster] check_interval: must be greater than 0"),
         ("[cluster]\nuser = \"\"\n", "[cluster] user: must not be empty"),
         ("[listen]\nhttp = \"localhost:9930\"\n", "[listen] http: invalid address \"localhost:9930\""),
+        ("[listen]\nhttp_header_timeout = \"0s\"\n", "[listen] http_header_timeout: must be greater than 0"),
     ];
     for (head, expected) in cases {
         assert_error(&base(head), Some(2), &[expected]);
