@@ -29,6 +29,9 @@
 //!    ParseComplete and replaces the statement.
 //! 10. `server_fatal_reaches_the_client_once`: the server's 57P01 is followed
 //!     by pgrelay's own 08006 ("server connection to pg0 closed unexpectedly").
+//! 11. `a_failed_parse_fails_again_when_pipelined` (found by the randomized
+//!     test): the second Parse is answered ParseComplete, and its Bind then
+//!     fails with `prepared statement "pgrelay_0" does not exist`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -452,5 +455,27 @@ async fn server_fatal_reaches_the_client_once() {
     let (got, stop) = a.until_closed().await;
     assert_eq!(stop, Stop::Closed, "the connection closes; received {}", show(&got, a.pid()));
     assert_answers("after pg_terminate_backend", &got, a.pid(), &["E[57P01]"]);
+    target.stop().await;
+}
+
+/// 11. (Found by the randomized test.) A Parse that fails fails again when
+/// the same text is parsed in the next pipelined batch, before the first
+/// answer arrived; nothing acknowledges a statement that does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_parse_fails_again_when_pipelined() {
+    let _serial = SERIAL.lock().await;
+    let target = Target::start("").await;
+    let mut a = Conn::login(target.addr, &[]).await;
+    let mut out = Out::default();
+    out.parse("bad1", "selec 1");
+    out.sync();
+    out.parse("bad2", "selec 1");
+    out.sync();
+    out.bind("bad2", &[]);
+    out.execute(0);
+    out.sync();
+    a.write(out).await;
+    let got = a.read(3).await;
+    assert_answers("two failing Parses", &got, a.pid(), &["E[42601]", "Z[I]", "E[42601]", "Z[I]", "E[26000]", "Z[I]"]);
     target.stop().await;
 }
