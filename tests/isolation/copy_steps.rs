@@ -2,9 +2,8 @@
 //! the client pipelines behind it (CopyDone, Sync, a Query) in one write.
 
 use crate::model::{Row, Session};
-use crate::render::{complete, copy_data, error, ready};
+use crate::render::{complete, copy_data, error, ready, row, row_desc, TEXT, VOID};
 use crate::script::{Action, Rng};
-use crate::steps::one_text;
 use crate::wire_out::Out;
 
 pub fn copy_out(s: &mut Session, rng: &mut Rng, m: &str) -> (String, Vec<Action>) {
@@ -111,8 +110,11 @@ pub fn copy_in_fail(s: &mut Session, rng: &mut Rng, m: &str) -> (String, Vec<Act
         out.copy_data(&format!("x\t{}\t{m}-bad\n", s.owner));
     };
     let after = format!("{m}-after");
-    let mut after_expect = one_text("m", &after);
-    after_expect.push(ready('I'));
+    // The short sleep makes the Query's rows arrive after, not with, the
+    // ReadyForQuery before them, which is where a miscount shows.
+    let after_sql = format!("select pg_sleep(0.05) as slept, '{after}' as m");
+    let after_expect =
+        vec![row_desc(&[("slept", VOID), ("m", TEXT)]), row(&["", after.as_str()]), complete("SELECT 1"), ready('I')];
     let start = || Action::query(copy, vec!["G[3]".to_owned()]);
     let failed = vec![error("22P02"), ready('I')];
     let (kind, actions) = match how {
@@ -129,7 +131,7 @@ pub fn copy_in_fail(s: &mut Session, rng: &mut Rng, m: &str) -> (String, Vec<Act
                 out.copy_done();
             }
             out.sync();
-            out.query(&format!("select '{after}' as m"));
+            out.query(&after_sql);
             let mut expect = failed;
             expect.push(ready('I'));
             expect.extend(after_expect);
@@ -150,7 +152,7 @@ pub fn copy_in_fail(s: &mut Session, rng: &mut Rng, m: &str) -> (String, Vec<Act
             out.query(copy);
             rows(&mut out);
             out.sync();
-            out.query(&format!("select '{after}' as m"));
+            out.query(&after_sql);
             let mut expect = vec!["G[3]".to_owned()];
             expect.extend(failed);
             expect.push(ready('I'));
@@ -168,7 +170,7 @@ pub fn copy_in_fail(s: &mut Session, rng: &mut Rng, m: &str) -> (String, Vec<Act
             rows(&mut out);
             out.copy_done();
             out.sync();
-            out.query(&format!("select '{after}' as m"));
+            out.query(&after_sql);
             let mut expect = vec![error("22P02"), ready('I')];
             expect.extend(after_expect);
             ("extended protocol: bad row, then CopyDone, Sync and a Query", vec![begin, Action::exchange(out, expect)])

@@ -21,7 +21,7 @@ use crate::support;
 
 /// How long one write may wait for its answers. Longer than pgrelay's
 /// query_wait_timeout in these tests, so its own error arrives first.
-const ANSWER_LIMIT: Duration = Duration::from_secs(12);
+const ANSWER_LIMIT: Duration = Duration::from_secs(7);
 /// Sessions holding session state at once: each may pin a server
 /// connection, and the pool has 4.
 const PIN_PERMITS: usize = 2;

@@ -64,9 +64,9 @@ const DEFAULT_SEED: u64 = 20_240_611;
 const SIZES: Sizes = Sizes { clients: 32, steps_per_client: 250 };
 /// Bounds of one round's passes (count bounds come from SIZES).
 const DIRECT_LIMIT: Duration = Duration::from_secs(20);
-const RELAY_LIMIT: Duration = Duration::from_secs(40);
+const RELAY_LIMIT: Duration = Duration::from_secs(35);
 /// Transaction pooling, 4 server connections for 32 clients.
-const POOL: &str = "default_pool_size = 4\nquery_wait_timeout = \"8s\"";
+const POOL: &str = "default_pool_size = 4\nquery_wait_timeout = \"5s\"";
 
 struct Settings {
     seed: u64,

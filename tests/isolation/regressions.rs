@@ -6,7 +6,7 @@
 //! Against the code they were written for (063f7f9) every one fails:
 //!
 //! 1. `failing_copy_with_sync_and_query_pipelined_reaches_only_its_client`:
-//!    B receives A's `A-after` rows instead of its own 'B'.
+//!    B receives A's `A-after` row instead of its own 'B'.
 //! 2. `search_path_decides_the_parameter_type_of_a_named_statement`: the
 //!    text schema stores '7', not '007' (the statement prepared for the int
 //!    schema is shared with the text one).
@@ -32,6 +32,9 @@
 //! 11. `a_failed_parse_fails_again_when_pipelined` (found by the randomized
 //!     test): the second Parse is answered ParseComplete, and its Bind then
 //!     fails with `prepared statement "pgrelay_0" does not exist`.
+//! 12. `an_unsynced_batch_of_a_vanished_client_is_not_committed` (found by
+//!     the randomized test): pgrelay finishes the abandoned batch with a
+//!     Sync of its own, which commits the insert.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -173,15 +176,17 @@ async fn failing_copy_with_sync_and_query_pipelined_reaches_only_its_client() {
     out.query("select 'B' as b");
     b.write(out).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // The sleep makes the Query's rows arrive well after the two
+    // ReadyForQuery before them, not in the same read.
     let mut out = Out::default();
     out.copy_data("x\n");
     out.sync();
-    out.query("select 'A-after' as a");
+    out.query("select pg_sleep(0.3) as slept, 'A-after' as a");
     a.write(out).await;
     let b_got = b.read(1).await;
     assert_answers("B", &b_got, b.pid(), &["T[b:25]", "D['B']", "C[SELECT 1]", "Z[I]"]);
     let a_got = a.read(3).await;
-    let expected = ["E[22P02]", "Z[I]", "Z[I]", "T[a:25]", "D['A-after']", "C[SELECT 1]", "Z[I]"];
+    let expected = ["E[22P02]", "Z[I]", "Z[I]", "T[slept:2278,a:25]", "D['','A-after']", "C[SELECT 1]", "Z[I]"];
     assert_answers("A", &a_got, a.pid(), &expected);
     target.stop().await;
 }
@@ -477,5 +482,31 @@ async fn a_failed_parse_fails_again_when_pipelined() {
     a.write(out).await;
     let got = a.read(3).await;
     assert_answers("two failing Parses", &got, a.pid(), &["E[42601]", "Z[I]", "E[42601]", "Z[I]", "E[26000]", "Z[I]"]);
+    target.stop().await;
+}
+
+/// 12. (Found by the randomized test.) A client that vanishes after
+/// Parse/Bind/Execute of an insert, before its Sync, never committed it:
+/// PostgreSQL rolls the implicit transaction back when the client goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsynced_batch_of_a_vanished_client_is_not_committed() {
+    let _serial = SERIAL.lock().await;
+    admin(&format!(
+        "drop table if exists reg_vanish; create table reg_vanish (v text); alter table reg_vanish owner to {APP}"
+    ))
+    .await;
+    let target = Target::start("default_pool_size = 1").await;
+    let mut a = Conn::login(target.addr, &[]).await;
+    let mut out = Out::default();
+    out.parse("", "insert into reg_vanish values ('never synced')");
+    out.bind("", &[]);
+    out.execute(0);
+    a.write(out).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(a);
+    // With one server connection, B runs only after A's connection was dealt with.
+    let mut b = Conn::login(target.addr, &[]).await;
+    let got = b.query("select count(*) as n from reg_vanish").await;
+    assert_answers("rows of the vanished client", &got, b.pid(), &["T[n:20]", "D['0']", "C[SELECT 1]", "Z[I]"]);
     target.stop().await;
 }
