@@ -12,6 +12,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::server_statements::Presence;
 use super::tracker::{Expect, Origin, Synthetic, Tracker, Verdict};
 use super::Statement;
 use crate::auth::scram::{ScramClient, MECHANISM};
@@ -358,16 +359,23 @@ impl ServerConn {
 
     /// Makes sure the shared statement exists on this connection, preparing
     /// it first when it does not; closes what that evicts. Returns whether a
-    /// Parse was queued.
+    /// Parse was queued. For the client's own Parse (`client_name` given), a
+    /// statement whose earlier Parse is still unanswered is prepared again
+    /// (closed first): if that Parse fails, so must this one, as it would on
+    /// the server.
     pub fn prepare(&mut self, stmt: &Arc<Statement>, origin: Origin, client_name: Option<Bytes>) -> bool {
-        if self.tracker.prepared().touch(&stmt.server_name) {
-            return false;
-        }
+        let presence = self.tracker.prepared().touch(&stmt.server_name);
+        let reparse = match presence {
+            Presence::Confirmed => return false,
+            Presence::Pending if client_name.is_none() => return false,
+            Presence::Pending => true,
+            Presence::Absent => false,
+        };
         if self.tracker.client_copy_open() {
             self.end_open_copy();
         }
         let name = stmt.server_name.clone();
-        if self.tracker.prepared().is_uncertain() {
+        if reparse || self.tracker.prepared().is_uncertain() {
             // It may exist after all: a Close of a missing statement is no error.
             self.send_built(Expect::Close { closes: None }, Origin::Injected, |b| {
                 wire::put_statement_op(b, wire::frontend::CLOSE, name.as_bytes())

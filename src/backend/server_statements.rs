@@ -5,11 +5,27 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// Whether a statement exists on the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    Absent,
+    /// Its Parse is on the way: it exists unless that Parse fails.
+    Pending,
+    /// The server answered its Parse.
+    Confirmed,
+}
+
+#[derive(Debug)]
+struct Entry {
+    last_used: u64,
+    confirmed: bool,
+}
+
 #[derive(Debug)]
 pub struct ServerStatements {
-    /// Server-side name -> the tick of its last use. foldhash (randomly
+    /// Server-side name -> its last use and state. foldhash (randomly
     /// seeded): looked up on every Bind.
-    names: HashMap<Arc<str>, u64, foldhash::fast::RandomState>,
+    names: HashMap<Arc<str>, Entry, foldhash::fast::RandomState>,
     tick: u64,
     capacity: usize,
     /// Something the client ran may have deallocated statements pgrelay does
@@ -24,14 +40,25 @@ impl ServerStatements {
     }
 
     /// Whether `name` is prepared here; counts as a use.
-    pub fn touch(&mut self, name: &str) -> bool {
+    pub fn touch(&mut self, name: &str) -> Presence {
         self.tick += 1;
         match self.names.get_mut(name) {
-            Some(stamp) => {
-                *stamp = self.tick;
-                true
+            Some(entry) => {
+                entry.last_used = self.tick;
+                if entry.confirmed {
+                    Presence::Confirmed
+                } else {
+                    Presence::Pending
+                }
             }
-            None => false,
+            None => Presence::Absent,
+        }
+    }
+
+    /// The server answered the Parse of `name`.
+    pub fn confirm(&mut self, name: &str) {
+        if let Some(entry) = self.names.get_mut(name) {
+            entry.confirmed = true;
         }
     }
 
@@ -44,14 +71,14 @@ impl ServerStatements {
     pub fn insert(&mut self, name: Arc<str>) -> Option<Arc<str>> {
         self.tick += 1;
         let evicted = if self.names.len() >= self.capacity && !self.names.contains_key(&name) {
-            let oldest = self.names.iter().min_by_key(|(_, stamp)| **stamp).map(|(n, _)| n.clone());
+            let oldest = self.names.iter().min_by_key(|(_, entry)| entry.last_used).map(|(n, _)| n.clone());
             oldest.inspect(|n| {
                 self.names.remove(n);
             })
         } else {
             None
         };
-        self.names.insert(name, self.tick);
+        self.names.insert(name, Entry { last_used: self.tick, confirmed: false });
         evicted
     }
 
@@ -59,7 +86,7 @@ impl ServerStatements {
     /// beyond capacity: it does exist on the server.
     pub fn restore(&mut self, name: Arc<str>) {
         self.tick += 1;
-        self.names.insert(name, self.tick);
+        self.names.insert(name, Entry { last_used: self.tick, confirmed: true });
     }
 
     pub fn remove(&mut self, name: &str) {

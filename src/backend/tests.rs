@@ -360,7 +360,9 @@ fn the_connections_statements_are_bounded_least_recently_used_first() {
     let mut statements = super::ServerStatements::new(2);
     assert_eq!(statements.insert("a".into()), None);
     assert_eq!(statements.insert("b".into()), None);
-    assert!(statements.touch("a"));
+    assert_eq!(statements.touch("a"), super::server_statements::Presence::Pending, "no ParseComplete yet");
+    statements.confirm("a");
+    assert_eq!(statements.touch("a"), super::server_statements::Presence::Confirmed);
     assert_eq!(statements.insert("c".into()).as_deref(), Some("b"));
     assert!(statements.contains("a") && statements.contains("c") && !statements.contains("b"));
 }

@@ -300,6 +300,7 @@ impl Tracker {
                 }
                 if let Some(stmt) = registers {
                     stmt.mark_validated();
+                    self.prepared.confirm(&stmt.server_name);
                 }
                 true
             }

@@ -219,6 +219,14 @@ impl Pool {
 
     /// Resets a connection a client left dirty; returns it when it is clean again.
     async fn reset(&self, mut conn: Box<ServerConn>, discard: bool) -> Option<Box<ServerConn>> {
+        if conn.tracker().batch_open() {
+            // The client left in the middle of an extended-protocol batch:
+            // a Sync would commit what it never confirmed. Closing the
+            // connection rolls it back, as the server does for a client that
+            // vanishes.
+            tracing::debug!(pool = ?self.key, "closing server connection left in the middle of a batch");
+            return None;
+        }
         let work = async {
             conn.finish_pending().await?;
             let mut queries = Vec::new();
