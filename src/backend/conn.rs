@@ -413,6 +413,14 @@ impl ServerConn {
         self.settings_dirty = true;
     }
 
+    /// Asks the server for the answers it holds back until a Sync (an open
+    /// batch's), so that what is outstanding gets answered.
+    pub fn request_flush(&mut self) {
+        if self.tracker.batch_open() && !self.tracker.client_copy_open() {
+            self.send_built(Expect::Flush, Origin::Injected, wire::put_flush);
+        }
+    }
+
     /// The client ran something that may have deallocated statements.
     pub fn statements_uncertain(&mut self) {
         self.tracker.prepared().make_uncertain();

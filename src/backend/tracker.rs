@@ -247,6 +247,11 @@ impl Tracker {
         self.at_sync_point() && self.tx == TxStatus::Idle
     }
 
+    /// Answers are still owed for something sent.
+    pub fn has_outstanding(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
     /// Nothing in flight and no open batch (a transaction may be open).
     pub fn at_sync_point(&self) -> bool {
         self.queue.is_empty() && !self.batch_open && self.copy == CopyState::None && !self.skipping_until_sync

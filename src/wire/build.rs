@@ -309,3 +309,7 @@ pub fn put_execute(buf: &mut BytesMut, portal: &[u8]) {
 pub fn put_copy_fail(buf: &mut BytesMut, reason: &str) {
     message(buf, frontend::COPY_FAIL, |b| put_cstr(b, reason.as_bytes()));
 }
+
+pub fn put_flush(buf: &mut BytesMut) {
+    message(buf, frontend::FLUSH, |_| {});
+}

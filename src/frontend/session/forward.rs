@@ -12,9 +12,19 @@ use crate::wire::{self, frontend as tag, Frame, TxStatus, WireError};
 impl Session {
     pub(super) async fn handle_client_messages(&mut self) -> Result<(), SessionError> {
         let max = self.config().pool.max_message_size;
+        // A Flush is requested once per wait: again only when more was sent.
+        let mut flush_requested = std::mem::take(&mut self.stalled);
         // Stops while the client's output is full: it is not reading.
         while self.out.len() < HIGH_WATER {
             let Some(frame) = Frame::peek(&self.cbuf, max)? else { break };
+            if frame.tag == tag::PARSE && self.parse_must_wait(&self.cbuf[..frame.total_len]) {
+                if !flush_requested {
+                    self.conn().request_flush();
+                    self.flush_server()?;
+                }
+                self.stalled = true;
+                break;
+            }
             if frame.tag == tag::TERMINATE {
                 self.terminated = true;
                 return Ok(());
@@ -33,12 +43,26 @@ impl Session {
                 self.acquire().await?;
             }
             self.forward_client_message(frame.tag, &msg)?;
+            flush_requested = false;
             // Keep the server busy while the rest of a large batch is handled.
             if self.lease.as_ref().is_some_and(|l| l.conn().pending_write() >= HIGH_WATER) {
                 self.flush_server()?;
             }
         }
         Ok(())
+    }
+
+    /// A named Parse waits until the leased connection owes nothing: whether
+    /// an earlier Parse of that name failed (so the name is free again), and
+    /// whether a shared statement it maps to turned out stale (its result
+    /// type changed), is known only from the answers still outstanding.
+    /// Clients rarely pipeline a Parse behind unanswered requests, so this
+    /// costs nothing in the common case.
+    fn parse_must_wait(&self, msg: &[u8]) -> bool {
+        let Some(lease) = &self.lease else { return false };
+        let tracker = lease.conn().tracker();
+        let named = wire::body(msg).first().is_some_and(|&b| b != 0);
+        named && tracker.has_outstanding() && !tracker.client_copy_open() && !self.discard_until_sync
     }
 
     /// Without a leased server connection the client is between transactions,

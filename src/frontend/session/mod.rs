@@ -96,6 +96,9 @@ pub struct Session {
     passthrough: usize,
     /// The server's own FATAL error was relayed: it is closing the connection.
     server_fatal: bool,
+    /// The client's next message waits for the server's outstanding answers
+    /// (see `parse_must_wait`); the client is not read meanwhile.
+    stalled: bool,
     /// Why this client keeps its server connection until it disconnects.
     pinned: Option<SessionStateEffect>,
     terminated: bool,
@@ -157,6 +160,7 @@ impl Session {
             discard_until_sync: false,
             passthrough: 0,
             server_fatal: false,
+            stalled: false,
             pinned: None,
             terminated: false,
         }
@@ -248,7 +252,7 @@ impl Session {
         let server_out = self.lease.as_ref().map_or(0, |l| l.conn().pending_write());
         // A client that does not read its answers is not read from either
         // (as PostgreSQL does): what pgrelay answers itself is bounded too.
-        let want_client_read = server_out < HIGH_WATER && self.out.len() < HIGH_WATER;
+        let want_client_read = server_out < HIGH_WATER && self.out.len() < HIGH_WATER && !self.stalled;
         let want_server_read = self.out.len() < HIGH_WATER;
         // A large message passing through needs no room for all of it.
         let server_read_size = match self.lease.as_ref() {
