@@ -1,6 +1,7 @@
 //! Criterion micro-benches for the functions every forwarded message or
 //! transaction goes through: frame splitting of server output, the
-//! expected-response queue, and the routing decision.
+//! expected-response queue, the routing decision, and the session-state
+//! classification of every Query and Parse.
 //!
 //! A counting global allocator also reports how many heap allocations the
 //! Frame + Tracker relay loop makes per forwarded backend message (the design
@@ -16,7 +17,7 @@ use criterion::{criterion_group, Criterion, Throughput};
 use pgrelay::backend::{Expect, Origin, Tracker, Verdict};
 use pgrelay::cluster::Topology;
 use pgrelay::config::{Config, RoFallback};
-use pgrelay::router::{route, ListenerKind, RouteInput};
+use pgrelay::router::{route, session_state_effect, ListenerKind, RouteInput};
 use pgrelay::wire::Frame;
 
 /// Counts every allocation and reallocation; frees are not counted.
@@ -199,6 +200,35 @@ fn bench_route(c: &mut Criterion) {
     group.finish();
 }
 
+/// A reporting query of about 2 kB with string literals, a quoted
+/// identifier, line and block comments, and no session state.
+fn long_query() -> String {
+    let mut sql = String::from("/* monthly report */\nSELECT a.aid, \"Branch Name\", b.bbalance\n");
+    while sql.len() < 2000 {
+        let n = sql.len();
+        sql += &format!(
+            "  , coalesce(a.filler, 'n/a; it''s {n}') AS f{n} -- column {n}; not a statement\n\
+             /* join note {n} */ , (SELECT count(*) FROM pgbench_history h WHERE h.aid = a.aid AND h.delta > {n})\n"
+        );
+    }
+    sql + "FROM pgbench_accounts a JOIN pgbench_branches b USING (bid) WHERE a.aid = 12345;"
+}
+
+fn bench_session_state(c: &mut Criterion) {
+    let mut group = c.benchmark_group("session_state");
+    let cases = [
+        ("pgbench_select", "SELECT abalance FROM pgbench_accounts WHERE aid = 12345;".to_string()),
+        ("tpcb_update", "UPDATE pgbench_accounts SET abalance = abalance + -1234 WHERE aid = 5678;".to_string()),
+        ("report_2kb", long_query()),
+    ];
+    for (name, sql) in &cases {
+        assert_eq!(session_state_effect(sql.as_bytes()), None, "{name}");
+        group.throughput(Throughput::Bytes(sql.len() as u64));
+        group.bench_function(*name, |b| b.iter(|| session_state_effect(black_box(sql.as_bytes()))));
+    }
+    group.finish();
+}
+
 /// Allocations per forwarded message in the relay loop, after one warm-up
 /// transaction has sized the buffers and the queue.
 fn report_allocations() {
@@ -227,7 +257,7 @@ fn report_allocations() {
     println!();
 }
 
-criterion_group!(benches, bench_frames, bench_tracker, bench_route);
+criterion_group!(benches, bench_frames, bench_tracker, bench_route, bench_session_state);
 
 fn main() {
     report_allocations();

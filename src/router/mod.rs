@@ -1,12 +1,13 @@
 //! Routing decisions as pure functions: which node runs the next
-//! transaction, given the listener, the policy and a topology snapshot.
+//! transaction, given the listener, the policy and a topology snapshot; and
+//! (`sql`) what a client's SQL leaves on the server connection it runs on.
 
-mod statement;
+mod sql;
 #[cfg(test)]
 mod tests;
 
-pub use statement::{
-    classify, prepared_command, session_state_effect, PreparedCommand, SessionStateEffect, SqlEffects,
+pub use sql::{
+    classify, prepared_command, session_state_effect, Opaque, PreparedCommand, SessionStateEffect, SqlEffects,
 };
 
 use crate::cluster::Topology;

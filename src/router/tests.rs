@@ -89,36 +89,3 @@ fn explains_refusals() {
     let message = route(rw, RoFallback::Primary, &split).expect_err("split brain").to_string();
     assert_eq!(message, "no primary available: split brain: pg0 and pg1");
 }
-
-#[test]
-fn recognises_session_state() {
-    use SessionStateEffect::*;
-    let cases: &[(&str, Option<SessionStateEffect>)] = &[
-        ("select 1", None),
-        ("SET search_path = x", Some(Set)),
-        ("  /* c */ -- x\n set  application_name to 'a'", Some(Set)),
-        ("SET LOCAL search_path = x", None),
-        ("set transaction isolation level serializable", None),
-        ("RESET ALL", Some(Set)),
-        ("LISTEN ch", Some(Listen)),
-        ("prepare p as select 1", Some(Prepare)),
-        ("select pg_advisory_lock(1)", Some(AdvisoryLock)),
-        ("SELECT PG_ADVISORY_LOCK(1)", Some(AdvisoryLock)),
-        ("select 1; select pg_try_advisory_lock(7)", Some(AdvisoryLock)),
-        ("select pg_advisory_lock_shared(1)", Some(AdvisoryLock)),
-        ("select 'dvisory_lock' || 'v'", None),
-        ("vv", None),
-        ("select pg_advisory_xact_lock(1)", None),
-        ("select my_advisory_lock(1)", None),
-        ("select PG_TRY_ADVISORY_LOCK_SHARED(2)", Some(AdvisoryLock)),
-        ("create temp table t (a int)", Some(TempTable)),
-        ("create table t (a int)", None),
-        ("declare c cursor with hold for select 1", Some(HoldCursor)),
-        ("DECLARE c CURSOR WITH HOLD FOR select 1", Some(HoldCursor)),
-        ("declare c cursor for select 1", None),
-        ("settle", None),
-    ];
-    for (sql, want) in cases {
-        assert_eq!(session_state_effect(sql.as_bytes()), *want, "{sql}");
-    }
-}
