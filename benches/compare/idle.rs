@@ -114,7 +114,7 @@ async fn close_all(conns: Vec<TcpStream>) {
 }
 
 /// Startup + trust login; returns once the proxy sends ReadyForQuery.
-async fn login(addr: SocketAddr) -> Result<TcpStream, String> {
+pub(super) async fn login(addr: SocketAddr) -> Result<TcpStream, String> {
     tokio::time::timeout(LOGIN_TIMEOUT, async {
         let mut conn = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
         let mut buf = BytesMut::new();

@@ -1,14 +1,17 @@
 //! End-to-end comparison: pgbench directly against PostgreSQL, through
 //! pgrelay and through PgBouncer 1.18, on one throw-away primary + 2
 //! replicas, in one run, alternating the targets within each round and
-//! reporting medians; then the RSS of each proxy with 10,000 idle clients.
+//! reporting medians; then the RSS of each proxy with 10,000 idle clients;
+//! then pgrelay's RSS before and after floods from single clients.
 //!
-//!     cargo bench --bench compare               # full run, ~15 minutes
-//!     cargo bench --bench compare -- --quick    # smoke run, ~2 minutes
+//!     cargo bench --bench compare                    # full run, ~15 minutes
+//!     cargo bench --bench compare -- --quick         # smoke run, ~2 minutes
+//!     cargo bench --bench compare -- --floods-only   # the floods alone, ~1 minute
 //!
 //! Everything it starts (PostgreSQL through `LocalCluster`, pgrelay,
 //! PgBouncer, pgbench) is stopped by PID when it ends, also on failure.
 
+mod floods;
 mod idle;
 mod pgbench;
 mod proxies;
@@ -66,12 +69,13 @@ struct Options {
     seconds: u32,
     idle: bool,
     pgbench: bool,
+    floods: bool,
     idle_clients: usize,
     idle_rounds: usize,
 }
 
 const USAGE: &str = "usage: cargo bench --bench compare [-- [--quick] [--rounds N] [--seconds N] \
-                     [--idle-clients N] [--idle-rounds N] [--skip-idle] [--skip-pgbench]]";
+                     [--idle-clients N] [--idle-rounds N] [--skip-idle] [--skip-pgbench] [--skip-floods] [--floods-only]]";
 
 fn parse_args() -> Result<Options, String> {
     let mut o = Options {
@@ -80,10 +84,12 @@ fn parse_args() -> Result<Options, String> {
         seconds: 5,
         idle: true,
         pgbench: true,
+        floods: true,
         idle_clients: IDLE_CLIENTS,
         idle_rounds: 2,
     };
     let (mut rounds, mut seconds) = (None, None);
+    let mut floods_only = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut number = |what: &str| -> Result<u64, String> {
@@ -97,6 +103,8 @@ fn parse_args() -> Result<Options, String> {
             "--idle-rounds" => o.idle_rounds = number("--idle-rounds")?.max(1) as usize,
             "--skip-idle" => o.idle = false,
             "--skip-pgbench" => o.pgbench = false,
+            "--skip-floods" => o.floods = false,
+            "--floods-only" => floods_only = true,
             // cargo bench passes --bench to every bench binary.
             "--bench" => {}
             "-h" | "--help" => return Err(USAGE.into()),
@@ -108,6 +116,12 @@ fn parse_args() -> Result<Options, String> {
     }
     o.rounds = rounds.unwrap_or(o.rounds);
     o.seconds = seconds.unwrap_or(o.seconds);
+    if floods_only {
+        if !o.floods {
+            return Err(format!("--floods-only and --skip-floods leave nothing to run\n{USAGE}"));
+        }
+        (o.pgbench, o.idle) = (false, false);
+    }
     Ok(o)
 }
 
@@ -202,13 +216,27 @@ fn pgrelay_bin() -> PathBuf {
     std::env::var_os("PGRELAY_BIN").map(PathBuf::from).unwrap_or_else(|| env!("CARGO_BIN_EXE_pgrelay").into())
 }
 
-fn print_header(o: &Options, cluster: &LocalCluster, nofile: u64, bin: &Path) {
-    let commit = command_line("git", &["-C", env!("CARGO_MANIFEST_DIR"), "describe", "--always", "--dirty"]);
-    println!("# pgrelay vs PgBouncer vs direct");
-    println!();
+/// The commit of the source tree `bin` was built in (`<tree>/target/release/pgrelay`).
+fn binary_commit(bin: &Path) -> String {
+    let tree = bin.ancestors().nth(3).map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Path::to_path_buf);
+    let commit = command_line("git", &["-C", &tree.to_string_lossy(), "describe", "--always", "--dirty"]);
+    if commit.is_empty() {
+        "unknown".into()
+    } else {
+        commit
+    }
+}
+
+fn print_machine(bin: &Path) {
     println!("- date: {}", command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]));
     println!("- machine: {} cores, {}", command_line("nproc", &[]), command_line("uname", &["-sr"]));
-    println!("- pgrelay: {} (commit {commit})", bin.display());
+    println!("- pgrelay: {} (commit {})", bin.display(), binary_commit(bin));
+}
+
+fn print_header(o: &Options, cluster: &LocalCluster, nofile: u64, bin: &Path) {
+    println!("# pgrelay vs PgBouncer vs direct");
+    println!();
+    print_machine(bin);
     println!("- {}; {}", proxies::pgbouncer_version(), command_line("pgbench", &["--version"]));
     println!(
         "- cluster: primary :{} + replicas {:?}, max_connections {MAX_CONNECTIONS}, pgbench scale {SCALE}",
@@ -306,6 +334,23 @@ fn run_idle(o: &Options, relay: &Pgrelay, bouncer: &Pgbouncer) {
     println!();
 }
 
+/// The header of a run of the floods alone.
+fn print_floods_header(cluster: &LocalCluster, bin: &Path) {
+    println!("# pgrelay: one client's floods");
+    println!();
+    print_machine(bin);
+    println!("- cluster: primary :{} only", cluster.primary().port);
+    println!("- load average at start: {}", load_average());
+    println!();
+}
+
+fn run_floods(bin: &Path, dir: &Path, cluster: &LocalCluster, settings: &ProxySettings) {
+    println!("## Floods from one client");
+    println!();
+    floods::print(&floods::measure(bin, dir, cluster, settings));
+    println!();
+}
+
 fn run() -> Result<(), String> {
     let o = parse_args()?;
     let nofile = raise_nofile_limit(o.idle_clients as u64 * 2 + 1000)?;
@@ -318,19 +363,30 @@ fn run() -> Result<(), String> {
     }
     let scratch = ScratchDir::create()?;
     let started = Instant::now();
-    let opts = LocalClusterOptions { replicas: 2, max_connections: MAX_CONNECTIONS, ..Default::default() };
+    // The floods need a primary only; pgbench and the idle clients compare
+    // against replicas and PgBouncer too.
+    let comparing = o.pgbench || o.idle;
+    let replicas = if comparing { 2 } else { 0 };
+    let opts = LocalClusterOptions { replicas, max_connections: MAX_CONNECTIONS, ..Default::default() };
     let cluster = LocalCluster::start(opts).map_err(|e| format!("starting the cluster: {e}"))?;
-    init_pgbench(&cluster)?;
     let settings = ProxySettings { pool_size: POOL_SIZE, max_client_conn: MAX_CLIENT_CONN };
-    // Declared after the cluster, so dropped (killed) before it stops.
-    let relay = Pgrelay::start(&bin, &scratch.0, &cluster, &settings)?;
-    let bouncer = Pgbouncer::start(&scratch.0, &cluster, &settings)?;
-    print_header(&o, &cluster, nofile, &bin);
-    if o.pgbench {
-        run_pgbench(&o, &cluster, &relay, &bouncer, &scratch.0.join("pgbench-log"));
+    if comparing {
+        init_pgbench(&cluster)?;
+        // Declared after the cluster, so dropped (killed) before it stops.
+        let relay = Pgrelay::start(&bin, &scratch.0, &cluster, &settings)?;
+        let bouncer = Pgbouncer::start(&scratch.0, &cluster, &settings)?;
+        print_header(&o, &cluster, nofile, &bin);
+        if o.pgbench {
+            run_pgbench(&o, &cluster, &relay, &bouncer, &scratch.0.join("pgbench-log"));
+        }
+        if o.idle {
+            run_idle(&o, &relay, &bouncer);
+        }
+    } else {
+        print_floods_header(&cluster, &bin);
     }
-    if o.idle {
-        run_idle(&o, &relay, &bouncer);
+    if o.floods {
+        run_floods(&bin, &scratch.0, &cluster, &settings);
     }
     println!("Total time: {:.0} s; load average at the end: {}", started.elapsed().as_secs_f64(), load_average());
     Ok(())
