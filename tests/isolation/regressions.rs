@@ -226,7 +226,8 @@ async fn search_path_decides_the_parameter_type_of_a_named_statement() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_state_of_a_multi_statement_query_never_reaches_another_client() {
     let _serial = SERIAL.lock().await;
-    let target = Target::start("default_pool_size = 2").await;
+    // A and C keep (are pinned to) a server connection each; B needs a third.
+    let target = Target::start("default_pool_size = 3").await;
     let mut a = Conn::login(target.addr, &[]).await;
     let got = a.query("select 1 as one; set search_path = reg_x").await;
     assert_answers("A's SET", &got, a.pid(), &["T[one:23]", "D['1']", "C[SELECT 1]", "C[SET]", "Z[I]"]);
@@ -286,7 +287,8 @@ async fn run(c: &mut Conn, name: &str) -> Vec<Msg> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_statement_names_cannot_be_forged() {
     let _serial = SERIAL.lock().await;
-    let target = Target::start("default_pool_size = 1").await;
+    // A's text leaves session state, so A keeps a server connection; B needs another.
+    let target = Target::start("default_pool_size = 2").await;
     let mut b = Conn::login(target.addr, &[]).await;
     let got = prepare_and_run(&mut b, "mine", "select 'mine' as v").await;
     assert_answers("B prepares", &got, b.pid(), &["1", "2", "D['mine']", "C[SELECT 1]", "Z[I]"]);
