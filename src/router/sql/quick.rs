@@ -5,7 +5,7 @@
 //! and `$n` parameters, none of them starting with a word that matters.
 //!
 //! One table-driven pass stops only at bytes that could start a literal, a
-//! comment or another statement, open a call, or be the `m` of "temp".
+//! comment or another statement, open a call, or be the `m` of a TEMP.
 //! Whatever it cannot prove at a glance it leaves to the full lexer, so it
 //! may only answer "harmless" where [`super::classify::scan`] finds nothing.
 
@@ -76,8 +76,9 @@ fn scan(sql: &[u8]) -> Option<()> {
                 seen.comment.1
             }
             b'-' | b'/' => i + 1,
-            b'm' | b'M' if i.checked_sub(2).and_then(|s| sql.get(s..s + 4)).is_some_and(is_temp) => return None,
-            b'm' | b'M' => i + 1,
+            // TEMP, TEMPORARY and pg_temp all have "te" before the `m`.
+            b'm' | b'M' if !i.checked_sub(2).is_some_and(|t| sql[t..i].eq_ignore_ascii_case(b"te")) => i + 1,
+            b'm' | b'M' => temp_free_word_end(sql, i)?,
             _ => return None,
         };
     }
@@ -91,8 +92,18 @@ fn statement_start(sql: &[u8], from: usize) -> Option<usize> {
     first_word_is_plain(&sql[start..end]).then_some(end)
 }
 
-fn is_temp(word: &[u8]) -> bool {
-    word.eq_ignore_ascii_case(b"temp")
+/// The end of the word around the `m` at `i`, unless the word is TEMP,
+/// TEMPORARY or pg_temp, or starts with a digit or `$` (`1temp` is `1` and
+/// `temp` to older servers).
+fn temp_free_word_end(sql: &[u8], i: usize) -> Option<usize> {
+    let mut start = i;
+    while start > 0 && is_ident_cont(sql[start - 1]) {
+        start -= 1;
+    }
+    let end = word_end(sql, i);
+    let word = &sql[start..end];
+    let temp = word.eq_ignore_ascii_case(b"temp") || word.eq_ignore_ascii_case(b"temporary");
+    (is_ident_start(sql[start]) && !temp && !is_pg_temp_name(word, true)).then_some(end)
 }
 
 /// The next byte from `i` on that the scan must look at, eight bytes at a

@@ -156,6 +156,8 @@ fn temporary_objects() {
         ("create table \"pg_temp\".t(a int)", Some(TempTable), false),
         ("create function pg_temp_3.f() returns int language sql as 'select 1'", Some(TempTable), false),
         ("create table pg_temporary.t(a int)", None, false),
+        // Older servers read `1pg_temp` as `1` and `pg_temp`.
+        ("create table 1pg_temp.t(a int)", Some(TempTable), false),
         ("select * from pg_temp.t", None, false),
         ("select 1 into temporary t", Some(TempTable), false),
         ("select 1 into temp table t", Some(TempTable), false),
@@ -214,6 +216,8 @@ fn backslashes_in_plain_literals_are_read_both_ways() {
         ("select 'a\\'; set x = 1; select 'b'", Some(Set), true),
         // Only standard_conforming_strings = off runs the SET.
         ("select 'x\\''; set a = 1; --'", Some(Set), true),
+        // Only standard_conforming_strings = off calls the function.
+        ("select 'x\\'', pg_advisory_lock(1), 'y\\''", Some(AdvisoryLock), false),
         // Either way nothing: the off reading is unterminated, so rejected.
         ("select replace(path, '\\', '/') from files", None, false),
         ("select 'C:\\'", None, false),
@@ -320,7 +324,7 @@ fn random_text(rng: &mut Rng) -> Vec<u8> {
     const BYTES: &[u8] = b"'\"$-/*;()[],.\\eEuUbxn&_01 \n\tm";
     // `|`-separated, so the list stays readable.
     const PIECES: &str = "select |x| |'a'|''|\"q\"|\"\"|$1|$$|$a$|(|)|;|--|\n|/*|*/|e'|E'\\'|\\|U&|&|'|\"|set_config|\
-        pg_advisory_lock|temp|into |create |set |do |1|.|,|true|false|pg_temp|with hold|declare |$|é|\0|m";
+        pg_advisory_lock|temp|into |create |set |do |1|.|,|true|false|pg_temp|with hold|declare |$|é|\0|m|temporary|1temp|xtemp|pg_temp_1|TeMp|global |local |insert ";
     let pieces = PIECES.split('|').collect::<Vec<_>>();
     let len = rng.next() % 40;
     let mut text = Vec::new();
@@ -380,6 +384,7 @@ fn ordinary_queries_take_the_quick_path() {
         "BEGIN; UPDATE t SET a = a + 1 WHERE id = 7; SELECT a FROM t WHERE id = 7; COMMIT;",
         "insert into docs (body) values ('{\"a\": \"x\\\"y\"}'), ('C:\\\\dir') returning id",
         "select * from t where name like 'a\\_b%'",
+        "SELECT body FROM email_templates WHERE temperature > 3 AND tempo = $1",
         "select now() - interval '1 day', x::text, y / 2 from t\0",
     ];
     for sql in queries {
