@@ -365,10 +365,12 @@ impl ServerConn {
     /// the server.
     pub fn prepare(&mut self, stmt: &Arc<Statement>, origin: Origin, client_name: Option<Bytes>) -> bool {
         let presence = self.tracker.prepared().touch(&stmt.server_name);
+        // A Parse still unanswered serves requests of its own batch (if it
+        // fails, the server skips them too), but not of a later one.
         let reparse = match presence {
             Presence::Confirmed => return false,
-            Presence::Pending if client_name.is_none() => return false,
-            Presence::Pending => true,
+            Presence::Pending { batch } if client_name.is_none() && batch == self.tracker.batch() => return false,
+            Presence::Pending { .. } => true,
             Presence::Absent => false,
         };
         if self.tracker.client_copy_open() {
@@ -381,7 +383,8 @@ impl ServerConn {
                 wire::put_statement_op(b, wire::frontend::CLOSE, name.as_bytes())
             });
         }
-        let evicted = self.tracker.prepared().insert(name.clone());
+        let batch = self.tracker.batch();
+        let evicted = self.tracker.prepared().insert(name.clone(), batch);
         self.send_built(Expect::Parse { registers: Some(stmt.clone()), client_name }, origin, |b| {
             wire::put_parse_renamed(b, name.as_bytes(), stmt.definition())
         });
@@ -406,11 +409,6 @@ impl ServerConn {
     /// Client statement names whose Parse did not happen after all.
     pub fn take_undone_parses(&mut self) -> Option<Vec<Bytes>> {
         self.tracker.take_undone_parses()
-    }
-
-    /// The connection's settings are no longer the client's (DISCARD ALL).
-    pub fn settings_reset(&mut self) {
-        self.settings_dirty = true;
     }
 
     /// Asks the server for the answers it holds back until a Sync (an open
@@ -479,6 +477,26 @@ impl ServerConn {
         self.settings_dirty = false;
     }
 
+    /// Queues [`RESTORE_RESET_SETTINGS`] for `wanted`, the client's startup
+    /// settings, behind the client's statement that may have reset them.
+    pub fn restore_reset_settings(&mut self, wanted: &Arc<ClientSettings>) {
+        if wanted.is_empty() {
+            return;
+        }
+        let names = text_array(wanted.iter().map(|(n, _)| n.as_str()));
+        let values = text_array(wanted.iter().map(|(_, v)| v.as_str()));
+        const TEXT: u32 = 25;
+        let quiet = Origin::InjectedQuiet;
+        self.send_built(Expect::Parse { registers: None, client_name: None }, quiet, |b| {
+            wire::put_parse(b, b"", RESTORE_RESET_SETTINGS, &[TEXT, TEXT])
+        });
+        self.send_built(Expect::Bind { statement: None }, quiet, |b| {
+            wire::put_bind_text(b, b"", b"", &[names.as_bytes(), values.as_bytes()])
+        });
+        self.send_built(Expect::Execute, quiet, |b| wire::put_execute(b, b""));
+        self.send_built(Expect::Sync, quiet, wire::put_sync);
+    }
+
     /// Brings the connection to the client's startup settings, answers
     /// swallowed. Values travel as parameters of `set_config($1, $2, false)`,
     /// never as SQL text, so no value can be read as SQL whatever the
@@ -518,6 +536,24 @@ impl ServerConn {
         self.applied = Some(wanted.clone());
         self.settings_dirty = false;
     }
+}
+
+/// Brings back the client's startup settings that a statement of its reset
+/// to the server's defaults (`RESET`, `DISCARD ALL`, `SET x TO DEFAULT`): on
+/// a direct connection those return to the values of the startup packet,
+/// but pgrelay applied them with `set_config`, so the server resets them to
+/// its own. Only settings no longer set by the session are touched, so the
+/// client's own later `SET`s stay.
+const RESTORE_RESET_SETTINGS: &str = "SELECT pg_catalog.set_config(s.name, v.value, false) \
+     FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS v(name, value) \
+     JOIN pg_catalog.pg_settings s ON pg_catalog.lower(s.name) = pg_catalog.lower(v.name) \
+     WHERE s.source <> 'session'";
+
+/// A text array literal of `values` (each double-quoted, `"` and `\` escaped),
+/// sent as a parameter, never as SQL.
+fn text_array<'a>(values: impl Iterator<Item = &'a str>) -> String {
+    let quoted: Vec<String> = values.map(|v| format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))).collect();
+    format!("{{{}}}", quoted.join(","))
 }
 
 /// An identifier in double quotes (unaffected by standard_conforming_strings).

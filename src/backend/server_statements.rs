@@ -9,8 +9,11 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Presence {
     Absent,
-    /// Its Parse is on the way: it exists unless that Parse fails.
-    Pending,
+    /// Its Parse is on the way, sent in batch `batch` (see
+    /// [`ServerStatements::insert`]): it exists unless that Parse fails.
+    Pending {
+        batch: u64,
+    },
     /// The server answered its Parse.
     Confirmed,
 }
@@ -19,6 +22,8 @@ pub enum Presence {
 struct Entry {
     last_used: u64,
     confirmed: bool,
+    /// The batch its Parse was sent in.
+    batch: u64,
 }
 
 #[derive(Debug)]
@@ -48,7 +53,7 @@ impl ServerStatements {
                 if entry.confirmed {
                     Presence::Confirmed
                 } else {
-                    Presence::Pending
+                    Presence::Pending { batch: entry.batch }
                 }
             }
             None => Presence::Absent,
@@ -66,9 +71,10 @@ impl ServerStatements {
         self.names.contains_key(name)
     }
 
-    /// Records `name` as prepared; returns the least recently used name it
+    /// Records `name` as prepared by a Parse sent in `batch` (a count of the
+    /// Syncs sent before it); returns the least recently used name it
     /// displaced, which the caller must close on the server.
-    pub fn insert(&mut self, name: Arc<str>) -> Option<Arc<str>> {
+    pub fn insert(&mut self, name: Arc<str>, batch: u64) -> Option<Arc<str>> {
         self.tick += 1;
         let evicted = if self.names.len() >= self.capacity && !self.names.contains_key(&name) {
             let oldest = self.names.iter().min_by_key(|(_, entry)| entry.last_used).map(|(n, _)| n.clone());
@@ -78,7 +84,7 @@ impl ServerStatements {
         } else {
             None
         };
-        self.names.insert(name, Entry { last_used: self.tick, confirmed: false });
+        self.names.insert(name, Entry { last_used: self.tick, confirmed: false, batch });
         evicted
     }
 
@@ -86,7 +92,7 @@ impl ServerStatements {
     /// beyond capacity: it does exist on the server.
     pub fn restore(&mut self, name: Arc<str>) {
         self.tick += 1;
-        self.names.insert(name, Entry { last_used: self.tick, confirmed: true });
+        self.names.insert(name, Entry { last_used: self.tick, confirmed: true, batch: 0 });
     }
 
     pub fn remove(&mut self, name: &str) {

@@ -30,7 +30,7 @@ fn send(tracker: &mut Tracker, expect: Expect, origin: Origin) {
 
 /// A shared statement recorded as prepared, the way the connection sends a Parse.
 fn parse_shared(tracker: &mut Tracker, stmt: &std::sync::Arc<super::Statement>, origin: Origin) {
-    assert!(tracker.prepared().insert(stmt.server_name.clone()).is_none());
+    assert!(tracker.prepared().insert(stmt.server_name.clone(), 0).is_none());
     send(
         tracker,
         Expect::Parse { registers: Some(stmt.clone()), client_name: Some(Bytes::from_static(b"s1")) },
@@ -358,11 +358,11 @@ fn statements_are_shared_within_a_context_only_and_freed_with_their_last_client(
 #[test]
 fn the_connections_statements_are_bounded_least_recently_used_first() {
     let mut statements = super::ServerStatements::new(2);
-    assert_eq!(statements.insert("a".into()), None);
-    assert_eq!(statements.insert("b".into()), None);
-    assert_eq!(statements.touch("a"), super::server_statements::Presence::Pending, "no ParseComplete yet");
+    assert_eq!(statements.insert("a".into(), 0), None);
+    assert_eq!(statements.insert("b".into(), 0), None);
+    assert_eq!(statements.touch("a"), super::server_statements::Presence::Pending { batch: 0 }, "no ParseComplete yet");
     statements.confirm("a");
     assert_eq!(statements.touch("a"), super::server_statements::Presence::Confirmed);
-    assert_eq!(statements.insert("c".into()).as_deref(), Some("b"));
+    assert_eq!(statements.insert("c".into(), 0).as_deref(), Some("b"));
     assert!(statements.contains("a") && statements.contains("c") && !statements.contains("b"));
 }

@@ -60,6 +60,10 @@ pub enum Origin {
     Injected,
     /// The settings that bring the connection to the client's, or a reset.
     InjectedSetup,
+    /// Upkeep behind the client's own request whose failure changes nothing
+    /// for the client (its transaction had already failed): nothing of it
+    /// reaches the client, errors included.
+    InjectedQuiet,
 }
 
 /// An answer pgrelay gives itself, in order with the server's answers.
@@ -119,6 +123,8 @@ pub struct Tracker {
     copy: CopyState,
     /// The shared statements prepared on this connection.
     prepared: ServerStatements,
+    /// Syncs sent: numbers the extended-protocol batches.
+    batches: u64,
     /// Names of client Parses the server skipped or refused: the client's
     /// statement of that name does not exist after all.
     undone_parses: Vec<Bytes>,
@@ -135,6 +141,7 @@ impl Tracker {
             copy: CopyState::None,
             prepared: ServerStatements::new(max_prepared),
             undone_parses: Vec::new(),
+            batches: 0,
         }
     }
 
@@ -157,6 +164,7 @@ impl Tracker {
             Expect::Sync => {
                 self.batch_open = false;
                 self.skipping_until_sync = false;
+                self.batches += 1;
             }
             _ => {
                 if !matches!(expect, Expect::Query) {
@@ -202,6 +210,10 @@ impl Tracker {
     pub fn synthetic(&mut self, answer: Synthetic, out: &mut BytesMut) {
         self.batch_open = true;
         if self.skipping_until_sync {
+            // The server skips the batch: the client's Parse did not happen.
+            if let Synthetic::ParseComplete(name) = answer {
+                self.undone_parses.push(name);
+            }
             return;
         }
         self.queue.push_back(Pending::Synthetic(answer));
@@ -222,6 +234,11 @@ impl Tracker {
     /// Client statement names whose Parse did not happen (see `undone_parses`).
     pub fn take_undone_parses(&mut self) -> Option<Vec<Bytes>> {
         (!self.undone_parses.is_empty()).then(|| std::mem::take(&mut self.undone_parses))
+    }
+
+    /// The number of the batch being sent (Syncs sent so far).
+    pub fn batch(&self) -> u64 {
+        self.batches
     }
 
     pub fn is_prepared(&self, server_name: &str) -> bool {
@@ -269,6 +286,11 @@ impl Tracker {
             // Asynchronous messages answer nothing; on an idle connection
             // (a pinned client between queries) they are the client's.
             tag::NOTICE_RESPONSE | tag::PARAMETER_STATUS | tag::NOTIFICATION_RESPONSE => match self.queue.front() {
+                // A setting pgrelay brings back behind the client's reset: the
+                // client must see its value again.
+                Some(Pending::Server { origin: Origin::InjectedQuiet, .. }) if msg_tag == tag::PARAMETER_STATUS => {
+                    Verdict::Relay
+                }
                 Some(Pending::Server { origin, .. }) => verdict_for(*origin),
                 _ => Verdict::Relay,
             },
@@ -482,13 +504,14 @@ impl Tracker {
 fn verdict_for(origin: Origin) -> Verdict {
     match origin {
         Origin::Client => Verdict::Relay,
-        Origin::Injected | Origin::InjectedSetup => Verdict::Swallow,
+        Origin::Injected | Origin::InjectedSetup | Origin::InjectedQuiet => Verdict::Swallow,
     }
 }
 
 fn error_verdict(origin: Origin) -> Verdict {
     match origin {
         Origin::InjectedSetup => Verdict::SetupFailed,
+        Origin::InjectedQuiet => Verdict::Swallow,
         // The client must learn why its Bind/Describe cannot run.
         Origin::Injected | Origin::Client => Verdict::Relay,
     }

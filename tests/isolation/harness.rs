@@ -221,7 +221,15 @@ async fn run_session(pass: &Pass, client: usize, session: &SessionScript, report
             return false;
         }
     };
+    let dump = std::env::var("PGRELAY_ISOLATION_DUMP").ok();
     for step in &session.steps {
+        if dump.as_deref() == Some(session.owner.as_str()) {
+            for action in &step.actions {
+                if let Action::Exchange { sent, .. } = action {
+                    eprintln!("DUMP {} step {} ({}): {sent}", session.owner, step.number, step.kind);
+                }
+            }
+        }
         if Instant::now() >= pass.deadline {
             report.stopped_at_deadline = true;
             return false;

@@ -192,3 +192,37 @@ async fn an_error_inside_a_transaction_keeps_the_client_in_it_until_rollback() {
     assert_eq!(waiting.await.unwrap(), "other");
     app.shutdown(GRACE).await;
 }
+
+/// A pinned client's `DISCARD ALL` / `RESET ALL` bring its settings back to
+/// its startup values, as on a direct connection (not to the server's).
+#[tokio::test]
+async fn a_pinned_clients_reset_returns_to_its_startup_settings() {
+    let app = relay::start_default(cluster(), "").await;
+    let (mut raw, _) =
+        Raw::login(app.rw_addr, &[("search_path", "pg_catalog, public"), ("application_name", "mine")]).await;
+    let mut run = |sql: &'static str| {
+        let mut out = BytesMut::new();
+        wire::put_query(&mut out, sql);
+        out
+    };
+    for reset in ["discard all", "reset all", "reset search_path"] {
+        raw.send(&run("select set_config('app.x', 'pinned', false)")).await;
+        raw.until_ready().await;
+        raw.send(&run(reset)).await;
+        let answer = raw.until_ready().await;
+        assert_eq!(answer.iter().filter(|(t, _)| *t != b'S').count(), 2, "{reset}: CommandComplete, ReadyForQuery");
+        raw.send(&run("select current_setting('search_path'), current_setting('application_name')")).await;
+        let mut answer = raw.until_ready().await;
+        // The last application_name the client was told of is its own again.
+        let reported: Vec<_> =
+            answer.iter().filter(|(t, b)| *t == b'S' && b.starts_with(b"application_name\0")).collect();
+        if let Some((_, last)) = reported.last() {
+            assert_eq!(&last[..], b"application_name\0mine\0", "{reset}");
+        }
+        answer.retain(|(t, _)| *t != b'S');
+        assert_eq!(tags(&answer), "T D C Z", "{reset}");
+        assert!(answer[1].1.windows(18).any(|w| w == b"pg_catalog, public"), "{reset}: {answer:?}");
+        assert!(answer[1].1.ends_with(b"mine"), "{reset}: {answer:?}");
+    }
+    app.shutdown(GRACE).await;
+}

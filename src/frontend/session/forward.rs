@@ -6,7 +6,7 @@ use super::{Session, HIGH_WATER};
 use crate::backend::{Expect, Origin, ServerConn};
 use crate::config::{PoolMode, SessionStatePolicy};
 use crate::frontend::error::SessionError;
-use crate::router::{self, SessionStateEffect};
+use crate::router::{self, PreparedCommand, SessionStateEffect};
 use crate::wire::{self, frontend as tag, Frame, TxStatus, WireError};
 
 impl Session {
@@ -134,9 +134,20 @@ impl Session {
             self.send(msg, Expect::Query);
             return Ok(());
         };
-        if self.pinned.is_none() && matches!(effect, SessionStateEffect::Deallocate | SessionStateEffect::Discard) {
-            if let Some(command) = router::prepared_command(sql) {
-                return self.forward_prepared_command(command, msg);
+        if matches!(effect, SessionStateEffect::Deallocate | SessionStateEffect::Discard) {
+            match router::prepared_command(sql) {
+                Some(command) if self.pinned.is_none() => return self.forward_prepared_command(command, msg),
+                // A pinned client's own SQL-prepared statements live on its
+                // connection under their names; its protocol ones do not.
+                Some(PreparedCommand::Deallocate(name)) if self.statements.contains(&name) => {
+                    return self.forward_prepared_command(PreparedCommand::Deallocate(name), msg)
+                }
+                Some(PreparedCommand::DeallocateAll) => self.statements.clear(),
+                Some(PreparedCommand::DiscardAll) => {
+                    self.statements.clear();
+                    self.unnamed.definition = None;
+                }
+                _ => {}
             }
         }
         let config = self.config();
@@ -148,7 +159,22 @@ impl Session {
             self.conn().statements_uncertain();
         }
         self.send(msg, Expect::Query);
+        if effect.may_reset_settings() {
+            self.restore_reset_settings();
+        }
         Ok(())
+    }
+
+    /// Behind a statement that may have reset settings to the server's
+    /// defaults, brings back the client's startup settings it reset.
+    pub(super) fn restore_reset_settings(&mut self) {
+        if self.settings.is_empty() || self.conn().tracker().batch_open() {
+            return;
+        }
+        let settings = self.settings.clone();
+        self.conn().restore_reset_settings(&settings);
+        // That used the unnamed statement.
+        self.unnamed.on_lease = false;
     }
 
     pub(super) fn conn(&mut self) -> &mut ServerConn {

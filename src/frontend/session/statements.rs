@@ -99,6 +99,12 @@ impl Session {
         if !conn.prepare(&for_server, Origin::Client, Some(name.clone())) {
             conn.synthetic(Synthetic::ParseComplete(name), &mut self.out);
         }
+        // A Parse the server will skip (its batch already failed) creates nothing.
+        if let Some(names) = conn.take_undone_parses() {
+            for name in names {
+                self.statements.remove(&name);
+            }
+        }
         Ok(())
     }
 
@@ -305,7 +311,10 @@ impl Session {
             PreparedCommand::DiscardAll => {
                 self.statements.clear();
                 self.unnamed.definition = None;
-                self.conn().settings_reset();
+                self.conn().statements_uncertain();
+                self.send(msg, Expect::Query);
+                self.restore_reset_settings();
+                return Ok(());
             }
             PreparedCommand::DiscardPlans => {}
         }

@@ -73,13 +73,16 @@ pub enum Opaque {
 }
 
 impl SessionStateEffect {
+    /// Whether the statement may reset settings to the server's defaults
+    /// (`RESET`, `DISCARD ALL`, `SET x TO DEFAULT`, or code pgrelay cannot see).
+    pub fn may_reset_settings(self) -> bool {
+        matches!(self, SessionStateEffect::Set | SessionStateEffect::Discard | SessionStateEffect::Unprovable(_))
+    }
+
     /// Whether the statement may deallocate prepared statements pgrelay
     /// keeps on the connection.
     pub fn may_deallocate(self) -> bool {
-        matches!(
-            self,
-            SessionStateEffect::Deallocate | SessionStateEffect::Discard | SessionStateEffect::Unprovable(_)
-        )
+        matches!(self, SessionStateEffect::Deallocate | SessionStateEffect::Discard | SessionStateEffect::Unprovable(_))
     }
 
     /// A short name for logs, metrics labels and error messages; never
