@@ -379,7 +379,7 @@ impl ServerConn {
         let name = stmt.server_name.clone();
         if reparse || self.tracker.prepared().is_uncertain() {
             // It may exist after all: a Close of a missing statement is no error.
-            self.send_built(Expect::Close { closes: None }, Origin::Injected, |b| {
+            self.send_built(Expect::CloseUnknown, Origin::Injected, |b| {
                 wire::put_statement_op(b, wire::frontend::CLOSE, name.as_bytes())
             });
         }

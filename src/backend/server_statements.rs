@@ -60,6 +60,15 @@ impl ServerStatements {
         }
     }
 
+    /// Whether `name` is prepared here, without counting a use.
+    pub fn presence(&self, name: &str) -> Presence {
+        match self.names.get(name) {
+            Some(entry) if entry.confirmed => Presence::Confirmed,
+            Some(entry) => Presence::Pending { batch: entry.batch },
+            None => Presence::Absent,
+        }
+    }
+
     /// The server answered the Parse of `name`.
     pub fn confirm(&mut self, name: &str) {
         if let Some(entry) = self.names.get_mut(name) {

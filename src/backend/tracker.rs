@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::server_statements::ServerStatements;
+use super::server_statements::{Presence, ServerStatements};
 use super::Statement;
 use crate::wire::{self, backend as tag, TxStatus};
 
@@ -36,6 +36,10 @@ pub enum Expect {
     Execute,
     /// CloseComplete; `closes` is the shared statement pgrelay closes.
     Close { closes: Option<Arc<str>> },
+    /// CloseComplete for a Close of a shared statement that may or may not
+    /// exist, before preparing it again: if the server skips it, what the
+    /// connection holds is no longer known.
+    CloseUnknown,
     /// ReadyForQuery.
     Sync,
     /// A simple Query or FunctionCall: everything up to ReadyForQuery.
@@ -241,6 +245,12 @@ impl Tracker {
         self.batches
     }
 
+    /// Whether the statement's Parse was sent in an earlier batch and is
+    /// still unanswered: if that batch fails, it does not exist.
+    pub fn parse_unanswered_before_this_batch(&self, server_name: &str) -> bool {
+        matches!(self.prepared.presence(server_name), Presence::Pending { batch } if batch != self.batches)
+    }
+
     pub fn is_prepared(&self, server_name: &str) -> bool {
         self.prepared.contains(server_name)
     }
@@ -332,7 +342,7 @@ impl Tracker {
                 true
             }
             Expect::Bind { .. } if msg_tag == tag::BIND_COMPLETE => true,
-            Expect::Close { .. } if msg_tag == tag::CLOSE_COMPLETE => true,
+            Expect::Close { .. } | Expect::CloseUnknown if msg_tag == tag::CLOSE_COMPLETE => true,
             Expect::DescribeStatement { got_parameters } => match msg_tag {
                 tag::PARAMETER_DESCRIPTION if !*got_parameters => {
                     *got_parameters = true;
@@ -473,6 +483,7 @@ impl Tracker {
                 }
             }
             Expect::Close { closes: Some(name) } => self.prepared.restore(name.clone()),
+            Expect::CloseUnknown => self.prepared.make_uncertain(),
             _ => {}
         }
     }

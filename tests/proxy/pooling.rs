@@ -200,7 +200,7 @@ async fn a_pinned_clients_reset_returns_to_its_startup_settings() {
     let app = relay::start_default(cluster(), "").await;
     let (mut raw, _) =
         Raw::login(app.rw_addr, &[("search_path", "pg_catalog, public"), ("application_name", "mine")]).await;
-    let mut run = |sql: &'static str| {
+    let run = |sql: &'static str| {
         let mut out = BytesMut::new();
         wire::put_query(&mut out, sql);
         out

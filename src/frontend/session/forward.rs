@@ -17,7 +17,7 @@ impl Session {
         // Stops while the client's output is full: it is not reading.
         while self.out.len() < HIGH_WATER {
             let Some(frame) = Frame::peek(&self.cbuf, max)? else { break };
-            if frame.tag == tag::PARSE && self.parse_must_wait(&self.cbuf[..frame.total_len]) {
+            if self.must_wait(frame.tag, &self.cbuf[..frame.total_len]) {
                 if !flush_requested {
                     self.conn().request_flush();
                     self.flush_server()?;
@@ -52,17 +52,32 @@ impl Session {
         Ok(())
     }
 
-    /// A named Parse waits until the leased connection owes nothing: whether
-    /// an earlier Parse of that name failed (so the name is free again), and
-    /// whether a shared statement it maps to turned out stale (its result
-    /// type changed), is known only from the answers still outstanding.
-    /// Clients rarely pipeline a Parse behind unanswered requests, so this
+    /// Some messages wait until the answers outstanding on the leased
+    /// connection are in, because what they mean depends on them:
+    /// - a named Parse: whether an earlier Parse of that name failed (so the
+    ///   name is free again), and whether a shared statement it maps to
+    ///   turned out stale (its result type changed);
+    /// - a Bind or Describe of a statement whose Parse went in an earlier,
+    ///   still unanswered batch: if that batch failed, the statement does
+    ///   not exist.
+    ///
+    /// Clients rarely pipeline these behind unanswered requests, so this
     /// costs nothing in the common case.
-    fn parse_must_wait(&self, msg: &[u8]) -> bool {
+    fn must_wait(&self, msg_tag: u8, msg: &[u8]) -> bool {
         let Some(lease) = &self.lease else { return false };
         let tracker = lease.conn().tracker();
-        let named = wire::body(msg).first().is_some_and(|&b| b != 0);
-        named && tracker.has_outstanding() && !tracker.client_copy_open() && !self.discard_until_sync
+        if !tracker.has_outstanding() || tracker.client_copy_open() || self.discard_until_sync {
+            return false;
+        }
+        let body = wire::body(msg);
+        let name = match msg_tag {
+            tag::PARSE => return body.first().is_some_and(|&b| b != 0),
+            tag::BIND => wire::read_cstr(body).and_then(|(_, rest)| wire::read_cstr(rest)),
+            tag::DESCRIBE if body.first() == Some(&b'S') => wire::read_cstr(&body[1..]),
+            _ => return false,
+        };
+        let Some((name, _)) = name.filter(|(name, _)| !name.is_empty()) else { return false };
+        self.statements.get(name).is_some_and(|stmt| tracker.parse_unanswered_before_this_batch(&stmt.server_name))
     }
 
     /// Without a leased server connection the client is between transactions,
