@@ -11,6 +11,7 @@
 # under callgrind, loads pgbench's tables through it, warms up with 200
 # transactions, zeroes the counters, runs 4 clients x 500 transactions and
 # prints the instructions per transaction. Stops everything it started.
+# CALLGRIND_KEEP=DIR keeps the dump there, for callgrind_annotate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,10 +35,12 @@ cleanup() {
     for _ in $(seq 1 600); do kill -0 "$demo_pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$demo_pid" 2>/dev/null || true
   fi
+  if [ -n "${CALLGRIND_KEEP:-}" ]; then cp "$work"/callgrind.out.* "$CALLGRIND_KEEP"/ 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
 
+: >"$work/demo.log"
 valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" "$bin" demo >"$work/demo.log" 2>&1 &
 demo_pid=$!
 port=

@@ -128,8 +128,9 @@ pub fn body(msg: &[u8]) -> &[u8] {
 }
 
 /// Reads a NUL-terminated string at the start of `buf`; returns it and the rest.
+#[inline]
 pub fn read_cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
-    let nul = buf.iter().position(|&b| b == 0)?;
+    let nul = memchr::memchr(0, buf)?;
     Some((&buf[..nul], &buf[nul + 1..]))
 }
 

@@ -64,6 +64,9 @@ impl Session {
     /// Clients rarely pipeline these behind unanswered requests, so this
     /// costs nothing in the common case.
     fn must_wait(&self, msg_tag: u8, msg: &[u8]) -> bool {
+        if !matches!(msg_tag, tag::PARSE | tag::BIND | tag::DESCRIBE) {
+            return false;
+        }
         let Some(lease) = &self.lease else { return false };
         let tracker = lease.conn().tracker();
         if !tracker.has_outstanding() || tracker.client_copy_open() || self.discard_until_sync {
@@ -107,7 +110,7 @@ impl Session {
             tag::PARSE => return self.parse_without_server(body),
             tag::BIND | tag::DESCRIBE => return self.check_statement_without_server(msg_tag, body),
             // Only a text that starts with D can be DEALLOCATE or DISCARD.
-            tag::QUERY if starts_with_d(sql_of(body)) => {
+            tag::QUERY if starts_with_d(body) => {
                 let Some(command) = router::prepared_command(sql_of(body)) else { return Ok(false) };
                 return Ok(self.prepared_command_without_server(command));
             }
