@@ -114,6 +114,9 @@ pub struct ServerConn {
     settings_dirty: bool,
     pub created: Instant,
     pub last_used: Instant,
+    /// Cancel requests aimed at this connection that the server has not
+    /// acted on yet: while any is, the connection is not pooled.
+    pub cancels_in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl ServerConn {
@@ -148,6 +151,7 @@ impl ServerConn {
             settings_dirty: false,
             created: now,
             last_used: now,
+            cancels_in_flight: Arc::default(),
         };
         tokio::time::timeout(target.connect_timeout, conn.startup(target))
             .await
@@ -370,7 +374,7 @@ impl ServerConn {
         let reparse = match presence {
             Presence::Confirmed => return false,
             Presence::Pending { batch } if client_name.is_none() && batch == self.tracker.batch() => return false,
-            Presence::Pending { .. } => true,
+            Presence::Pending { .. } | Presence::Doubtful => true,
             Presence::Absent => false,
         };
         if self.tracker.client_copy_open() {
@@ -396,9 +400,24 @@ impl ServerConn {
         true
     }
 
-    /// Whether the shared statement is prepared here.
+    /// Describes the shared statement (answers swallowed) to learn its result
+    /// description, or to check it against the one first learnt.
+    pub fn describe_shape(&mut self, stmt: &Arc<Statement>) {
+        let describe = Expect::DescribeStatement { got_parameters: false, shape_of: Some(stmt.clone()) };
+        self.send_built(describe, Origin::Injected, |b| {
+            wire::put_statement_op(b, wire::frontend::DESCRIBE, stmt.server_name.as_bytes())
+        });
+    }
+
+    /// Whether the shared statement is prepared here (and usable as it is).
     pub fn has_statement(&self, stmt: &Statement) -> bool {
-        self.tracker.is_prepared(&stmt.server_name)
+        self.tracker.is_usable(&stmt.server_name)
+    }
+
+    /// Whether describing `stmt` here just showed a result type other than
+    /// the one its clients prepared (reported once).
+    pub fn take_mismatch(&mut self, stmt: &Statement) -> bool {
+        self.tracker.take_mismatch(&stmt.server_name)
     }
 
     /// Forgets a shared statement the client's own command deallocates.

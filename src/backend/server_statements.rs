@@ -16,12 +16,17 @@ pub enum Presence {
     },
     /// The server answered its Parse.
     Confirmed,
+    /// It exists, but must be closed and prepared again before use.
+    Doubtful,
 }
 
 #[derive(Debug)]
 struct Entry {
     last_used: u64,
     confirmed: bool,
+    /// It exists here but is not the statement its clients prepared: it is
+    /// closed and prepared again before use.
+    doubtful: bool,
     /// The batch its Parse was sent in.
     batch: u64,
 }
@@ -48,6 +53,7 @@ impl ServerStatements {
     pub fn touch(&mut self, name: &str) -> Presence {
         self.tick += 1;
         match self.names.get_mut(name) {
+            Some(entry) if entry.doubtful => Presence::Doubtful,
             Some(entry) => {
                 entry.last_used = self.tick;
                 if entry.confirmed {
@@ -63,9 +69,17 @@ impl ServerStatements {
     /// Whether `name` is prepared here, without counting a use.
     pub fn presence(&self, name: &str) -> Presence {
         match self.names.get(name) {
+            Some(entry) if entry.doubtful => Presence::Doubtful,
             Some(entry) if entry.confirmed => Presence::Confirmed,
             Some(entry) => Presence::Pending { batch: entry.batch },
             None => Presence::Absent,
+        }
+    }
+
+    /// `name` exists here but must be closed and prepared again before use.
+    pub fn mark_doubtful(&mut self, name: &str) {
+        if let Some(entry) = self.names.get_mut(name) {
+            entry.doubtful = true;
         }
     }
 
@@ -93,7 +107,7 @@ impl ServerStatements {
         } else {
             None
         };
-        self.names.insert(name, Entry { last_used: self.tick, confirmed: false, batch });
+        self.names.insert(name, Entry { last_used: self.tick, confirmed: false, doubtful: false, batch });
         evicted
     }
 
@@ -101,7 +115,7 @@ impl ServerStatements {
     /// beyond capacity: it does exist on the server.
     pub fn restore(&mut self, name: Arc<str>) {
         self.tick += 1;
-        self.names.insert(name, Entry { last_used: self.tick, confirmed: true, batch: 0 });
+        self.names.insert(name, Entry { last_used: self.tick, confirmed: true, doubtful: false, batch: 0 });
     }
 
     pub fn remove(&mut self, name: &str) {

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use bytes::Bytes;
 
@@ -38,6 +38,9 @@ pub struct Statement {
     /// A server has accepted this definition (answered ParseComplete), so a
     /// client's Parse of it can be answered without asking a server again.
     validated: AtomicBool,
+    /// The result description (RowDescription or NoData) the server first
+    /// gave it, to tell whether a later preparation elsewhere still matches.
+    shape: OnceLock<(u8, Bytes)>,
     /// The registry it is listed in, to unlist it when the last client lets go.
     registry: Weak<Entries>,
 }
@@ -54,6 +57,20 @@ impl Statement {
 
     pub fn mark_validated(&self) {
         self.validated.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether its result description is known (see [`Statement::observe_shape`]).
+    pub fn has_shape(&self) -> bool {
+        self.shape.get().is_some()
+    }
+
+    /// A server described it: the first description is kept, and whether
+    /// this one matches it is returned (it does not after a schema change
+    /// that changed its result type; a statement parsed before such a change
+    /// then fails with 0A000 on PostgreSQL).
+    pub fn observe_shape(&self, msg_tag: u8, body: &[u8]) -> bool {
+        let first = self.shape.get_or_init(|| (msg_tag, Bytes::copy_from_slice(body)));
+        first.0 == msg_tag && first.1[..] == *body
     }
 
     /// Takes this statement out of sharing: the next client to prepare its
@@ -97,6 +114,7 @@ impl StatementRegistry {
             server_name: random_name().into(),
             key: key.clone(),
             validated: AtomicBool::new(false),
+            shape: OnceLock::new(),
             registry: Arc::downgrade(&self.entries),
         });
         entries.insert(key, Arc::downgrade(&stmt));

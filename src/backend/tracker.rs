@@ -29,7 +29,12 @@ pub enum Expect {
     /// BindComplete; `statement` is the shared statement it binds.
     Bind { statement: Option<Arc<Statement>> },
     /// ParameterDescription + RowDescription/NoData.
-    DescribeStatement { got_parameters: bool },
+    DescribeStatement {
+        got_parameters: bool,
+        /// The shared statement whose result description this records
+        /// (the first time) or checks (when it is prepared again elsewhere).
+        shape_of: Option<Arc<Statement>>,
+    },
     /// RowDescription/NoData.
     DescribePortal,
     /// Rows or COPY, then CommandComplete/EmptyQuery/PortalSuspended.
@@ -129,6 +134,9 @@ pub struct Tracker {
     prepared: ServerStatements,
     /// Syncs sent: numbers the extended-protocol batches.
     batches: u64,
+    /// Shared statements whose description, prepared here, did not match
+    /// the one first seen (see `DescribeStatement::shape_of`).
+    mismatched: Vec<Arc<str>>,
     /// Names of client Parses the server skipped or refused: the client's
     /// statement of that name does not exist after all.
     undone_parses: Vec<Bytes>,
@@ -146,6 +154,7 @@ impl Tracker {
             prepared: ServerStatements::new(max_prepared),
             undone_parses: Vec::new(),
             batches: 0,
+            mismatched: Vec::new(),
         }
     }
 
@@ -251,6 +260,11 @@ impl Tracker {
         matches!(self.prepared.presence(server_name), Presence::Pending { batch } if batch != self.batches)
     }
 
+    /// Prepared here and usable as it is.
+    pub fn is_usable(&self, server_name: &str) -> bool {
+        !matches!(self.prepared.presence(server_name), Presence::Absent | Presence::Doubtful)
+    }
+
     pub fn is_prepared(&self, server_name: &str) -> bool {
         self.prepared.contains(server_name)
     }
@@ -272,6 +286,28 @@ impl Tracker {
     /// serve another client.
     pub fn is_idle(&self) -> bool {
         self.at_sync_point() && self.tx == TxStatus::Idle
+    }
+
+    /// Whether a mismatch of `server_name` is waiting to be acted on.
+    pub fn has_mismatch(&self, server_name: &str) -> bool {
+        self.mismatched.iter().any(|n| &**n == server_name)
+    }
+
+    /// Whether `server_name` was found not to match its first description
+    /// (then forgotten, so that each such finding is acted on once).
+    pub fn take_mismatch(&mut self, server_name: &str) -> bool {
+        match self.mismatched.iter().position(|n| &**n == server_name) {
+            Some(i) => {
+                self.mismatched.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The server skips what is sent until the next Sync (an error in the batch).
+    pub fn skipping(&self) -> bool {
+        self.skipping_until_sync
     }
 
     /// Answers are still owed for something sent.
@@ -306,7 +342,7 @@ impl Tracker {
             },
             tag::ERROR_RESPONSE => self.on_error(body),
             tag::READY_FOR_QUERY => self.on_ready(body),
-            _ => self.on_reply(msg_tag),
+            _ => self.on_reply(msg_tag, body),
         }
     }
 
@@ -325,7 +361,7 @@ impl Tracker {
         }
     }
 
-    fn on_reply(&mut self, msg_tag: u8) -> Verdict {
+    fn on_reply(&mut self, msg_tag: u8, body: &[u8]) -> Verdict {
         let Some(Pending::Server { expect, origin }) = self.queue.front_mut() else {
             return Verdict::Desync("a server message with nothing outstanding");
         };
@@ -343,12 +379,24 @@ impl Tracker {
             }
             Expect::Bind { .. } if msg_tag == tag::BIND_COMPLETE => true,
             Expect::Close { .. } | Expect::CloseUnknown if msg_tag == tag::CLOSE_COMPLETE => true,
-            Expect::DescribeStatement { got_parameters } => match msg_tag {
+            Expect::DescribeStatement { got_parameters, shape_of } => match msg_tag {
                 tag::PARAMETER_DESCRIPTION if !*got_parameters => {
                     *got_parameters = true;
                     false
                 }
-                tag::ROW_DESCRIPTION | tag::NO_DATA if *got_parameters => true,
+                tag::ROW_DESCRIPTION | tag::NO_DATA if *got_parameters => {
+                    if let Some(stmt) = shape_of.take() {
+                        if !stmt.observe_shape(msg_tag, body) {
+                            // Prepared here after a schema change: not the
+                            // statement its clients prepared. It is closed
+                            // before any further use here.
+                            stmt.retire();
+                            self.prepared.mark_doubtful(&stmt.server_name);
+                            self.mismatched.push(stmt.server_name.clone());
+                        }
+                    }
+                    true
+                }
                 _ => return Verdict::Desync("unexpected answer to Describe"),
             },
             Expect::DescribePortal if matches!(msg_tag, tag::ROW_DESCRIPTION | tag::NO_DATA) => true,
@@ -443,6 +491,9 @@ impl Tracker {
                 return error_verdict(origin);
             }
             Some(Pending::Server { expect: Expect::Bind { statement: Some(stmt) }, origin }) => {
+                (is_stale_plan(body).then(|| stmt.clone()), *origin)
+            }
+            Some(Pending::Server { expect: Expect::DescribeStatement { shape_of: Some(stmt), .. }, origin }) => {
                 (is_stale_plan(body).then(|| stmt.clone()), *origin)
             }
             Some(Pending::Server { origin, .. }) => (None, *origin),

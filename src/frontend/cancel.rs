@@ -8,11 +8,12 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::backend::BackendKey;
@@ -27,10 +28,14 @@ struct Slot {
     target: Mutex<Target>,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+/// A leased server connection as a cancel sees it: where it is, its key,
+/// and its count of cancels under way (while one is, it is not pooled).
+pub type CancelTarget = (SocketAddr, BackendKey, Arc<AtomicUsize>);
+
+#[derive(Debug, Default, Clone)]
 struct Target {
     /// The server connection the client holds right now, if any.
-    server: Option<(SocketAddr, BackendKey)>,
+    server: Option<CancelTarget>,
     /// Advances at every lease and every release of a server connection.
     generation: u64,
 }
@@ -57,13 +62,38 @@ struct Aimed {
     slot: Arc<Slot>,
     addr: SocketAddr,
     key: BackendKey,
+    in_flight: Arc<AtomicUsize>,
     generation: u64,
 }
 
 impl Aimed {
     /// Whether the client still holds the lease the cancel was read during.
+    #[cfg(test)]
     fn is_current(&self) -> bool {
         self.slot.target.lock().expect("cancel lock").generation == self.generation
+    }
+
+    /// Counts the cancel as under way on its server connection, if the
+    /// client still holds it: checked and counted under the lock that ends a
+    /// lease, so the lease's end either sees the count (and keeps the
+    /// connection out of the pool until the cancel is done) or comes first
+    /// (and the cancel is not sent).
+    fn claim(&self) -> Option<InFlight> {
+        let target = self.slot.target.lock().expect("cancel lock");
+        if target.generation != self.generation {
+            return None;
+        }
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Some(InFlight(self.in_flight.clone()))
+    }
+}
+
+/// A cancel under way on a server connection; uncounted on drop.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -100,31 +130,29 @@ impl CancelRegistry {
             Some(slot) if slot.secret == secret => slot.clone(),
             _ => return None,
         };
-        let target = *slot.target.lock().expect("cancel lock");
-        let (addr, key) = target.server?;
-        Some(Aimed { pid, slot, addr, key, generation: target.generation })
+        let target = slot.target.lock().expect("cancel lock").clone();
+        let (addr, key, in_flight) = target.server?;
+        Some(Aimed { pid, slot, addr, key, in_flight, generation: target.generation })
     }
 }
 
 /// Sends the CancelRequest, unless the lease it was aimed at ended while
-/// connecting. What remains is the window between that check and the
-/// server acting on the request (one write and the postmaster's signal): if
-/// the query ends within it, the connection may go back to the pool and a
-/// query of its next lease be cancelled. PostgreSQL has the same race
-/// between a query's end and a cancel's arrival. (The session also bumps the
-/// generation just after releasing its lease, not before: a window of a few
-/// instructions inside that one.) Closing it needs the pool to hold a
-/// connection back until cancels aimed at it are done, as PgBouncer's
-/// `sv_being_canceled` does.
+/// connecting, and waits until the server has acted on it (it closes the
+/// connection then). Meanwhile the server connection is counted as being
+/// cancelled, and a lease that ends keeps it out of the pool until then (as
+/// PgBouncer's `sv_being_canceled` does): a cancel never reaches another
+/// client's query. It may still reach the same client's next query on the
+/// same connection if the first ends just before, as on PostgreSQL.
 async fn forward(aimed: Aimed) {
     let (pid, addr) = (aimed.pid, aimed.addr);
     let send = async {
         let mut stream = TcpStream::connect(addr).await?;
-        if !aimed.is_current() {
-            return Ok(false);
-        }
+        let Some(_in_flight) = aimed.claim() else { return Ok(false) };
         stream.write_all(&wire::cancel_request(aimed.key.pid, aimed.key.secret)).await?;
         stream.shutdown().await?;
+        // The server closes the connection once it has signalled the backend.
+        let mut rest = [0u8; 64];
+        while stream.read(&mut rest).await? > 0 {}
         Ok::<_, std::io::Error>(true)
     };
     match tokio::time::timeout(FORWARD_TIMEOUT, send).await {
@@ -139,7 +167,7 @@ impl CancelHandle {
     /// The server connection this client leases from now on (`Some`), or
     /// that it holds none any more (`None`). Each call starts a new lease
     /// generation: cancels read before it are not forwarded after it.
-    pub fn set_target(&self, target: Option<(SocketAddr, BackendKey)>) {
+    pub fn set_target(&self, target: Option<CancelTarget>) {
         let mut current = self.slot.target.lock().expect("cancel lock");
         current.server = target;
         current.generation += 1;
@@ -155,8 +183,11 @@ impl Drop for CancelHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
+
+    fn target(addr: SocketAddr) -> Option<CancelTarget> {
+        Some((addr, KEY, Arc::default()))
+    }
 
     const KEY: BackendKey = BackendKey { pid: 4242, secret: 77 };
 
@@ -182,7 +213,7 @@ mod tests {
         let registry = Arc::new(CancelRegistry::default());
         let handle = registry.register();
         assert!(registry.aim(handle.pid, handle.secret).is_none(), "idle: nothing to cancel");
-        handle.set_target(Some(("127.0.0.1:1".parse().unwrap(), KEY)));
+        handle.set_target(target("127.0.0.1:1".parse().unwrap()));
         assert!(registry.aim(handle.pid, handle.secret.wrapping_add(1)).is_none(), "wrong secret");
         let aimed = registry.aim(handle.pid, handle.secret).expect("aimed");
         assert_eq!((aimed.key, aimed.is_current()), (KEY, true));
@@ -193,11 +224,11 @@ mod tests {
         let registry = Arc::new(CancelRegistry::default());
         let handle = registry.register();
         let server = "127.0.0.1:1".parse().unwrap();
-        handle.set_target(Some((server, KEY)));
+        handle.set_target(target(server));
         let aimed = registry.aim(handle.pid, handle.secret).unwrap();
         handle.set_target(None);
         assert!(!aimed.is_current(), "released");
-        handle.set_target(Some((server, KEY)));
+        handle.set_target(target(server));
         assert!(!aimed.is_current(), "the same server connection, leased again: a later transaction");
         assert!(registry.aim(handle.pid, handle.secret).unwrap().is_current());
     }
@@ -221,16 +252,16 @@ mod tests {
         let handle = registry.register();
 
         let (addr, received) = fake_server().await;
-        handle.set_target(Some((addr, KEY)));
+        handle.set_target(target(addr));
         registry.cancel(handle.pid, handle.secret).await;
         assert_eq!(received.await.unwrap(), wire::cancel_request(KEY.pid, KEY.secret));
 
         // Read during one lease, forwarded after it ended: the server hears nothing.
         let (addr, received) = fake_server().await;
-        handle.set_target(Some((addr, KEY)));
+        handle.set_target(target(addr));
         let aimed = registry.aim(handle.pid, handle.secret).unwrap();
         handle.set_target(None);
-        handle.set_target(Some((addr, KEY)));
+        handle.set_target(target(addr));
         forward(aimed).await;
         assert_eq!(received.await.unwrap(), b"", "a stale cancel is not sent");
     }

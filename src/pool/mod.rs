@@ -320,13 +320,19 @@ impl Drop for Lease {
             return;
         }
         let discard = self.discard || self.pool.settings.mode == PoolMode::Session;
-        if conn.is_clean() && !discard {
+        let cancelled = conn.cancels_in_flight.load(std::sync::atomic::Ordering::Acquire) > 0;
+        if conn.is_clean() && !discard && !cancelled {
             self.pool.put_idle(conn, now);
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let pool = self.pool.clone();
         runtime.spawn(async move {
+            if cancelled && !wait_for_cancels(&conn).await {
+                // The server never confirmed the cancel: the connection may
+                // still get it, so nobody else may.
+                return;
+            }
             if let Some(conn) = pool.reset(conn, discard).await {
                 pool.put_idle(conn, Instant::now());
             }
@@ -336,6 +342,21 @@ impl Drop for Lease {
         });
     }
 }
+
+/// Waits (bounded) until no cancel request aimed at `conn` is under way.
+async fn wait_for_cancels(conn: &ServerConn) -> bool {
+    const STEP: Duration = Duration::from_millis(2);
+    for _ in 0..(CANCEL_WAIT.as_millis() / STEP.as_millis()) {
+        if conn.cancels_in_flight.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            return true;
+        }
+        tokio::time::sleep(STEP).await;
+    }
+    false
+}
+
+/// How long a connection that a cancel is aimed at waits for it to be done.
+const CANCEL_WAIT: Duration = Duration::from_secs(6);
 
 /// All pools, created on first use.
 #[derive(Debug, Default)]

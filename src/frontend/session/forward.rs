@@ -17,8 +17,18 @@ impl Session {
         // Stops while the client's output is full: it is not reading.
         while self.out.len() < HIGH_WATER {
             let Some(frame) = Frame::peek(&self.cbuf, max)? else { break };
-            if self.must_wait(frame.tag, &self.cbuf[..frame.total_len]) {
-                if !flush_requested {
+            let waits = self.must_wait(frame.tag, frame.total_len);
+            if !waits
+                && self.lease.is_none()
+                && !self.discard_until_sync
+                && self.checked_statement(frame.tag, frame.total_len).is_some()
+            {
+                // It needs a server connection anyway, and the check needs it first.
+                self.acquire().await?;
+            }
+            if waits || self.verify_ahead(frame.tag, frame.total_len) {
+                // Something new was sent to be answered, or nothing asked yet.
+                if !waits || !flush_requested {
                     self.conn().request_flush();
                     self.flush_server()?;
                 }
@@ -63,16 +73,20 @@ impl Session {
     ///
     /// Clients rarely pipeline these behind unanswered requests, so this
     /// costs nothing in the common case.
-    fn must_wait(&self, msg_tag: u8, msg: &[u8]) -> bool {
+    fn must_wait(&mut self, msg_tag: u8, len: usize) -> bool {
         if !matches!(msg_tag, tag::PARSE | tag::BIND | tag::DESCRIBE) {
             return false;
         }
         let Some(lease) = &self.lease else { return false };
         let tracker = lease.conn().tracker();
         if !tracker.has_outstanding() || tracker.client_copy_open() || self.discard_until_sync {
+            self.verifying = false;
             return false;
         }
-        let body = wire::body(msg);
+        if self.verifying {
+            return true;
+        }
+        let body = wire::body(&self.cbuf[..len]);
         let name = match msg_tag {
             tag::PARSE => return body.first().is_some_and(|&b| b != 0),
             tag::BIND => wire::read_cstr(body).and_then(|(_, rest)| wire::read_cstr(rest)),
@@ -81,6 +95,52 @@ impl Session {
         };
         let Some((name, _)) = name.filter(|(name, _)| !name.is_empty()) else { return false };
         self.statements.get(name).is_some_and(|stmt| tracker.parse_unanswered_before_this_batch(&stmt.server_name))
+    }
+
+    /// A Bind or Describe of a shared statement that is not yet on the leased
+    /// connection, and whose result description a server gave before: it is
+    /// prepared and described here first, and the message waits for the
+    /// answer. A description that changed (a schema change since the client
+    /// prepared it) makes the statement stale, and the client gets the 0A000
+    /// a direct connection gives, not rows of another shape.
+    fn verify_ahead(&mut self, msg_tag: u8, len: usize) -> bool {
+        if self.discard_until_sync {
+            return false;
+        }
+        let Some(stmt) = self.checked_statement(msg_tag, len) else { return false };
+        let Some(lease) = self.lease.as_mut() else { return false };
+        let conn = lease.conn_mut();
+        // The server skips to the Sync after an error: the message goes
+        // nowhere, and neither would a Parse sent for it.
+        let tracker = conn.tracker();
+        if conn.has_statement(&stmt)
+            || tracker.client_copy_open()
+            || tracker.skipping()
+            || tracker.has_mismatch(&stmt.server_name)
+        {
+            return false;
+        }
+        conn.prepare(&stmt, Origin::Injected, None);
+        conn.describe_shape(&stmt);
+        self.ctx.metrics.statements_reprepared.inc();
+        self.verifying = true;
+        true
+    }
+
+    /// The shared statement a Bind or Describe names, when its result
+    /// description is known and worth checking (see `verify_ahead`).
+    fn checked_statement(&self, msg_tag: u8, len: usize) -> Option<std::sync::Arc<crate::backend::Statement>> {
+        if !matches!(msg_tag, tag::BIND | tag::DESCRIBE) || self.settings_changed {
+            return None;
+        }
+        let body = wire::body(&self.cbuf[..len]);
+        let name = match msg_tag {
+            tag::BIND => wire::read_cstr(body).and_then(|(_, rest)| wire::read_cstr(rest)),
+            _ if body.first() == Some(&b'S') => wire::read_cstr(&body[1..]),
+            _ => None,
+        };
+        let (name, _) = name.filter(|(name, _)| !name.is_empty())?;
+        self.statements.get(name).filter(|s| s.has_shape()).cloned()
     }
 
     /// Without a leased server connection the client is between transactions,

@@ -96,6 +96,9 @@ pub struct Session {
     passthrough: usize,
     /// The server's own FATAL error was relayed: it is closing the connection.
     server_fatal: bool,
+    /// A shared statement was prepared and described ahead of the client's
+    /// message (see `verify_ahead`), which waits for the answer.
+    verifying: bool,
     /// The client's next message waits for the server's outstanding answers
     /// (see `parse_must_wait`); the client is not read meanwhile.
     stalled: bool,
@@ -161,6 +164,7 @@ impl Session {
             passthrough: 0,
             server_fatal: false,
             stalled: false,
+            verifying: false,
             pinned: None,
             terminated: false,
         }
@@ -238,6 +242,7 @@ impl Session {
     }
 
     pub fn drop_lease_after_error(&mut self, poison: bool) {
+        self.cancel.set_target(None);
         if let Some(mut lease) = self.lease.take() {
             if poison {
                 lease.poison();
@@ -338,10 +343,12 @@ impl Session {
             return;
         }
         if lease.conn().is_clean() {
+            // The cancel target goes first: a cancel under way is then
+            // counted on the connection before the lease ends (see cancel.rs).
+            self.cancel.set_target(None);
             self.lease = None;
             self.settings_changed = false;
             self.unnamed.on_lease = false;
-            self.cancel.set_target(None);
             self.registered.set_idle();
         }
     }
@@ -394,7 +401,8 @@ impl Session {
                 continue;
             }
             lease.conn_mut().apply_settings(&self.settings);
-            self.cancel.set_target(Some((lease.conn().addr, lease.conn().key)));
+            let conn = lease.conn();
+            self.cancel.set_target(Some((conn.addr, conn.key, conn.cancels_in_flight.clone())));
             self.lease = Some(lease);
             return Ok(());
         }

@@ -19,6 +19,8 @@ const DUPLICATE_STATEMENT: &str = "42P05";
 const UNDEFINED_STATEMENT: &str = "26000";
 /// too many prepared statements
 const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";
+/// cached plan must not change result type
+const FEATURE_NOT_SUPPORTED: &str = "0A000";
 
 impl Session {
     /// A Parse between transactions: answered at once when a server has
@@ -98,6 +100,9 @@ impl Session {
         let conn = self.lease.as_mut().expect("leased").conn_mut();
         if !conn.prepare(&for_server, Origin::Client, Some(name.clone())) {
             conn.synthetic(Synthetic::ParseComplete(name), &mut self.out);
+        } else if !for_server.has_shape() {
+            // Its result description, to check later preparations against.
+            conn.describe_shape(&for_server);
         }
         // A Parse the server will skip (its batch already failed) creates nothing.
         if let Some(names) = conn.take_undone_parses() {
@@ -160,7 +165,7 @@ impl Session {
                 return Ok(());
             }
         }
-        let describe = Expect::DescribeStatement { got_parameters: false };
+        let describe = Expect::DescribeStatement { got_parameters: false, shape_of: None };
         if name.is_empty() {
             self.ensure_unnamed()?;
             {
@@ -216,6 +221,10 @@ impl Session {
             self.raise_in_batch(UNDEFINED_STATEMENT, &undefined_statement(name))?;
             return Ok(Known::Raised);
         };
+        if self.conn().take_mismatch(&stmt) {
+            self.raise_in_batch(FEATURE_NOT_SUPPORTED, "cached plan must not change result type")?;
+            return Ok(Known::Raised);
+        }
         let stmt = self.statement_for_server(&stmt);
         if self.conn().prepare(&stmt, Origin::Injected, None) {
             self.ctx.metrics.statements_reprepared.inc();
