@@ -41,6 +41,8 @@ pub struct Statement {
     /// The result description (RowDescription or NoData) the server first
     /// gave it, to tell whether a later preparation elsewhere still matches.
     shape: OnceLock<(u8, Bytes)>,
+    /// The ParameterDescription message the server first gave it.
+    parameters: OnceLock<Bytes>,
     /// The registry it is listed in, to unlist it when the last client lets go.
     registry: Weak<Entries>,
 }
@@ -62,6 +64,16 @@ impl Statement {
     /// Whether its result description is known (see [`Statement::observe_shape`]).
     pub fn has_shape(&self) -> bool {
         self.shape.get().is_some()
+    }
+
+    /// Keeps the first ParameterDescription (the whole message) a server gave it.
+    pub fn observe_parameters(&self, message: &[u8]) {
+        self.parameters.get_or_init(|| Bytes::copy_from_slice(message));
+    }
+
+    /// The ParameterDescription message first given for it, if any.
+    pub fn parameters(&self) -> Option<&Bytes> {
+        self.parameters.get()
     }
 
     /// A server described it: the first description is kept, and whether
@@ -115,6 +127,7 @@ impl StatementRegistry {
             key: key.clone(),
             validated: AtomicBool::new(false),
             shape: OnceLock::new(),
+            parameters: OnceLock::new(),
             registry: Arc::downgrade(&self.entries),
         });
         entries.insert(key, Arc::downgrade(&stmt));

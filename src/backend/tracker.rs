@@ -81,6 +81,8 @@ pub enum Synthetic {
     /// For the client's Parse of this name, of a statement already prepared.
     ParseComplete(Bytes),
     CloseComplete,
+    /// A whole message pgrelay answers with (a ParameterDescription).
+    Message(Bytes),
 }
 
 #[derive(Debug)]
@@ -239,6 +241,7 @@ impl Tracker {
             match answer {
                 Synthetic::ParseComplete(_) => wire::put_parse_complete(out),
                 Synthetic::CloseComplete => wire::put_close_complete(out),
+                Synthetic::Message(message) => out.extend_from_slice(message),
             }
             self.queue.pop_front();
         }
@@ -382,6 +385,9 @@ impl Tracker {
             Expect::DescribeStatement { got_parameters, shape_of } => match msg_tag {
                 tag::PARAMETER_DESCRIPTION if !*got_parameters => {
                     *got_parameters = true;
+                    if let Some(stmt) = shape_of {
+                        stmt.observe_parameters(&message(msg_tag, body));
+                    }
                     false
                 }
                 tag::ROW_DESCRIPTION | tag::NO_DATA if *got_parameters => {
@@ -561,6 +567,15 @@ impl Tracker {
             self.markers -= 1;
         }
     }
+}
+
+/// A message rebuilt from its tag and body.
+fn message(msg_tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(body.len() + 5);
+    message.push(msg_tag);
+    message.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    message.extend_from_slice(body);
+    message
 }
 
 fn verdict_for(origin: Origin) -> Verdict {

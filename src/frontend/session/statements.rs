@@ -148,6 +148,9 @@ impl Session {
                 return Ok(());
             }
             Known::Raised => return Ok(()),
+            Known::Changed(_) => {
+                return self.raise_in_batch(FEATURE_NOT_SUPPORTED, "cached plan must not change result type")
+            }
         };
         let conn = self.conn();
         conn.send_built(Expect::Bind { statement: Some(stmt.clone()) }, Origin::Client, |b| {
@@ -180,6 +183,15 @@ impl Session {
                 return Ok(());
             }
             Known::Raised => return Ok(()),
+            Known::Changed(stmt) => {
+                // PostgreSQL describes the parameters before it finds the
+                // result type changed.
+                if let Some(parameters) = stmt.parameters().cloned() {
+                    let conn = self.lease.as_mut().expect("leased").conn_mut();
+                    conn.synthetic(Synthetic::Message(parameters), &mut self.out);
+                }
+                return self.raise_in_batch(FEATURE_NOT_SUPPORTED, "cached plan must not change result type");
+            }
         };
         let conn = self.conn();
         conn.send_built(describe, Origin::Client, |b| {
@@ -222,8 +234,7 @@ impl Session {
             return Ok(Known::Raised);
         };
         if self.conn().take_mismatch(&stmt) {
-            self.raise_in_batch(FEATURE_NOT_SUPPORTED, "cached plan must not change result type")?;
-            return Ok(Known::Raised);
+            return Ok(Known::Changed(stmt));
         }
         let stmt = self.statement_for_server(&stmt);
         if self.conn().prepare(&stmt, Origin::Injected, None) {
@@ -386,6 +397,9 @@ enum Known {
     Forward,
     /// The client has no such statement; the server is raising 26000.
     Raised,
+    /// Prepared here, it showed a result type other than the one the client
+    /// prepared (a schema change since): it must fail with 0A000.
+    Changed(Arc<Statement>),
 }
 
 fn undefined_statement(name: &[u8]) -> String {
