@@ -66,6 +66,17 @@ impl Statement {
         self.shape.get().is_some()
     }
 
+    /// Takes `original`'s first descriptions as its own (a private copy of a
+    /// shared statement is checked against what its client prepared).
+    pub fn inherit_shape(&self, original: &Statement) {
+        if let Some(shape) = original.shape.get() {
+            let _ = self.shape.set(shape.clone());
+        }
+        if let Some(parameters) = original.parameters.get() {
+            let _ = self.parameters.set(parameters.clone());
+        }
+    }
+
     /// Keeps the first ParameterDescription (the whole message) a server gave it.
     pub fn observe_parameters(&self, message: &[u8]) {
         self.parameters.get_or_init(|| Bytes::copy_from_slice(message));

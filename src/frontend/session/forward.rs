@@ -108,6 +108,10 @@ impl Session {
             return false;
         }
         let Some(stmt) = self.checked_statement(msg_tag, len) else { return false };
+        if self.lease.is_none() {
+            return false;
+        }
+        let stmt = self.statement_for_server(&stmt);
         let Some(lease) = self.lease.as_mut() else { return false };
         let conn = lease.conn_mut();
         // The server skips to the Sync after an error: the message goes
@@ -130,7 +134,7 @@ impl Session {
     /// The shared statement a Bind or Describe names, when its result
     /// description is known and worth checking (see `verify_ahead`).
     fn checked_statement(&self, msg_tag: u8, len: usize) -> Option<std::sync::Arc<crate::backend::Statement>> {
-        if !matches!(msg_tag, tag::BIND | tag::DESCRIBE) || self.settings_changed {
+        if !matches!(msg_tag, tag::BIND | tag::DESCRIBE) {
             return None;
         }
         let body = wire::body(&self.cbuf[..len]);

@@ -78,6 +78,9 @@ pub struct Session {
     /// Pools this session has used, by node name.
     pools: Vec<Arc<Pool>>,
     statements: ClientStatements,
+    /// Private copies of shared statements, by the shared one's server name,
+    /// for a client whose settings differ from its context's.
+    private_copies: std::collections::HashMap<Arc<str>, Arc<crate::backend::Statement>>,
     /// The client's unnamed statement, re-prepared when a later transaction uses it.
     unnamed: UnnamedStatement,
     /// Clients with this context may share this client's prepared statements.
@@ -157,6 +160,7 @@ impl Session {
             pools: Vec::new(),
             statements: ClientStatements::default(),
             unnamed: UnnamedStatement::default(),
+            private_copies: Default::default(),
             shared_context,
             private_context: None,
             settings_changed: false,

@@ -233,10 +233,10 @@ impl Session {
             self.raise_in_batch(UNDEFINED_STATEMENT, &undefined_statement(name))?;
             return Ok(Known::Raised);
         };
+        let stmt = self.statement_for_server(&stmt);
         if self.conn().take_mismatch(&stmt) {
             return Ok(Known::Changed(stmt));
         }
-        let stmt = self.statement_for_server(&stmt);
         if self.conn().prepare(&stmt, Origin::Injected, None) {
             self.ctx.metrics.statements_reprepared.inc();
         }
@@ -247,12 +247,22 @@ impl Session {
     /// settings in this transaction gets a private copy of a statement not
     /// yet prepared there, so that what is parsed under its transient
     /// settings is never shared.
-    fn statement_for_server(&mut self, stmt: &Arc<Statement>) -> Arc<Statement> {
+    pub(super) fn statement_for_server(&mut self, stmt: &Arc<Statement>) -> Arc<Statement> {
         if !self.settings_changed || self.lease.as_ref().is_some_and(|l| l.conn().has_statement(stmt)) {
             return stmt.clone();
         }
+        if let Some(copy) = self.private_copies.get(&stmt.server_name) {
+            return copy.clone();
+        }
         let context = self.statement_context();
-        self.ctx.statements.intern(context, stmt.definition())
+        let copy = self.ctx.statements.intern(context, stmt.definition());
+        // Checked against what the client prepared, not what it gives now.
+        copy.inherit_shape(stmt);
+        // Kept while the client may bind it, so it is prepared once.
+        if self.private_copies.len() < self.config().pool.max_client_prepared_statements {
+            self.private_copies.insert(stmt.server_name.clone(), copy.clone());
+        }
+        copy
     }
 
     /// Makes the client's unnamed statement exist on the leased connection,
