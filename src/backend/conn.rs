@@ -425,6 +425,11 @@ impl ServerConn {
         self.tracker.prepared().remove(server_name);
     }
 
+    /// Client statements whose Close did not happen after all.
+    pub fn take_undone_closes(&mut self) -> Option<Vec<(Bytes, Arc<Statement>)>> {
+        self.tracker.take_undone_closes()
+    }
+
     /// Client statement names whose Parse did not happen after all.
     pub fn take_undone_parses(&mut self) -> Option<Vec<Bytes>> {
         self.tracker.take_undone_parses()

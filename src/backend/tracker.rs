@@ -76,11 +76,13 @@ pub enum Origin {
 }
 
 /// An answer pgrelay gives itself, in order with the server's answers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Synthetic {
     /// For the client's Parse of this name, of a statement already prepared.
     ParseComplete(Bytes),
-    CloseComplete,
+    /// For the client's Close of its statement of this name (undone if the
+    /// server skips what it stands in for).
+    CloseComplete(Option<(Bytes, Arc<Statement>)>),
     /// A whole message pgrelay answers with (a ParameterDescription).
     Message(Bytes),
 }
@@ -134,6 +136,9 @@ pub struct Tracker {
     copy: CopyState,
     /// The shared statements prepared on this connection.
     prepared: ServerStatements,
+    /// Client statements whose Close pgrelay answered in a batch the server
+    /// skipped: the client still has them.
+    undone_closes: Vec<(Bytes, Arc<Statement>)>,
     /// Syncs sent: numbers the extended-protocol batches.
     batches: u64,
     /// Shared statements whose description, prepared here, did not match
@@ -157,6 +162,7 @@ impl Tracker {
             undone_parses: Vec::new(),
             batches: 0,
             mismatched: Vec::new(),
+            undone_closes: Vec::new(),
         }
     }
 
@@ -225,10 +231,8 @@ impl Tracker {
     pub fn synthetic(&mut self, answer: Synthetic, out: &mut BytesMut) {
         self.batch_open = true;
         if self.skipping_until_sync {
-            // The server skips the batch: the client's Parse did not happen.
-            if let Synthetic::ParseComplete(name) = answer {
-                self.undone_parses.push(name);
-            }
+            // The server skips the batch: the client's Parse or Close did not happen.
+            self.undo_synthetic(answer);
             return;
         }
         self.queue.push_back(Pending::Synthetic(answer));
@@ -240,11 +244,16 @@ impl Tracker {
         while let Some(Pending::Synthetic(answer)) = self.queue.front() {
             match answer {
                 Synthetic::ParseComplete(_) => wire::put_parse_complete(out),
-                Synthetic::CloseComplete => wire::put_close_complete(out),
+                Synthetic::CloseComplete(_) => wire::put_close_complete(out),
                 Synthetic::Message(message) => out.extend_from_slice(message),
             }
             self.queue.pop_front();
         }
+    }
+
+    /// Client statements whose Close did not happen (see `undone_closes`).
+    pub fn take_undone_closes(&mut self) -> Option<Vec<(Bytes, Arc<Statement>)>> {
+        (!self.undone_closes.is_empty()).then(|| std::mem::take(&mut self.undone_closes))
     }
 
     /// Client statement names whose Parse did not happen (see `undone_parses`).
@@ -519,12 +528,21 @@ impl Tracker {
             match self.queue.pop_front() {
                 Some(Pending::Server { expect: Expect::CopyData | Expect::CopyEnd, .. }) => self.markers -= 1,
                 Some(Pending::Server { expect, .. }) => self.undo_statement_change(&expect),
-                Some(Pending::Synthetic(Synthetic::ParseComplete(name))) => self.undone_parses.push(name),
+                Some(Pending::Synthetic(answer)) => self.undo_synthetic(answer),
                 _ => {}
             }
         }
         if self.queue.is_empty() {
             self.skipping_until_sync = true;
+        }
+    }
+
+    /// A Parse or Close pgrelay answered itself, in a batch the server skips.
+    fn undo_synthetic(&mut self, answer: Synthetic) {
+        match answer {
+            Synthetic::ParseComplete(name) => self.undone_parses.push(name),
+            Synthetic::CloseComplete(Some(closed)) => self.undone_closes.push(closed),
+            _ => {}
         }
     }
 

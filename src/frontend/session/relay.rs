@@ -81,14 +81,10 @@ impl Session {
         };
         rbuf.advance(consumed);
         conn.rbuf = rbuf;
-        if let Some(names) = conn.take_undone_parses() {
-            for name in names {
-                self.statements.remove(&name);
-            }
-        }
         if result.is_err() {
             lease.poison();
         }
+        self.apply_undone();
         result
     }
 }

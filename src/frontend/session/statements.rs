@@ -105,12 +105,24 @@ impl Session {
             conn.describe_shape(&for_server);
         }
         // A Parse the server will skip (its batch already failed) creates nothing.
+        self.apply_undone();
+        Ok(())
+    }
+
+    /// Takes back the client's Parses and Closes the server skipped.
+    pub(super) fn apply_undone(&mut self) {
+        let Some(lease) = self.lease.as_mut() else { return };
+        let conn = lease.conn_mut();
         if let Some(names) = conn.take_undone_parses() {
             for name in names {
                 self.statements.remove(&name);
             }
         }
-        Ok(())
+        if let Some(closed) = conn.take_undone_closes() {
+            for (name, stmt) in closed {
+                self.statements.insert(name, stmt);
+            }
+        }
     }
 
     /// Why a Parse of `name` must fail, as PostgreSQL (or the client's limit) says.
@@ -218,9 +230,10 @@ impl Session {
         }
         // The server-side statement stays for other clients; the client's
         // name goes (closing a name that does not exist is no error).
-        self.statements.remove(name);
+        let closed = self.statements.remove(name).map(|stmt| (Bytes::copy_from_slice(name), stmt));
         let conn = self.lease.as_mut().expect("leased").conn_mut();
-        conn.synthetic(Synthetic::CloseComplete, &mut self.out);
+        conn.synthetic(Synthetic::CloseComplete(closed), &mut self.out);
+        self.apply_undone();
         Ok(())
     }
 
