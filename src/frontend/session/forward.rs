@@ -69,7 +69,8 @@ impl Session {
     ///   turned out stale (its result type changed);
     /// - a Bind or Describe of a statement whose Parse went in an earlier,
     ///   still unanswered batch: if that batch failed, the statement does
-    ///   not exist.
+    ///   not exist; of a name the client closed: if that batch failed, the
+    ///   statement still does.
     ///
     /// Clients rarely pipeline these behind unanswered requests, so this
     /// costs nothing in the common case.
@@ -94,7 +95,12 @@ impl Session {
             _ => return false,
         };
         let Some((name, _)) = name.filter(|(name, _)| !name.is_empty()) else { return false };
-        self.statements.get(name).is_some_and(|stmt| tracker.parse_unanswered_before_this_batch(&stmt.server_name))
+        match self.statements.get(name) {
+            Some(stmt) => tracker.parse_unanswered_before_this_batch(&stmt.server_name),
+            // Unknown now, it may be known again once a Close the server
+            // skips (its batch failed) is taken back.
+            None => true,
+        }
     }
 
     /// A Bind or Describe of a shared statement that is not yet on the leased
