@@ -425,14 +425,10 @@ impl ServerConn {
         self.tracker.prepared().remove(server_name);
     }
 
-    /// Client statements whose Close did not happen after all.
-    pub fn take_undone_closes(&mut self) -> Option<Vec<(Bytes, Arc<Statement>)>> {
-        self.tracker.take_undone_closes()
-    }
-
-    /// Client statement names whose Parse did not happen after all.
-    pub fn take_undone_parses(&mut self) -> Option<Vec<Bytes>> {
-        self.tracker.take_undone_parses()
+    /// The client's Parses and Closes that did not happen after all, in
+    /// the order they were sent.
+    pub fn take_undone(&mut self) -> Option<Vec<super::tracker::Undone>> {
+        self.tracker.take_undone()
     }
 
     /// Asks the server for the answers it holds back until a Sync (an open

@@ -11,4 +11,4 @@ pub mod tracker;
 pub use conn::{BackendError, BackendKey, ClientSettings, ServerConn, ServerParams, ServerTarget};
 pub use server_statements::ServerStatements;
 pub use statements::{Statement, StatementContext, StatementRegistry};
-pub use tracker::{CopyInterleaved, CopyState, Expect, Origin, Synthetic, Tracker, Verdict};
+pub use tracker::{CopyInterleaved, CopyState, Expect, Origin, Synthetic, Tracker, Undone, Verdict};

@@ -93,6 +93,15 @@ enum Pending {
     Synthetic(Synthetic),
 }
 
+/// A client's statement command that the server did not run.
+#[derive(Debug, Clone)]
+pub enum Undone {
+    /// Its Parse of this name created nothing.
+    Parse(Bytes),
+    /// Its Close of this name closed nothing: the name still stands for it.
+    Close(Bytes, Arc<Statement>),
+}
+
 /// What to do with one server message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -136,17 +145,14 @@ pub struct Tracker {
     copy: CopyState,
     /// The shared statements prepared on this connection.
     prepared: ServerStatements,
-    /// Client statements whose Close pgrelay answered in a batch the server
-    /// skipped: the client still has them.
-    undone_closes: Vec<(Bytes, Arc<Statement>)>,
     /// Syncs sent: numbers the extended-protocol batches.
     batches: u64,
     /// Shared statements whose description, prepared here, did not match
     /// the one first seen (see `DescribeStatement::shape_of`).
     mismatched: Vec<Arc<str>>,
-    /// Names of client Parses the server skipped or refused: the client's
-    /// statement of that name does not exist after all.
-    undone_parses: Vec<Bytes>,
+    /// The client's Parses and Closes the server skipped or refused, in the
+    /// order they were sent (undone in reverse).
+    undone: Vec<Undone>,
 }
 
 impl Tracker {
@@ -159,10 +165,9 @@ impl Tracker {
             tx: TxStatus::Idle,
             copy: CopyState::None,
             prepared: ServerStatements::new(max_prepared),
-            undone_parses: Vec::new(),
+            undone: Vec::new(),
             batches: 0,
             mismatched: Vec::new(),
-            undone_closes: Vec::new(),
         }
     }
 
@@ -251,14 +256,10 @@ impl Tracker {
         }
     }
 
-    /// Client statements whose Close did not happen (see `undone_closes`).
-    pub fn take_undone_closes(&mut self) -> Option<Vec<(Bytes, Arc<Statement>)>> {
-        (!self.undone_closes.is_empty()).then(|| std::mem::take(&mut self.undone_closes))
-    }
-
-    /// Client statement names whose Parse did not happen (see `undone_parses`).
-    pub fn take_undone_parses(&mut self) -> Option<Vec<Bytes>> {
-        (!self.undone_parses.is_empty()).then(|| std::mem::take(&mut self.undone_parses))
+    /// The client's Parses and Closes that did not happen, in the order they
+    /// were sent: undo them in reverse.
+    pub fn take_undone(&mut self) -> Option<Vec<Undone>> {
+        (!self.undone.is_empty()).then(|| std::mem::take(&mut self.undone))
     }
 
     /// The number of the batch being sent (Syncs sent so far).
@@ -540,8 +541,8 @@ impl Tracker {
     /// A Parse or Close pgrelay answered itself, in a batch the server skips.
     fn undo_synthetic(&mut self, answer: Synthetic) {
         match answer {
-            Synthetic::ParseComplete(name) => self.undone_parses.push(name),
-            Synthetic::CloseComplete(Some(closed)) => self.undone_closes.push(closed),
+            Synthetic::ParseComplete(name) => self.undone.push(Undone::Parse(name)),
+            Synthetic::CloseComplete(Some((name, stmt))) => self.undone.push(Undone::Close(name, stmt)),
             _ => {}
         }
     }
@@ -554,7 +555,7 @@ impl Tracker {
                     self.prepared.remove(&stmt.server_name);
                 }
                 if let Some(name) = client_name {
-                    self.undone_parses.push(name.clone());
+                    self.undone.push(Undone::Parse(name.clone()));
                 }
             }
             Expect::Close { closes: Some(name) } => self.prepared.restore(name.clone()),

@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::forward::sql_of;
 use super::Session;
-use crate::backend::{Expect, Origin, Statement, Synthetic};
+use crate::backend::{Expect, Origin, Statement, Synthetic, Undone};
 use crate::frontend::error::SessionError;
 use crate::router::{self, PreparedCommand, SessionStateEffect};
 use crate::wire::{self, frontend as tag, sqlstate, Severity, TxStatus, WireError};
@@ -113,14 +113,14 @@ impl Session {
     pub(super) fn apply_undone(&mut self) {
         let Some(lease) = self.lease.as_mut() else { return };
         let conn = lease.conn_mut();
-        if let Some(names) = conn.take_undone_parses() {
-            for name in names {
-                self.statements.remove(&name);
-            }
-        }
-        if let Some(closed) = conn.take_undone_closes() {
-            for (name, stmt) in closed {
-                self.statements.insert(name, stmt);
+        let Some(undone) = conn.take_undone() else { return };
+        // In reverse, each back to what the name stood for before it.
+        for command in undone.into_iter().rev() {
+            match command {
+                Undone::Parse(name) => {
+                    self.statements.remove(&name);
+                }
+                Undone::Close(name, stmt) => self.statements.insert(name, stmt),
             }
         }
     }
