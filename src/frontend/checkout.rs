@@ -40,6 +40,43 @@ pub async fn pause_before_retry(deadline: tokio::time::Instant) {
     tokio::time::sleep(CONNECT_RETRY_PAUSE.min(deadline.saturating_duration_since(now))).await;
 }
 
+/// A server connection (or only its pool) for a login's own needs.
+pub enum LoginServer {
+    Pool(Arc<Pool>),
+    Lease(crate::pool::Lease),
+}
+
+/// Routes a login like its first query would go, within query_wait_timeout,
+/// and leases a connection of the pool it lands on unless `lease_needed`
+/// says the pool alone will do.
+pub async fn login_server(
+    ctx: &Context,
+    listener: ListenerKind,
+    user: &Arc<UserEntry>,
+    database: &Database,
+    lease_needed: impl Fn(&Pool) -> bool,
+) -> Result<LoginServer, SessionError> {
+    let config = ctx.config();
+    let (fallback, deadline) =
+        (config.routing.ro_fallback, tokio::time::Instant::now() + config.pool.query_wait_timeout);
+    drop(config);
+    loop {
+        let (topology, node) = route_waiting(ctx, listener, fallback, deadline).await?;
+        let pool = pool_for(ctx, &topology.nodes[node], database, user);
+        if !lease_needed(&pool) {
+            return Ok(LoginServer::Pool(pool));
+        }
+        match pool.checkout(deadline.saturating_duration_since(tokio::time::Instant::now())).await {
+            Ok(lease) => return Ok(LoginServer::Lease(lease)),
+            Err(crate::pool::PoolError::Closed) => continue,
+            Err(crate::pool::PoolError::Connect(e)) if e.is_transient() && tokio::time::Instant::now() < deadline => {
+                pause_before_retry(deadline).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Routes a transaction on `listener`. While no primary is known it waits
 /// for the topology to change, until `deadline`; a split brain and a missing
 /// replica under `ro_fallback = "error"` are answered at once.

@@ -9,13 +9,12 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::checkout::{pause_before_retry, pool_for, route_waiting};
+use super::checkout::{login_server, LoginServer};
 use super::error::SessionError;
 use super::preauth::Admission;
 use super::Context;
 use crate::auth::{AuthError, AuthStep, ClientAuth};
 use crate::config::Database;
-use crate::pool::PoolError;
 use crate::router::ListenerKind;
 use crate::wire::{
     self, frontend as tag, sqlstate, StartupPacket, StartupParams, StartupPeek, TxStatus, WireError,
@@ -320,24 +319,9 @@ async fn server_params(
     if let Some(params) = ctx.pools.server_params_for(&database.name, &user.name) {
         return Ok(params);
     }
-    let config = ctx.config();
-    let (fallback, deadline) =
-        (config.routing.ro_fallback, tokio::time::Instant::now() + config.pool.query_wait_timeout);
-    drop(config);
-    loop {
-        let (topology, node) = route_waiting(ctx, listener, fallback, deadline).await?;
-        let pool = pool_for(ctx, &topology.nodes[node], database, user);
-        if let Some(params) = pool.server_params() {
-            return Ok(params);
-        }
-        match pool.checkout(deadline.saturating_duration_since(tokio::time::Instant::now())).await {
-            Ok(lease) => return Ok(lease.conn().startup_params.clone()),
-            Err(PoolError::Closed) => continue,
-            Err(PoolError::Connect(e)) if e.is_transient() && tokio::time::Instant::now() < deadline => {
-                pause_before_retry(deadline).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
+    match login_server(ctx, listener, user, database, |pool| pool.server_params().is_none()).await? {
+        LoginServer::Pool(pool) => Ok(pool.server_params().expect("the pool has them")),
+        LoginServer::Lease(lease) => Ok(lease.conn().startup_params.clone()),
     }
 }
 

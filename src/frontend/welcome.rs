@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::checkout::{pause_before_retry, pool_for, route_waiting};
+use super::checkout::{login_server, LoginServer};
 use super::error::SessionError;
 use super::{ClientSettings, Context};
 use crate::auth::UserEntry;
@@ -66,32 +66,18 @@ async fn probe(
     database: &Database,
     settings: &Arc<ClientSettings>,
 ) -> Result<Vec<Bytes>, SessionError> {
-    let config = ctx.config();
-    let (fallback, deadline) =
-        (config.routing.ro_fallback, tokio::time::Instant::now() + config.pool.query_wait_timeout);
-    drop(config);
-    loop {
-        let (topology, node) = route_waiting(ctx, listener, fallback, deadline).await?;
-        let pool = pool_for(ctx, &topology.nodes[node], database, user);
-        let mut lease = match pool.checkout(deadline.saturating_duration_since(tokio::time::Instant::now())).await {
-            Ok(lease) => lease,
-            Err(PoolError::Closed) => continue,
-            Err(PoolError::Connect(e)) if e.is_transient() && tokio::time::Instant::now() < deadline => {
-                pause_before_retry(deadline).await;
-                continue;
-            }
-            Err(e) => return Err(e.into()),
-        };
-        return match lease.conn_mut().probe_settings(settings).await {
-            Ok(values) => Ok(values),
-            Err(e) => {
-                lease.poison();
-                Err(match e {
-                    BackendError::Server(fields) => SessionError::SetupFailed(fields),
-                    other => PoolError::Connect(other).into(),
-                })
-            }
-        };
+    let LoginServer::Lease(mut lease) = login_server(ctx, listener, user, database, |_| true).await? else {
+        unreachable!("a lease is always needed")
+    };
+    match lease.conn_mut().probe_settings(settings).await {
+        Ok(values) => Ok(values),
+        Err(e) => {
+            lease.poison();
+            Err(match e {
+                BackendError::Server(fields) => SessionError::SetupFailed(fields),
+                other => PoolError::Connect(other).into(),
+            })
+        }
     }
 }
 
