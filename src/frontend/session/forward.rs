@@ -217,7 +217,7 @@ impl Session {
     fn forward_query(&mut self, msg: &[u8], body: &[u8]) -> Result<(), SessionError> {
         let sql = sql_of(body);
         let effects = router::classify(sql);
-        self.settings_changed |= effects.changes_settings;
+        self.note_settings_change(effects.changes_settings);
         let Some(effect) = effects.session_state else {
             self.send(msg, Expect::Query);
             return Ok(());

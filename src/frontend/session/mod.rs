@@ -78,6 +78,8 @@ pub struct Session {
     /// Pools this session has used, by node name.
     pools: Vec<Arc<Pool>>,
     statements: ClientStatements,
+    /// The statement context of `private_copies` (created on first use).
+    copy_context: Option<StatementContext>,
     /// Private copies of shared statements, by the shared one's server name,
     /// for a client whose settings differ from its context's.
     private_copies: std::collections::HashMap<Arc<str>, Arc<crate::backend::Statement>>,
@@ -161,6 +163,7 @@ impl Session {
             statements: ClientStatements::default(),
             unnamed: UnnamedStatement::default(),
             private_copies: Default::default(),
+            copy_context: None,
             shared_context,
             private_context: None,
             settings_changed: false,
@@ -432,6 +435,16 @@ impl Session {
         if let Some(lease) = self.lease.as_mut() {
             lease.require_discard();
             lease.set_pinned();
+        }
+    }
+
+    /// The client may have changed settings: statements it parses from now
+    /// on may resolve differently from those it parsed before, so they get a
+    /// new private context (none of the earlier ones is shared with them).
+    fn note_settings_change(&mut self, changes_settings: bool) {
+        if changes_settings {
+            self.settings_changed = true;
+            self.private_context = None;
         }
     }
 

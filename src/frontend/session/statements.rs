@@ -71,7 +71,7 @@ impl Session {
     pub(super) fn forward_parse(&mut self, msg: &[u8], body: &[u8]) -> Result<(), SessionError> {
         let (name, definition) = wire::read_cstr(body).ok_or(WireError::Malformed("Parse"))?;
         let effects = router::classify(sql_of(definition));
-        self.settings_changed |= effects.changes_settings;
+        self.note_settings_change(effects.changes_settings);
         if let Some(effect) = effects.session_state {
             self.pin(effect);
         }
@@ -267,7 +267,9 @@ impl Session {
         if let Some(copy) = self.private_copies.get(&stmt.server_name) {
             return copy.clone();
         }
-        let context = self.statement_context();
+        // A context of their own: a fresh Parse of the same text by this
+        // client is another statement (checked against its own description).
+        let context = *self.copy_context.get_or_insert_with(|| self.ctx.settings.private_context());
         let copy = self.ctx.statements.intern(context, stmt.definition());
         // Checked against what the client prepared, not what it gives now.
         copy.inherit_shape(stmt);
