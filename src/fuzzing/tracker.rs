@@ -69,8 +69,9 @@ struct Run {
     names_undone: HashSet<Bytes>,
     next_name: u32,
     synthetics_queued: usize,
-    /// What the tracker emitted for the client.
+    /// What the tracker emitted for the client, and how much of it was checked.
     out: BytesMut,
+    out_checked: usize,
 }
 
 pub fn check(data: &[u8]) {
@@ -89,6 +90,7 @@ pub fn check(data: &[u8]) {
         next_name: 0,
         synthetics_queued: 0,
         out: BytesMut::new(),
+        out_checked: 0,
     };
     while !input.is_empty() {
         let op = input.byte();
@@ -236,7 +238,7 @@ impl Run {
         }
     }
 
-    fn check_state(&self) {
+    fn check_state(&mut self) {
         let tracker = &self.tracker;
         let pending = tracker.pending_ready();
         assert!(
@@ -254,9 +256,10 @@ impl Run {
             assert_eq!(tracker.copy_state(), CopyState::None);
         }
         assert_eq!(self.out.len() % 5, 0);
-        for answer in self.out.chunks(5) {
+        for answer in self.out[self.out_checked..].chunks(5) {
             assert!(answer == b"1\0\0\0\x04" || answer == b"3\0\0\0\x04", "not a synthetic answer: {answer:?}");
         }
+        self.out_checked = self.out.len();
         assert!(self.out.len() / 5 <= self.synthetics_queued, "more synthetic answers than were queued");
     }
 }
