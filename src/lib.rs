@@ -11,6 +11,9 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod frontend;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod localcluster;
 pub mod metrics;
 pub mod pool;

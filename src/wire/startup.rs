@@ -94,6 +94,10 @@ fn parse_params(mut rest: &[u8]) -> Result<StartupParams, WireError> {
     loop {
         let (key, tail) = read_cstr(rest).ok_or(WireError::BadStartup("parameters not terminated"))?;
         if key.is_empty() {
+            // As PostgreSQL: nothing may follow the list's terminator.
+            if !tail.is_empty() {
+                return Err(WireError::BadStartup("expected terminator as last byte"));
+            }
             break;
         }
         count += 1;

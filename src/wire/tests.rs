@@ -46,6 +46,10 @@ fn startup_packets_parse() {
     assert_eq!(params.settings, [("application_name".to_owned(), "x".to_owned())]);
     assert_eq!(StartupPacket::parse(packet(PROTOCOL_VERSION_3, b"database\0d\0\0")), Err(WireError::NoUser));
     assert!(StartupPacket::parse(packet(PROTOCOL_VERSION_3, b"user\0app")).is_err(), "unterminated");
+    assert_eq!(
+        StartupPacket::parse(packet(PROTOCOL_VERSION_3, b"user\0app\0\0x")),
+        Err(WireError::BadStartup("expected terminator as last byte"))
+    );
     assert!(StartupPacket::parse(packet(1234, b"")).is_err(), "unknown version");
     assert!(StartupPacket::parse(packet(CANCEL_REQUEST_CODE, &[0, 0, 0, 7])).is_err());
 }
