@@ -7,7 +7,7 @@
 use bytes::Bytes;
 
 use crate::wire::{
-    StartupPacket, StartupParams, WireError, CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE, MAX_STARTUP_PACKET,
+    StartupPacket, StartupParams, StartupPeek, WireError, CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE, MAX_STARTUP_PACKET,
     SSL_REQUEST_CODE,
 };
 
@@ -24,10 +24,14 @@ pub fn check(data: &[u8]) {
 /// As the login reads a connection's first bytes: the length, then (once
 /// they are all there) the packet.
 fn check_stream(buf: &[u8]) {
-    let len = match StartupPacket::peek_len(buf) {
-        Ok(Some(len)) => len,
-        Ok(None) => {
-            assert!(buf.len() < 4, "a length was there to read");
+    let len = match StartupPacket::peek(buf) {
+        Ok(StartupPeek::Packet(len)) => len,
+        Ok(StartupPeek::Incomplete) => {
+            assert!(buf.len() < 4 || buf.starts_with(&[b'X', 0, 0, 0]), "a length was there to read");
+            return;
+        }
+        Ok(StartupPeek::Terminate) => {
+            assert!(buf.starts_with(&[b'X', 0, 0, 0, 4]), "a Terminate is only a Terminate");
             return;
         }
         Err(e) => {

@@ -54,7 +54,6 @@ fn sql_seeds() {
 }
 
 #[test]
-#[ignore = "the classifier reads only a text's first statement; see fuzz/README.md"]
 fn sql_statement_split_seeds() {
     replay("sql", super::sql::check_statement_split);
 }

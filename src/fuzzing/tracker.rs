@@ -105,7 +105,7 @@ pub fn check(data: &[u8]) {
                 let answer = if input.byte() % 2 == 0 {
                     Synthetic::ParseComplete(run.fresh_name())
                 } else {
-                    Synthetic::CloseComplete
+                    Synthetic::CloseComplete(None)
                 };
                 run.synthetics_queued += 1;
                 run.tracker.synthetic(answer, &mut run.out);
@@ -137,7 +137,7 @@ impl Run {
                 Expect::Parse { registers: statement, client_name }
             }
             1 => Expect::Bind { statement },
-            2 => Expect::DescribeStatement { got_parameters: detail & 0x10 != 0 },
+            2 => Expect::DescribeStatement { got_parameters: detail & 0x10 != 0, shape_of: None },
             3 => Expect::DescribePortal,
             4 => Expect::Execute,
             5 => Expect::Close { closes: statement.map(|s| s.server_name.clone()) },
@@ -160,7 +160,8 @@ impl Run {
             // its Parse is sent, and an evicted one unlisted before its Close.
             match &expect {
                 Expect::Parse { registers: Some(stmt), .. } => {
-                    self.tracker.prepared().insert(stmt.server_name.clone());
+                    let batch = self.tracker.batch();
+                    self.tracker.prepared().insert(stmt.server_name.clone(), batch);
                 }
                 Expect::Close { closes: Some(name) } => self.tracker.prepared().remove(name),
                 _ => {}
@@ -232,7 +233,11 @@ impl Run {
     }
 
     fn take_undone(&mut self) {
-        for name in self.tracker.take_undone_parses().unwrap_or_default() {
+        let names = self.tracker.take_undone().unwrap_or_default().into_iter().filter_map(|undone| match undone {
+            crate::backend::Undone::Parse(name) => Some(name),
+            crate::backend::Undone::Close(..) => None,
+        });
+        for name in names {
             assert!(self.names_given.contains(&name), "{name:?} was never a client's statement");
             assert!(self.names_undone.insert(name.clone()), "{name:?} was undone twice");
         }
