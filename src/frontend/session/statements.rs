@@ -96,13 +96,14 @@ impl Session {
         let stmt = self.ctx.statements.intern(context, definition);
         let name = Bytes::copy_from_slice(name);
         self.statements.insert(name.clone(), stmt.clone());
-        let for_server = self.statement_for_server(&stmt);
+        // Parsed now, in the context of the client's settings now: the
+        // statement itself, never a private copy.
         let conn = self.lease.as_mut().expect("leased").conn_mut();
-        if !conn.prepare(&for_server, Origin::Client, Some(name.clone())) {
+        if !conn.prepare(&stmt, Origin::Client, Some(name.clone())) {
             conn.synthetic(Synthetic::ParseComplete(name), &mut self.out);
-        } else if !for_server.has_shape() {
+        } else if !stmt.has_shape() {
             // Its result description, to check later preparations against.
-            conn.describe_shape(&for_server);
+            conn.describe_shape(&stmt);
         }
         // A Parse the server will skip (its batch already failed) creates nothing.
         self.apply_undone();
