@@ -138,12 +138,4 @@ impl ServerStatements {
         self.names.clear();
         self.uncertain = false;
     }
-
-    pub fn len(&self) -> usize {
-        self.names.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
 }

@@ -126,12 +126,6 @@ pub enum CopyState {
 #[error("only CopyData, CopyDone and CopyFail may follow CopyData until the COPY ends")]
 pub struct CopyInterleaved;
 
-impl CopyInterleaved {
-    pub fn message(self) -> &'static str {
-        "only CopyData, CopyDone and CopyFail may follow CopyData until the COPY ends"
-    }
-}
-
 #[derive(Debug)]
 pub struct Tracker {
     queue: VecDeque<Pending>,

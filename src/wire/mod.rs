@@ -77,8 +77,6 @@ pub enum WireError {
     Malformed(&'static str),
     #[error("unexpected message type '{}'", char::from(*.0))]
     UnexpectedTag(u8),
-    #[error("{0}")]
-    Violation(&'static str),
 }
 
 /// One complete tagged message found at the start of a buffer: its tag and

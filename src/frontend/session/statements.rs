@@ -287,9 +287,8 @@ impl Session {
         if self.unnamed.on_lease {
             return Ok(());
         }
-        let definition = self.unnamed.definition.take();
         let conn = self.lease.as_mut().expect("leased").conn_mut();
-        match &definition {
+        match &self.unnamed.definition {
             Some(definition) => {
                 conn.send_built(Expect::Parse { registers: None, client_name: None }, Origin::Injected, |b| {
                     wire::put_parse_renamed(b, b"", definition)
@@ -298,8 +297,7 @@ impl Session {
             None => conn.send_built(Expect::Close { closes: None }, Origin::Injected, |b| {
                 wire::put_statement_op(b, tag::CLOSE, b"")
             }),
-        };
-        self.unnamed.definition = definition;
+        }
         self.unnamed.on_lease = true;
         Ok(())
     }
