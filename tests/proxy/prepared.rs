@@ -171,3 +171,58 @@ async fn preparing_a_known_statement_needs_no_free_server_connection() {
     assert_eq!(last_value(&exchange(&mut second, |o| bind_execute(o, "mine")).await), "known");
     app.shutdown(GRACE).await;
 }
+
+#[tokio::test]
+async fn a_client_beyond_its_statement_limit_gets_53400_and_keeps_the_rest() {
+    let app = relay::start_default(cluster(), "default_pool_size = 1\nmax_client_prepared_statements = 3").await;
+    let (mut raw, _) = Raw::login(app.rw_addr, &[]).await;
+    for n in 0..3 {
+        let sql = format!("select 'st{n}'");
+        assert_eq!(tags(&exchange(&mut raw, |o| parse(o, &format!("st{n}"), &sql)).await), "1 Z");
+    }
+    // Between transactions (answered by pgrelay) and inside one (in order
+    // with the server's answers): the fourth is refused, the batch skipped.
+    let refused = exchange(&mut raw, |o| {
+        parse(o, "st3", "select 'st3'");
+        bind_execute(o, "st0");
+    })
+    .await;
+    assert_eq!(tags(&refused), "E Z");
+    let (code, message) = error_fields(&refused[0].1);
+    assert_eq!(code, "53400");
+    assert!(message.contains("max_client_prepared_statements = 3"), "{message}");
+    assert_eq!(tags(&simple(&mut raw, "begin").await), "C Z");
+    let refused = exchange(&mut raw, |o| parse(o, "st3", "select 'st3'")).await;
+    assert_eq!(tags(&refused), "E Z");
+    assert_eq!(error_fields(&refused[0].1).0, "53400");
+    assert_eq!(tags(&simple(&mut raw, "rollback").await), "C Z");
+    // The three it has still run; closing one makes room for another.
+    for n in 0..3 {
+        assert_eq!(last_value(&exchange(&mut raw, |o| bind_execute(o, &format!("st{n}"))).await), format!("st{n}"));
+    }
+    assert_eq!(tags(&exchange(&mut raw, |o| statement_op(o, b'C', "st1")).await), "3 Z");
+    assert_eq!(tags(&exchange(&mut raw, |o| parse(o, "st3", "select 'st3'")).await), "1 Z");
+    assert_eq!(last_value(&exchange(&mut raw, |o| bind_execute(o, "st3")).await), "st3");
+    app.shutdown(GRACE).await;
+}
+
+#[tokio::test]
+async fn a_server_connection_keeps_at_most_max_prepared_statements() {
+    let app = relay::start_default(cluster(), "default_pool_size = 1\nmax_prepared_statements = 2").await;
+    let (mut raw, _) = Raw::login(app.rw_addr, &[]).await;
+    for n in 0..5 {
+        let sql = format!("select 'lru{n}'");
+        assert_eq!(tags(&exchange(&mut raw, |o| parse(o, &format!("lru{n}"), &sql)).await), "1 Z");
+    }
+    // Round and round: each Bind may evict another, prepared again when used.
+    for round in 0..3 {
+        for n in (0..5).rev() {
+            let got = last_value(&exchange(&mut raw, |o| bind_execute(o, &format!("lru{n}"))).await);
+            assert_eq!(got, format!("lru{n}"), "round {round}");
+        }
+    }
+    let held = simple(&mut raw, "select count(*) from pg_prepared_statements where name like 'pgrelay\\_%'").await;
+    let held: usize = last_value(&held).parse().unwrap();
+    assert!((1..=2).contains(&held), "{held} statements on the one server connection");
+    app.shutdown(GRACE).await;
+}
