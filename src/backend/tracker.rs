@@ -267,6 +267,29 @@ impl Tracker {
         matches!(self.prepared.presence(server_name), Presence::Pending { batch } if batch != self.batches)
     }
 
+    /// Whether a Parse or Close of the client's statement `name` went in an
+    /// earlier batch and is still unanswered: if that batch fails, it is
+    /// taken back, and what the name stands for changes again.
+    pub fn name_unsettled_before_this_batch(&self, name: &[u8]) -> bool {
+        let mut earlier_batch = false;
+        for pending in self.queue.iter().rev() {
+            let named = match pending {
+                Pending::Server { expect: Expect::Sync, .. } => {
+                    earlier_batch = true;
+                    continue;
+                }
+                Pending::Server { expect: Expect::Parse { client_name: Some(named), .. }, .. }
+                | Pending::Synthetic(Synthetic::ParseComplete(named))
+                | Pending::Synthetic(Synthetic::CloseComplete(Some((named, _)))) => named,
+                _ => continue,
+            };
+            if earlier_batch && named[..] == *name {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Prepared here and usable as it is.
     pub fn is_usable(&self, server_name: &str) -> bool {
         !matches!(self.prepared.presence(server_name), Presence::Absent | Presence::Doubtful)

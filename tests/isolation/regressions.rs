@@ -512,3 +512,61 @@ async fn an_unsynced_batch_of_a_vanished_client_is_not_committed() {
     assert_answers("rows of the vanished client", &got, b.pid(), &["T[n:20]", "D['0']", "C[SELECT 1]", "Z[I]"]);
     target.stop().await;
 }
+
+/// 13. A Close the server skips (its batch failed) and a Close of the same
+/// name in the next batch, pipelined: the second one closes the statement,
+/// for a pooled client and for a pinned one (found by the randomized test,
+/// seed 305076888).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_behind_a_skipped_close_of_the_same_name_closes_it() {
+    let _serial = SERIAL.lock().await;
+    let target = Target::start("default_pool_size = 1").await;
+    // The first batch fails at the server: on a division by zero, or on a
+    // statement the client does not have (which a pinned client's Bind
+    // takes to the server).
+    for (pinned, missing) in [(false, false), (true, false), (true, true)] {
+        let mut a = Conn::login(target.addr, &[]).await;
+        if pinned {
+            let got = a.query("select 1 as one; set search_path = public").await;
+            assert_answers("pin", &got, a.pid(), &["T[one:23]", "D['1']", "C[SELECT 1]", "C[SET]", "Z[I]"]);
+        }
+        let mut out = Out::default();
+        out.parse("s4", "select 'four' as m");
+        out.sync();
+        a.write(out).await;
+        assert_answers("Parse s4", &a.read(1).await, a.pid(), &["1", "Z[I]"]);
+        let mut out = Out::default();
+        let failure = if missing {
+            out.bind("s9", &[]);
+            "E[26000]"
+        } else {
+            out.parse("", "select 1/0 as boom");
+            out.bind("", &[]);
+            "E[22012]"
+        };
+        out.execute(0);
+        out.close_statement("s4");
+        out.sync();
+        out.close_statement("s4");
+        out.sync();
+        a.write(out).await;
+        let got = a.read(2).await;
+        let expected: &[&str] =
+            if missing { &[failure, "Z[I]", "3", "Z[I]"] } else { &["1", failure, "Z[I]", "3", "Z[I]"] };
+        assert_answers("skipped Close, then Close", &got, a.pid(), expected);
+        let mut out = Out::default();
+        out.parse("s4", "select 'four again' as m");
+        out.bind("s4", &[]);
+        out.execute(0);
+        out.sync();
+        a.write(out).await;
+        let got = a.read(1).await;
+        assert_answers(
+            &format!("s4 prepared again (pinned: {pinned}, missing: {missing})"),
+            &got,
+            a.pid(),
+            &["1", "2", "D['four again']", "C[SELECT 1]", "Z[I]"],
+        );
+    }
+    target.stop().await;
+}

@@ -2,8 +2,10 @@
 //! and forwarding the rest to the leased server connection, each with the
 //! answer it is owed.
 
+use std::sync::Arc;
+
 use super::{Session, HIGH_WATER};
-use crate::backend::{Expect, Origin, ServerConn};
+use crate::backend::{Expect, Origin, ServerConn, Statement};
 use crate::config::{PoolMode, SessionStatePolicy};
 use crate::frontend::error::SessionError;
 use crate::router::{self, PreparedCommand, SessionStateEffect};
@@ -17,16 +19,14 @@ impl Session {
         // Stops while the client's output is full: it is not reading.
         while self.out.len() < HIGH_WATER {
             let Some(frame) = Frame::peek(&self.cbuf, max)? else { break };
-            let waits = self.must_wait(frame.tag, frame.total_len);
-            if !waits
-                && self.lease.is_none()
-                && !self.discard_until_sync
-                && self.checked_statement(frame.tag, frame.total_len).is_some()
-            {
+            // The client statement a Bind or Describe names, looked up once.
+            let named = self.named_statement(frame.tag, frame.total_len);
+            let waits = self.must_wait(frame.tag, frame.total_len, &named);
+            if !waits && self.lease.is_none() && !self.discard_until_sync && checked(&named).is_some() {
                 // It needs a server connection anyway, and the check needs it first.
                 self.acquire().await?;
             }
-            if waits || self.verify_ahead(frame.tag, frame.total_len) {
+            if waits || self.verify_ahead(&named) {
                 // Something new was sent to be answered, or nothing asked yet.
                 if !waits || !flush_requested {
                     self.conn().request_flush();
@@ -52,7 +52,7 @@ impl Session {
                 }
                 self.acquire().await?;
             }
-            self.forward_client_message(frame.tag, &msg)?;
+            self.forward_client_message(frame.tag, &msg, named)?;
             flush_requested = false;
             // Keep the server busy while the rest of a large batch is handled.
             if self.lease.as_ref().is_some_and(|l| l.conn().pending_write() >= HIGH_WATER) {
@@ -70,12 +70,15 @@ impl Session {
     /// - a Bind or Describe of a statement whose Parse went in an earlier,
     ///   still unanswered batch: if that batch failed, the statement does
     ///   not exist; of a name the client closed: if that batch failed, the
-    ///   statement still does.
+    ///   statement still does;
+    /// - a Close of a statement whose Parse or Close went in an earlier,
+    ///   still unanswered batch: taken back when that batch fails, it would
+    ///   otherwise undo this Close.
     ///
     /// Clients rarely pipeline these behind unanswered requests, so this
     /// costs nothing in the common case.
-    fn must_wait(&mut self, msg_tag: u8, len: usize) -> bool {
-        if !matches!(msg_tag, tag::PARSE | tag::BIND | tag::DESCRIBE) {
+    fn must_wait(&mut self, msg_tag: u8, len: usize, named: &Named) -> bool {
+        if !matches!(msg_tag, tag::PARSE | tag::BIND | tag::DESCRIBE | tag::CLOSE) {
             return false;
         }
         let Some(lease) = &self.lease else { return false };
@@ -87,19 +90,18 @@ impl Session {
         if self.verifying {
             return true;
         }
-        let body = wire::body(&self.cbuf[..len]);
-        let name = match msg_tag {
-            tag::PARSE => return body.first().is_some_and(|&b| b != 0),
-            tag::BIND => wire::read_cstr(body).and_then(|(_, rest)| wire::read_cstr(rest)),
-            tag::DESCRIBE if body.first() == Some(&b'S') => wire::read_cstr(&body[1..]),
-            _ => return false,
-        };
-        let Some((name, _)) = name.filter(|(name, _)| !name.is_empty()) else { return false };
-        match self.statements.get(name) {
-            Some(stmt) => tracker.parse_unanswered_before_this_batch(&stmt.server_name),
+        match named {
+            Named::Known(stmt) => tracker.parse_unanswered_before_this_batch(&stmt.server_name),
             // Unknown now, it may be known again once a Close the server
             // skips (its batch failed) is taken back.
-            None => true,
+            Named::Unknown => true,
+            Named::Other if msg_tag == tag::PARSE => wire::body(&self.cbuf[..len]).first().is_some_and(|&b| b != 0),
+            Named::Other if msg_tag == tag::CLOSE => match wire::body(&self.cbuf[..len]).split_first() {
+                Some((b'S', rest)) => wire::read_cstr(rest)
+                    .is_some_and(|(name, _)| !name.is_empty() && tracker.name_unsettled_before_this_batch(name)),
+                _ => false,
+            },
+            Named::Other => false,
         }
     }
 
@@ -109,15 +111,12 @@ impl Session {
     /// answer. A description that changed (a schema change since the client
     /// prepared it) makes the statement stale, and the client gets the 0A000
     /// a direct connection gives, not rows of another shape.
-    fn verify_ahead(&mut self, msg_tag: u8, len: usize) -> bool {
-        if self.discard_until_sync {
+    fn verify_ahead(&mut self, named: &Named) -> bool {
+        if self.discard_until_sync || self.lease.is_none() {
             return false;
         }
-        let Some(stmt) = self.checked_statement(msg_tag, len) else { return false };
-        if self.lease.is_none() {
-            return false;
-        }
-        let stmt = self.statement_for_server(&stmt);
+        let Some(stmt) = checked(named) else { return false };
+        let stmt = self.statement_for_server(stmt);
         let Some(lease) = self.lease.as_mut() else { return false };
         let conn = lease.conn_mut();
         // The server skips to the Sync after an error: the message goes
@@ -137,11 +136,12 @@ impl Session {
         true
     }
 
-    /// The shared statement a Bind or Describe names, when its result
-    /// description is known and worth checking (see `verify_ahead`).
-    fn checked_statement(&self, msg_tag: u8, len: usize) -> Option<std::sync::Arc<crate::backend::Statement>> {
+    /// What the Bind or Describe at the head of the input names: the
+    /// client's statement, or a name it does not have. The unnamed statement
+    /// and everything else are `Other`.
+    fn named_statement(&self, msg_tag: u8, len: usize) -> Named {
         if !matches!(msg_tag, tag::BIND | tag::DESCRIBE) {
-            return None;
+            return Named::Other;
         }
         let body = wire::body(&self.cbuf[..len]);
         let name = match msg_tag {
@@ -149,8 +149,12 @@ impl Session {
             _ if body.first() == Some(&b'S') => wire::read_cstr(&body[1..]),
             _ => None,
         };
-        let (name, _) = name.filter(|(name, _)| !name.is_empty())?;
-        self.statements.get(name).filter(|s| s.has_shape()).cloned()
+        match name {
+            Some((name, _)) if !name.is_empty() => {
+                self.statements.get(name).map_or(Named::Unknown, |stmt| Named::Known(stmt.clone()))
+            }
+            _ => Named::Other,
+        }
     }
 
     /// Without a leased server connection the client is between transactions,
@@ -189,7 +193,7 @@ impl Session {
         Ok(true)
     }
 
-    fn forward_client_message(&mut self, msg_tag: u8, msg: &[u8]) -> Result<(), SessionError> {
+    fn forward_client_message(&mut self, msg_tag: u8, msg: &[u8], named: Named) -> Result<(), SessionError> {
         let body = wire::body(msg);
         tracing::trace!(parent: &self.span, tag = %char::from(msg_tag), len = msg.len(), "client message");
         if matches!(msg_tag, tag::QUERY | tag::EXECUTE) {
@@ -200,8 +204,8 @@ impl Session {
         match msg_tag {
             tag::QUERY => self.forward_query(msg, body)?,
             tag::PARSE => self.forward_parse(msg, body)?,
-            tag::BIND => self.forward_bind(msg, body)?,
-            tag::DESCRIBE => self.forward_describe(msg, body)?,
+            tag::BIND => self.forward_bind(msg, body, named)?,
+            tag::DESCRIBE => self.forward_describe(msg, body, named)?,
             tag::CLOSE => self.forward_close(msg, body)?,
             tag::EXECUTE => self.send(msg, Expect::Execute),
             tag::SYNC => self.send(msg, Expect::Sync),
@@ -272,6 +276,24 @@ impl Session {
     /// Forwards a client message unchanged.
     pub(super) fn send(&mut self, msg: &[u8], expect: Expect) {
         self.conn().send(msg, expect, Origin::Client)
+    }
+}
+
+/// The client statement a Bind or Describe names (see `named_statement`).
+pub(super) enum Named {
+    /// Not a Bind or Describe of a named statement.
+    Other,
+    /// A name the client has not prepared (or closed).
+    Unknown,
+    Known(Arc<Statement>),
+}
+
+/// The statement named, when its result description is known and worth
+/// checking before it runs on another connection (see `verify_ahead`).
+fn checked(named: &Named) -> Option<&Arc<Statement>> {
+    match named {
+        Named::Known(stmt) if stmt.has_shape() => Some(stmt),
+        _ => None,
     }
 }
 

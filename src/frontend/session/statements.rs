@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::forward::sql_of;
+use super::forward::{sql_of, Named};
 use super::Session;
 use crate::backend::{Expect, Origin, Statement, Synthetic, Undone};
 use crate::frontend::error::SessionError;
@@ -144,7 +144,7 @@ impl Session {
         })
     }
 
-    pub(super) fn forward_bind(&mut self, msg: &[u8], body: &[u8]) -> Result<(), SessionError> {
+    pub(super) fn forward_bind(&mut self, msg: &[u8], body: &[u8], named: Named) -> Result<(), SessionError> {
         let (portal, rest) = wire::read_cstr(body).ok_or(WireError::Malformed("Bind"))?;
         let (name, params) = wire::read_cstr(rest).ok_or(WireError::Malformed("Bind"))?;
         if name.is_empty() {
@@ -154,7 +154,7 @@ impl Session {
                 return Ok(());
             }
         }
-        let stmt = match self.known_statement(name)? {
+        let stmt = match self.known_statement(name, named)? {
             Known::Statement(stmt) => stmt,
             Known::Forward => {
                 self.send(msg, Expect::Bind { statement: None });
@@ -172,7 +172,7 @@ impl Session {
         Ok(())
     }
 
-    pub(super) fn forward_describe(&mut self, msg: &[u8], body: &[u8]) -> Result<(), SessionError> {
+    pub(super) fn forward_describe(&mut self, msg: &[u8], body: &[u8], named: Named) -> Result<(), SessionError> {
         let (&kind, rest) = body.split_first().ok_or(WireError::Malformed("Describe"))?;
         let (name, _) = wire::read_cstr(rest).ok_or(WireError::Malformed("Describe"))?;
         if kind != b'S' {
@@ -189,7 +189,7 @@ impl Session {
                 return Ok(());
             }
         }
-        let stmt = match self.known_statement(name)? {
+        let stmt = match self.known_statement(name, named)? {
             Known::Statement(stmt) => stmt,
             Known::Forward => {
                 self.send(msg, describe);
@@ -238,9 +238,10 @@ impl Session {
         Ok(())
     }
 
-    /// The statement the client named, prepared on the leased connection.
-    fn known_statement(&mut self, name: &[u8]) -> Result<Known, SessionError> {
-        let Some(stmt) = self.statements.get(name).cloned() else {
+    /// The statement the client named (`named`, looked up when the message
+    /// was read), prepared on the leased connection.
+    fn known_statement(&mut self, name: &[u8], named: Named) -> Result<Known, SessionError> {
+        let Named::Known(stmt) = named else {
             if self.pinned.is_some() {
                 return Ok(Known::Forward);
             }
