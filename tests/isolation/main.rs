@@ -28,9 +28,11 @@
 //! first round with a mismatch; the seed it prints reproduces that round
 //! alone (`PGRELAY_ISOLATION_SEED=<printed seed> cargo test --test
 //! isolation randomized -- --nocapture`). `PGRELAY_ISOLATION_DIRECT=0`
-//! skips the direct passes. The output: the seed, steps, writes and
-//! transactions run, and "0 crossings" or every mismatch with its client,
-//! session, step, step kind, what was sent, expected and received.
+//! skips the direct passes; `PGRELAY_ISOLATION_DUMP=<session>` prints every
+//! write of that session (as named in a mismatch) as it is sent. The
+//! output: the seed, steps, writes and transactions run, and "0 crossings"
+//! or every mismatch with its client, session, step, step kind, what was
+//! sent, expected and received.
 //!
 //! `regressions.rs` reproduces known crossings one at a time.
 
