@@ -35,6 +35,15 @@
 //! 12. `an_unsynced_batch_of_a_vanished_client_is_not_committed` (found by
 //!     the randomized test): pgrelay finishes the abandoned batch with a
 //!     Sync of its own, which commits the insert.
+//!
+//! Written later, each failing on the commit before its fix:
+//!
+//! 13. `a_close_behind_a_skipped_close_of_the_same_name_closes_it` (found by
+//!     the randomized test): the skipped Close was taken back after the
+//!     second Close had run, and the name came back (42P05 on its next Parse).
+//! 14. `deallocate_all_drops_the_clients_statements_only_when_it_runs`: a
+//!     failing DISCARD ALL dropped them; DEALLOCATE ALL behind a SELECT or
+//!     by Execute did not.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -568,5 +577,64 @@ async fn a_close_behind_a_skipped_close_of_the_same_name_closes_it() {
             &["1", "2", "D['four again']", "C[SELECT 1]", "Z[I]"],
         );
     }
+    target.stop().await;
+}
+
+/// 14. DEALLOCATE ALL and DISCARD ALL drop the client's protocol-level
+/// statements when they run, wherever they come: as one statement of
+/// several in a query, through the extended protocol, pipelined before a
+/// Bind; and not when they fail (DISCARD ALL inside a transaction block).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deallocate_all_drops_the_clients_statements_only_when_it_runs() {
+    let _serial = SERIAL.lock().await;
+    let target = Target::start("default_pool_size = 2").await;
+    let mut a = Conn::login(target.addr, &[]).await;
+    let prepare = |out: &mut Out| {
+        out.parse("k", "select 'kept' as m");
+        out.sync();
+    };
+    let run_k = |out: &mut Out| {
+        out.bind("k", &[]);
+        out.execute(0);
+        out.sync();
+    };
+    let mut out = Out::default();
+    prepare(&mut out);
+    a.write(out).await;
+    assert_answers("Parse k", &a.read(1).await, a.pid(), &["1", "Z[I]"]);
+
+    // A failing DISCARD ALL drops nothing.
+    let mut out = Out::default();
+    out.query("begin");
+    out.query("discard all");
+    out.query("rollback");
+    run_k(&mut out);
+    a.write(out).await;
+    let got = a.read(4).await;
+    let expected =
+        ["C[BEGIN]", "Z[T]", "E[25001]", "Z[E]", "C[ROLLBACK]", "Z[I]", "2", "D['kept']", "C[SELECT 1]", "Z[I]"];
+    assert_answers("a failed DISCARD ALL", &got, a.pid(), &expected);
+
+    // The second statement of a query, with a Bind pipelined behind it.
+    let mut out = Out::default();
+    out.query("select 1 as one; deallocate all");
+    run_k(&mut out);
+    a.write(out).await;
+    let got = a.read(2).await;
+    let expected = ["T[one:23]", "D['1']", "C[SELECT 1]", "C[DEALLOCATE ALL]", "Z[I]", "E[26000]", "Z[I]"];
+    assert_answers("DEALLOCATE ALL behind a SELECT", &got, a.pid(), &expected);
+
+    // Through the extended protocol.
+    let mut out = Out::default();
+    prepare(&mut out);
+    out.parse("", "deallocate all");
+    out.bind("", &[]);
+    out.execute(0);
+    out.sync();
+    run_k(&mut out);
+    a.write(out).await;
+    let got = a.read(3).await;
+    let expected = ["1", "Z[I]", "1", "2", "C[DEALLOCATE ALL]", "Z[I]", "E[26000]", "Z[I]"];
+    assert_answers("DEALLOCATE ALL by Execute", &got, a.pid(), &expected);
     target.stop().await;
 }

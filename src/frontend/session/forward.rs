@@ -73,7 +73,9 @@ impl Session {
     ///   statement still does;
     /// - a Close of a statement whose Parse or Close went in an earlier,
     ///   still unanswered batch: taken back when that batch fails, it would
-    ///   otherwise undo this Close.
+    ///   otherwise undo this Close;
+    /// - a Bind or Describe of a statement behind an unanswered DEALLOCATE
+    ///   ALL or DISCARD ALL: the statement is gone if that ran.
     ///
     /// Clients rarely pipeline these behind unanswered requests, so this
     /// costs nothing in the common case.
@@ -85,12 +87,14 @@ impl Session {
         let tracker = lease.conn().tracker();
         if !tracker.has_outstanding() || tracker.client_copy_open() || self.discard_until_sync {
             self.verifying = false;
+            self.drops_pending = false;
             return false;
         }
         if self.verifying {
             return true;
         }
         match named {
+            Named::Known(_) if self.drops_pending => true,
             Named::Known(stmt) => tracker.parse_unanswered_before_this_batch(&stmt.server_name),
             // Unknown now, it may be known again once a Close the server
             // skips (its batch failed) is taken back.
@@ -227,17 +231,15 @@ impl Session {
             return Ok(());
         };
         if matches!(effect, SessionStateEffect::Deallocate | SessionStateEffect::Discard) {
+            // Any statement of the text may drop the client's statements
+            // (see `on_command_complete`).
+            self.drops_pending = true;
             match router::prepared_command(sql) {
                 Some(command) if self.pinned.is_none() => return self.forward_prepared_command(command, msg),
                 // A pinned client's own SQL-prepared statements live on its
                 // connection under their names; its protocol ones do not.
                 Some(PreparedCommand::Deallocate(name)) if self.statements.contains(&name) => {
                     return self.forward_prepared_command(PreparedCommand::Deallocate(name), msg)
-                }
-                Some(PreparedCommand::DeallocateAll) => self.statements.clear(),
-                Some(PreparedCommand::DiscardAll) => {
-                    self.statements.clear();
-                    self.unnamed.definition = None;
                 }
                 _ => {}
             }

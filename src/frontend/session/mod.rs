@@ -104,6 +104,10 @@ pub struct Session {
     /// A shared statement was prepared and described ahead of the client's
     /// message (see `verify_ahead`), which waits for the answer.
     verifying: bool,
+    /// A statement that may drop the client's statements (DEALLOCATE ALL,
+    /// DISCARD ALL) is unanswered: they go when the server reports it ran,
+    /// and a Bind or Describe of a name waits until then.
+    drops_pending: bool,
     /// The client's next message waits for the server's outstanding answers
     /// (see `parse_must_wait`); the client is not read meanwhile.
     stalled: bool,
@@ -172,6 +176,7 @@ impl Session {
             server_fatal: false,
             stalled: false,
             verifying: false,
+            drops_pending: false,
             pinned: None,
             terminated: false,
         }

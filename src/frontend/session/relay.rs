@@ -6,7 +6,7 @@
 
 use bytes::Buf;
 
-use super::{Session, READ_CHUNK};
+use super::{statements, Session, READ_CHUNK};
 use crate::backend::Verdict;
 use crate::frontend::error::SessionError;
 use crate::metrics::ErrorOrigin;
@@ -63,6 +63,10 @@ impl Session {
                         self.ctx.metrics.error(wire::error_code(body).unwrap_or(b"??"), ErrorOrigin::Server);
                         self.server_fatal |= wire::is_fatal_error(body);
                         self.out.extend_from_slice(msg);
+                    }
+                    tag::COMMAND_COMPLETE => {
+                        self.out.extend_from_slice(msg);
+                        statements::on_command_complete(&mut self.statements, &mut self.unnamed, &msg[5..]);
                     }
                     tag::NOTIFICATION_RESPONSE if msg.len() >= 9 && msg[5..9] == conn.key.pid.to_be_bytes() => {
                         // The client knows its connection by pgrelay's pid, not the server's.

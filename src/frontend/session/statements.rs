@@ -7,9 +7,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::forward::{sql_of, Named};
-use super::Session;
+use super::{Session, UnnamedStatement};
 use crate::backend::{Expect, Origin, Statement, Synthetic, Undone};
 use crate::frontend::error::SessionError;
+use crate::frontend::prepared::ClientStatements;
 use crate::router::{self, PreparedCommand, SessionStateEffect};
 use crate::wire::{self, frontend as tag, sqlstate, Severity, TxStatus, WireError};
 
@@ -73,6 +74,7 @@ impl Session {
         let effects = router::classify(sql_of(definition));
         self.note_settings_change(effects.changes_settings);
         if let Some(effect) = effects.session_state {
+            self.drops_pending |= matches!(effect, SessionStateEffect::Deallocate | SessionStateEffect::Discard);
             self.pin(effect);
         }
         if name.is_empty() {
@@ -352,10 +354,10 @@ impl Session {
                 conn.send_built(Expect::Query, Origin::Client, |b| wire::put_query(b, &sql));
                 return Ok(());
             }
-            PreparedCommand::DeallocateAll => self.statements.clear(),
+            // The client's statements go when the server reports the
+            // command ran (see `on_command_complete`): not if it fails.
+            PreparedCommand::DeallocateAll => {}
             PreparedCommand::DiscardAll => {
-                self.statements.clear();
-                self.unnamed.definition = None;
                 self.conn().statements_uncertain();
                 self.send(msg, Expect::Query);
                 self.restore_reset_settings();
@@ -425,6 +427,21 @@ enum Known {
     /// Prepared here, it showed a result type other than the one the client
     /// prepared (a schema change since): it must fail with 0A000.
     Changed(Arc<Statement>),
+}
+
+/// The server ran a statement of the client's (CommandComplete `body`):
+/// DEALLOCATE ALL and DISCARD ALL, in a query of several statements or in
+/// the extended protocol as well as alone, drop the client's statements as
+/// they would on a direct connection. pgrelay's own requests never come here.
+pub(super) fn on_command_complete(statements: &mut ClientStatements, unnamed: &mut UnnamedStatement, body: &[u8]) {
+    match body {
+        b"DEALLOCATE ALL\0" => statements.clear(),
+        b"DISCARD ALL\0" => {
+            statements.clear();
+            unnamed.definition = None;
+        }
+        _ => {}
+    }
 }
 
 fn undefined_statement(name: &[u8]) -> String {
