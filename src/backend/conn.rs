@@ -401,9 +401,10 @@ impl ServerConn {
     }
 
     /// Describes the shared statement (answers swallowed) to learn its result
-    /// description, or to check it against the one first learnt.
-    pub fn describe_shape(&mut self, stmt: &Arc<Statement>) {
-        let describe = Expect::DescribeStatement { got_parameters: false, shape_of: Some(stmt.clone()) };
+    /// description, or to check it against the one first learnt. `fork_for`
+    /// is the client's name when this follows the client's own Parse.
+    pub fn describe_shape(&mut self, stmt: &Arc<Statement>, fork_for: Option<Bytes>) {
+        let describe = Expect::DescribeStatement { got_parameters: false, shape_of: Some(stmt.clone()), fork_for };
         self.send_built(describe, Origin::Injected, |b| {
             wire::put_statement_op(b, wire::frontend::DESCRIBE, stmt.server_name.as_bytes())
         });

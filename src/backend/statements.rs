@@ -145,6 +145,33 @@ impl StatementRegistry {
         stmt
     }
 
+    /// A statement for `original`'s definition that a client prepared after
+    /// a schema change changed its result description to `(msg_tag, shape)`:
+    /// the one clients now get for the text when it has that description,
+    /// else a new one (under a new name), listed in the original's place.
+    pub fn fork(&self, original: &Statement, msg_tag: u8, shape: &[u8]) -> Arc<Statement> {
+        // Declared before the lock, so dropped after it: its Drop takes the lock.
+        let current;
+        let mut entries = self.entries.lock().expect("statement registry lock");
+        current = entries.get(&original.key).and_then(Weak::upgrade);
+        if let Some(current) = &current {
+            let first = current.shape.get_or_init(|| (msg_tag, Bytes::copy_from_slice(shape)));
+            if first.0 == msg_tag && first.1[..] == *shape {
+                return current.clone();
+            }
+        }
+        let stmt = Arc::new(Statement {
+            server_name: random_name().into(),
+            key: original.key.clone(),
+            validated: AtomicBool::new(true),
+            shape: OnceLock::from((msg_tag, Bytes::copy_from_slice(shape))),
+            parameters: OnceLock::new(),
+            registry: Arc::downgrade(&self.entries),
+        });
+        entries.insert(original.key.clone(), Arc::downgrade(&stmt));
+        stmt
+    }
+
     /// Statements some client refers to.
     pub fn len(&self) -> usize {
         self.entries.lock().expect("statement registry lock").len()

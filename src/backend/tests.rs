@@ -164,7 +164,7 @@ fn transaction_and_copy_state_follow_the_server() {
 fn describe_statement_waits_for_row_description() {
     let mut t = Tracker::new(200);
     let mut out = BytesMut::new();
-    send(&mut t, Expect::DescribeStatement { got_parameters: false, shape_of: None }, Origin::Client);
+    send(&mut t, Expect::DescribeStatement { got_parameters: false, shape_of: None, fork_for: None }, Origin::Client);
     send(&mut t, Expect::Sync, Origin::Client);
     feed(&mut t, &mut out, "t");
     assert_eq!(t.pending_ready(), 1);

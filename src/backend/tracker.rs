@@ -34,6 +34,10 @@ pub enum Expect {
         /// The shared statement whose result description this records
         /// (the first time) or checks (when it is prepared again elsewhere).
         shape_of: Option<Arc<Statement>>,
+        /// The client's name, when this follows the client's own Parse: a
+        /// description that changed then means the client prepared the
+        /// text anew after a schema change (see [`Undone::Fork`]).
+        fork_for: Option<Bytes>,
     },
     /// RowDescription/NoData.
     DescribePortal,
@@ -100,6 +104,11 @@ pub enum Undone {
     Parse(Bytes),
     /// Its Close of this name closed nothing: the name still stands for it.
     Close(Bytes, Arc<Statement>),
+    /// Its Parse of this name, of a shared statement prepared before a
+    /// schema change, gave the result description that follows (tag, body):
+    /// the name stands for a statement with that description, not for the
+    /// shared one (whose other clients prepared it before the change).
+    Fork(Bytes, Arc<Statement>, u8, Bytes),
 }
 
 /// What to do with one server message.
@@ -409,7 +418,7 @@ impl Tracker {
             }
             Expect::Bind { .. } if msg_tag == tag::BIND_COMPLETE => true,
             Expect::Close { .. } | Expect::CloseUnknown if msg_tag == tag::CLOSE_COMPLETE => true,
-            Expect::DescribeStatement { got_parameters, shape_of } => match msg_tag {
+            Expect::DescribeStatement { got_parameters, shape_of, fork_for } => match msg_tag {
                 tag::PARAMETER_DESCRIPTION if !*got_parameters => {
                     *got_parameters = true;
                     if let Some(stmt) = shape_of {
@@ -425,7 +434,13 @@ impl Tracker {
                             // before any further use here.
                             stmt.retire();
                             self.prepared.mark_doubtful(&stmt.server_name);
-                            self.mismatched.push(stmt.server_name.clone());
+                            match fork_for.take() {
+                                Some(name) => {
+                                    let shape = Bytes::copy_from_slice(body);
+                                    self.undone.push(Undone::Fork(name, stmt, msg_tag, shape));
+                                }
+                                None => self.mismatched.push(stmt.server_name.clone()),
+                            }
                         }
                     }
                     true

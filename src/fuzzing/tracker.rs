@@ -137,7 +137,7 @@ impl Run {
                 Expect::Parse { registers: statement, client_name }
             }
             1 => Expect::Bind { statement },
-            2 => Expect::DescribeStatement { got_parameters: detail & 0x10 != 0, shape_of: None },
+            2 => Expect::DescribeStatement { got_parameters: detail & 0x10 != 0, shape_of: None, fork_for: None },
             3 => Expect::DescribePortal,
             4 => Expect::Execute,
             5 => Expect::Close { closes: statement.map(|s| s.server_name.clone()) },
@@ -235,7 +235,7 @@ impl Run {
     fn take_undone(&mut self) {
         let names = self.tracker.take_undone().unwrap_or_default().into_iter().filter_map(|undone| match undone {
             crate::backend::Undone::Parse(name) => Some(name),
-            crate::backend::Undone::Close(..) => None,
+            crate::backend::Undone::Close(..) | crate::backend::Undone::Fork(..) => None,
         });
         for name in names {
             assert!(self.names_given.contains(&name), "{name:?} was never a client's statement");

@@ -638,3 +638,54 @@ async fn deallocate_all_drops_the_clients_statements_only_when_it_runs() {
     assert_answers("DEALLOCATE ALL by Execute", &got, a.pid(), &expected);
     target.stop().await;
 }
+
+/// 15. A statement prepared before an ALTER TABLE changed its result type,
+/// and prepared again by the same text after it (found by the randomized
+/// test, seed 365626079): the old name fails with 0A000 and the new one
+/// runs, wherever pgrelay has to prepare them (one statement per server
+/// connection here, so every Parse evicts the other).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_prepared_again_after_alter_table_is_not_the_old_one() {
+    let _serial = SERIAL.lock().await;
+    admin(&format!(
+        "drop table if exists reg_fork; create table reg_fork (a int); insert into reg_fork values (1); \
+         alter table reg_fork owner to {APP}"
+    ))
+    .await;
+    let target = Target::start("default_pool_size = 1\nmax_prepared_statements = 1").await;
+    let mut a = Conn::login(target.addr, &[]).await;
+    let text = "select a from reg_fork";
+    let got = prepare_and_run(&mut a, "old", text).await;
+    assert_answers("old", &got, a.pid(), &["1", "2", "D['1']", "C[SELECT 1]", "Z[I]"]);
+    let got = prepare_and_run(&mut a, "other", "select 'other' as m").await;
+    assert_answers("other", &got, a.pid(), &["1", "2", "D['other']", "C[SELECT 1]", "Z[I]"]);
+    let got = a.query("alter table reg_fork alter column a type bigint").await;
+    assert_answers("ALTER", &got, a.pid(), &["C[ALTER TABLE]", "Z[I]"]);
+    let got = prepare_and_run(&mut a, "new", text).await;
+    assert_answers("new, after the ALTER", &got, a.pid(), &["1", "2", "D['1']", "C[SELECT 1]", "Z[I]"]);
+    let got = run(&mut a, "old").await;
+    assert_answers("old, after the ALTER", &got, a.pid(), &["E[0A000]", "Z[I]"]);
+    for round in 0..2 {
+        let got = run(&mut a, "new").await;
+        assert_answers(&format!("new again ({round})"), &got, a.pid(), &["2", "D['1']", "C[SELECT 1]", "Z[I]"]);
+        let got = run(&mut a, "old").await;
+        assert_answers(&format!("old again ({round})"), &got, a.pid(), &["E[0A000]", "Z[I]"]);
+    }
+    // Back to int: "old" has its type again; prepared in a transaction
+    // (so the Parse reaches the server), "newer" gets int too.
+    let got = prepare_and_run(&mut a, "other2", "select 'other' as m").await;
+    assert_answers("other2", &got, a.pid(), &["1", "2", "D['other']", "C[SELECT 1]", "Z[I]"]);
+    let got = a.query("alter table reg_fork alter column a type int").await;
+    assert_answers("ALTER back", &got, a.pid(), &["C[ALTER TABLE]", "Z[I]"]);
+    assert_answers("begin", &a.query("begin").await, a.pid(), &["C[BEGIN]", "Z[T]"]);
+    let got = prepare_and_run(&mut a, "newer", text).await;
+    assert_answers("newer, in a transaction", &got, a.pid(), &["1", "2", "D['1']", "C[SELECT 1]", "Z[T]"]);
+    assert_answers("commit", &a.query("commit").await, a.pid(), &["C[COMMIT]", "Z[I]"]);
+    for (name, expected) in [("newer", "D['1']"), ("new", "E[0A000]"), ("old", "D['1']"), ("newer", "D['1']")] {
+        let got = run(&mut a, name).await;
+        let want: &[&str] =
+            if expected.starts_with('E') { &[expected, "Z[I]"] } else { &["2", expected, "C[SELECT 1]", "Z[I]"] };
+        assert_answers(&format!("{name} after the ALTER back"), &got, a.pid(), want);
+    }
+    target.stop().await;
+}

@@ -134,7 +134,7 @@ impl Session {
             return false;
         }
         conn.prepare(&stmt, Origin::Injected, None);
-        conn.describe_shape(&stmt);
+        conn.describe_shape(&stmt, None);
         self.ctx.metrics.statements_reprepared.inc();
         self.verifying = true;
         true
@@ -171,7 +171,10 @@ impl Session {
     fn answer_without_server(&mut self, msg_tag: u8, msg: &[u8]) -> Result<bool, SessionError> {
         let body = wire::body(msg);
         match msg_tag {
-            tag::SYNC => wire::put_ready_for_query(&mut self.out, TxStatus::Idle),
+            tag::SYNC => {
+                self.parsed_here.clear();
+                wire::put_ready_for_query(&mut self.out, TxStatus::Idle);
+            }
             tag::FLUSH => {}
             tag::CLOSE => {
                 let (&kind, rest) = body.split_first().ok_or(WireError::Malformed("Close"))?;
@@ -212,7 +215,10 @@ impl Session {
             tag::DESCRIBE => self.forward_describe(msg, body, named)?,
             tag::CLOSE => self.forward_close(msg, body)?,
             tag::EXECUTE => self.send(msg, Expect::Execute),
-            tag::SYNC => self.send(msg, Expect::Sync),
+            tag::SYNC => {
+                self.parsed_here.clear();
+                self.send(msg, Expect::Sync);
+            }
             tag::FUNCTION_CALL => self.send(msg, Expect::Query),
             tag::FLUSH => self.send(msg, Expect::Flush),
             tag::COPY_DATA => self.send(msg, Expect::CopyData),

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use std::pin::Pin;
 use std::task::Poll;
 
@@ -96,6 +96,11 @@ pub struct Session {
     /// pgrelay answered an extended-protocol message with an error: the
     /// client's messages up to its next Sync are discarded, as a server would.
     discard_until_sync: bool,
+    /// Names whose Parse pgrelay answered itself in the client's current
+    /// batch (up to its Sync): within a batch no schema change can come
+    /// between a Parse and its Bind, so if the shared statement turns out
+    /// changed, the client prepared the text after the change.
+    parsed_here: Vec<Bytes>,
     /// Bytes of a large server message still to be passed through to the
     /// client as they arrive (its header was read and accounted for).
     passthrough: usize,
@@ -177,6 +182,7 @@ impl Session {
             stalled: false,
             verifying: false,
             drops_pending: false,
+            parsed_here: Vec::new(),
             pinned: None,
             terminated: false,
         }

@@ -14,6 +14,9 @@ use crate::frontend::prepared::ClientStatements;
 use crate::router::{self, PreparedCommand, SessionStateEffect};
 use crate::wire::{self, frontend as tag, sqlstate, Severity, TxStatus, WireError};
 
+/// Names kept in `parsed_here` per batch (a batch may Parse more; those
+/// beyond are not told apart after a schema change).
+const PARSED_HERE_KEPT: usize = 16;
 /// prepared statement "name" already exists
 const DUPLICATE_STATEMENT: &str = "42P05";
 /// prepared statement "name" does not exist
@@ -45,7 +48,11 @@ impl Session {
         if !stmt.is_validated() {
             return Ok(false);
         }
-        self.statements.insert(Bytes::copy_from_slice(name), stmt);
+        let name = Bytes::copy_from_slice(name);
+        if self.parsed_here.len() < PARSED_HERE_KEPT {
+            self.parsed_here.push(name.clone());
+        }
+        self.statements.insert(name, stmt);
         wire::put_parse_complete(&mut self.out);
         Ok(true)
     }
@@ -103,9 +110,12 @@ impl Session {
         let conn = self.lease.as_mut().expect("leased").conn_mut();
         if !conn.prepare(&stmt, Origin::Client, Some(name.clone())) {
             conn.synthetic(Synthetic::ParseComplete(name), &mut self.out);
-        } else if !stmt.has_shape() {
-            // Its result description, to check later preparations against.
-            conn.describe_shape(&stmt);
+        } else {
+            // Its result description, to check later preparations against;
+            // or, when other clients prepared the text before, whether it
+            // still gives theirs (not after a schema change: then the
+            // client's name gets a statement of its own).
+            conn.describe_shape(&stmt, Some(name));
         }
         // A Parse the server will skip (its batch already failed) creates nothing.
         self.apply_undone();
@@ -124,6 +134,12 @@ impl Session {
                     self.statements.remove(&name);
                 }
                 Undone::Close(name, stmt) => self.statements.insert(name, stmt),
+                Undone::Fork(name, stmt, msg_tag, shape) => {
+                    if self.statements.get(&name).is_some_and(|held| Arc::ptr_eq(held, &stmt)) {
+                        let forked = self.ctx.statements.fork(&stmt, msg_tag, &shape);
+                        self.statements.insert(name, forked);
+                    }
+                }
             }
         }
     }
@@ -183,7 +199,7 @@ impl Session {
                 return Ok(());
             }
         }
-        let describe = Expect::DescribeStatement { got_parameters: false, shape_of: None };
+        let describe = Expect::DescribeStatement { got_parameters: false, shape_of: None, fork_for: None };
         if name.is_empty() {
             self.ensure_unnamed()?;
             {
@@ -252,7 +268,19 @@ impl Session {
         };
         let stmt = self.statement_for_server(&stmt);
         if self.conn().take_mismatch(&stmt) {
-            return Ok(Known::Changed(stmt));
+            if !self.parsed_here.iter().any(|n| n[..] == *name) {
+                return Ok(Known::Changed(stmt));
+            }
+            // Prepared by the client after the change (in this batch): a
+            // statement of the text as it is now (the changed one is retired).
+            let context = self.statement_context();
+            let fresh = self.ctx.statements.intern(context, stmt.definition());
+            self.statements.insert(Bytes::copy_from_slice(name), fresh.clone());
+            let conn = self.conn();
+            if conn.prepare(&fresh, Origin::Injected, None) {
+                conn.describe_shape(&fresh, None);
+            }
+            return Ok(Known::Statement(fresh));
         }
         if self.conn().prepare(&stmt, Origin::Injected, None) {
             self.ctx.metrics.statements_reprepared.inc();
