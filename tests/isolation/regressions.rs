@@ -44,6 +44,12 @@
 //! 14. `deallocate_all_drops_the_clients_statements_only_when_it_runs`: a
 //!     failing DISCARD ALL dropped them; DEALLOCATE ALL behind a SELECT or
 //!     by Execute did not.
+//! 15. `a_statement_prepared_again_after_alter_table_is_not_the_old_one`
+//!     (found by the randomized test): the old statement ran with the new
+//!     result type; the text prepared again failed with 0A000.
+//! 16. `private_copies_of_the_same_text_stay_apart` (found by the randomized
+//!     test): the copy of the statement prepared for bigint was the copy of
+//!     the one prepared for int, and ran.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -687,5 +693,43 @@ async fn a_statement_prepared_again_after_alter_table_is_not_the_old_one() {
             if expected.starts_with('E') { &[expected, "Z[I]"] } else { &["2", expected, "C[SELECT 1]", "Z[I]"] };
         assert_answers(&format!("{name} after the ALTER back"), &got, a.pid(), want);
     }
+    target.stop().await;
+}
+
+/// 16. Two statements of the same text, one prepared before an ALTER TABLE
+/// and one after, used by a client whose settings changed (so pgrelay
+/// prepares private copies of them): each copy is checked against its own
+/// statement's result type (found by the randomized test, seed 848398092:
+/// the second copy was the first one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_copies_of_the_same_text_stay_apart() {
+    let _serial = SERIAL.lock().await;
+    admin(&format!(
+        "drop table if exists reg_copies; create table reg_copies (a int); insert into reg_copies values (1); \
+         alter table reg_copies owner to {APP}"
+    ))
+    .await;
+    let target = Target::start("default_pool_size = 1\nmax_prepared_statements = 1").await;
+    let mut a = Conn::login(target.addr, &[]).await;
+    let text = "select a from reg_copies";
+    let alter = |to: &'static str| format!("alter table reg_copies alter column a type {to}");
+    let one = ["2", "D['1']", "C[SELECT 1]", "Z[I]"];
+    let stale = ["E[0A000]", "Z[I]"];
+    let got = prepare_and_run(&mut a, "s1", text).await;
+    assert_answers("s1", &got, a.pid(), &["1", "2", "D['1']", "C[SELECT 1]", "Z[I]"]);
+    assert_answers("ALTER", &a.query(&alter("bigint")).await, a.pid(), &["C[ALTER TABLE]", "Z[I]"]);
+    assert_answers("s1 after the ALTER", &run(&mut a, "s1").await, a.pid(), &stale);
+    let got = prepare_and_run(&mut a, "s3", text).await;
+    assert_answers("s3", &got, a.pid(), &["1", "2", "D['1']", "C[SELECT 1]", "Z[I]"]);
+    assert_answers("ALTER back", &a.query(&alter("int")).await, a.pid(), &["C[ALTER TABLE]", "Z[I]"]);
+    let got = a.query("select set_config('app.x', '1', false) as x").await;
+    assert_answers("set_config", &got, a.pid(), &["T[x:25]", "D['1']", "C[SELECT 1]", "Z[I]"]);
+    let got = prepare_and_run(&mut a, "other", "select 'other' as m").await;
+    assert_answers("other", &got, a.pid(), &["1", "2", "D['other']", "C[SELECT 1]", "Z[I]"]);
+    // s1 has its type again; s3 (prepared for bigint) does not.
+    assert_answers("s1, a copy", &run(&mut a, "s1").await, a.pid(), &one);
+    assert_answers("s3, a copy", &run(&mut a, "s3").await, a.pid(), &stale);
+    assert_answers("s1 again", &run(&mut a, "s1").await, a.pid(), &one);
+    assert_answers("s3 again", &run(&mut a, "s3").await, a.pid(), &stale);
     target.stop().await;
 }

@@ -78,8 +78,6 @@ pub struct Session {
     /// Pools this session has used, by node name.
     pools: Vec<Arc<Pool>>,
     statements: ClientStatements,
-    /// The statement context of `private_copies` (created on first use).
-    copy_context: Option<StatementContext>,
     /// Private copies of shared statements, by the shared one's server name,
     /// for a client whose settings differ from its context's.
     private_copies: std::collections::HashMap<Arc<str>, Arc<crate::backend::Statement>>,
@@ -172,7 +170,6 @@ impl Session {
             statements: ClientStatements::default(),
             unnamed: UnnamedStatement::default(),
             private_copies: Default::default(),
-            copy_context: None,
             shared_context,
             private_context: None,
             settings_changed: false,

@@ -299,10 +299,11 @@ impl Session {
         if let Some(copy) = self.private_copies.get(&stmt.server_name) {
             return copy.clone();
         }
-        // A context of their own: a fresh Parse of the same text by this
-        // client is another statement (checked against its own description).
-        let context = *self.copy_context.get_or_insert_with(|| self.ctx.settings.private_context());
-        let copy = self.ctx.statements.intern(context, stmt.definition());
+        // A context of its own: neither a fresh Parse of the same text nor a
+        // copy of another statement of that text (prepared before or after a
+        // schema change) is this copy (each is checked against its own
+        // description).
+        let copy = self.ctx.statements.intern(self.ctx.settings.private_context(), stmt.definition());
         // Checked against what the client prepared, not what it gives now.
         copy.inherit_shape(stmt);
         // Kept while the client may bind it, so it is prepared once.
