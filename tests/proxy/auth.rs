@@ -99,7 +99,8 @@ async fn scram_attempt(addr: std::net::SocketAddr, user: &str, password: &str) -
     note(&server_first);
     let text = String::from_utf8(server_first.1[4..].to_vec()).unwrap();
     let attribute = |name: &str| text.split(',').find_map(|a| a.strip_prefix(name)).unwrap_or("").to_owned();
-    let answer = client.answer(&server_first.1[4..], &ScramSecret::password(password)).expect("a valid challenge");
+    let answer =
+        client.answer(&server_first.1[4..], &ScramSecret::password(password), u32::MAX).expect("a valid challenge");
     let mut out = BytesMut::new();
     wire::put_sasl_response(&mut out, answer.client_final.as_bytes());
     raw.send(&out).await;
