@@ -22,8 +22,8 @@ const AUTH_SASL_FINAL: u32 = 12;
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LoginRefused {
     #[error(
-        "the server asks for {method} authentication, which server_require_auth does not allow for this node \
-         (allowed: {allowed}){}",
+        "the server asks for {}, which server_require_auth does not allow for this node (allowed: {allowed}){}",
+        asked(*method),
         hint(*method)
     )]
     MethodNotAllowed { method: ServerAuthMethod, allowed: RequireAuth },
@@ -42,11 +42,19 @@ pub enum LoginRefused {
     Auth(#[from] AuthError),
 }
 
+fn asked(method: ServerAuthMethod) -> &'static str {
+    match method {
+        ServerAuthMethod::Password => "the password in clear (password)",
+        ServerAuthMethod::Md5 => "md5",
+        ServerAuthMethod::ScramSha256 => "scram-sha-256",
+        ServerAuthMethod::None => "no authentication at all (none)",
+    }
+}
+
 fn hint(method: ServerAuthMethod) -> &'static str {
     match method {
-        ServerAuthMethod::Password => "; the password would cross the network in clear",
-        ServerAuthMethod::Md5 => "; md5 is weak (switch the server's pg_hba to scram-sha-256, or allow md5 here)",
-        ServerAuthMethod::ScramSha256 | ServerAuthMethod::None => "",
+        ServerAuthMethod::Md5 => "; md5 is weak: switch the server's pg_hba to scram-sha-256, or allow md5 here",
+        ServerAuthMethod::Password | ServerAuthMethod::ScramSha256 | ServerAuthMethod::None => "",
     }
 }
 
