@@ -93,7 +93,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    pgrelay::auth::UserDb::from_config(&config).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let users = pgrelay::auth::UserDb::from_config(&config).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     println!(
         "{}: OK ({} nodes, {} users, {} databases; rw {}, ro {})",
         path.display(),
@@ -103,6 +103,19 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
         config.listen.rw,
         config.listen.ro,
     );
+    // How pgrelay will log in to the servers, so nothing about it is implicit.
+    for node in &config.nodes {
+        println!(
+            "  node {}: server_require_auth = \"{}\", server_scram_max_iterations = {}",
+            node.name, node.server_require_auth, config.cluster.server_scram_max_iterations
+        );
+    }
+    for user in &config.users {
+        if let Some(entry) = users.get(&user.name) {
+            let server = &entry.server;
+            println!("  user {}: logs in to the servers as {} with {}", user.name, server.user, server.describe());
+        }
+    }
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 
 pub mod md5;
 pub mod scram;
+pub mod server_login;
 #[cfg(test)]
 mod tests;
 
@@ -31,6 +32,13 @@ pub enum AuthError {
     ServerSignature,
     #[error("no credentials to log in to the server: {0}")]
     NoServerCredentials(&'static str),
+    #[error("the server asks for SCRAM with 0 iterations, which proves nothing")]
+    ZeroIterations,
+    #[error(
+        "the server asks for SCRAM with {asked} iterations, more than server_scram_max_iterations = {max} \
+         (raise it if the server's verifiers really use that many)"
+    )]
+    TooManyIterations { asked: u32, max: u32 },
 }
 
 /// How a client proves who it is.
@@ -63,38 +71,83 @@ pub struct ServerCredentials {
 
 #[derive(Debug)]
 enum ServerSecret {
-    Password(PasswordSecret),
+    /// A plain password, and which key gave it.
+    Password(PasswordSecret, PasswordOrigin),
     /// Only a SCRAM verifier is known: log in with the ClientKey recovered
     /// from a client's proof (available once a client has logged in).
-    ClientKey {
-        verifier: ScramVerifier,
-        client_key: Mutex<Option<[u8; 32]>>,
-    },
+    ClientKey { verifier: ScramVerifier, client_key: Mutex<Option<[u8; 32]>> },
+    /// Only the user's md5 hash is known: it answers md5, nothing else.
+    Md5Hash(String),
+    /// No password: only a server that asks for none takes the login.
     None,
 }
+
+/// Which key a server login's plain password comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PasswordOrigin {
+    Own,
+    ServerPassword,
+    Cluster,
+}
+
+/// Why a user without a password for the servers has none, said where a
+/// server asks for one: the monitors' password is never used unasked.
+const NO_SERVER_PASSWORD: &str = "the user has no password for the servers (no plain password or SCRAM verifier, no \
+     server_password, and server_password_from_cluster is off: [cluster] password is never used unless it says so)";
 
 impl ServerCredentials {
     pub fn scram_secret(&self) -> Result<ScramSecret, AuthError> {
         match &self.secret {
-            ServerSecret::Password(p) => Ok(ScramSecret::Password(p.clone())),
+            ServerSecret::Password(p, _) => Ok(ScramSecret::Password(p.clone())),
             ServerSecret::ClientKey { verifier, client_key } => {
                 let key = client_key.lock().expect("client key lock").ok_or(AuthError::NoServerCredentials(
                     "the user's password is a SCRAM verifier and no client has logged in with it yet",
                 ))?;
                 Ok(ScramSecret::ClientKey { client_key: key, verifier: verifier.clone() })
             }
-            ServerSecret::None => Err(AuthError::NoServerCredentials("no password or server_password configured")),
+            ServerSecret::Md5Hash(_) => Err(AuthError::NoServerCredentials(
+                "the server asks for SCRAM but only the user's md5 hash is configured (set server_password)",
+            )),
+            ServerSecret::None => Err(AuthError::NoServerCredentials(NO_SERVER_PASSWORD)),
         }
     }
 
-    /// The password for cleartext or md5 server auth.
+    /// The password for cleartext server auth.
     pub fn password(&self) -> Result<&str, AuthError> {
         match &self.secret {
-            ServerSecret::Password(p) => Ok(&p.password),
-            ServerSecret::ClientKey { .. } => Err(AuthError::NoServerCredentials(
-                "the server asks for md5 or a cleartext password but only a SCRAM verifier is configured",
+            ServerSecret::Password(p, _) => Ok(&p.password),
+            ServerSecret::ClientKey { .. } | ServerSecret::Md5Hash(_) => Err(AuthError::NoServerCredentials(
+                "the server asks for the password in clear but only a SCRAM verifier or md5 hash is configured \
+                 (set server_password)",
             )),
-            ServerSecret::None => Err(AuthError::NoServerCredentials("no password or server_password configured")),
+            ServerSecret::None => Err(AuthError::NoServerCredentials(NO_SERVER_PASSWORD)),
+        }
+    }
+
+    /// The answer to an md5 challenge with `salt`.
+    pub fn md5_answer(&self, salt: [u8; 4]) -> Result<String, AuthError> {
+        let stored = match &self.secret {
+            ServerSecret::Password(p, _) => md5::stored_hash(&p.password, &self.user),
+            ServerSecret::Md5Hash(stored) => stored.clone(),
+            ServerSecret::ClientKey { .. } => {
+                return Err(AuthError::NoServerCredentials(
+                    "the server asks for md5 but only a SCRAM verifier is configured (set server_password)",
+                ))
+            }
+            ServerSecret::None => return Err(AuthError::NoServerCredentials(NO_SERVER_PASSWORD)),
+        };
+        Ok(md5::salted_answer(&stored, salt))
+    }
+
+    /// What the servers get asked with, in words (for `pgrelay check`).
+    pub fn describe(&self) -> &'static str {
+        match &self.secret {
+            ServerSecret::Password(_, PasswordOrigin::Own) => "its own password",
+            ServerSecret::Password(_, PasswordOrigin::ServerPassword) => "its server_password",
+            ServerSecret::Password(_, PasswordOrigin::Cluster) => "[cluster] password (server_password_from_cluster)",
+            ServerSecret::ClientKey { .. } => "the ClientKey recovered from its clients' SCRAM proofs",
+            ServerSecret::Md5Hash(_) => "its md5 hash (answers md5 only)",
+            ServerSecret::None => "no password (only servers that ask for none take it)",
         }
     }
 
@@ -150,18 +203,9 @@ impl UserDb {
                 }
                 _ => return Err(format!("users.{}.password: required for auth_type {:?}", user.name, user.auth_type)),
             };
-            let secret = match (&user.server_password, password) {
-                (Some(p), _) => ServerSecret::Password(PasswordSecret::new(p.clone())),
-                (None, Some(_)) if verifier.is_some() => ServerSecret::ClientKey {
-                    verifier: verifier.clone().expect("checked"),
-                    client_key: Mutex::new(None),
-                },
-                (None, Some(p)) if !md5::is_stored_hash(p) => ServerSecret::Password(PasswordSecret::new(p)),
-                (None, _) if config.cluster.password.is_empty() => ServerSecret::None,
-                (None, _) => ServerSecret::Password(PasswordSecret::new(config.cluster.password.clone())),
-            };
-            let server =
-                ServerCredentials { user: user.server_user.clone().unwrap_or_else(|| user.name.clone()), secret };
+            let server_user = user.server_user.clone().unwrap_or_else(|| user.name.clone());
+            let secret = server_secret(user, &config.cluster.password, verifier, &server_user);
+            let server = ServerCredentials { user: server_user, secret };
             users.insert(user.name.clone(), Arc::new(UserEntry { name: user.name.clone(), client, server }));
         }
         let md5 = users.values().filter(|u| matches!(u.client, ClientSecret::Md5 { .. })).count();
@@ -183,6 +227,28 @@ impl UserDb {
             client: ClientSecret::Unknown(mock),
             server: ServerCredentials { user: name.to_owned(), secret: ServerSecret::None },
         })
+    }
+}
+
+/// What `user` logs in to the servers with as `server_user`: only what its
+/// own entry says, never the monitors' password unless it asks for it.
+fn server_secret(
+    user: &crate::config::User,
+    cluster_password: &str,
+    verifier: Option<ScramVerifier>,
+    server_user: &str,
+) -> ServerSecret {
+    let password = |p: &str, origin| ServerSecret::Password(PasswordSecret::new(p), origin);
+    match (&user.server_password, user.password.as_deref()) {
+        (Some(p), _) => password(p, PasswordOrigin::ServerPassword),
+        (None, _) if user.server_password_from_cluster => password(cluster_password, PasswordOrigin::Cluster),
+        (None, Some(_)) if verifier.is_some() => {
+            ServerSecret::ClientKey { verifier: verifier.expect("checked"), client_key: Mutex::new(None) }
+        }
+        // An md5 hash is salted with the user name: it only fits that name.
+        (None, Some(p)) if md5::is_stored_hash(p) && server_user == user.name => ServerSecret::Md5Hash(p.to_owned()),
+        (None, Some(p)) if !md5::is_stored_hash(p) => password(p, PasswordOrigin::Own),
+        (None, _) => ServerSecret::None,
     }
 }
 

@@ -92,10 +92,28 @@ impl ScramVerifier {
 
     /// A verifier for a plain-text password, with a fresh random salt.
     pub fn from_password(password: &str) -> ScramVerifier {
+        ScramVerifier::with_iterations(password, DEFAULT_ITERATIONS)
+    }
+
+    /// [`ScramVerifier::from_password`] with another iteration count.
+    pub fn with_iterations(password: &str, iterations: u32) -> ScramVerifier {
         let mut salt = vec![0u8; SALT_LEN];
         rand::thread_rng().fill_bytes(&mut salt);
-        let (client_key, server_key) = derive_keys(password, &salt, DEFAULT_ITERATIONS);
-        ScramVerifier { iterations: DEFAULT_ITERATIONS, salt, stored_key: sha256(&client_key), server_key }
+        let (client_key, server_key) = derive_keys(password, &salt, iterations);
+        ScramVerifier { iterations, salt, stored_key: sha256(&client_key), server_key }
+    }
+
+    /// The form `pg_authid.rolpassword` stores (and `ALTER ROLE ... PASSWORD`
+    /// takes verbatim). A method, not `Display`, so that no log line formats
+    /// a verifier by accident.
+    pub fn to_rolpassword(&self) -> String {
+        format!(
+            "{MECHANISM}${}:{}${}:{}",
+            self.iterations,
+            B64.encode(&self.salt),
+            B64.encode(self.stored_key),
+            B64.encode(self.server_key)
+        )
     }
 }
 
@@ -260,7 +278,15 @@ impl ScramClient {
         (ScramClient { client_nonce, client_first_bare }, first)
     }
 
-    pub fn answer(self, server_first: &[u8], secret: &ScramSecret) -> Result<ScramClientFinal, AuthError> {
+    /// Answers the server-first-message. A password's keys are derived with
+    /// PBKDF2 (on the caller's thread) only for an iteration count of at
+    /// most `max_iterations`; a ClientKey derives nothing, so no cap applies.
+    pub fn answer(
+        self,
+        server_first: &[u8],
+        secret: &ScramSecret,
+        max_iterations: u32,
+    ) -> Result<ScramClientFinal, AuthError> {
         let text = std::str::from_utf8(server_first).map_err(|_| AuthError::Malformed("SCRAM server-first-message"))?;
         let (mut nonce, mut salt, mut iterations) = (None, None, None);
         for attr in text.split(',') {
@@ -278,7 +304,13 @@ impl ScramClient {
         if !nonce.starts_with(&self.client_nonce) || nonce.len() == self.client_nonce.len() {
             return Err(AuthError::Malformed("SCRAM server nonce"));
         }
+        if iterations == 0 {
+            return Err(AuthError::ZeroIterations);
+        }
         let (client_key, server_key) = match secret {
+            ScramSecret::Password(_) if iterations > max_iterations => {
+                return Err(AuthError::TooManyIterations { asked: iterations, max: max_iterations })
+            }
             ScramSecret::Password(secret) => secret.keys(&salt, iterations),
             ScramSecret::ClientKey { client_key, verifier } => {
                 if verifier.salt != salt || verifier.iterations != iterations {

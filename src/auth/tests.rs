@@ -4,7 +4,7 @@ use super::*;
 fn scram_exchange(verifier: &ScramVerifier, secret: &ScramSecret) -> Result<[u8; 32], AuthError> {
     let (client, first) = ScramClient::start();
     let (server, server_first) = ScramServer::start(first.as_bytes(), verifier)?;
-    let fin = client.answer(server_first.as_bytes(), secret)?;
+    let fin = client.answer(server_first.as_bytes(), secret, u32::MAX)?;
     let verified = server.finish(fin.client_final.as_bytes(), verifier)?;
     fin.verify_server(verified.server_final.as_bytes())?;
     Ok(verified.client_key)
@@ -114,7 +114,9 @@ fn client_exchange(user: Arc<UserEntry>, password: &str) -> (Vec<u32>, Result<()
             }
             11 => {
                 let client = scram.take().expect("SASL started");
-                let fin = client.answer(&message[9..], &ScramSecret::password(password)).expect("a valid challenge");
+                let fin = client
+                    .answer(&message[9..], &ScramSecret::password(password), u32::MAX)
+                    .expect("a valid challenge");
                 fin.client_final.into_bytes()
             }
             other => panic!("unexpected auth request {other}"),

@@ -15,8 +15,8 @@ use tokio::net::TcpStream;
 use super::server_statements::Presence;
 use super::tracker::{Expect, Origin, Synthetic, Tracker, Verdict};
 use super::Statement;
-use crate::auth::scram::{ScramClient, MECHANISM};
-use crate::auth::{md5, AuthError, ServerCredentials};
+use crate::auth::server_login::{LoginRefused, ServerLogin};
+use crate::config::ServerAuthPolicy;
 use crate::wire::{self, backend as tag, ErrorFields, Frame, WireError};
 
 /// Largest message accepted from a server during startup.
@@ -34,10 +34,9 @@ pub enum BackendError {
     Closed,
     #[error("server protocol error: {0}")]
     Protocol(#[from] WireError),
-    #[error("server authentication: {0}")]
-    Auth(#[from] AuthError),
-    #[error("server asked for unsupported authentication method {0}")]
-    UnsupportedAuth(u32),
+    /// pgrelay broke off logging in to the server (its rules or credentials).
+    #[error("pgrelay did not log in to node {node} as user {user:?}: {reason}")]
+    Login { node: String, user: String, reason: LoginRefused },
     /// The server answered with an ErrorResponse (e.g. unknown database).
     #[error("{}", .0.message)]
     Server(ErrorFields),
@@ -62,10 +61,7 @@ impl BackendError {
             | BackendError::Timeout(_) => true,
             // 08: connection exceptions; 57: shutting down, cannot connect now.
             BackendError::Server(fields) => fields.code.starts_with("08") || fields.code.starts_with("57"),
-            BackendError::Protocol(_)
-            | BackendError::Auth(_)
-            | BackendError::UnsupportedAuth(_)
-            | BackendError::Abandoned(_) => false,
+            BackendError::Protocol(_) | BackendError::Login { .. } | BackendError::Abandoned(_) => false,
         }
     }
 }
@@ -76,10 +72,14 @@ pub type ServerParams = Arc<Vec<(Bytes, Bytes)>>;
 /// Where and as whom to connect.
 #[derive(Debug, Clone)]
 pub struct ServerTarget {
+    /// The node's name, for errors.
+    pub node: String,
     pub host: String,
     pub port: u16,
     pub database: String,
     pub credentials: Arc<crate::auth::UserEntry>,
+    /// What the node may ask for when pgrelay logs in.
+    pub auth_policy: ServerAuthPolicy,
     pub connect_timeout: Duration,
     /// Shared statements kept prepared per connection (max_prepared_statements).
     pub max_prepared: usize,
@@ -160,53 +160,23 @@ impl ServerConn {
     }
 
     async fn startup(&mut self, target: &ServerTarget) -> Result<(), BackendError> {
-        let creds: &ServerCredentials = &target.credentials.server;
+        let creds = &target.credentials.server;
         let mut out = BytesMut::new();
         wire::put_startup_message(
             &mut out,
             [(&b"user"[..], creds.user.as_bytes()), (&b"database"[..], target.database.as_bytes())],
         );
         self.stream.write_all(&out).await?;
-        let mut scram: Option<ScramClient> = None;
-        let mut scram_final = None;
+        let mut login = ServerLogin::new(creds, target.auth_policy);
+        let refused = |reason| BackendError::Login { node: target.node.clone(), user: creds.user.clone(), reason };
         let mut params = Vec::new();
         loop {
             let msg = self.read_message(MAX_STARTUP_MESSAGE).await?;
             let mut body = &msg[5..];
-            out.clear();
             match msg[0] {
                 tag::AUTHENTICATION => {
-                    if body.len() < 4 {
-                        return Err(WireError::Malformed("Authentication").into());
-                    }
-                    match body.get_u32() {
-                        0 => {}
-                        3 => wire::put_password_message(&mut out, creds.password()?.as_bytes()),
-                        5 => {
-                            let salt: [u8; 4] = body.try_into().map_err(|_| WireError::Malformed("md5 salt"))?;
-                            let stored = md5::stored_hash(creds.password()?, &creds.user);
-                            wire::put_password_message(&mut out, md5::salted_answer(&stored, salt).as_bytes());
-                        }
-                        10 => {
-                            if !body.split(|&b| b == 0).any(|m| m == MECHANISM.as_bytes()) {
-                                return Err(AuthError::Unsupported("a SASL mechanism other than SCRAM-SHA-256").into());
-                            }
-                            let (client, first) = ScramClient::start();
-                            scram = Some(client);
-                            wire::put_sasl_initial_response(&mut out, MECHANISM, first.as_bytes());
-                        }
-                        11 => {
-                            let client = scram.take().ok_or(WireError::Malformed("SASLContinue out of order"))?;
-                            let fin = client.answer(body, &creds.scram_secret()?)?;
-                            wire::put_sasl_response(&mut out, fin.client_final.as_bytes());
-                            scram_final = Some(fin);
-                        }
-                        12 => {
-                            let fin = scram_final.take().ok_or(WireError::Malformed("SASLFinal out of order"))?;
-                            fin.verify_server(body)?;
-                        }
-                        other => return Err(BackendError::UnsupportedAuth(other)),
-                    }
+                    out.clear();
+                    login.on_request(body, &mut out).map_err(refused)?;
                     if !out.is_empty() {
                         self.stream.write_all(&out).await?;
                     }
@@ -224,7 +194,10 @@ impl ServerConn {
                 }
                 tag::ERROR_RESPONSE => return Err(BackendError::Server(ErrorFields::parse(body))),
                 tag::NOTICE_RESPONSE | tag::NEGOTIATE_PROTOCOL_VERSION => {}
-                tag::READY_FOR_QUERY => break,
+                tag::READY_FOR_QUERY if login.is_authenticated() => break,
+                tag::READY_FOR_QUERY => {
+                    return Err(refused(LoginRefused::OutOfOrder("ReadyForQuery before AuthenticationOk")))
+                }
                 other => return Err(WireError::UnexpectedTag(other).into()),
             }
         }

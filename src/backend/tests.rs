@@ -222,7 +222,8 @@ fn only_passing_connect_failures_are_retried() {
     assert!(server("08006").is_transient());
     assert!(!server("28P01").is_transient(), "a wrong password does not pass by waiting");
     assert!(!server("3D000").is_transient(), "nor does an unknown database");
-    assert!(!BackendError::UnsupportedAuth(7).is_transient());
+    let refused = crate::auth::server_login::LoginRefused::Unsupported(7);
+    assert!(!BackendError::Login { node: "pg0".into(), user: "app".into(), reason: refused }.is_transient());
 }
 
 /// An ErrorResponse body with severity, SQLSTATE and message.

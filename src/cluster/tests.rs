@@ -391,6 +391,7 @@ fn a_reload_keeps_what_is_known_about_unchanged_nodes() {
         port,
         role: None,
         patroni: None,
+        server_require_auth: crate::config::RequireAuth::DEFAULT,
     };
     // pg1 is removed, pg2 kept, pg3 added; pg0 (the primary) moves to the end.
     let rebased = known.rebased(&[node("pg2", 6002), node("pg3", 6003), node("pg0", 6000)]);

@@ -8,7 +8,7 @@ use std::num::NonZeroUsize;
 use super::locate::{error_at, Locations, Origin};
 use super::raw::{RawDatabase, RawNode, RawUser};
 use super::validate::choice;
-use super::{AuthType, ConfigError, Database, Node, Role, Source, User};
+use super::{AuthType, Cluster, ConfigError, Database, Node, RequireAuth, Role, Source, User};
 
 /// One entry of a list while it is validated: names it in errors.
 struct EntryRef<'a> {
@@ -89,8 +89,13 @@ fn source_name(source: Source) -> &'static str {
     }
 }
 
-pub(super) fn nodes(raws: Vec<RawNode>, source: Source, locations: &Locations<'_>) -> Result<Vec<Node>, ConfigError> {
-    let nodes = build_list("nodes", raws, locations, |r| r.name.as_deref(), |raw, entry| node(raw, entry, source))?;
+pub(super) fn nodes(
+    raws: Vec<RawNode>,
+    cluster: &Cluster,
+    locations: &Locations<'_>,
+) -> Result<Vec<Node>, ConfigError> {
+    let source = cluster.source;
+    let nodes = build_list("nodes", raws, locations, |r| r.name.as_deref(), |raw, entry| node(raw, entry, cluster))?;
     let mut seen: HashMap<(String, u16), usize> = HashMap::new();
     for (index, node) in nodes.iter().enumerate() {
         if let Some(&first) = seen.get(&(node.host.to_ascii_lowercase(), node.port)) {
@@ -112,7 +117,8 @@ pub(super) fn nodes(raws: Vec<RawNode>, source: Source, locations: &Locations<'_
     Ok(nodes)
 }
 
-fn node(raw: RawNode, entry: &EntryRef<'_>, source: Source) -> Result<Node, ConfigError> {
+fn node(raw: RawNode, entry: &EntryRef<'_>, cluster: &Cluster) -> Result<Node, ConfigError> {
+    let source = cluster.source;
     let host = raw.host.unwrap_or_else(|| "127.0.0.1".to_owned());
     if host.is_empty() {
         return Err(entry.key_error("host", "must not be empty"));
@@ -152,7 +158,11 @@ fn node(raw: RawNode, entry: &EntryRef<'_>, source: Source) -> Result<Node, Conf
         _ => {}
     }
     let patroni = check_patroni(raw.patroni, entry, source)?;
-    Ok(Node { name: entry.name.clone(), host, port, role, patroni })
+    let server_require_auth = match raw.server_require_auth.as_deref() {
+        Some(text) => RequireAuth::parse(text).map_err(|e| entry.key_error("server_require_auth", e))?,
+        None => cluster.server_require_auth,
+    };
+    Ok(Node { name: entry.name.clone(), host, port, role, patroni, server_require_auth })
 }
 
 fn check_patroni(url: Option<String>, entry: &EntryRef<'_>, source: Source) -> Result<Option<String>, ConfigError> {
@@ -198,11 +208,15 @@ fn check_one_primary(nodes: &[Node], locations: &Locations<'_>) -> Result<(), Co
     }
 }
 
-pub(super) fn users(raws: Vec<RawUser>, locations: &Locations<'_>) -> Result<Vec<User>, ConfigError> {
-    build_list("users", raws, locations, |r| r.name.as_deref(), user)
+pub(super) fn users(
+    raws: Vec<RawUser>,
+    cluster: &Cluster,
+    locations: &Locations<'_>,
+) -> Result<Vec<User>, ConfigError> {
+    build_list("users", raws, locations, |r| r.name.as_deref(), |raw, entry| user(raw, entry, cluster))
 }
 
-fn user(raw: RawUser, entry: &EntryRef<'_>) -> Result<User, ConfigError> {
+fn user(raw: RawUser, entry: &EntryRef<'_>, cluster: &Cluster) -> Result<User, ConfigError> {
     let types = [("scram-sha-256", AuthType::ScramSha256), ("md5", AuthType::Md5), ("trust", AuthType::Trust)];
     let auth_type =
         choice(raw.auth_type.as_deref(), AuthType::ScramSha256, &types, |m| entry.key_error("auth_type", m))?;
@@ -210,12 +224,26 @@ fn user(raw: RawUser, entry: &EntryRef<'_>) -> Result<User, ConfigError> {
     if raw.server_user.as_deref() == Some("") {
         return Err(entry.key_error("server_user", "must not be empty (leave it out to use the user's own name)"));
     }
+    let server_password_from_cluster = raw.server_password_from_cluster.unwrap_or(false);
+    if server_password_from_cluster && raw.server_password.is_some() {
+        return Err(entry.key_error(
+            "server_password_from_cluster",
+            "cannot be combined with server_password: say which password logs in to the servers",
+        ));
+    }
+    if server_password_from_cluster && cluster.password.is_empty() {
+        return Err(entry.key_error(
+            "server_password_from_cluster",
+            "[cluster] password is empty (set it, or PGRELAY_CLUSTER_PASSWORD, or leave this out)",
+        ));
+    }
     Ok(User {
         name: entry.name.clone(),
         password: raw.password,
         auth_type,
         server_user: raw.server_user,
         server_password: raw.server_password,
+        server_password_from_cluster,
     })
 }
 

@@ -11,13 +11,14 @@ mod env;
 mod locate;
 mod members;
 mod raw;
+mod require_auth;
 #[cfg(test)]
 mod tests;
 mod units;
 mod validate;
 
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::Path;
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ use serde::Deserialize as _;
 
 use locate::Locations;
 use raw::RawConfig;
+pub use require_auth::{RequireAuth, ServerAuthMethod};
 
 /// The validated configuration. Built by [`Config::load`] / [`Config::parse`].
 #[derive(Debug, Clone, PartialEq)]
@@ -137,6 +139,10 @@ pub struct Cluster {
     pub rejoin_after_checks: u32,
     pub user: String,
     pub password: String,
+    /// What a server may ask for when pgrelay logs in, unless a node says otherwise.
+    pub server_require_auth: RequireAuth,
+    /// The most SCRAM iterations pgrelay runs PBKDF2 for when a server asks.
+    pub server_scram_max_iterations: NonZeroU32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +158,16 @@ pub struct Node {
     pub port: u16,
     pub role: Option<Role>,
     pub patroni: Option<String>,
+    /// The node's own `server_require_auth`, else `[cluster]`'s.
+    pub server_require_auth: RequireAuth,
+}
+
+/// How pgrelay logs in to one node: what the node may ask for, and how much
+/// SCRAM work it may demand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerAuthPolicy {
+    pub require_auth: RequireAuth,
+    pub scram_max_iterations: NonZeroU32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,6 +185,8 @@ pub struct User {
     pub auth_type: AuthType,
     pub server_user: Option<String>,
     pub server_password: Option<String>,
+    /// Log in to the servers with `[cluster] password` (never implied).
+    pub server_password_from_cluster: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -220,9 +238,19 @@ impl Config {
         let routing = validate::routing(&raw.routing, locations)?;
         let cluster = validate::cluster(raw.cluster, locations)?;
         let admin = validate::admin(raw.admin, locations)?;
-        let nodes = members::nodes(raw.nodes, cluster.source, locations)?;
-        let users = members::users(raw.users, locations)?;
+        let nodes = members::nodes(raw.nodes, &cluster, locations)?;
+        let users = members::users(raw.users, &cluster, locations)?;
         let databases = members::databases(raw.databases, locations)?;
         Ok(Config { listen, pool, routing, cluster, admin, nodes, users, databases })
+    }
+
+    /// How pgrelay logs in to the node named `node` (`[cluster]`'s rules for
+    /// a node this configuration does not list).
+    pub fn server_auth_policy(&self, node: &str) -> ServerAuthPolicy {
+        let require_auth = self.nodes.iter().find(|n| n.name == node).map(|n| n.server_require_auth);
+        ServerAuthPolicy {
+            require_auth: require_auth.unwrap_or(self.cluster.server_require_auth),
+            scram_max_iterations: self.cluster.server_scram_max_iterations,
+        }
     }
 }

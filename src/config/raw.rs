@@ -16,7 +16,7 @@ pub(super) const LISTS: [&str; 3] = ["nodes", "users", "databases"];
 
 /// Keys whose TOML type is an integer, so an environment override's text is
 /// parsed as one. Every other table key takes a string (sizes take either).
-pub(super) const INTEGER_KEYS: [(&str, &str); 8] = [
+pub(super) const INTEGER_KEYS: [(&str, &str); 9] = [
     ("pool", "default_pool_size"),
     ("pool", "max_client_conn"),
     ("pool", "max_prepared_statements"),
@@ -25,6 +25,7 @@ pub(super) const INTEGER_KEYS: [(&str, &str); 8] = [
     ("pool", "max_pre_auth_conn_per_addr"),
     ("cluster", "leave_after_checks"),
     ("cluster", "rejoin_after_checks"),
+    ("cluster", "server_scram_max_iterations"),
 ];
 
 /// Keys whose TOML type is a list of strings; an environment override gives
@@ -98,6 +99,8 @@ pub(super) struct RawCluster {
     pub rejoin_after_checks: Option<RawInt>,
     pub user: Option<String>,
     pub password: Option<String>,
+    pub server_require_auth: Option<String>,
+    pub server_scram_max_iterations: Option<RawInt>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,6 +111,7 @@ pub(super) struct RawNode {
     pub port: Option<RawInt>,
     pub role: Option<String>,
     pub patroni: Option<String>,
+    pub server_require_auth: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,6 +122,7 @@ pub(super) struct RawUser {
     pub auth_type: Option<String>,
     pub server_user: Option<String>,
     pub server_password: Option<String>,
+    pub server_password_from_cluster: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

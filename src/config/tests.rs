@@ -50,7 +50,14 @@ fn example_file_parses() {
     let config = Config::parse(EXAMPLE).unwrap_or_else(|e| panic!("config/pgrelay.toml: {e}"));
     assert_eq!(config.listen.rw, addr("0.0.0.0:5432"));
     assert_eq!(config.cluster.source, Source::Postgres);
-    let node = |name: &str, port| Node { name: name.into(), host: "127.0.0.1".into(), port, role: None, patroni: None };
+    let node = |name: &str, port| Node {
+        name: name.into(),
+        host: "127.0.0.1".into(),
+        port,
+        role: None,
+        patroni: None,
+        server_require_auth: RequireAuth::DEFAULT,
+    };
     assert_eq!(config.nodes, [node("pg0", 6432), node("pg1", 6433), node("pg2", 6434)]);
     assert_eq!(config.users[0].name, "app");
     assert_eq!(config.users[0].password.as_deref(), Some("app"));
@@ -130,9 +137,18 @@ fn defaults_from_a_minimal_file() {
         rejoin_after_checks: 2,
         user: "postgres".into(),
         password: String::new(),
+        server_require_auth: RequireAuth::DEFAULT,
+        server_scram_max_iterations: std::num::NonZeroU32::new(100_000).unwrap(),
     };
     assert_eq!(config.cluster, cluster);
-    let node = Node { name: "pg0".into(), host: "127.0.0.1".into(), port: 6432, role: None, patroni: None };
+    let node = Node {
+        name: "pg0".into(),
+        host: "127.0.0.1".into(),
+        port: 6432,
+        role: None,
+        patroni: None,
+        server_require_auth: RequireAuth::DEFAULT,
+    };
     assert_eq!(config.nodes, [node]);
     let user = User {
         name: "app".into(),
@@ -140,9 +156,29 @@ fn defaults_from_a_minimal_file() {
         auth_type: AuthType::ScramSha256,
         server_user: None,
         server_password: None,
+        server_password_from_cluster: false,
     };
     assert_eq!(config.users, [user]);
     assert_eq!(config.databases, [Database { name: "app".into(), server_dbname: "app".into(), pool_size: None }]);
+}
+
+#[test]
+fn a_node_may_override_what_servers_may_ask_for() {
+    let text = with(&[
+        "[cluster]\nserver_require_auth = \"!password\"\nserver_scram_max_iterations = 5000\n",
+        NODE,
+        "[[nodes]]\nname = \"pg1\"\nport = 6433\nserver_require_auth = \"md5\"\n",
+        USER,
+        DATABASE,
+    ]);
+    let config = Config::parse(&text).expect("parses");
+    let policy = |node: &str| {
+        let p = config.server_auth_policy(node);
+        (p.require_auth.to_string(), p.scram_max_iterations.get())
+    };
+    assert_eq!(policy("pg0"), ("md5,scram-sha-256,none".to_owned(), 5000));
+    assert_eq!(policy("pg1"), ("md5".to_owned(), 5000));
+    assert_eq!(policy("gone"), policy("pg0"), "a node no longer configured gets [cluster]'s rules");
 }
 
 #[test]
@@ -309,6 +345,8 @@ fn every_table_key_can_be_overridden() {
                 ("rejoin_after_checks", "4"),
                 ("user", "mon"),
                 ("password", "pw"),
+                ("server_require_auth", "!password"),
+                ("server_scram_max_iterations", "5000"),
             ],
         ),
         ("admin", &[("admin_users", "ops"), ("stats_users", "monitor, exporter")]),

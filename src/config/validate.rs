@@ -3,14 +3,19 @@
 //! that knows its key, so every error names the key and where it was set.
 
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
 use super::locate::{error_at, Locations, Origin};
 use super::raw::{RawAdmin, RawCluster, RawInt, RawListen, RawPool, RawRouting, RawSize};
 use super::units::{listeners_collide, parse_addr, parse_duration, parse_size, size_from_int};
-use super::{Admin, Cluster, ConfigError, Listen, Pool, PoolMode, RoFallback, Routing, SessionStatePolicy, Source};
+use super::{
+    Admin, Cluster, ConfigError, Listen, Pool, PoolMode, RequireAuth, RoFallback, Routing, SessionStatePolicy, Source,
+};
 
+/// PostgreSQL 15's default is 4096 (`scram_iterations` came in 16); managed
+/// services ask for up to a few tens of thousands.
+const DEFAULT_SCRAM_MAX_ITERATIONS: u32 = 100_000;
 const MIN_MESSAGE_SIZE: u64 = 64 * 1024;
 const MAX_MESSAGE_SIZE: u64 = 1024 * 1024 * 1024;
 
@@ -201,6 +206,16 @@ pub(super) fn cluster(raw: RawCluster, locations: &Locations<'_>) -> Result<Clus
     if user.is_empty() {
         return Err(field("user").error("must not be empty"));
     }
+    let server_require_auth = match raw.server_require_auth.as_deref() {
+        Some(text) => RequireAuth::parse(text).map_err(|e| field("server_require_auth").error(e))?,
+        None => RequireAuth::DEFAULT,
+    };
+    let server_scram_max_iterations = match raw.server_scram_max_iterations.map(|n| n.0) {
+        None => NonZeroU32::new(DEFAULT_SCRAM_MAX_ITERATIONS).expect("not zero"),
+        Some(n) => u32::try_from(n).ok().and_then(NonZeroU32::new).ok_or_else(|| {
+            field("server_scram_max_iterations").error(format!("must be between 1 and {} (got {n})", u32::MAX))
+        })?,
+    };
     let check_interval = field("check_interval").positive_duration(raw.check_interval.as_deref(), "1s")?;
     let check_timeout = match raw.check_timeout.as_deref() {
         Some(text) => field("check_timeout").positive_duration(Some(text), "1s")?,
@@ -218,5 +233,7 @@ pub(super) fn cluster(raw: RawCluster, locations: &Locations<'_>) -> Result<Clus
         rejoin_after_checks: checks("rejoin_after_checks", raw.rejoin_after_checks)?,
         user,
         password: raw.password.unwrap_or_default(),
+        server_require_auth,
+        server_scram_max_iterations,
     })
 }

@@ -19,10 +19,12 @@ pub fn pool_for(ctx: &Context, node: &NodeStatus, database: &Database, user: &Ar
     ctx.pools.get_or_create((&node.name, &database.name, &user.name), || {
         let config = ctx.config();
         let target = ServerTarget {
+            node: node.name.clone(),
             host: node.host.clone(),
             port: node.port,
             database: database.server_dbname.clone(),
             credentials: user.clone(),
+            auth_policy: config.server_auth_policy(&node.name),
             connect_timeout: config.pool.server_connect_timeout,
             max_prepared: config.pool.max_prepared_statements,
         };

@@ -147,11 +147,13 @@ impl Context {
 /// Whether a pool built under `old` is still what `new` would build.
 fn pool_unchanged(pool: &Pool, old: &Config, new: &Config) -> bool {
     let key = &pool.key;
-    fn node<'c>(c: &'c Config, name: &str) -> Option<(&'c str, u16)> {
-        c.nodes.iter().find(|n| n.name == name).map(|n| (n.host.as_str(), n.port))
+    fn node<'c>(c: &'c Config, name: &str) -> Option<(&'c str, u16, crate::config::ServerAuthPolicy)> {
+        c.nodes.iter().find(|n| n.name == name).map(|n| (n.host.as_str(), n.port, c.server_auth_policy(name)))
     }
-    fn user<'c>(c: &'c Config, name: &str) -> Option<&'c crate::config::User> {
-        c.users.iter().find(|u| u.name == name)
+    /// The user's entry, and the cluster password when it logs in with that.
+    fn user<'c>(c: &'c Config, name: &str) -> Option<(&'c crate::config::User, Option<&'c str>)> {
+        let user = c.users.iter().find(|u| u.name == name)?;
+        Some((user, user.server_password_from_cluster.then_some(c.cluster.password.as_str())))
     }
     fn database<'c>(c: &'c Config, name: &str) -> Option<&'c crate::config::Database> {
         c.databases.iter().find(|d| d.name == name)

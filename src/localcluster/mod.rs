@@ -241,6 +241,14 @@ impl LocalCluster {
         setup::psql(&self.runner, node, &self.base_dir, db, &[sql])
     }
 
+    /// Puts `rules` (pg_hba.conf lines) ahead of the node's own, so they
+    /// win, and reloads its configuration. The reload is asynchronous: a
+    /// caller that depends on it waits until a login shows the change.
+    pub fn prepend_hba_rules(&self, node: &NodeHandle, rules: &str) -> Result<(), LocalClusterError> {
+        setup::prepend_hba_rules(&self.runner, node, rules)?;
+        self.psql(node, "SELECT pg_reload_conf()").map(drop)
+    }
+
     /// `pg_ctl stop -m <mode> -w`.
     pub fn stop(&self, node: &NodeHandle, mode: StopMode) -> Result<(), LocalClusterError> {
         let mut cmd = self.runner.pg_command("pg_ctl");

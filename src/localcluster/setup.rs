@@ -144,6 +144,15 @@ host  all         app_md5   127.0.0.1/32 md5
 host  all         all       127.0.0.1/32 scram-sha-256
 ";
 
+/// Writes `rules` ahead of the node's pg_hba.conf rules (first match wins).
+pub(crate) fn prepend_hba_rules(runner: &Runner, node: &NodeHandle, rules: &str) -> Result<(), LocalClusterError> {
+    let path = node.data_dir.join("pg_hba.conf");
+    let current =
+        std::fs::read_to_string(&path).map_err(LocalClusterError::io(format!("reading {}", path.display())))?;
+    let rules = if rules.ends_with('\n') { rules.to_owned() } else { format!("{rules}\n") };
+    write_file(runner, &path, &format!("{rules}{current}"))
+}
+
 fn server_conf(opts: &LocalClusterOptions, socket_dir: &Path) -> String {
     let mut conf = format!(
         "\n# --- added by pgrelay localcluster ---\n\

@@ -161,7 +161,17 @@ impl Pool {
             None => {
                 // Boxed: a connect's state is large and rare, and would
                 // otherwise be part of every client task's size.
-                let conn = Box::new(Box::pin(ServerConn::connect(&self.target)).await?);
+                let conn = match Box::pin(ServerConn::connect(&self.target)).await {
+                    Ok(conn) => Box::new(conn),
+                    Err(e) => {
+                        if matches!(e, BackendError::Login { .. }) {
+                            // The configuration or the server needs a look: say so
+                            // louder than the client's own error line.
+                            tracing::warn!(pool = ?self.key, error = %e, "server login refused");
+                        }
+                        return Err(e.into());
+                    }
+                };
                 self.server_params.lock().expect("pool lock").get_or_insert_with(|| conn.startup_params.clone());
                 conn
             }
@@ -427,10 +437,12 @@ mod tests {
     fn pool_parts(config: &Config) -> (ServerTarget, PoolSettings, PoolMetrics) {
         let users = crate::auth::UserDb::from_config(config).expect("valid users");
         let target = ServerTarget {
+            node: "pg0".into(),
             host: "127.0.0.1".into(),
             port: 5432,
             database: "app".into(),
             credentials: users.get("alice").expect("configured").clone(),
+            auth_policy: config.server_auth_policy("pg0"),
             connect_timeout: Duration::from_secs(1),
             max_prepared: 200,
         };

@@ -16,4 +16,5 @@ mod pooling;
 mod prepared;
 mod protocol;
 mod routing;
+mod server_login;
 mod tools;

@@ -9,6 +9,7 @@
 
 #![allow(dead_code)]
 
+pub mod mock_server;
 pub mod relay;
 
 use std::sync::OnceLock;

@@ -112,6 +112,8 @@ pub fn config_values(config: &Config) -> Vec<(&'static str, String)> {
         ("cluster.leave_after_checks", config.cluster.leave_after_checks.to_string()),
         ("cluster.rejoin_after_checks", config.cluster.rejoin_after_checks.to_string()),
         ("cluster.user", config.cluster.user.clone()),
+        ("cluster.server_require_auth", config.cluster.server_require_auth.to_string()),
+        ("cluster.server_scram_max_iterations", config.cluster.server_scram_max_iterations.to_string()),
         ("admin.admin_users", list(&config.admin.admin_users)),
         ("admin.stats_users", list(&config.admin.stats_users)),
     ]

@@ -126,6 +126,8 @@ fn config_lists_every_setting_with_its_default_and_no_password() {
     assert_eq!(find("pool.query_wait_timeout")[1], "30s");
     assert_eq!(find("listen.rw")[3], "no");
     assert_eq!(find("admin.admin_users")[1], "u,v");
+    assert_eq!(find("cluster.server_require_auth")[1..3], ["scram-sha-256,none", "scram-sha-256,none"]);
+    assert_eq!(find("cluster.server_scram_max_iterations")[2], "100000");
     let everything = format!("{:?}", table.rows);
     assert!(!everything.contains("secret-pw") && !everything.contains("cluster-pw"), "{everything}");
     assert!(!everything.contains("password"), "{everything}");

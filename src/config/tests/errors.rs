@@ -273,3 +273,24 @@ fn database_values() {
         &["[[databases]] \"pgbouncer\" name: is reserved for the admin console"],
     );
 }
+
+#[test]
+fn server_login_keys() {
+    let text = base("[cluster]\n\nserver_require_auth = \"scram-sha-256,md6\"\n");
+    assert_error(&text, Some(3), &["[cluster] server_require_auth", "\"md6\"", "password, md5, scram-sha-256, none"]);
+    assert_error(&base("[cluster]\nserver_require_auth = \"md5,!none\"\n"), Some(2), &["mixes negated"]);
+    let text = base("[cluster]\nserver_scram_max_iterations = 0\n");
+    assert_error(&text, Some(2), &["[cluster] server_scram_max_iterations", "got 0"]);
+    let text = with(&[NODE, "[[nodes]]\nname = \"pg1\"\nport = 1\nserver_require_auth = \"gss\"\n", USER, DATABASE]);
+    let at = line(&text, "gss", 1);
+    assert_error(&text, Some(at), &["[[nodes]] \"pg1\" server_require_auth", "cannot answer"]);
+
+    let from_cluster = "[[users]]\nname = \"t\"\nauth_type = \"trust\"\nserver_password_from_cluster = true\n";
+    let text = with(&[NODE, from_cluster, DATABASE]);
+    let at = line(&text, "server_password_from_cluster", 1);
+    assert_error(&text, Some(at), &["[[users]] \"t\" server_password_from_cluster", "[cluster] password is empty"]);
+    let both = format!("{from_cluster}server_password = \"p\"\n");
+    let text = with(&["[cluster]\npassword = \"m\"\n", NODE, &both, DATABASE]);
+    assert_error(&text, Some(line(&text, "server_password_from_cluster", 1)), &["cannot be combined"]);
+    assert!(Config::parse(&with(&["[cluster]\npassword = \"m\"\n", NODE, from_cluster, DATABASE])).is_ok());
+}
