@@ -13,10 +13,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::server_statements::Presence;
+use super::stream::{ServerStream, TlsError};
 use super::tracker::{Expect, Origin, Synthetic, Tracker, Verdict};
 use super::Statement;
 use crate::auth::server_login::{LoginRefused, ServerLogin};
-use crate::config::ServerAuthPolicy;
+use crate::config::{ServerAuthPolicy, ServerTls};
 use crate::wire::{self, backend as tag, ErrorFields, Frame, WireError};
 
 /// Largest message accepted from a server during startup.
@@ -30,6 +31,9 @@ pub enum BackendError {
     ConnectTimeout { addr: String, timeout: Duration },
     #[error("server connection: {0}")]
     Io(#[from] io::Error),
+    /// TLS with the server did not come about (`server_tls_sslmode`).
+    #[error("TLS with node {node}: {source}")]
+    Tls { node: String, source: TlsError },
     #[error("server closed the connection")]
     Closed,
     #[error("server protocol error: {0}")]
@@ -61,6 +65,7 @@ impl BackendError {
             | BackendError::Timeout(_) => true,
             // 08: connection exceptions; 57: shutting down, cannot connect now.
             BackendError::Server(fields) => fields.code.starts_with("08") || fields.code.starts_with("57"),
+            BackendError::Tls { source, .. } => source.is_transient(),
             BackendError::Protocol(_) | BackendError::Login { .. } | BackendError::Abandoned(_) => false,
         }
     }
@@ -81,6 +86,8 @@ pub struct ServerTarget {
     /// What the node may ask for when pgrelay logs in.
     pub auth_policy: ServerAuthPolicy,
     pub connect_timeout: Duration,
+    /// Whether and how to talk TLS to the node.
+    pub tls: ServerTls,
     /// Shared statements kept prepared per connection (max_prepared_statements).
     pub max_prepared: usize,
 }
@@ -98,7 +105,7 @@ pub type ClientSettings = Vec<(String, String)>;
 /// A live, authenticated server connection.
 #[derive(Debug)]
 pub struct ServerConn {
-    pub stream: TcpStream,
+    pub stream: ServerStream,
     pub addr: SocketAddr,
     /// Bytes read from the server, not yet handled.
     pub rbuf: BytesMut,
@@ -132,14 +139,26 @@ impl ServerConn {
             }
             Err(last_err.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "host has no address")))
         };
-        let stream = tokio::time::timeout(target.connect_timeout, connect)
+        let tcp = tokio::time::timeout(target.connect_timeout, connect)
             .await
             .map_err(|_| BackendError::ConnectTimeout { addr: addr_text.clone(), timeout: target.connect_timeout })?
             .map_err(|source| BackendError::Connect { addr: addr_text.clone(), source })?;
-        stream.set_nodelay(true)?;
-        let addr = stream.peer_addr()?;
+        tcp.set_nodelay(true)?;
+        let addr = tcp.peer_addr()?;
+        let open = async {
+            let stream = ServerStream::negotiate(tcp, &target.tls, &target.host)
+                .await
+                .map_err(|source| BackendError::Tls { node: target.node.clone(), source })?;
+            let mut conn = ServerConn::new(stream, addr, target);
+            conn.startup(target).await?;
+            Ok(conn)
+        };
+        tokio::time::timeout(target.connect_timeout, open).await.map_err(|_| BackendError::Timeout(target.connect_timeout))?
+    }
+
+    fn new(stream: ServerStream, addr: SocketAddr, target: &ServerTarget) -> ServerConn {
         let now = Instant::now();
-        let mut conn = ServerConn {
+        ServerConn {
             stream,
             addr,
             rbuf: BytesMut::with_capacity(8192),
@@ -152,11 +171,13 @@ impl ServerConn {
             created: now,
             last_used: now,
             cancels_in_flight: Arc::default(),
-        };
-        tokio::time::timeout(target.connect_timeout, conn.startup(target))
-            .await
-            .map_err(|_| BackendError::Timeout(target.connect_timeout))??;
-        Ok(conn)
+        }
+    }
+
+    /// Writes `bytes` and whatever TLS still holds of them.
+    async fn write_flushed(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
     }
 
     async fn startup(&mut self, target: &ServerTarget) -> Result<(), BackendError> {
@@ -166,7 +187,7 @@ impl ServerConn {
             &mut out,
             [(&b"user"[..], creds.user.as_bytes()), (&b"database"[..], target.database.as_bytes())],
         );
-        self.stream.write_all(&out).await?;
+        self.write_flushed(&out).await?;
         let mut login = ServerLogin::new(creds, target.auth_policy);
         let refused = |reason| BackendError::Login { node: target.node.clone(), user: creds.user.clone(), reason };
         let mut params = Vec::new();
@@ -178,7 +199,7 @@ impl ServerConn {
                     out.clear();
                     login.on_request(body, &mut out).map_err(refused)?;
                     if !out.is_empty() {
-                        self.stream.write_all(&out).await?;
+                        self.write_flushed(&out).await?;
                     }
                 }
                 tag::PARAMETER_STATUS => {
@@ -220,19 +241,8 @@ impl ServerConn {
 
     /// True when the idle connection has data or EOF waiting: the server said
     /// something unasked (e.g. FATAL on shutdown) and the connection is unusable.
-    /// tokio's cached readiness answers without a syscall: the session's last
-    /// short read cleared it, so "readable" means something arrived since
-    /// (only then a read confirms it).
-    pub fn has_unsolicited_input(&self) -> bool {
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        if self.stream.poll_read_ready(&mut cx).is_pending() {
-            return false;
-        }
-        let mut probe = [0u8; 1];
-        match self.stream.try_read(&mut probe) {
-            Ok(_) => true,
-            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
-        }
+    pub fn has_unsolicited_input(&mut self) -> bool {
+        self.stream.has_unsolicited_input()
     }
 
     /// Runs pgrelay's own simple queries (ROLLBACK, DISCARD ALL) on a
@@ -285,6 +295,7 @@ impl ServerConn {
             self.send_built(Expect::Sync, Origin::InjectedSetup, wire::put_sync);
         }
         self.stream.write_all(&self.wbuf).await?;
+        self.stream.flush().await?;
         self.wbuf.clear();
         let mut failed = None;
         while self.tracker.pending_ready() > 0 {
@@ -440,10 +451,11 @@ impl ServerConn {
         self.tracker.emit_synthetic(out);
     }
 
-    /// Bytes queued for the server, not yet written.
+    /// Bytes queued for the server, not yet written (at least 1 while TLS
+    /// holds encrypted records the socket did not take yet).
     #[inline]
     pub fn pending_write(&self) -> usize {
-        self.wbuf.len()
+        self.wbuf.len().max(usize::from(self.stream.has_buffered_output()))
     }
 
     /// Writes what the socket takes now.
@@ -451,9 +463,12 @@ impl ServerConn {
         while !self.wbuf.is_empty() {
             match self.stream.try_write(&self.wbuf) {
                 Ok(n) => self.wbuf.advance(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),
             }
+        }
+        if self.stream.has_buffered_output() {
+            self.stream.try_write_buffered()?;
         }
         Ok(())
     }

@@ -4,11 +4,13 @@
 mod conn;
 mod server_statements;
 mod statements;
+mod stream;
 #[cfg(test)]
 mod tests;
 pub mod tracker;
 
 pub use conn::{BackendError, BackendKey, ClientSettings, ServerConn, ServerParams, ServerTarget};
 pub use server_statements::ServerStatements;
+pub use stream::{ServerStream, TlsError};
 pub use statements::{Statement, StatementContext, StatementRegistry};
 pub use tracker::{CopyInterleaved, CopyState, Expect, Origin, Synthetic, Tracker, Undone, Verdict};

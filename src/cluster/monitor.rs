@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
@@ -19,7 +21,7 @@ use tracing::Instrument as _;
 use super::decide::{ClusterState, Fencer, Hysteresis, LagLimits, Observation, Probe};
 use super::patroni::{self, PatroniView};
 use super::{ClusterView, Topology};
-use crate::config::{Config, Source};
+use crate::config::{Config, ServerSslMode, ServerTls, Source};
 
 /// What a monitor asks each node. LSNs as byte positions (`lsn - '0/0'`),
 /// timestamps as microseconds since the epoch, so no date types are needed.
@@ -57,6 +59,8 @@ struct MonitorTarget {
     index: usize,
     name: String,
     connect: tokio_postgres::Config,
+    /// `server_tls_*`'s rustls settings; `None` with `disable`.
+    tls: Option<MakeRustlsConnect>,
     interval: Duration,
     timeout: Duration,
 }
@@ -95,10 +99,12 @@ pub fn start(
         if !config.cluster.password.is_empty() {
             connect.password(&config.cluster.password);
         }
+        let tls = monitor_tls(&config.tls.server, &mut connect);
         let target = MonitorTarget {
             index,
             name: node.name.clone(),
             connect,
+            tls,
             interval: config.cluster.check_interval,
             timeout: config.cluster.check_timeout,
         };
@@ -128,6 +134,20 @@ pub fn start(
     let coordinator = Coordinator { state, view, fence, fencer, ready: Some(ready), hold_until };
     tasks.spawn(coordinator.run(inbox, shutdown).instrument(tracing::info_span!("topology-coordinator")));
     ready_rx
+}
+
+/// Sets the monitors' sslmode as pooled connections have it. tokio-postgres
+/// knows prefer and require only: the certificate checks of verify-ca and
+/// verify-full live in the rustls settings, as for pooled connections.
+fn monitor_tls(tls: &ServerTls, connect: &mut tokio_postgres::Config) -> Option<MakeRustlsConnect> {
+    let mode = match tls.sslmode {
+        ServerSslMode::Disable => SslMode::Disable,
+        ServerSslMode::Prefer => SslMode::Prefer,
+        ServerSslMode::Require | ServerSslMode::VerifyCa | ServerSslMode::VerifyFull => SslMode::Require,
+    };
+    connect.ssl_mode(mode);
+    let client_config = tls.client_config.as_ref().filter(|_| mode != SslMode::Disable)?;
+    Some(MakeRustlsConnect::new(rustls::ClientConfig::clone(client_config)))
 }
 
 /// Polls one node every check_interval until shutdown.
@@ -215,11 +235,20 @@ async fn check(
     let live = match client.take() {
         Some(live) if !live.is_closed() => live,
         _ => {
-            let (live, connection) = target.connect.connect(NoTls).await?;
             let span = tracing::debug_span!("monitor-connection", node = %target.name);
-            // Ends when the client is dropped or the server goes away.
-            tasks.spawn(async move { drop(connection.await) }.instrument(span));
-            live
+            // The connection task ends when the client is dropped or the server goes away.
+            match &target.tls {
+                Some(tls) => {
+                    let (live, connection) = target.connect.connect(tls.clone()).await?;
+                    tasks.spawn(async move { drop(connection.await) }.instrument(span));
+                    live
+                }
+                None => {
+                    let (live, connection) = target.connect.connect(NoTls).await?;
+                    tasks.spawn(async move { drop(connection.await) }.instrument(span));
+                    live
+                }
+            }
         }
     };
     let row = live.query_one(CHECK_SQL, &[]).await?;

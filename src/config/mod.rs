@@ -14,6 +14,7 @@ mod raw;
 mod require_auth;
 #[cfg(test)]
 mod tests;
+mod tls;
 mod units;
 mod validate;
 
@@ -28,6 +29,7 @@ use serde::Deserialize as _;
 use locate::Locations;
 use raw::RawConfig;
 pub use require_auth::{RequireAuth, ServerAuthMethod};
+pub use tls::{ServerSslMode, ServerTls, TlsProtocols};
 
 /// The validated configuration. Built by [`Config::load`] / [`Config::parse`].
 #[derive(Debug, Clone, PartialEq)]
@@ -37,9 +39,16 @@ pub struct Config {
     pub routing: Routing,
     pub cluster: Cluster,
     pub admin: Admin,
+    pub tls: Tls,
     pub nodes: Vec<Node>,
     pub users: Vec<User>,
     pub databases: Vec<Database>,
+}
+
+/// `[tls]`: TLS between pgrelay and the servers.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Tls {
+    pub server: ServerTls,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -238,10 +247,11 @@ impl Config {
         let routing = validate::routing(&raw.routing, locations)?;
         let cluster = validate::cluster(raw.cluster, locations)?;
         let admin = validate::admin(raw.admin, locations)?;
+        let tls = Tls { server: tls::server(raw.tls, locations)? };
         let nodes = members::nodes(raw.nodes, &cluster, locations)?;
         let users = members::users(raw.users, &cluster, locations)?;
         let databases = members::databases(raw.databases, locations)?;
-        Ok(Config { listen, pool, routing, cluster, admin, nodes, users, databases })
+        Ok(Config { listen, pool, routing, cluster, admin, tls, nodes, users, databases })
     }
 
     /// How pgrelay logs in to the node named `node` (`[cluster]`'s rules for

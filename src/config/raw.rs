@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 /// Sections that are one table (`[pool]`); their keys can be overridden from
 /// the environment.
-pub(super) const TABLES: [&str; 5] = ["listen", "pool", "routing", "cluster", "admin"];
+pub(super) const TABLES: [&str; 6] = ["listen", "pool", "routing", "cluster", "admin", "tls"];
 /// Sections that are lists of tables (`[[nodes]]`).
 pub(super) const LISTS: [&str; 3] = ["nodes", "users", "databases"];
 
@@ -40,6 +40,7 @@ pub(super) struct RawConfig {
     pub routing: RawRouting,
     pub cluster: RawCluster,
     pub admin: RawAdmin,
+    pub tls: RawTls,
     pub nodes: Vec<RawNode>,
     pub users: Vec<RawUser>,
     pub databases: Vec<RawDatabase>,
@@ -79,6 +80,16 @@ pub(super) struct RawPool {
 pub(super) struct RawAdmin {
     pub admin_users: Option<Vec<String>>,
     pub stats_users: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub server_tls_sslmode: Option<String>,
+    pub server_tls_ca_file: Option<String>,
+    pub server_tls_cert_file: Option<String>,
+    pub server_tls_key_file: Option<String>,
+    pub server_tls_protocols: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -221,6 +232,7 @@ pub(super) fn keys(section: &str) -> Option<&'static [&'static str]> {
         "routing" => keys_of::<RawRouting>(),
         "cluster" => keys_of::<RawCluster>(),
         "admin" => keys_of::<RawAdmin>(),
+        "tls" => keys_of::<RawTls>(),
         "nodes" => keys_of::<RawNode>(),
         "users" => keys_of::<RawUser>(),
         "databases" => keys_of::<RawDatabase>(),

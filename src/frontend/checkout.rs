@@ -26,6 +26,7 @@ pub fn pool_for(ctx: &Context, node: &NodeStatus, database: &Database, user: &Ar
             credentials: user.clone(),
             auth_policy: config.server_auth_policy(&node.name),
             connect_timeout: config.pool.server_connect_timeout,
+            tls: config.tls.server.clone(),
             max_prepared: config.pool.max_prepared_statements,
         };
         let settings = pool_settings(&config, database);

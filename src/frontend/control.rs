@@ -93,7 +93,7 @@ impl Context {
         self.store_config(new.clone());
         self.resize_client_slots(old.pool.max_client_conn, new.pool.max_client_conn);
         summary.pools_retired = self.pools.retire_unless(|pool| pool_unchanged(pool, &old, &new));
-        if new.nodes != old.nodes || new.cluster != old.cluster || new.routing != old.routing {
+        if new.nodes != old.nodes || new.cluster != old.cluster || new.routing != old.routing || new.tls != old.tls {
             summary.monitors_restarted = true;
             self.restart_monitors(&new);
         }
@@ -164,6 +164,7 @@ fn pool_unchanged(pool: &Pool, old: &Config, new: &Config) -> bool {
         && same(database(old, &key.database), new_database)
         && new_database.is_some_and(|db| pool.settings() == &pool_settings(new, db))
         && old.pool.server_connect_timeout == new.pool.server_connect_timeout
+        && old.tls.server == new.tls.server
         && old.pool.max_prepared_statements == new.pool.max_prepared_statements
 }
 

@@ -195,7 +195,7 @@ impl Pool {
     fn take_idle(&self, now: Instant) -> Option<Box<ServerConn>> {
         let mut idle = self.idle.lock().expect("pool lock");
         let mut found = None;
-        while let Some(conn) = idle.pop() {
+        while let Some(mut conn) = idle.pop() {
             let expired = self.settings.idle_timeout.is_some_and(|t| now.saturating_duration_since(conn.last_used) > t);
             if !expired && !conn.has_unsolicited_input() {
                 found = Some(conn);
@@ -444,6 +444,7 @@ mod tests {
             credentials: users.get("alice").expect("configured").clone(),
             auth_policy: config.server_auth_policy("pg0"),
             connect_timeout: Duration::from_secs(1),
+            tls: config.tls.server.clone(),
             max_prepared: 200,
         };
         let settings = PoolSettings {

@@ -313,3 +313,9 @@ pub fn put_copy_fail(buf: &mut BytesMut, reason: &str) {
 pub fn put_flush(buf: &mut BytesMut) {
     message(buf, frontend::FLUSH, |_| {});
 }
+
+/// An SSLRequest: the packet that asks a server to switch to TLS.
+pub fn put_ssl_request(buf: &mut BytesMut) {
+    buf.put_u32(8);
+    buf.put_u32(super::SSL_REQUEST_CODE);
+}
