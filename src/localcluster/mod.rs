@@ -249,6 +249,24 @@ impl LocalCluster {
         self.psql(node, "SELECT pg_reload_conf()").map(drop)
     }
 
+    /// Turns TLS on for `node` with this certificate and key (PEM): writes
+    /// them into its data directory (the key private to the server's user,
+    /// as PostgreSQL demands) and reloads. Like a pg_hba change, the reload
+    /// is asynchronous.
+    pub fn enable_ssl(&self, node: &NodeHandle, cert_pem: &str, key_pem: &str) -> Result<(), LocalClusterError> {
+        setup::write_private_file(&self.runner, &node.data_dir.join("server.crt"), cert_pem)?;
+        setup::write_private_file(&self.runner, &node.data_dir.join("server.key"), key_pem)?;
+        for sql in [
+            "ALTER SYSTEM SET ssl_cert_file = 'server.crt'",
+            "ALTER SYSTEM SET ssl_key_file = 'server.key'",
+            "ALTER SYSTEM SET ssl = on",
+            "SELECT pg_reload_conf()",
+        ] {
+            self.psql(node, sql)?;
+        }
+        Ok(())
+    }
+
     /// `pg_ctl stop -m <mode> -w`.
     pub fn stop(&self, node: &NodeHandle, mode: StopMode) -> Result<(), LocalClusterError> {
         let mut cmd = self.runner.pg_command("pg_ctl");

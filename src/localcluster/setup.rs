@@ -303,6 +303,14 @@ fn append(path: &Path, text: &str) -> Result<(), LocalClusterError> {
 }
 
 /// Replaces a file's contents; a new file is given to the server's user.
+/// A file only the server's user may read (a TLS key must be).
+pub(crate) fn write_private_file(runner: &Runner, path: &Path, text: &str) -> Result<(), LocalClusterError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    write_file(runner, path, text)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(LocalClusterError::io(format!("making {} private", path.display())))
+}
+
 fn write_file(runner: &Runner, path: &Path, text: &str) -> Result<(), LocalClusterError> {
     std::fs::write(path, text).map_err(LocalClusterError::io(format!("writing {}", path.display())))?;
     runner.give(path)

@@ -17,4 +17,5 @@ mod prepared;
 mod protocol;
 mod routing;
 mod server_login;
+mod server_tls;
 mod tools;

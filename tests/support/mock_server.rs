@@ -54,10 +54,20 @@ impl MockServer {
     }
 }
 
-async fn serve(mut stream: TcpStream, script: ScramScript, verifier: &ScramVerifier) -> std::io::Result<()> {
+/// One untagged startup packet's body.
+async fn read_packet(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     let len = stream.read_u32().await? as usize;
-    let mut startup = vec![0; len.saturating_sub(4)];
-    stream.read_exact(&mut startup).await?;
+    let mut body = vec![0; len.saturating_sub(4)];
+    stream.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+async fn serve(mut stream: TcpStream, script: ScramScript, verifier: &ScramVerifier) -> std::io::Result<()> {
+    // pgrelay asks for TLS first (server_tls_sslmode = prefer): a server without it says no.
+    if read_packet(&mut stream).await? == pgrelay::wire::SSL_REQUEST_CODE.to_be_bytes() {
+        stream.write_all(b"N").await?;
+        read_packet(&mut stream).await?;
+    }
     let mut out = BytesMut::new();
     auth(&mut out, 10, format!("{MECHANISM}\0\0").as_bytes());
     stream.write_all(&out).await?;
