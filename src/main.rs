@@ -103,6 +103,11 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
         config.listen.rw,
         config.listen.ro,
     );
+    let tls = &config.tls.server;
+    let ca = tls.ca_file.as_ref().map_or("no CA file".to_owned(), |p| format!("CA {}", p.display()));
+    let cert =
+        tls.cert_file.as_ref().map_or("no client certificate".to_owned(), |p| format!("certificate {}", p.display()));
+    println!("  tls to the servers: server_tls_sslmode = {:?}, {ca}, {cert}", tls.sslmode);
     // How pgrelay will log in to the servers, so nothing about it is implicit.
     for node in &config.nodes {
         println!(

@@ -153,7 +153,9 @@ impl ServerConn {
             conn.startup(target).await?;
             Ok(conn)
         };
-        tokio::time::timeout(target.connect_timeout, open).await.map_err(|_| BackendError::Timeout(target.connect_timeout))?
+        tokio::time::timeout(target.connect_timeout, open)
+            .await
+            .map_err(|_| BackendError::Timeout(target.connect_timeout))?
     }
 
     fn new(stream: ServerStream, addr: SocketAddr, target: &ServerTarget) -> ServerConn {

@@ -11,6 +11,6 @@ pub mod tracker;
 
 pub use conn::{BackendError, BackendKey, ClientSettings, ServerConn, ServerParams, ServerTarget};
 pub use server_statements::ServerStatements;
-pub use stream::{ServerStream, TlsError};
 pub use statements::{Statement, StatementContext, StatementRegistry};
+pub use stream::{ServerStream, TlsError};
 pub use tracker::{CopyInterleaved, CopyState, Expect, Origin, Synthetic, Tracker, Undone, Verdict};

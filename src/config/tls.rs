@@ -151,7 +151,8 @@ pub(super) fn server(raw: RawTls, locations: &Locations<'_>) -> Result<ServerTls
         (None, Some(_)) => return Err(key("server_tls_cert_file").error("must be set with server_tls_key_file")),
         _ => {}
     }
-    let mut tls = ServerTls { sslmode, ca_file, cert_file, key_file, protocols, contents: Vec::new(), client_config: None };
+    let mut tls =
+        ServerTls { sslmode, ca_file, cert_file, key_file, protocols, contents: Vec::new(), client_config: None };
     if sslmode == ServerSslMode::Disable {
         return Ok(tls);
     }
@@ -185,7 +186,11 @@ pub(super) fn server(raw: RawTls, locations: &Locations<'_>) -> Result<ServerTls
                 .map_err(|e| private.error(format!("{}: not a PEM private key: {e}", key_path.display())))?;
             tls.contents.extend([cert_pem, key_pem]);
             builder.with_client_auth_cert(chain, private_key).map_err(|e| {
-                private.error(format!("{} does not fit server_tls_cert_file {}: {e}", key_path.display(), cert_path.display()))
+                private.error(format!(
+                    "{} does not fit server_tls_cert_file {}: {e}",
+                    key_path.display(),
+                    cert_path.display()
+                ))
             })?
         }
         _ => builder.with_no_client_auth(),

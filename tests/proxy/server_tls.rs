@@ -157,9 +157,10 @@ async fn verify_full_accepts_the_right_certificate_and_refuses_a_wrong_name() {
 #[tokio::test]
 async fn monitors_connect_over_tls() {
     let tls = tls_cluster();
-    let toml = config(&format!("server_tls_sslmode = \"verify-full\"\nserver_tls_ca_file = \"{}\"", tls.ca_file.display()))
-        .replace("source = \"static\"", "source = \"postgres\"")
-        .replace("role = \"primary\"\n", "");
+    let toml =
+        config(&format!("server_tls_sslmode = \"verify-full\"\nserver_tls_ca_file = \"{}\"", tls.ca_file.display()))
+            .replace("source = \"static\"", "source = \"postgres\"")
+            .replace("role = \"primary\"\n", "");
     let app = start(&toml).await;
     until_ssl_is_on(&app).await;
     let mut topology = serde_json::Value::Null;

@@ -294,3 +294,74 @@ fn server_login_keys() {
     assert_error(&text, Some(line(&text, "server_password_from_cluster", 1)), &["cannot be combined"]);
     assert!(Config::parse(&with(&["[cluster]\npassword = \"m\"\n", NODE, from_cluster, DATABASE])).is_ok());
 }
+
+/// A directory of PEM files for the `[tls]` tests: a CA, a certificate
+/// with its key, another key, and garbage.
+fn tls_files(test: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("pgrelay-tls-config-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert =
+        rcgen::CertificateParams::new(vec!["pgrelay".to_owned()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+    for (name, text) in [
+        ("ca.crt", ca.pem()),
+        ("client.crt", cert.pem()),
+        ("client.key", key.serialize_pem()),
+        ("other.key", rcgen::KeyPair::generate().unwrap().serialize_pem()),
+        ("garbage.key", "not a key\n".to_owned()),
+    ] {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn server_tls_files_are_checked_at_load() {
+    let dir = tls_files("load");
+    let tls = |body: String| base(&format!("[tls]\n{body}"));
+    let path = |name: &str| dir.join(name).display().to_string();
+    let good = format!(
+        "server_tls_sslmode = \"verify-full\"\nserver_tls_ca_file = \"{}\"\nserver_tls_cert_file = \"{}\"\n\
+         server_tls_key_file = \"{}\"\n",
+        path("ca.crt"),
+        path("client.crt"),
+        path("client.key")
+    );
+    let config = Config::parse(&tls(good.clone())).expect("valid [tls]");
+    assert_eq!(config.tls.server.sslmode, crate::config::ServerSslMode::VerifyFull);
+    assert!(config.tls.server.client_config.is_some());
+
+    let missing = tls(good.replace("client.key", "nosuch.key"));
+    assert_error(
+        &missing,
+        Some(line(&missing, "server_tls_key_file", 1)),
+        &["[tls] server_tls_key_file", "nosuch.key"],
+    );
+    let garbage = tls(good.replace("client.key", "garbage.key"));
+    assert_error(
+        &garbage,
+        Some(line(&garbage, "server_tls_key_file", 1)),
+        &["server_tls_key_file", "not a PEM private key"],
+    );
+    let other = tls(good.replace("client.key", "other.key"));
+    assert_error(&other, Some(line(&other, "server_tls_key_file", 1)), &["server_tls_key_file", "does not fit"]);
+    let not_a_ca = tls(good.replace("ca.crt", "garbage.key"));
+    assert_error(
+        &not_a_ca,
+        Some(line(&not_a_ca, "server_tls_ca_file", 1)),
+        &["server_tls_ca_file", "no PEM certificate"],
+    );
+    let no_ca = tls("server_tls_sslmode = \"verify-ca\"\n".to_owned());
+    assert_error(&no_ca, None, &["[tls] server_tls_ca_file", "must be set", "verify-ca"]);
+    let cert_alone = tls(format!("server_tls_cert_file = \"{}\"\n", path("client.crt")));
+    assert_error(&cert_alone, None, &["[tls] server_tls_key_file", "must be set"]);
+    let mode = tls("server_tls_sslmode = \"verify\"\n".to_owned());
+    assert_error(&mode, Some(line(&mode, "server_tls_sslmode", 1)), &["\"verify-full\"", "\"prefer\""]);
+    let protocols = tls("server_tls_protocols = \"tlsv1.1\"\n".to_owned());
+    assert_error(&protocols, Some(line(&protocols, "server_tls_protocols", 1)), &["tlsv1.1"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
