@@ -194,9 +194,13 @@ impl UserLookup {
             self.counters.throttled.inc();
             LookupError::Throttled { rate: self.settings.rate.get(), concurrency: self.settings.concurrency.get() }
         };
-        let start_at = self.rate.lock().expect("auth rate lock").reserve(Instant::now(), deadline).ok_or_else(throttled)?;
+        // A lookup must start within half the time left, so that it and the
+        // authentication after it can finish before the login times out.
+        let now = Instant::now();
+        let start_by = now + deadline.saturating_duration_since(now) / 2;
+        let start_at = self.rate.lock().expect("auth rate lock").reserve(now, start_by).ok_or_else(throttled)?;
         tokio::time::sleep_until(start_at).await;
-        let _running = tokio::time::timeout_at(deadline, self.running.acquire())
+        let _running = tokio::time::timeout_at(start_by, self.running.acquire())
             .await
             .map_err(|_| throttled())?
             .expect("the semaphore is never closed");
@@ -214,7 +218,9 @@ impl UserLookup {
         let kept = previous.as_ref().and_then(|slot| slot.fetched.get()).filter(|old| old.passwd == passwd);
         let user = match kept {
             Some(old) => old.user.clone(),
-            None => passwd.as_deref().and_then(|p| super::looked_up_user(name, p, self.settings.auth_type)).map(Arc::new),
+            None => {
+                passwd.as_deref().and_then(|p| super::looked_up_user(name, p, self.settings.auth_type)).map(Arc::new)
+            }
         };
         match &user {
             Some(_) => self.counters.found.inc(),
@@ -237,9 +243,9 @@ impl UserLookup {
             .await
             .map_err(|source| LookupError::Query { node: target.node.clone(), source })?;
         let passwd = match row {
-            Some(row) => {
-                row.try_get::<_, Option<String>>(1).map_err(|source| LookupError::Query { node: target.node.clone(), source })?
-            }
+            Some(row) => row
+                .try_get::<_, Option<String>>(1)
+                .map_err(|source| LookupError::Query { node: target.node.clone(), source })?,
             None => None,
         };
         let mut idle = self.idle.lock().expect("auth idle lock");
@@ -269,11 +275,9 @@ impl UserLookup {
             config.password(&self.settings.password);
         }
         let (client, connection) = config.connect(NoTls).await.map_err(|source| match source.as_db_error() {
-            Some(_) => LookupError::Refused {
-                node: target.node.clone(),
-                auth_user: self.settings.user.clone(),
-                source,
-            },
+            Some(_) => {
+                LookupError::Refused { node: target.node.clone(), auth_user: self.settings.user.clone(), source }
+            }
             None => LookupError::Connect { node: target.node.clone(), source },
         })?;
         let shutdown = self.shutdown.clone();

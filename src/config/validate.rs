@@ -10,7 +10,8 @@ use super::locate::{error_at, Locations, Origin};
 use super::raw::{RawAdmin, RawAuth, RawCluster, RawInt, RawListen, RawPool, RawRouting, RawSize};
 use super::units::{listeners_collide, parse_addr, parse_duration, parse_size, size_from_int};
 use super::{
-    Admin, AuthQuery, AuthType, Cluster, ConfigError, Listen, Pool, PoolMode, RequireAuth, RoFallback, Routing, SessionStatePolicy, Source,
+    Admin, AuthQuery, AuthType, Cluster, ConfigError, Listen, Pool, PoolMode, RequireAuth, RoFallback, Routing,
+    SessionStatePolicy, Source,
 };
 
 /// PostgreSQL 15's default is 4096 (`scram_iterations` came in 16); managed
