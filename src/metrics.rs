@@ -45,6 +45,9 @@ pub struct Metrics {
     pub primary_changes: IntCounter,
     pub split_brain: IntGauge,
     pub config_reloads: IntCounterVec,
+    /// `[auth]` user lookups by result: found, not_found, error, and
+    /// throttled (refused by the rate or concurrency cap, no query run).
+    pub auth_queries: IntCounterVec,
     /// 1 while PAUSE holds new transactions.
     pub paused: IntGauge,
     /// 1 from the start of a drain (SIGTERM, SIGINT, SHUTDOWN WAIT_FOR_*) on.
@@ -204,6 +207,17 @@ impl Metrics {
                 r,
                 IntCounterVec::new(
                     opts("pgrelay_config_reloads_total", "Configuration reloads by result (ok, error)."),
+                    &["result"]
+                )
+            ),
+            auth_queries: register!(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "pgrelay_auth_query_total",
+                        "User lookups with auth_query by result (found, not_found, error; throttled: refused \
+                         without a query)."
+                    ),
                     &["result"]
                 )
             ),

@@ -2,6 +2,7 @@
 //! verification (SCRAM-SHA-256, md5, trust) as a sans-IO state machine, and
 //! the credentials pgrelay answers servers with.
 
+mod lookup;
 pub mod md5;
 pub mod scram;
 pub mod server_login;
@@ -16,6 +17,7 @@ use rand::Rng;
 
 use crate::config::{AuthType, Config};
 use crate::wire;
+pub use lookup::{LookupCounters, LookupError, LookupTarget, UserLookup};
 use scram::{PasswordSecret, ScramSecret, ScramServer, ScramVerifier};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -151,6 +153,19 @@ impl ServerCredentials {
         }
     }
 
+    /// Whether `other` logs in with the same secret (a ClientKey learnt
+    /// for one verifier still fits the other).
+    pub fn same_secret(&self, other: &ServerCredentials) -> bool {
+        self.user == other.user
+            && match (&self.secret, &other.secret) {
+                (ServerSecret::Password(a, x), ServerSecret::Password(b, y)) => a.password == b.password && x == y,
+                (ServerSecret::ClientKey { verifier: a, .. }, ServerSecret::ClientKey { verifier: b, .. }) => a == b,
+                (ServerSecret::Md5Hash(a), ServerSecret::Md5Hash(b)) => a == b,
+                (ServerSecret::None, ServerSecret::None) => true,
+                _ => false,
+            }
+    }
+
     fn remember_client_key(&self, key: [u8; 32]) {
         if let ServerSecret::ClientKey { client_key, .. } = &self.secret {
             *client_key.lock().expect("client key lock") = Some(key);
@@ -174,6 +189,8 @@ pub struct UserDb {
     /// configured users use md5 (as PostgreSQL picks its usual password
     /// type, so that they blend in).
     mock_md5: bool,
+    /// `[auth]`: users from the database (its cache lives as long as this list).
+    lookup: Option<Arc<UserLookup>>,
 }
 
 /// The secret unknown users' SCRAM salts are derived from: random, and the
@@ -187,30 +204,27 @@ impl UserDb {
     pub fn from_config(config: &Config) -> Result<UserDb, String> {
         let mut users = HashMap::new();
         for user in &config.users {
-            let password = user.password.as_deref();
-            let verifier = password.and_then(ScramVerifier::parse);
-            if password.is_some_and(|p| p.starts_with("SCRAM-SHA-256$")) && verifier.is_none() {
-                return Err(format!("users.{}.password: not a valid SCRAM-SHA-256 verifier", user.name));
-            }
-            let client = match (user.auth_type, password) {
-                (AuthType::Trust, _) => ClientSecret::Trust,
-                (AuthType::Md5, Some(p)) if md5::is_stored_hash(p) => ClientSecret::Md5 { stored: p.to_owned() },
-                (AuthType::Md5, Some(p)) if verifier.is_none() => {
-                    ClientSecret::Md5 { stored: md5::stored_hash(p, &user.name) }
-                }
-                (AuthType::ScramSha256, Some(p)) => {
-                    ClientSecret::Scram(verifier.clone().unwrap_or_else(|| ScramVerifier::from_password(p)))
-                }
-                _ => return Err(format!("users.{}.password: required for auth_type {:?}", user.name, user.auth_type)),
-            };
-            let server_user = user.server_user.clone().unwrap_or_else(|| user.name.clone());
-            let secret = server_secret(user, &config.cluster.password, verifier, &server_user);
-            let server = ServerCredentials { user: server_user, secret };
-            users.insert(user.name.clone(), Arc::new(UserEntry { name: user.name.clone(), client, server }));
+            let entry = user_entry(user, &config.cluster.password)?;
+            users.insert(user.name.clone(), Arc::new(entry));
         }
         let md5 = users.values().filter(|u| matches!(u.client, ClientSecret::Md5 { .. })).count();
         let scram = users.values().filter(|u| matches!(u.client, ClientSecret::Scram(_))).count();
-        Ok(UserDb { users, mock_md5: md5 > scram })
+        Ok(UserDb { users, mock_md5: md5 > scram, lookup: None })
+    }
+
+    /// Looks users that are not configured up with `lookup`; unknown users
+    /// are then challenged as its `auth_type` says.
+    pub fn with_lookup(mut self, lookup: Option<Arc<UserLookup>>) -> UserDb {
+        if let Some(lookup) = &lookup {
+            self.mock_md5 = lookup.auth_type() == AuthType::Md5;
+        }
+        self.lookup = lookup;
+        self
+    }
+
+    /// Where users that are not configured are looked up, if anywhere.
+    pub fn lookup(&self) -> Option<&Arc<UserLookup>> {
+        self.lookup.as_ref()
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<UserEntry>> {
@@ -228,6 +242,54 @@ impl UserDb {
             server: ServerCredentials { user: name.to_owned(), secret: ServerSecret::None },
         })
     }
+}
+
+/// One `[[users]]` entry (or a looked-up user, given as one) as pgrelay checks it.
+fn user_entry(user: &crate::config::User, cluster_password: &str) -> Result<UserEntry, String> {
+    let password = user.password.as_deref();
+    let verifier = password.and_then(ScramVerifier::parse);
+    if password.is_some_and(|p| p.starts_with("SCRAM-SHA-256$")) && verifier.is_none() {
+        return Err(format!("users.{}.password: not a valid SCRAM-SHA-256 verifier", user.name));
+    }
+    let client = match (user.auth_type, password) {
+        (AuthType::Trust, _) => ClientSecret::Trust,
+        (AuthType::Md5, Some(p)) if md5::is_stored_hash(p) => ClientSecret::Md5 { stored: p.to_owned() },
+        (AuthType::Md5, Some(p)) if verifier.is_none() => ClientSecret::Md5 { stored: md5::stored_hash(p, &user.name) },
+        (AuthType::ScramSha256, Some(p)) => {
+            ClientSecret::Scram(verifier.clone().unwrap_or_else(|| ScramVerifier::from_password(p)))
+        }
+        _ => return Err(format!("users.{}.password: required for auth_type {:?}", user.name, user.auth_type)),
+    };
+    let server_user = user.server_user.clone().unwrap_or_else(|| user.name.clone());
+    let secret = server_secret(user, cluster_password, verifier, &server_user);
+    let server = ServerCredentials { user: server_user, secret };
+    Ok(UserEntry { name: user.name.clone(), client, server })
+}
+
+/// A user found by `auth_query` with `passwd` (a SCRAM verifier, an md5
+/// hash, or plain text), checked as PostgreSQL checks it under a pg_hba
+/// method of `auth_type`: `md5` takes a SCRAM verifier too (with SCRAM),
+/// `scram-sha-256` cannot use an md5 hash, which then fails like a wrong
+/// password. `None` when the password cannot serve.
+pub fn looked_up_user(name: &str, passwd: &str, auth_type: AuthType) -> Option<UserEntry> {
+    let scram_verifier = ScramVerifier::parse(passwd).is_some();
+    if passwd.starts_with("SCRAM-SHA-256$") && !scram_verifier {
+        return None;
+    }
+    let auth_type = match auth_type {
+        AuthType::ScramSha256 if md5::is_stored_hash(passwd) => return None,
+        AuthType::Md5 if scram_verifier => AuthType::ScramSha256,
+        other => other,
+    };
+    let user = crate::config::User {
+        name: name.to_owned(),
+        password: Some(passwd.to_owned()),
+        auth_type,
+        server_user: None,
+        server_password: None,
+        server_password_from_cluster: false,
+    };
+    user_entry(&user, "").ok()
 }
 
 /// What `user` logs in to the servers with as `server_user`: only what its

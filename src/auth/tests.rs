@@ -175,3 +175,23 @@ fn unknown_users_get_the_method_most_users_have() {
     let db = UserDb::from_config(&config(tie)).unwrap();
     assert_eq!(client_exchange(db.unknown("nobody"), "x").0, vec![10, 11]);
 }
+
+#[test]
+fn looked_up_users_follow_the_pg_hba_method_postgresql_would_use() {
+    use crate::config::AuthType::{Md5, ScramSha256};
+    let verifier = ScramVerifier::from_password("pw").to_rolpassword();
+    let md5_hash = md5::stored_hash("pw", "u");
+    let scram = looked_up_user("u", &verifier, ScramSha256).expect("a verifier serves SCRAM");
+    assert!(matches!(scram.client, ClientSecret::Scram(_)));
+    assert_eq!(scram.server.describe(), "the ClientKey recovered from its clients' SCRAM proofs");
+    let still_scram = looked_up_user("u", &verifier, Md5).expect("md5 takes a verifier with SCRAM");
+    assert!(matches!(still_scram.client, ClientSecret::Scram(_)));
+    let md5_user = looked_up_user("u", &md5_hash, Md5).expect("an md5 hash serves md5");
+    assert!(matches!(md5_user.client, ClientSecret::Md5 { .. }));
+    assert_eq!(md5_user.server.describe(), "its md5 hash (answers md5 only)");
+    assert!(looked_up_user("u", &md5_hash, ScramSha256).is_none(), "scram-sha-256 cannot use an md5 hash");
+    assert!(looked_up_user("u", "SCRAM-SHA-256$broken", ScramSha256).is_none());
+    assert!(scram.server.same_secret(&looked_up_user("u", &verifier, ScramSha256).unwrap().server));
+    let other = ScramVerifier::from_password("pw").to_rolpassword();
+    assert!(!scram.server.same_secret(&looked_up_user("u", &other, ScramSha256).unwrap().server), "a new salt");
+}

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
-use tokio_postgres::config::SslMode;
 use tokio_postgres::NoTls;
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +20,7 @@ use tracing::Instrument as _;
 use super::decide::{ClusterState, Fencer, Hysteresis, LagLimits, Observation, Probe};
 use super::patroni::{self, PatroniView};
 use super::{ClusterView, Topology};
-use crate::config::{Config, ServerSslMode, ServerTls, Source};
+use crate::config::{Config, Source};
 
 /// What a monitor asks each node. LSNs as byte positions (`lsn - '0/0'`),
 /// timestamps as microseconds since the epoch, so no date types are needed.
@@ -99,7 +98,7 @@ pub fn start(
         if !config.cluster.password.is_empty() {
             connect.password(&config.cluster.password);
         }
-        let tls = monitor_tls(&config.tls.server, &mut connect);
+        let tls = config.tls.server.tokio_postgres(&mut connect);
         let target = MonitorTarget {
             index,
             name: node.name.clone(),
@@ -134,20 +133,6 @@ pub fn start(
     let coordinator = Coordinator { state, view, fence, fencer, ready: Some(ready), hold_until };
     tasks.spawn(coordinator.run(inbox, shutdown).instrument(tracing::info_span!("topology-coordinator")));
     ready_rx
-}
-
-/// Sets the monitors' sslmode as pooled connections have it. tokio-postgres
-/// knows prefer and require only: the certificate checks of verify-ca and
-/// verify-full live in the rustls settings, as for pooled connections.
-fn monitor_tls(tls: &ServerTls, connect: &mut tokio_postgres::Config) -> Option<MakeRustlsConnect> {
-    let mode = match tls.sslmode {
-        ServerSslMode::Disable => SslMode::Disable,
-        ServerSslMode::Prefer => SslMode::Prefer,
-        ServerSslMode::Require | ServerSslMode::VerifyCa | ServerSslMode::VerifyFull => SslMode::Require,
-    };
-    connect.ssl_mode(mode);
-    let client_config = tls.client_config.as_ref().filter(|_| mode != SslMode::Disable)?;
-    Some(MakeRustlsConnect::new(rustls::ClientConfig::clone(client_config)))
 }
 
 /// Polls one node every check_interval until shutdown.

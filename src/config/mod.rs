@@ -40,6 +40,8 @@ pub struct Config {
     pub cluster: Cluster,
     pub admin: Admin,
     pub tls: Tls,
+    /// `[auth]`: users looked up in the database, when `auth_user` is set.
+    pub auth: Option<AuthQuery>,
     pub nodes: Vec<Node>,
     pub users: Vec<User>,
     pub databases: Vec<Database>,
@@ -110,6 +112,30 @@ pub struct Admin {
     pub admin_users: Vec<String>,
     /// May run SHOW commands only.
     pub stats_users: Vec<String>,
+}
+
+/// How users that `[[users]]` does not list are looked up on the primary
+/// (`[auth]`, PgBouncer's `auth_user` / `auth_query`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthQuery {
+    /// The role pgrelay runs `query` as.
+    pub user: String,
+    pub password: String,
+    /// The database the lookup connects to.
+    pub dbname: String,
+    /// Takes the user name as `$1`; returns one row (name, password) or none.
+    pub query: String,
+    /// How looked-up users authenticate: `ScramSha256` or `Md5` (PostgreSQL's
+    /// meaning of the pg_hba method: a SCRAM verifier still answers SCRAM).
+    pub auth_type: AuthType,
+    /// How long a result (found or not) is used before it is looked up again.
+    pub cache_ttl: Duration,
+    /// User names kept in the cache at most.
+    pub cache_size: NonZeroUsize,
+    /// Lookups running at once (each holds one connection to the primary).
+    pub concurrency: NonZeroUsize,
+    /// Lookups started per second at most, after a burst of as many.
+    pub rate: NonZeroU32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,10 +274,11 @@ impl Config {
         let cluster = validate::cluster(raw.cluster, locations)?;
         let admin = validate::admin(raw.admin, locations)?;
         let tls = Tls { server: tls::server(raw.tls, locations)? };
+        let auth = validate::auth(raw.auth, locations)?;
         let nodes = members::nodes(raw.nodes, &cluster, locations)?;
         let users = members::users(raw.users, &cluster, locations)?;
         let databases = members::databases(raw.databases, locations)?;
-        Ok(Config { listen, pool, routing, cluster, admin, tls, nodes, users, databases })
+        Ok(Config { listen, pool, routing, cluster, admin, tls, auth, nodes, users, databases })
     }
 
     /// How pgrelay logs in to the node named `node` (`[cluster]`'s rules for

@@ -10,13 +10,13 @@ use serde::Deserialize;
 
 /// Sections that are one table (`[pool]`); their keys can be overridden from
 /// the environment.
-pub(super) const TABLES: [&str; 6] = ["listen", "pool", "routing", "cluster", "admin", "tls"];
+pub(super) const TABLES: [&str; 7] = ["listen", "pool", "routing", "cluster", "admin", "tls", "auth"];
 /// Sections that are lists of tables (`[[nodes]]`).
 pub(super) const LISTS: [&str; 3] = ["nodes", "users", "databases"];
 
 /// Keys whose TOML type is an integer, so an environment override's text is
 /// parsed as one. Every other table key takes a string (sizes take either).
-pub(super) const INTEGER_KEYS: [(&str, &str); 9] = [
+pub(super) const INTEGER_KEYS: [(&str, &str); 12] = [
     ("pool", "default_pool_size"),
     ("pool", "max_client_conn"),
     ("pool", "max_prepared_statements"),
@@ -26,6 +26,9 @@ pub(super) const INTEGER_KEYS: [(&str, &str); 9] = [
     ("cluster", "leave_after_checks"),
     ("cluster", "rejoin_after_checks"),
     ("cluster", "server_scram_max_iterations"),
+    ("auth", "auth_cache_size"),
+    ("auth", "auth_query_concurrency"),
+    ("auth", "auth_query_rate"),
 ];
 
 /// Keys whose TOML type is a list of strings; an environment override gives
@@ -41,6 +44,7 @@ pub(super) struct RawConfig {
     pub cluster: RawCluster,
     pub admin: RawAdmin,
     pub tls: RawTls,
+    pub auth: RawAuth,
     pub nodes: Vec<RawNode>,
     pub users: Vec<RawUser>,
     pub databases: Vec<RawDatabase>,
@@ -90,6 +94,20 @@ pub(super) struct RawTls {
     pub server_tls_cert_file: Option<String>,
     pub server_tls_key_file: Option<String>,
     pub server_tls_protocols: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAuth {
+    pub auth_user: Option<String>,
+    pub auth_password: Option<String>,
+    pub auth_dbname: Option<String>,
+    pub auth_query: Option<String>,
+    pub auth_type: Option<String>,
+    pub auth_cache_ttl: Option<RawDuration>,
+    pub auth_cache_size: Option<RawInt>,
+    pub auth_query_concurrency: Option<RawInt>,
+    pub auth_query_rate: Option<RawInt>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -233,6 +251,7 @@ pub(super) fn keys(section: &str) -> Option<&'static [&'static str]> {
         "cluster" => keys_of::<RawCluster>(),
         "admin" => keys_of::<RawAdmin>(),
         "tls" => keys_of::<RawTls>(),
+        "auth" => keys_of::<RawAuth>(),
         "nodes" => keys_of::<RawNode>(),
         "users" => keys_of::<RawUser>(),
         "databases" => keys_of::<RawDatabase>(),

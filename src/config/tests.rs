@@ -466,3 +466,27 @@ fn kubernetes_example_config_is_valid() {
     assert_eq!(config.nodes.len(), 3);
     assert_eq!(config.cluster.source, Source::Postgres);
 }
+
+#[test]
+fn auth_is_off_without_auth_user_and_has_documented_defaults() {
+    assert_eq!(Config::parse(&minimal()).unwrap().auth, None);
+    let config = Config::parse(&with(&["[auth]\nauth_user = \"pgrelay_auth\"\n", &minimal()])).unwrap();
+    let auth = config.auth.expect("on");
+    assert_eq!(auth.user, "pgrelay_auth");
+    assert_eq!((auth.password.as_str(), auth.dbname.as_str()), ("", "postgres"));
+    assert_eq!(auth.query, "SELECT usename, passwd FROM pg_shadow WHERE usename = $1");
+    assert_eq!(auth.auth_type, AuthType::ScramSha256);
+    assert_eq!(auth.cache_ttl, Duration::from_secs(60));
+    assert_eq!((auth.cache_size.get(), auth.concurrency.get(), auth.rate.get()), (10_000, 4, 50));
+    let from_env = parse_env(&minimal(), &[("PGRELAY_AUTH_AUTH_USER", "u"), ("PGRELAY_AUTH_AUTH_QUERY_RATE", "7")]);
+    assert_eq!(from_env.unwrap().auth.map(|a| a.rate.get()), Some(7));
+}
+
+#[test]
+fn auth_keys_are_checked() {
+    let error = |auth: &str| Config::parse(&with(&[auth, &minimal()])).unwrap_err().to_string();
+    assert!(error("[auth]\nauth_query = \"SELECT 1\"\n").contains("has no effect without [auth] auth_user"));
+    assert!(error("[auth]\nauth_user = \"u\"\nauth_query = \"SELECT 1\"\n").contains("must take the user name as $1"));
+    assert!(error("[auth]\nauth_user = \"u\"\nauth_type = \"trust\"\n").contains("[auth] auth_type"));
+    assert!(error("[auth]\nauth_user = \"u\"\nauth_query_rate = 0\n").contains("[auth] auth_query_rate"));
+}

@@ -48,6 +48,28 @@ pub struct ServerTls {
     pub client_config: Option<Arc<rustls::ClientConfig>>,
 }
 
+impl ServerTls {
+    /// The same settings for a tokio-postgres connection (the monitors,
+    /// user lookups): sets its sslmode and returns the connector to use,
+    /// `None` for plain text. tokio-postgres knows prefer and require only:
+    /// the certificate checks of verify-ca and verify-full live in the
+    /// rustls settings, as for pooled connections.
+    pub fn tokio_postgres(
+        &self,
+        connect: &mut tokio_postgres::Config,
+    ) -> Option<tokio_postgres_rustls::MakeRustlsConnect> {
+        use tokio_postgres::config::SslMode;
+        let mode = match self.sslmode {
+            ServerSslMode::Disable => SslMode::Disable,
+            ServerSslMode::Prefer => SslMode::Prefer,
+            ServerSslMode::Require | ServerSslMode::VerifyCa | ServerSslMode::VerifyFull => SslMode::Require,
+        };
+        connect.ssl_mode(mode);
+        let client_config = self.client_config.as_ref().filter(|_| mode != SslMode::Disable)?;
+        Some(tokio_postgres_rustls::MakeRustlsConnect::new(rustls::ClientConfig::clone(client_config)))
+    }
+}
+
 impl PartialEq for ServerTls {
     fn eq(&self, other: &Self) -> bool {
         self.sslmode == other.sslmode

@@ -7,10 +7,11 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
 use super::locate::{error_at, Locations, Origin};
-use super::raw::{RawAdmin, RawCluster, RawInt, RawListen, RawPool, RawRouting, RawSize};
+use super::raw::{RawAdmin, RawAuth, RawCluster, RawInt, RawListen, RawPool, RawRouting, RawSize};
 use super::units::{listeners_collide, parse_addr, parse_duration, parse_size, size_from_int};
 use super::{
-    Admin, Cluster, ConfigError, Listen, Pool, PoolMode, RequireAuth, RoFallback, Routing, SessionStatePolicy, Source,
+    Admin, AuthQuery, AuthType, Cluster, ConfigError, Listen, Pool, PoolMode, RequireAuth, RoFallback, Routing,
+    SessionStatePolicy, Source,
 };
 
 /// PostgreSQL 15's default is 4096 (`scram_iterations` came in 16); managed
@@ -236,4 +237,51 @@ pub(super) fn cluster(raw: RawCluster, locations: &Locations<'_>) -> Result<Clus
         server_require_auth,
         server_scram_max_iterations,
     })
+}
+
+/// PgBouncer's default `auth_query`.
+pub const DEFAULT_AUTH_QUERY: &str = "SELECT usename, passwd FROM pg_shadow WHERE usename = $1";
+
+pub(super) fn auth(raw: RawAuth, locations: &Locations<'_>) -> Result<Option<AuthQuery>, ConfigError> {
+    let field = |key| Field::new(locations, "auth", key);
+    let Some(user) = raw.auth_user else {
+        // Any other key without auth_user would silently do nothing.
+        let set = [
+            ("auth_password", raw.auth_password.is_some()),
+            ("auth_dbname", raw.auth_dbname.is_some()),
+            ("auth_query", raw.auth_query.is_some()),
+            ("auth_type", raw.auth_type.is_some()),
+            ("auth_cache_ttl", raw.auth_cache_ttl.is_some()),
+            ("auth_cache_size", raw.auth_cache_size.is_some()),
+            ("auth_query_concurrency", raw.auth_query_concurrency.is_some()),
+            ("auth_query_rate", raw.auth_query_rate.is_some()),
+        ];
+        return match set.iter().find(|(_, is_set)| *is_set) {
+            Some((key, _)) => Err(field(key).error("has no effect without [auth] auth_user (set it to look users up)")),
+            None => Ok(None),
+        };
+    };
+    if user.is_empty() {
+        return Err(field("auth_user").error("must not be empty"));
+    }
+    let query = raw.auth_query.unwrap_or_else(|| DEFAULT_AUTH_QUERY.to_owned());
+    if !query.contains("$1") {
+        return Err(field("auth_query").error("must take the user name as $1"));
+    }
+    let types = [("scram-sha-256", AuthType::ScramSha256), ("md5", AuthType::Md5)];
+    let rate = field("auth_query_rate").positive(raw.auth_query_rate.map(|n| n.0), 50)?;
+    Ok(Some(AuthQuery {
+        user,
+        password: raw.auth_password.unwrap_or_default(),
+        dbname: raw.auth_dbname.unwrap_or_else(|| "postgres".to_owned()),
+        query,
+        auth_type: field("auth_type").choice(raw.auth_type.as_deref(), AuthType::ScramSha256, &types)?,
+        cache_ttl: field("auth_cache_ttl").positive_duration(raw.auth_cache_ttl.as_deref(), "60s")?,
+        cache_size: field("auth_cache_size").positive(raw.auth_cache_size.map(|n| n.0), 10_000)?,
+        concurrency: field("auth_query_concurrency").positive(raw.auth_query_concurrency.map(|n| n.0), 4)?,
+        rate: u32::try_from(rate.get())
+            .ok()
+            .and_then(NonZeroU32::new)
+            .ok_or_else(|| field("auth_query_rate").error(format!("must be at most {}", u32::MAX)))?,
+    }))
 }

@@ -16,7 +16,9 @@ use crate::router::{self, ListenerKind, RouteError, RouteInput};
 
 /// The pool for (node, database, user), created on first use.
 pub fn pool_for(ctx: &Context, node: &NodeStatus, database: &Database, user: &Arc<UserEntry>) -> Arc<Pool> {
-    ctx.pools.get_or_create((&node.name, &database.name, &user.name), || {
+    // A looked-up user whose password changed gets a new pool: the old one logs in with the old secret.
+    let fits = |pool: &Pool| pool.target().credentials.server.same_secret(&user.server);
+    ctx.pools.get_fitting((&node.name, &database.name, &user.name), fits, || {
         let config = ctx.config();
         let target = ServerTarget {
             node: node.name.clone(),

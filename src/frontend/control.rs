@@ -81,7 +81,9 @@ impl Context {
     /// transaction; pools that did not change keep their server connections.
     /// Listen addresses only change on a restart.
     pub fn apply_config(self: &Arc<Self>, mut new: Config) -> Result<ReloadSummary, String> {
-        let users = UserDb::from_config(&new)?;
+        // A new lookup, so RELOAD also forgets every cached database user.
+        let lookup = super::user_lookup(&new, &self.metrics, &self.tasks, &self.shutdown);
+        let users = UserDb::from_config(&new)?.with_lookup(lookup);
         let old = self.config.load_full();
         let mut summary = ReloadSummary::default();
         if new.listen != old.listen {

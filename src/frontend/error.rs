@@ -44,6 +44,8 @@ pub enum SessionError {
     LoginTimeout(std::time::Duration),
     #[error("{message}")]
     Login { code: &'static str, message: String },
+    #[error("could not look the user up: {0}")]
+    UserLookup(#[from] crate::auth::LookupError),
 }
 
 impl SessionError {
@@ -69,6 +71,10 @@ impl SessionError {
             SessionError::Shutdown => sqlstate::ADMIN_SHUTDOWN,
             SessionError::LoginTimeout(_) => sqlstate::PROTOCOL_VIOLATION,
             SessionError::Login { code, .. } => code,
+            SessionError::UserLookup(e) if e.is_throttled() => sqlstate::TOO_MANY_CONNECTIONS,
+            // PostgreSQL's word for a login it cannot check (as for a failing pg_hba or LDAP lookup).
+            SessionError::UserLookup(e) if e.server_refused() => sqlstate::INVALID_AUTHORIZATION,
+            SessionError::UserLookup(_) => sqlstate::CONNECTION_FAILURE,
         };
         Some(code.to_owned())
     }

@@ -32,7 +32,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::UserDb;
+use crate::auth::{LookupCounters, UserDb, UserLookup};
 use crate::backend::{StatementContext, StatementRegistry};
 use crate::cluster::ClusterView;
 use crate::config::Config;
@@ -86,6 +86,9 @@ impl Context {
         config_path: Option<PathBuf>,
     ) -> Arc<Context> {
         let shutdown = CancellationToken::new();
+        let metrics = Arc::new(Metrics::new());
+        let tasks = TaskTracker::new();
+        let users = users.with_lookup(user_lookup(&config, &metrics, &tasks, &shutdown));
         Arc::new(Context {
             client_slots: Arc::new(Semaphore::new(config.pool.max_client_conn)),
             pre_auth: PreAuth::default(),
@@ -94,7 +97,7 @@ impl Context {
             users: ArcSwap::from_pointee(users),
             config_path,
             cluster,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             pools: Pools::default(),
             cancels: Arc::new(CancelRegistry::default()),
             statements: StatementRegistry::default(),
@@ -105,7 +108,7 @@ impl Context {
             lifecycle: Lifecycle::default(),
             monitors: std::sync::Mutex::new(shutdown.child_token()),
             shutdown,
-            tasks: TaskTracker::new(),
+            tasks,
             client_tasks: TaskTracker::new(),
         })
     }
@@ -137,6 +140,26 @@ impl Context {
     pub fn users(&self) -> Guard<Arc<UserDb>> {
         self.users.load()
     }
+}
+
+/// The user lookup `[auth]` asks for, with an empty cache.
+fn user_lookup(
+    config: &Config,
+    metrics: &Metrics,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Option<Arc<UserLookup>> {
+    let settings = config.auth.clone()?;
+    let counter = |result| metrics.auth_queries.with_label_values(&[result]);
+    let counters = LookupCounters {
+        found: counter("found"),
+        not_found: counter("not_found"),
+        error: counter("error"),
+        throttled: counter("throttled"),
+    };
+    let connect_timeout = config.pool.server_connect_timeout;
+    let tls = config.tls.server.clone();
+    Some(Arc::new(UserLookup::new(settings, tls, connect_timeout, counters, tasks.clone(), shutdown.clone())))
 }
 
 /// Clients with the same startup settings share one `Arc`, so a server

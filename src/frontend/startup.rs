@@ -9,11 +9,11 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::checkout::{login_server, LoginServer};
+use super::checkout::{login_server, route_waiting, LoginServer};
 use super::error::SessionError;
 use super::preauth::Admission;
 use super::Context;
-use crate::auth::{AuthError, AuthStep, ClientAuth};
+use crate::auth::{AuthError, AuthStep, ClientAuth, LookupTarget, UserEntry};
 use crate::config::Database;
 use crate::router::ListenerKind;
 use crate::wire::{
@@ -93,6 +93,7 @@ pub async fn login(
     listener: ListenerKind,
     admission: &mut Admission,
 ) -> Result<Login, SessionError> {
+    let deadline = tokio::time::Instant::now() + ctx.config().pool.client_login_timeout;
     let params = match read_opening(client, buf).await? {
         Opening::Startup(params) => params,
         Opening::Cancel { pid, secret } => {
@@ -102,14 +103,10 @@ pub async fn login(
         Opening::Closed => return Ok(Login::Closed),
     };
     let settings = client_settings(&params)?;
-    // An unknown user goes through the exchange a wrong password gets.
-    let user = {
-        let users = ctx.users();
-        users.get(&params.user).cloned().unwrap_or_else(|| users.unknown(&params.user))
-    };
+    let user = find_user(ctx, &params.user, deadline).await?;
     if let Err(error) = authenticate(client, buf, &user).await {
         if user.is_unknown() {
-            tracing::info!(user = %user.name, "login as a user that is not configured in pgrelay");
+            tracing::info!(user = %user.name, "login as a user that pgrelay does not know");
         }
         return Err(error);
     }
@@ -137,6 +134,35 @@ pub async fn login(
     wire::put_ready_for_query(&mut out, TxStatus::Idle);
     client.write_all(&out).await.map_err(SessionError::ClientIo)?;
     Ok(Login::Client(LoginParts { user, database, settings, cancel }))
+}
+
+/// The user called `name`: configured, else looked up in the database when
+/// `[auth]` says so (before `deadline`). A user nobody knows is a stand-in
+/// that goes through the exchange a wrong password gets.
+async fn find_user(ctx: &Context, name: &str, deadline: tokio::time::Instant) -> Result<Arc<UserEntry>, SessionError> {
+    let users = ctx.users().clone();
+    if let Some(user) = users.get(name) {
+        return Ok(user.clone());
+    }
+    let Some(lookup) = users.lookup() else { return Ok(users.unknown(name)) };
+    let found = match lookup.cached(name) {
+        Some(found) => found,
+        None => {
+            let target = primary(ctx, deadline).await?;
+            lookup.find(name, &target, deadline).await.inspect_err(|error| {
+                tracing::warn!(user = %name, %error, "could not look the user up with auth_query");
+            })?
+        }
+    };
+    Ok(found.unwrap_or_else(|| users.unknown(name)))
+}
+
+/// Where users are looked up: the primary, waited for like a write would be.
+async fn primary(ctx: &Context, deadline: tokio::time::Instant) -> Result<LookupTarget, SessionError> {
+    let fallback = ctx.config().routing.ro_fallback;
+    let (topology, node) = route_waiting(ctx, ListenerKind::ReadWrite, fallback, deadline).await?;
+    let node = &topology.nodes[node];
+    Ok(LookupTarget { node: node.name.clone(), host: node.host.clone(), port: node.port })
 }
 
 fn admin_login(

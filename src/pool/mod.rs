@@ -391,6 +391,29 @@ impl Pools {
             .clone()
     }
 
+    /// [`Pools::get_or_create`], retiring the pool there is when `fits` says
+    /// it no longer serves (its credentials changed) and creating another.
+    pub fn get_fitting(
+        &self,
+        key: (&str, &str, &str),
+        fits: impl FnOnce(&Pool) -> bool,
+        make: impl FnOnce() -> (ServerTarget, PoolSettings, PoolMetrics),
+    ) -> Arc<Pool> {
+        let (node, database, user) = key;
+        let key = PoolKey { node: node.to_owned(), database: database.to_owned(), user: user.to_owned() };
+        let mut pools = self.pools.lock().expect("pools lock");
+        if let Some(pool) = pools.get(&key) {
+            if fits(pool) {
+                return pool.clone();
+            }
+            pool.retire();
+        }
+        let (target, settings, metrics) = make();
+        let pool = Pool::new(key.clone(), target, settings, metrics);
+        pools.insert(key, pool.clone());
+        pool
+    }
+
     /// Closes and forgets every pool of `node` (its server connections must
     /// not be used any more); the next use creates fresh pools.
     pub fn close_node(&self, node: &str) {

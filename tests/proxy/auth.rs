@@ -71,14 +71,14 @@ async fn unknown_database_gets_3d000() {
 /// type (with the authentication request's code), the salt and iteration
 /// count offered, and the final error.
 #[derive(Debug)]
-struct Attempt {
-    shape: Vec<String>,
-    salt: String,
-    iterations: String,
-    error: (String, String),
+pub(crate) struct Attempt {
+    pub(crate) shape: Vec<String>,
+    pub(crate) salt: String,
+    pub(crate) iterations: String,
+    pub(crate) error: (String, String),
 }
 
-async fn scram_attempt(addr: std::net::SocketAddr, user: &str, password: &str) -> Attempt {
+pub(crate) async fn scram_attempt(addr: std::net::SocketAddr, user: &str, password: &str) -> Attempt {
     use pgrelay::auth::scram::{ScramClient, ScramSecret, MECHANISM};
     use pgrelay::wire;
 

@@ -8,6 +8,7 @@ mod support;
 
 mod admin;
 mod auth;
+mod auth_query;
 mod bad_input;
 mod cancel;
 mod http;
