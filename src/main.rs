@@ -107,7 +107,7 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let ca = tls.ca_file.as_ref().map_or("no CA file".to_owned(), |p| format!("CA {}", p.display()));
     let cert =
         tls.cert_file.as_ref().map_or("no client certificate".to_owned(), |p| format!("certificate {}", p.display()));
-    println!("  tls to the servers: server_tls_sslmode = {:?}, {ca}, {cert}", tls.sslmode);
+    println!("  tls to the servers: server_tls_sslmode = {}, {ca}, {cert}", tls.sslmode.name());
     // How pgrelay will log in to the servers, so nothing about it is implicit.
     for node in &config.nodes {
         println!(
@@ -120,6 +120,16 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
             let server = &entry.server;
             println!("  user {}: logs in to the servers as {} with {}", user.name, server.user, server.describe());
         }
+    }
+    match &config.auth {
+        None => println!("  users from the database: off (no [auth] auth_user)"),
+        Some(auth) => println!(
+            "  users from the database: looked up on the primary as {} in database {} (auth_type {}, cached {})",
+            auth.user,
+            auth.dbname,
+            if auth.auth_type == pgrelay::config::AuthType::Md5 { "md5" } else { "scram-sha-256" },
+            humantime::format_duration(auth.cache_ttl),
+        ),
     }
     Ok(())
 }

@@ -88,7 +88,29 @@ pub struct TlsProtocols {
     pub tls13: bool,
 }
 
+impl ServerSslMode {
+    /// As the config file spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerSslMode::Disable => "disable",
+            ServerSslMode::Prefer => "prefer",
+            ServerSslMode::Require => "require",
+            ServerSslMode::VerifyCa => "verify-ca",
+            ServerSslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
 impl TlsProtocols {
+    /// As the config file takes it.
+    pub fn name(self) -> &'static str {
+        match (self.tls12, self.tls13) {
+            (true, true) => "tlsv1.2,tlsv1.3",
+            (true, false) => "tlsv1.2",
+            _ => "tlsv1.3",
+        }
+    }
+
     fn versions(self) -> &'static [&'static rustls::SupportedProtocolVersion] {
         const BOTH: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
         const ONLY_12: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];

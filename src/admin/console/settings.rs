@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::table::{boolean, num, text, ColumnType as T, Table};
 use crate::cluster::Topology;
-use crate::config::{Config, RoFallback, Role, SessionStatePolicy, Source};
+use crate::config::{AuthType, Config, RoFallback, Role, SessionStatePolicy, Source};
 
 /// SHOW CONFIG columns, PgBouncer 1.18.
 pub const CONFIG: [(&str, T); 4] =
@@ -61,7 +61,7 @@ fn size(bytes: u64) -> String {
 pub fn config_values(config: &Config) -> Vec<(&'static str, String)> {
     let pool = &config.pool;
     let list = |names: &[String]| names.join(",");
-    vec![
+    let mut values = vec![
         ("listen.rw", config.listen.rw.to_string()),
         ("listen.ro", config.listen.ro.to_string()),
         ("listen.http", config.listen.http.to_string()),
@@ -116,7 +116,38 @@ pub fn config_values(config: &Config) -> Vec<(&'static str, String)> {
         ("cluster.server_scram_max_iterations", config.cluster.server_scram_max_iterations.to_string()),
         ("admin.admin_users", list(&config.admin.admin_users)),
         ("admin.stats_users", list(&config.admin.stats_users)),
-    ]
+    ];
+    let tls = &config.tls.server;
+    let path = |p: &Option<std::path::PathBuf>| p.as_ref().map_or_else(String::new, |p| p.display().to_string());
+    values.extend([
+        ("tls.server_tls_sslmode", tls.sslmode.name().to_owned()),
+        ("tls.server_tls_ca_file", path(&tls.ca_file)),
+        ("tls.server_tls_cert_file", path(&tls.cert_file)),
+        ("tls.server_tls_key_file", path(&tls.key_file)),
+        ("tls.server_tls_protocols", tls.protocols.name().to_owned()),
+    ]);
+    // Users from the database: off (no auth_user) lists auth_user alone.
+    match &config.auth {
+        None => values.push(("auth.auth_user", String::new())),
+        Some(auth) => values.extend([
+            ("auth.auth_user", auth.user.clone()),
+            ("auth.auth_dbname", auth.dbname.clone()),
+            ("auth.auth_query", auth.query.clone()),
+            (
+                "auth.auth_type",
+                match auth.auth_type {
+                    AuthType::Md5 => "md5",
+                    _ => "scram-sha-256",
+                }
+                .to_owned(),
+            ),
+            ("auth.auth_cache_ttl", duration(auth.cache_ttl)),
+            ("auth.auth_cache_size", auth.cache_size.to_string()),
+            ("auth.auth_query_concurrency", auth.concurrency.to_string()),
+            ("auth.auth_query_rate", auth.rate.to_string()),
+        ]),
+    }
+    values
 }
 
 /// SHOW CONFIG. Every key but the listen addresses takes effect on RELOAD.

@@ -128,9 +128,30 @@ fn config_lists_every_setting_with_its_default_and_no_password() {
     assert_eq!(find("admin.admin_users")[1], "u,v");
     assert_eq!(find("cluster.server_require_auth")[1..3], ["scram-sha-256,none", "scram-sha-256,none"]);
     assert_eq!(find("cluster.server_scram_max_iterations")[2], "100000");
+    assert_eq!(find("tls.server_tls_sslmode")[1..3], ["prefer", "prefer"]);
+    assert_eq!(find("tls.server_tls_protocols")[1], "tlsv1.2,tlsv1.3");
+    assert_eq!(find("auth.auth_user")[1..3], ["", ""]);
     let everything = format!("{:?}", table.rows);
     assert!(!everything.contains("secret-pw") && !everything.contains("cluster-pw"), "{everything}");
     assert!(!everything.contains("password"), "{everything}");
+}
+
+#[test]
+fn config_lists_users_from_the_database_without_their_password() {
+    let config = config("[auth]\nauth_user = \"lookup\"\nauth_password = \"auth-pw\"\nauth_cache_ttl = \"5s\"\n\n[tls]\nserver_tls_sslmode = \"disable\"\n");
+    let table = settings::config_table(&config);
+    let value = |key: &str| {
+        let row = table.rows.iter().find(|r| r[0].as_deref() == Some(key)).unwrap_or_else(|| panic!("{key}"));
+        row[1].clone().unwrap_or_default()
+    };
+    assert_eq!(value("auth.auth_user"), "lookup");
+    assert_eq!(value("auth.auth_dbname"), "postgres");
+    assert_eq!(value("auth.auth_type"), "scram-sha-256");
+    assert_eq!(value("auth.auth_cache_ttl"), "5s");
+    assert_eq!(value("auth.auth_query_rate"), "50");
+    assert_eq!(value("tls.server_tls_sslmode"), "disable");
+    let everything = format!("{:?}", table.rows);
+    assert!(!everything.contains("auth-pw"), "{everything}");
 }
 
 #[test]
