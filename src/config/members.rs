@@ -208,11 +208,16 @@ fn check_one_primary(nodes: &[Node], locations: &Locations<'_>) -> Result<(), Co
     }
 }
 
+/// `may_be_empty` when users are looked up in the database (`[auth]`).
 pub(super) fn users(
     raws: Vec<RawUser>,
     cluster: &Cluster,
     locations: &Locations<'_>,
+    may_be_empty: bool,
 ) -> Result<Vec<User>, ConfigError> {
+    if raws.is_empty() && may_be_empty {
+        return Ok(Vec::new());
+    }
     build_list("users", raws, locations, |r| r.name.as_deref(), |raw, entry| user(raw, entry, cluster))
 }
 

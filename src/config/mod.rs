@@ -276,7 +276,7 @@ impl Config {
         let tls = Tls { server: tls::server(raw.tls, locations)? };
         let auth = validate::auth(raw.auth, locations)?;
         let nodes = members::nodes(raw.nodes, &cluster, locations)?;
-        let users = members::users(raw.users, &cluster, locations)?;
+        let users = members::users(raw.users, &cluster, locations, auth.is_some())?;
         let databases = members::databases(raw.databases, locations)?;
         Ok(Config { listen, pool, routing, cluster, admin, tls, auth, nodes, users, databases })
     }

@@ -490,3 +490,13 @@ fn auth_keys_are_checked() {
     assert!(error("[auth]\nauth_user = \"u\"\nauth_type = \"trust\"\n").contains("[auth] auth_type"));
     assert!(error("[auth]\nauth_user = \"u\"\nauth_query_rate = 0\n").contains("[auth] auth_query_rate"));
 }
+
+#[test]
+fn users_may_all_come_from_the_database() {
+    let without = with(&[NODE, DATABASE]);
+    let error = Config::parse(&without).unwrap_err().to_string();
+    assert!(error.contains("no [[users]] entries"), "{error}");
+    let config = Config::parse(&with(&["[auth]\nauth_user = \"pgrelay_auth\"\n", &without])).unwrap();
+    assert!(config.users.is_empty());
+    assert!(config.auth.is_some());
+}
