@@ -165,6 +165,22 @@ impl TlsKey<'_, '_> {
         if certs.is_empty() {
             return Err(self.error(format!("{}: holds no PEM certificate", path.display())));
         }
+        for (index, cert) in certs.iter().enumerate() {
+            let (_, parsed) = x509_parser::parse_x509_certificate(cert).map_err(|e| {
+                self.error(format!("{}: certificate {}: not a valid X.509 certificate: {e}", path.display(), index + 1))
+            })?;
+            let validity = parsed.validity();
+            if !validity.is_valid() {
+                return Err(self.error(format!(
+                    "{}: certificate {} ({}) is valid only from {} to {}, not now",
+                    path.display(),
+                    index + 1,
+                    parsed.subject(),
+                    validity.not_before,
+                    validity.not_after,
+                )));
+            }
+        }
         Ok(certs)
     }
 }

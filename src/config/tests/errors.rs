@@ -296,7 +296,7 @@ fn server_login_keys() {
 }
 
 /// A directory of PEM files for the `[tls]` tests: a CA, a certificate
-/// with its key, another key, and garbage.
+/// with its key, an expired certificate, another key, and garbage.
 fn tls_files(test: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("pgrelay-tls-config-{}-{test}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -307,9 +307,14 @@ fn tls_files(test: &str) -> std::path::PathBuf {
     let key = rcgen::KeyPair::generate().unwrap();
     let cert =
         rcgen::CertificateParams::new(vec!["pgrelay".to_owned()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+    let mut expired = rcgen::CertificateParams::new(vec!["pgrelay".to_owned()]).unwrap();
+    expired.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    expired.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let expired = expired.signed_by(&key, &ca, &ca_key).unwrap();
     for (name, text) in [
         ("ca.crt", ca.pem()),
         ("client.crt", cert.pem()),
+        ("expired.crt", expired.pem()),
         ("client.key", key.serialize_pem()),
         ("other.key", rcgen::KeyPair::generate().unwrap().serialize_pem()),
         ("garbage.key", "not a key\n".to_owned()),
@@ -346,6 +351,12 @@ fn server_tls_files_are_checked_at_load() {
         &garbage,
         Some(line(&garbage, "server_tls_key_file", 1)),
         &["server_tls_key_file", "not a PEM private key"],
+    );
+    let expired = tls(good.replace("client.crt", "expired.crt"));
+    assert_error(
+        &expired,
+        Some(line(&expired, "server_tls_cert_file", 1)),
+        &["server_tls_cert_file", "expired.crt", "is valid only from", "not now"],
     );
     let other = tls(good.replace("client.key", "other.key"));
     assert_error(&other, Some(line(&other, "server_tls_key_file", 1)), &["server_tls_key_file", "does not fit"]);
