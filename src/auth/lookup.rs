@@ -12,12 +12,12 @@ use std::time::Duration;
 use prometheus::IntCounter;
 use tokio::sync::{OnceCell, Semaphore};
 use tokio::time::Instant;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::UserEntry;
-use crate::config::{AuthQuery, AuthType, ServerTls};
+use crate::config::{connect_tokio_postgres, AuthQuery, AuthType, ServerTls};
 
 /// The node a lookup runs on (the primary, as the caller found it).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -285,27 +285,8 @@ impl UserLookup {
             None => LookupError::Connect { node: target.node.clone(), source },
         };
         let span = tracing::debug_span!("auth-query-connection", node = %target.node);
-        let client = match self.tls.tokio_postgres(&mut config) {
-            Some(tls) => {
-                let (client, connection) = config.connect(tls).await.map_err(refused)?;
-                self.run_connection(connection, span);
-                client
-            }
-            None => {
-                let (client, connection) = config.connect(NoTls).await.map_err(refused)?;
-                self.run_connection(connection, span);
-                client
-            }
-        };
-        let statement = client
-            .prepare(&self.settings.query)
-            .await
-            .map_err(|source| LookupError::Query { node: target.node.clone(), source })?;
-        Ok(LookupConn { target: target.clone(), client, statement })
-    }
-
-    /// Drives a lookup connection until it ends or pgrelay shuts down.
-    fn run_connection(&self, connection: impl std::future::Future + Send + 'static, span: tracing::Span) {
+        let tls = self.tls.tokio_postgres(&mut config);
+        let (client, connection) = connect_tokio_postgres(&config, tls.as_ref()).await.map_err(refused)?;
         let shutdown = self.shutdown.clone();
         self.tasks.spawn(tracing::Instrument::instrument(
             async move {
@@ -316,6 +297,11 @@ impl UserLookup {
             },
             span,
         ));
+        let statement = client
+            .prepare(&self.settings.query)
+            .await
+            .map_err(|source| LookupError::Query { node: target.node.clone(), source })?;
+        Ok(LookupConn { target: target.clone(), client, statement })
     }
 }
 

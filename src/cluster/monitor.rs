@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
-use tokio_postgres::NoTls;
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -20,7 +19,7 @@ use tracing::Instrument as _;
 use super::decide::{ClusterState, Fencer, Hysteresis, LagLimits, Observation, Probe};
 use super::patroni::{self, PatroniView};
 use super::{ClusterView, Topology};
-use crate::config::{Config, Source};
+use crate::config::{connect_tokio_postgres, Config, Source};
 
 /// What a monitor asks each node. LSNs as byte positions (`lsn - '0/0'`),
 /// timestamps as microseconds since the epoch, so no date types are needed.
@@ -222,18 +221,9 @@ async fn check(
         _ => {
             let span = tracing::debug_span!("monitor-connection", node = %target.name);
             // The connection task ends when the client is dropped or the server goes away.
-            match &target.tls {
-                Some(tls) => {
-                    let (live, connection) = target.connect.connect(tls.clone()).await?;
-                    tasks.spawn(async move { drop(connection.await) }.instrument(span));
-                    live
-                }
-                None => {
-                    let (live, connection) = target.connect.connect(NoTls).await?;
-                    tasks.spawn(async move { drop(connection.await) }.instrument(span));
-                    live
-                }
-            }
+            let (live, connection) = connect_tokio_postgres(&target.connect, target.tls.as_ref()).await?;
+            tasks.spawn(connection.instrument(span));
+            live
         }
     };
     let row = live.query_one(CHECK_SQL, &[]).await?;

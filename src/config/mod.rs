@@ -29,7 +29,7 @@ use serde::Deserialize as _;
 use locate::Locations;
 use raw::RawConfig;
 pub use require_auth::{RequireAuth, ServerAuthMethod};
-pub use tls::{ServerSslMode, ServerTls, TlsProtocols};
+pub use tls::{connect_tokio_postgres, ServerSslMode, ServerTls, TlsProtocols};
 
 /// The validated configuration. Built by [`Config::load`] / [`Config::parse`].
 #[derive(Debug, Clone, PartialEq)]

@@ -70,6 +70,27 @@ impl ServerTls {
     }
 }
 
+/// The future that drives a tokio-postgres connection (its result dropped).
+pub type PgConnection = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Connects with tokio-postgres over `tls` (from [`ServerTls::tokio_postgres`])
+/// or in plain text; the caller runs the returned connection future.
+pub async fn connect_tokio_postgres(
+    connect: &tokio_postgres::Config,
+    tls: Option<&tokio_postgres_rustls::MakeRustlsConnect>,
+) -> Result<(tokio_postgres::Client, PgConnection), tokio_postgres::Error> {
+    Ok(match tls {
+        Some(tls) => {
+            let (client, connection) = connect.connect(tls.clone()).await?;
+            (client, Box::pin(async move { drop(connection.await) }))
+        }
+        None => {
+            let (client, connection) = connect.connect(tokio_postgres::NoTls).await?;
+            (client, Box::pin(async move { drop(connection.await) }))
+        }
+    })
+}
+
 impl PartialEq for ServerTls {
     fn eq(&self, other: &Self) -> bool {
         self.sslmode == other.sslmode
