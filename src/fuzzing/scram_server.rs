@@ -67,7 +67,7 @@ pub fn check(data: &[u8]) {
 
 fn run(fixture: &Fixture, data: &[u8]) {
     let (first, final_template) = split_once(data, b'\n');
-    let (mut auth, step) = ClientAuth::start(fixture.user.clone());
+    let (mut auth, step) = ClientAuth::start(fixture.user.clone(), None);
     let AuthStep::Continue(offer) = step else { panic!("a SCRAM user was let in without a password") };
     assert_eq!(&offer[..], b"R\0\0\0\x17\0\0\0\x0aSCRAM-SHA-256\0\0", "AuthenticationSASL");
     let initial = if first.contains(&0) {
