@@ -217,15 +217,11 @@ impl ScramServer {
         let text = std::str::from_utf8(client_final).map_err(|_| AuthError::Malformed("SCRAM client-final-message"))?;
         let (without_proof, proof) =
             text.rsplit_once(",p=").ok_or(AuthError::Malformed("SCRAM client-final-message"))?;
-        let mut channel_binding = None;
-        let mut nonce = None;
-        for attr in without_proof.split(',') {
-            if let Some(v) = attr.strip_prefix("c=") {
-                channel_binding = Some(v);
-            } else if let Some(v) = attr.strip_prefix("r=") {
-                nonce = Some(v);
-            }
-        }
+        // c= and r= come first and in this order (RFC 5802, and PostgreSQL
+        // reads them so); extensions may follow before the proof.
+        let mut attributes = without_proof.split(',');
+        let channel_binding = attributes.next().and_then(|a| a.strip_prefix("c="));
+        let nonce = attributes.next().and_then(|a| a.strip_prefix("r="));
         if nonce != Some(self.combined_nonce.as_str()) {
             return Err(AuthError::Malformed("SCRAM client-final-message"));
         }
