@@ -182,6 +182,10 @@ pub(super) fn client(raw: &RawTls, locations: &Locations<'_>) -> Result<ClientTl
         private.error(format!("{} does not fit client_tls_cert_file {}: {e}", key_path.display(), cert_path.display()))
     })?;
     config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+    // As PostgreSQL: no session resumption. libpq never resumes, so tickets
+    // and a session cache would cost every handshake for nothing.
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     let acceptor = ClientTlsAcceptor { config: Arc::new(config), end_point, sslmode };
     tls.acceptor = Some(Arc::new(acceptor));
     Ok(tls)
