@@ -1,5 +1,6 @@
 //! tokio-postgres over TLS with rustls: SCRAM with channel binding, md5 and
-//! trust users, large results, pipelining, and a cancel sent over TLS.
+//! trust users, large results, pipelining, and cancels (over TLS, and in
+//! plain text as libpq before 17 sends them).
 
 use std::time::{Duration, Instant};
 
@@ -159,6 +160,34 @@ async fn a_cancel_sent_over_tls_stops_the_query() {
     let result = tokio::time::timeout(Duration::from_secs(5), sleeping).await.expect("the query ends").expect("task");
     let error = result.expect_err("the query is cancelled");
     assert_eq!(relay::sqlstate(&error), "57014", "{}", relay::message(&error));
+    assert!(started.elapsed() < Duration::from_secs(5), "cancelled after {:?}", started.elapsed());
+    app.shutdown(Duration::from_secs(5)).await;
+}
+
+/// libpq before 17 sends its CancelRequest in plain text even when the
+/// session is TLS: `require` refuses plain-text logins, not cancels.
+#[tokio::test]
+async fn a_plain_text_cancel_stops_a_tls_session_under_require() {
+    let pki = Pki::new("plain-cancel");
+    let app = start(&tls_section("require", &pki.server_cert())).await;
+    let (config, _) = client_config(&pki, &[], None);
+    let mut raw = ssl_request(app.rw_addr, config).await.expect("TLS handshake");
+    let welcome = super::raw_login(&mut raw).await;
+    let key = welcome.iter().find(|(tag, _)| *tag == b'K').map(|(_, body)| body.clone()).expect("BackendKeyData");
+    let (pid, secret) =
+        (u32::from_be_bytes(key[..4].try_into().unwrap()), u32::from_be_bytes(key[4..8].try_into().unwrap()));
+    let mut out = BytesMut::new();
+    pgrelay::wire::put_query(&mut out, "select pg_sleep(10)");
+    raw.send(&out).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let mut cancel = relay::Raw::connect(app.rw_addr).await;
+    cancel.send(&pgrelay::wire::cancel_request(pid, secret)).await;
+    assert!(cancel.closed().await);
+    let answer = raw.until_ready().await;
+    let (code, message) =
+        super::first_error(&answer).unwrap_or_else(|| panic!("not cancelled: {}", relay::tags(&answer)));
+    assert_eq!(code, "57014", "{message}");
     assert!(started.elapsed() < Duration::from_secs(5), "cancelled after {:?}", started.elapsed());
     app.shutdown(Duration::from_secs(5)).await;
 }
