@@ -11,7 +11,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use pgrelay::config::Config;
 use pgrelay::localcluster::{LocalCluster, APP_DATABASE, APP_PASSWORD, APP_USER, TRUST_USER};
 use pgrelay::{App, RunningApp};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
@@ -140,9 +140,10 @@ pub fn sqlstate(error: &tokio_postgres::Error) -> String {
     error.code().map(|c| c.code().to_owned()).unwrap_or_else(|| format!("no SQLSTATE: {error}"))
 }
 
-/// A hand-driven protocol connection.
-pub struct Raw {
-    pub stream: TcpStream,
+/// A hand-driven protocol connection, over TCP or anything else that
+/// carries bytes (TLS in the client TLS tests).
+pub struct Raw<S = TcpStream> {
+    pub stream: S,
     pub buf: BytesMut,
 }
 
@@ -164,7 +165,9 @@ impl Raw {
         assert!(welcome.iter().any(|(t, _)| *t == b'Z'), "login did not finish: {welcome:?}");
         (raw, welcome)
     }
+}
 
+impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
     pub async fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("write to pgrelay");
     }
