@@ -80,6 +80,12 @@ async fn reloading_the_certificate_under_load_serves_the_new_one_without_errors(
     let app = App::start_from(&file).await.expect("pgrelay starts from the file");
     let port = app.rw_addr.port();
 
+    // A client connected across the reload keeps its TLS session.
+    let (tls, _) = connector(&pki);
+    let staying = connect_tls(&pg_config(port, APP_USER, APP_PASSWORD, ChannelBinding::Require), tls)
+        .await
+        .expect("a client connected before the reload");
+    assert_eq!(relay::scalar(&staying, "select 1").await, "1");
     let reloaded = Arc::new(AtomicBool::new(false));
     let load: Vec<_> = (0..CLIENTS)
         .map(|client| tokio::spawn(connect_in_a_loop(pki.clone(), port, client, reloaded.clone())))
@@ -100,6 +106,7 @@ async fn reloading_the_certificate_under_load_serves_the_new_one_without_errors(
     assert!(!after.is_empty() && before.iter().any(|c| c.cert == first.der), "both sides of the reload were seen");
     assert!(before.iter().all(|c| c.cert == first.der || c.cert == second.der));
     assert!(after.iter().all(|c| c.cert == second.der), "a connection after the reload was shown the old certificate");
+    assert_eq!(relay::scalar(&staying, "select 2").await, "2", "the session from before the reload goes on");
 
     // A broken certificate file: RELOAD (here from the console, over TLS) fails and changes nothing.
     std::fs::write(&live.cert, "not a certificate\n").unwrap();
