@@ -24,6 +24,9 @@ pub struct Workload {
     pub read_only: bool,
     /// PgBouncer can run it (1.18 cannot do `-M prepared` in transaction mode).
     pub pgbouncer: bool,
+    /// Also run with TLS on the client side (the primary, pgrelay's rw
+    /// listener and PgBouncer, each with `PGSSLMODE=require`).
+    pub tls: bool,
 }
 
 /// Where pgbench connects, and which process's CPU to charge.
@@ -31,6 +34,8 @@ pub struct Target<'a> {
     pub name: &'static str,
     pub port: u16,
     pub proxy: Option<&'a ChildGuard>,
+    /// pgbench connects with `PGSSLMODE=require` (else `disable`).
+    pub tls: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -53,7 +58,7 @@ pub fn run(workload: &Workload, target: &Target, seconds: u32, log_dir: &Path) -
         .arg("--log")
         .arg(format!("--log-prefix={}", log_dir.join("tx").display()))
         .arg("app")
-        .env("PGSSLMODE", "disable")
+        .env("PGSSLMODE", if target.tls { "require" } else { "disable" })
         .env_remove("PGPASSWORD")
         .env_remove("PGSERVICE")
         .stdin(Stdio::null())
