@@ -18,6 +18,7 @@ pub mod localcluster;
 pub mod metrics;
 pub mod pool;
 pub mod router;
+pub mod stream;
 pub mod wire;
 
 use std::net::SocketAddr;

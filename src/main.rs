@@ -103,6 +103,21 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
         config.listen.rw,
         config.listen.ro,
     );
+    let client = &config.tls.client;
+    match (&client.cert_file, client.sslmode) {
+        (Some(cert), mode) if mode != pgrelay::config::ClientSslMode::Disable => {
+            let ca = client.ca_file.as_ref().map_or("no client certificates asked for".to_owned(), |p| {
+                format!("client certificates checked against {}", p.display())
+            });
+            println!(
+                "  tls from clients: client_tls_sslmode = {}, certificate {}, {ca}; {}",
+                mode.name(),
+                cert.display(),
+                if mode.requires_tls() { "plain-text clients are refused" } else { "plain-text clients are let in" }
+            );
+        }
+        _ => println!("  tls from clients: client_tls_sslmode = disable (every SSLRequest is declined)"),
+    }
     let tls = &config.tls.server;
     let ca = tls.ca_file.as_ref().map_or("no CA file".to_owned(), |p| format!("CA {}", p.display()));
     let cert =

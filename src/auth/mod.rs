@@ -18,7 +18,7 @@ use rand::Rng;
 use crate::config::{AuthType, Config};
 use crate::wire;
 pub use lookup::{LookupCounters, LookupError, LookupTarget, UserLookup};
-use scram::{PasswordSecret, ScramSecret, ScramServer, ScramVerifier};
+use scram::{Binding, PasswordSecret, ScramSecret, ScramServer, ScramVerifier};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
@@ -28,6 +28,8 @@ pub enum AuthError {
     Malformed(&'static str),
     #[error("{0} is not supported")]
     Unsupported(&'static str),
+    #[error("SCRAM channel binding: {0}")]
+    ChannelBinding(&'static str),
     #[error("the server's SCRAM salt or iteration count differs from the verifier pgrelay has; set server_password for this user")]
     VerifierMismatch,
     #[error("the server's SCRAM signature does not match: it does not know this password")]
@@ -335,6 +337,8 @@ pub enum AuthStep {
 pub struct ClientAuth {
     user: Arc<UserEntry>,
     state: ClientAuthState,
+    /// `tls-server-end-point` data of a TLS connection (SCRAM-SHA-256-PLUS offered).
+    channel_binding: Option<Vec<u8>>,
 }
 
 #[derive(Debug)]
@@ -346,8 +350,10 @@ enum ClientAuthState {
 }
 
 impl ClientAuth {
-    /// Starts authentication; `Done` right away for trust.
-    pub fn start(user: Arc<UserEntry>) -> (ClientAuth, AuthStep) {
+    /// Starts authentication; `Done` right away for trust. With
+    /// `channel_binding` (a TLS connection), SCRAM is offered as
+    /// SCRAM-SHA-256-PLUS too, first, as PostgreSQL offers it.
+    pub fn start(user: Arc<UserEntry>, channel_binding: Option<&[u8]>) -> (ClientAuth, AuthStep) {
         let mut out = BytesMut::new();
         let (state, step) = match &user.client {
             ClientSecret::Trust => (ClientAuthState::Finished, AuthStep::Done(Bytes::new())),
@@ -357,11 +363,15 @@ impl ClientAuth {
                 (ClientAuthState::Md5 { salt }, AuthStep::Continue(out.freeze()))
             }
             ClientSecret::Scram(_) | ClientSecret::Unknown(Mock::Scram(_)) => {
-                wire::put_auth_sasl(&mut out, &[scram::MECHANISM]);
+                let mechanisms: &[&str] = match channel_binding {
+                    Some(_) => &[scram::MECHANISM_PLUS, scram::MECHANISM],
+                    None => &[scram::MECHANISM],
+                };
+                wire::put_auth_sasl(&mut out, mechanisms);
                 (ClientAuthState::ScramStart, AuthStep::Continue(out.freeze()))
             }
         };
-        (ClientAuth { user, state }, step)
+        (ClientAuth { user, state, channel_binding: channel_binding.map(<[u8]>::to_vec) }, step)
     }
 
     /// Feeds the body of the client's password message ('p'). An unknown
@@ -387,14 +397,16 @@ impl ClientAuth {
                 ClientSecret::Scram(verifier) | ClientSecret::Unknown(Mock::Scram(verifier)),
             ) => {
                 let (mechanism, rest) = wire::read_cstr(body).ok_or(AuthError::Malformed("SASLInitialResponse"))?;
-                if mechanism != scram::MECHANISM.as_bytes() {
-                    return Err(AuthError::Unsupported("SASL mechanism other than SCRAM-SHA-256"));
-                }
+                let data = self.channel_binding.as_deref();
+                let chosen = match mechanism {
+                    m if m == scram::MECHANISM.as_bytes() => false,
+                    m if m == scram::MECHANISM_PLUS.as_bytes() && data.is_some() => true,
+                    _ => return Err(AuthError::Unsupported("a SASL mechanism pgrelay did not offer")),
+                };
                 if rest.len() < 4 {
                     return Err(AuthError::Malformed("SASLInitialResponse"));
                 }
-                let data = &rest[4..];
-                let (server, server_first) = ScramServer::start(data, verifier)?;
+                let (server, server_first) = ScramServer::start(&rest[4..], verifier, Binding { chosen, data })?;
                 wire::put_auth_sasl_continue(&mut out, server_first.as_bytes());
                 self.state = ClientAuthState::ScramFinal(server);
                 Ok(AuthStep::Continue(out.freeze()))

@@ -1,6 +1,7 @@
-//! SCRAM-SHA-256 (RFC 5802/7677 as PostgreSQL uses it, without channel
-//! binding): verifiers, the verifying side pgrelay runs for its clients, and
-//! the answering side it runs against servers. Pure computation, no IO.
+//! SCRAM-SHA-256 (RFC 5802/7677 as PostgreSQL uses it): verifiers, the
+//! verifying side pgrelay runs for its clients (with `tls-server-end-point`
+//! channel binding on TLS connections, SCRAM-SHA-256-PLUS), and the
+//! answering side it runs against servers. Pure computation, no IO.
 
 use std::sync::{Arc, Mutex};
 
@@ -13,6 +14,10 @@ use sha2::{Digest, Sha256};
 use super::AuthError;
 
 pub const MECHANISM: &str = "SCRAM-SHA-256";
+/// SCRAM-SHA-256 bound to the TLS connection it runs on.
+pub const MECHANISM_PLUS: &str = "SCRAM-SHA-256-PLUS";
+/// The only channel binding type PostgreSQL has (RFC 5929).
+const BINDING_TYPE: &str = "tls-server-end-point";
 const DEFAULT_ITERATIONS: u32 = 4096;
 /// PostgreSQL's salt length, for the verifiers pgrelay makes.
 const SALT_LEN: usize = 16;
@@ -124,7 +129,19 @@ pub struct ScramServer {
     client_first_bare: String,
     server_first: String,
     combined_nonce: String,
-    gs2_header: String,
+    /// What the client-final-message's `c=` must hold, base64-encoded:
+    /// the gs2 header, followed by the channel binding data with PLUS.
+    expected_binding: String,
+}
+
+/// Channel binding on the connection a SCRAM exchange runs on.
+#[derive(Debug, Clone, Copy)]
+pub struct Binding<'a> {
+    /// The client chose SCRAM-SHA-256-PLUS.
+    pub chosen: bool,
+    /// `tls-server-end-point` data of the connection, when it is TLS (the
+    /// PLUS mechanism was then offered).
+    pub data: Option<&'a [u8]>,
 }
 
 /// Result of a verified client proof.
@@ -139,18 +156,46 @@ pub struct ScramVerified {
 
 impl ScramServer {
     /// Takes the client-first-message; returns the state and the server-first-message.
-    pub fn start(client_first: &[u8], verifier: &ScramVerifier) -> Result<(ScramServer, String), AuthError> {
+    /// The gs2 header must agree with `binding` as PostgreSQL requires:
+    /// "p=tls-server-end-point" exactly with PLUS, and "y" (the client
+    /// could bind but thinks the server cannot) only where PLUS was not
+    /// offered, since on a TLS connection it means someone removed it.
+    pub fn start(
+        client_first: &[u8],
+        verifier: &ScramVerifier,
+        binding: Binding<'_>,
+    ) -> Result<(ScramServer, String), AuthError> {
         let text = std::str::from_utf8(client_first).map_err(|_| AuthError::Malformed("SCRAM client-first-message"))?;
-        // gs2 header: "n,," (no channel binding) or "y,," (client supports it, we don't offer it).
-        let (gs2, bare) = if let Some(rest) = text.strip_prefix("n,,") {
-            ("n,,", rest)
-        } else if let Some(rest) = text.strip_prefix("y,,") {
-            ("y,,", rest)
-        } else if text.starts_with("p=") {
-            return Err(AuthError::Unsupported("SCRAM channel binding"));
-        } else {
-            return Err(AuthError::Malformed("SCRAM client-first-message"));
-        };
+        let (flag, rest) = text.split_once(',').ok_or(AuthError::Malformed("SCRAM client-first-message"))?;
+        let (authzid, bare) = rest.split_once(',').ok_or(AuthError::Malformed("SCRAM client-first-message"))?;
+        if !authzid.is_empty() {
+            return Err(AuthError::Unsupported("a SCRAM authorization identity"));
+        }
+        let gs2 = &text[..flag.len() + authzid.len() + 2];
+        let binding_data =
+            match (flag, binding.chosen, binding.data) {
+                ("n", false, _) | ("y", false, None) => &[][..],
+                ("y", false, Some(_)) => {
+                    return Err(AuthError::ChannelBinding(
+                        "the client supports channel binding but thinks pgrelay does not, which it offered \
+                 (was SCRAM-SHA-256-PLUS removed on the way?)",
+                    ))
+                }
+                (flag, false, _) if flag.starts_with("p=") => return Err(AuthError::ChannelBinding(
+                    "the client chose SCRAM-SHA-256 without channel binding, but its message includes channel binding",
+                )),
+                (flag, true, Some(data)) if flag.strip_prefix("p=") == Some(BINDING_TYPE) => data,
+                (flag, true, Some(_)) if flag.starts_with("p=") => {
+                    return Err(AuthError::Unsupported("a channel binding type other than tls-server-end-point"))
+                }
+                (_, true, Some(_)) => {
+                    return Err(AuthError::ChannelBinding(
+                        "the client chose SCRAM-SHA-256-PLUS, but its message does not include channel binding",
+                    ))
+                }
+                (_, true, None) => return Err(AuthError::ChannelBinding("SCRAM-SHA-256-PLUS needs a TLS connection")),
+                _ => return Err(AuthError::Malformed("SCRAM client-first-message")),
+            };
         let client_nonce = bare
             .split(',')
             .find_map(|attr| attr.strip_prefix("r="))
@@ -162,7 +207,7 @@ impl ScramServer {
             client_first_bare: bare.to_owned(),
             server_first: server_first.clone(),
             combined_nonce,
-            gs2_header: gs2.to_owned(),
+            expected_binding: B64.encode([gs2.as_bytes(), binding_data].concat()),
         };
         Ok((state, server_first))
     }
@@ -172,18 +217,16 @@ impl ScramServer {
         let text = std::str::from_utf8(client_final).map_err(|_| AuthError::Malformed("SCRAM client-final-message"))?;
         let (without_proof, proof) =
             text.rsplit_once(",p=").ok_or(AuthError::Malformed("SCRAM client-final-message"))?;
-        let mut channel_binding = None;
-        let mut nonce = None;
-        for attr in without_proof.split(',') {
-            if let Some(v) = attr.strip_prefix("c=") {
-                channel_binding = Some(v);
-            } else if let Some(v) = attr.strip_prefix("r=") {
-                nonce = Some(v);
-            }
-        }
-        if channel_binding != Some(B64.encode(&self.gs2_header).as_str()) || nonce != Some(self.combined_nonce.as_str())
-        {
+        // c= and r= come first and in this order (RFC 5802, and PostgreSQL
+        // reads them so); extensions may follow before the proof.
+        let mut attributes = without_proof.split(',');
+        let channel_binding = attributes.next().and_then(|a| a.strip_prefix("c="));
+        let nonce = attributes.next().and_then(|a| a.strip_prefix("r="));
+        if nonce != Some(self.combined_nonce.as_str()) {
             return Err(AuthError::Malformed("SCRAM client-final-message"));
+        }
+        if channel_binding != Some(self.expected_binding.as_str()) {
+            return Err(AuthError::ChannelBinding("the channel binding data does not match this TLS connection"));
         }
         let proof: [u8; 32] =
             B64.decode(proof).ok().and_then(|p| p.try_into().ok()).ok_or(AuthError::Malformed("SCRAM proof"))?;

@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 use bytes::BytesMut;
 
 use super::{LoginRefused, ServerLogin};
-use crate::auth::scram::{ScramServer, ScramVerifier, MECHANISM};
+use crate::auth::scram::{Binding, ScramServer, ScramVerifier, MECHANISM};
 use crate::auth::{md5, AuthError, UserDb};
 use crate::config::{Config, RequireAuth, ServerAuthMethod, ServerAuthPolicy};
 
@@ -58,7 +58,8 @@ impl Server {
     fn first(&mut self, out: &BytesMut) -> Vec<u8> {
         let body = answer(out);
         let rest = &body[MECHANISM.len() + 1 + 4..];
-        let (state, server_first) = ScramServer::start(rest, &self.verifier).expect("client-first");
+        let (state, server_first) =
+            ScramServer::start(rest, &self.verifier, Binding { chosen: false, data: None }).expect("client-first");
         self.state = Some(state);
         request(11, server_first.as_bytes())
     }

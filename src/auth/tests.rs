@@ -3,7 +3,7 @@ use super::*;
 
 fn scram_exchange(verifier: &ScramVerifier, secret: &ScramSecret) -> Result<[u8; 32], AuthError> {
     let (client, first) = ScramClient::start();
-    let (server, server_first) = ScramServer::start(first.as_bytes(), verifier)?;
+    let (server, server_first) = ScramServer::start(first.as_bytes(), verifier, NO_BINDING)?;
     let fin = client.answer(server_first.as_bytes(), secret, u32::MAX)?;
     let verified = server.finish(fin.client_final.as_bytes(), verifier)?;
     fin.verify_server(verified.server_final.as_bytes())?;
@@ -56,11 +56,72 @@ fn md5_matches_postgres() {
     assert!(!md5::is_stored_hash("md5xyz"));
 }
 
+const NO_BINDING: Binding<'static> = Binding { chosen: false, data: None };
+
+/// A client's SCRAM exchange with `gs2` as its header and `c=` made of
+/// `gs2` and `binding_data`, against a server offering `binding`; returns
+/// how the server took the final message.
+fn bound_exchange(password: &str, gs2: &str, binding_data: &[u8], binding: Binding<'_>) -> Result<(), AuthError> {
+    use base64::Engine;
+    use hmac::Mac;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let verifier = ScramVerifier::from_password("s3cret");
+    let bare = "n=,r=clientnonce";
+    let (server, server_first) = ScramServer::start(format!("{gs2}{bare}").as_bytes(), &verifier, binding)?;
+    let nonce = server_first.split(',').find_map(|a| a.strip_prefix("r=")).unwrap();
+    let without_proof = format!("c={},r={nonce}", b64.encode([gs2.as_bytes(), binding_data].concat()));
+    let (client_key, _) = derive_keys(password, &verifier.salt, verifier.iterations);
+    let stored_key: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(client_key).into();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&stored_key).unwrap();
+    mac.update(format!("{bare},{server_first},{without_proof}").as_bytes());
+    let signature: [u8; 32] = mac.finalize().into_bytes().into();
+    let proof: Vec<u8> = client_key.iter().zip(signature).map(|(k, s)| k ^ s).collect();
+    server.finish(format!("{without_proof},p={}", b64.encode(proof)).as_bytes(), &verifier).map(drop)
+}
+
 #[test]
-fn channel_binding_is_refused_clearly() {
-    let verifier = ScramVerifier::from_password("x");
-    let err = ScramServer::start(b"p=tls-server-end-point,,n=,r=abc", &verifier).unwrap_err();
-    assert_eq!(err, AuthError::Unsupported("SCRAM channel binding"));
+fn channel_binding_follows_postgres_rules() {
+    let end_point = [7u8; 32];
+    let offered = Binding { chosen: false, data: Some(&end_point) };
+    let plus = Binding { chosen: true, data: Some(&end_point) };
+    let tse = "p=tls-server-end-point,,";
+    // PLUS with the connection's data logs in; a wrong password still fails.
+    assert_eq!(bound_exchange("s3cret", tse, &end_point, plus), Ok(()));
+    assert_eq!(bound_exchange("wrong", tse, &end_point, plus), Err(AuthError::WrongPassword));
+    // Data of another connection (a man in the middle's certificate) is refused.
+    let err = bound_exchange("s3cret", tse, &[8u8; 32], plus).unwrap_err();
+    assert!(matches!(err, AuthError::ChannelBinding(m) if m.contains("does not match")), "{err}");
+    // Without binding: "n" is fine on TLS, "y" only where PLUS was not offered.
+    assert_eq!(bound_exchange("s3cret", "n,,", b"", offered), Ok(()));
+    assert_eq!(bound_exchange("s3cret", "y,,", b"", NO_BINDING), Ok(()));
+    let err = bound_exchange("s3cret", "y,,", b"", offered).unwrap_err();
+    assert!(matches!(err, AuthError::ChannelBinding(m) if m.contains("thinks pgrelay does not")), "{err}");
+    // The header must agree with the mechanism chosen.
+    assert!(matches!(bound_exchange("s3cret", tse, &end_point, offered), Err(AuthError::ChannelBinding(_))));
+    assert!(matches!(bound_exchange("s3cret", "n,,", b"", plus), Err(AuthError::ChannelBinding(_))));
+    let other_type = bound_exchange("s3cret", "p=tls-unique,,", b"", plus).unwrap_err();
+    assert_eq!(other_type, AuthError::Unsupported("a channel binding type other than tls-server-end-point"));
+    let authzid = bound_exchange("s3cret", "n,a=admin,", b"", NO_BINDING).unwrap_err();
+    assert_eq!(authzid, AuthError::Unsupported("a SCRAM authorization identity"));
+}
+
+#[test]
+fn plus_is_offered_first_on_tls_and_only_there() {
+    let users = config("[[users]]\nname = \"app\"\npassword = \"pw\"\n");
+    let user = UserDb::from_config(&users).unwrap().get("app").unwrap().clone();
+    let (_, plain) = ClientAuth::start(user.clone(), None);
+    let (mut tls, offer) = ClientAuth::start(user, Some(&[1u8; 32]));
+    let text = |step: &AuthStep| match step {
+        AuthStep::Continue(m) => String::from_utf8_lossy(&m[9..]).into_owned(),
+        AuthStep::Done(_) => panic!("a SCRAM user needs a password"),
+    };
+    assert_eq!(text(&plain), "SCRAM-SHA-256\0\0");
+    assert_eq!(text(&offer), "SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0");
+    // PLUS may not be chosen where it was not offered, nor another mechanism.
+    let (mut plain, _) = ClientAuth::start(tls.user.clone(), None);
+    let initial = |mechanism: &str| [mechanism.as_bytes(), b"\0\0\0\0\x10n,,n=,r=abcdefgh"].concat();
+    assert!(matches!(plain.step(&initial("SCRAM-SHA-256-PLUS")), Err(AuthError::Unsupported(_))));
+    assert!(matches!(tls.step(&initial("SCRAM-SHA-1")), Err(AuthError::Unsupported(_))));
 }
 
 #[test]
@@ -88,7 +149,7 @@ fn config(users: &str) -> Config {
 /// authentication request code) and how it ended.
 fn client_exchange(user: Arc<UserEntry>, password: &str) -> (Vec<u32>, Result<(), AuthError>) {
     let code = |message: &Bytes| u32::from_be_bytes(message[5..9].try_into().expect("an auth request"));
-    let (mut auth, mut step) = ClientAuth::start(user.clone());
+    let (mut auth, mut step) = ClientAuth::start(user.clone(), None);
     let mut sent = Vec::new();
     let mut scram = None;
     loop {

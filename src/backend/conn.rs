@@ -13,11 +13,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::server_statements::Presence;
-use super::stream::{ServerStream, TlsError};
+use super::stream::{self, TlsError};
 use super::tracker::{Expect, Origin, Synthetic, Tracker, Verdict};
 use super::Statement;
 use crate::auth::server_login::{LoginRefused, ServerLogin};
 use crate::config::{ServerAuthPolicy, ServerTls};
+use crate::stream::Stream;
 use crate::wire::{self, backend as tag, ErrorFields, Frame, WireError};
 
 /// Largest message accepted from a server during startup.
@@ -105,7 +106,7 @@ pub type ClientSettings = Vec<(String, String)>;
 /// A live, authenticated server connection.
 #[derive(Debug)]
 pub struct ServerConn {
-    pub stream: ServerStream,
+    pub stream: Stream,
     pub addr: SocketAddr,
     /// Bytes read from the server, not yet handled.
     pub rbuf: BytesMut,
@@ -146,7 +147,7 @@ impl ServerConn {
         tcp.set_nodelay(true)?;
         let addr = tcp.peer_addr()?;
         let open = async {
-            let stream = ServerStream::negotiate(tcp, &target.tls, &target.host)
+            let stream = stream::negotiate(tcp, &target.tls, &target.host)
                 .await
                 .map_err(|source| BackendError::Tls { node: target.node.clone(), source })?;
             let mut conn = ServerConn::new(stream, addr, target);
@@ -158,7 +159,7 @@ impl ServerConn {
             .map_err(|_| BackendError::Timeout(target.connect_timeout))?
     }
 
-    fn new(stream: ServerStream, addr: SocketAddr, target: &ServerTarget) -> ServerConn {
+    fn new(stream: Stream, addr: SocketAddr, target: &ServerTarget) -> ServerConn {
         let now = Instant::now();
         ServerConn {
             stream,

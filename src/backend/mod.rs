@@ -12,5 +12,5 @@ pub mod tracker;
 pub use conn::{BackendError, BackendKey, ClientSettings, ServerConn, ServerParams, ServerTarget};
 pub use server_statements::ServerStatements;
 pub use statements::{Statement, StatementContext, StatementRegistry};
-pub use stream::{ServerStream, TlsError};
+pub use stream::TlsError;
 pub use tracker::{CopyInterleaved, CopyState, Expect, Origin, Synthetic, Tracker, Undone, Verdict};

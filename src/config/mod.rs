@@ -7,6 +7,7 @@
 //! validation with defaults (`validate`, `members`). Every error is one line
 //! naming the key and, when it came from the file, its line.
 
+mod client_tls;
 mod env;
 mod locate;
 mod members;
@@ -26,6 +27,7 @@ use std::time::Duration;
 use serde::de::IntoDeserializer as _;
 use serde::Deserialize as _;
 
+pub use client_tls::{ClientSslMode, ClientTls, ClientTlsAcceptor, ALPN_POSTGRESQL};
 use locate::Locations;
 use raw::RawConfig;
 pub use require_auth::{RequireAuth, ServerAuthMethod};
@@ -47,9 +49,10 @@ pub struct Config {
     pub databases: Vec<Database>,
 }
 
-/// `[tls]`: TLS between pgrelay and the servers.
+/// `[tls]`: TLS between clients and pgrelay, and between pgrelay and the servers.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Tls {
+    pub client: ClientTls,
     pub server: ServerTls,
 }
 
@@ -273,7 +276,7 @@ impl Config {
         let routing = validate::routing(&raw.routing, locations)?;
         let cluster = validate::cluster(raw.cluster, locations)?;
         let admin = validate::admin(raw.admin, locations)?;
-        let tls = Tls { server: tls::server(raw.tls, locations)? };
+        let tls = Tls { client: client_tls::client(&raw.tls, locations)?, server: tls::server(&raw.tls, locations)? };
         let auth = validate::auth(raw.auth, locations)?;
         let nodes = members::nodes(raw.nodes, &cluster, locations)?;
         let users = members::users(raw.users, &cluster, locations, auth.is_some())?;

@@ -94,6 +94,11 @@ pub(super) struct RawTls {
     pub server_tls_cert_file: Option<String>,
     pub server_tls_key_file: Option<String>,
     pub server_tls_protocols: Option<String>,
+    pub client_tls_sslmode: Option<String>,
+    pub client_tls_cert_file: Option<String>,
+    pub client_tls_key_file: Option<String>,
+    pub client_tls_ca_file: Option<String>,
+    pub client_tls_protocols: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -132,7 +132,7 @@ impl TlsProtocols {
         }
     }
 
-    fn versions(self) -> &'static [&'static rustls::SupportedProtocolVersion] {
+    pub(super) fn versions(self) -> &'static [&'static rustls::SupportedProtocolVersion] {
         const BOTH: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
         const ONLY_12: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
         const ONLY_13: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
@@ -165,21 +165,21 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// One `[tls]` key, for reading its file and reporting errors about it.
-struct TlsKey<'l, 't> {
-    key: &'static str,
-    locations: &'l Locations<'t>,
+pub(super) struct TlsKey<'l, 't> {
+    pub key: &'static str,
+    pub locations: &'l Locations<'t>,
 }
 
 impl TlsKey<'_, '_> {
-    fn error(&self, message: impl std::fmt::Display) -> ConfigError {
+    pub fn error(&self, message: impl std::fmt::Display) -> ConfigError {
         error_at(&self.locations.key("tls", self.key), format!("[tls] {}", self.key), message)
     }
 
-    fn read(&self, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    pub fn read(&self, path: &Path) -> Result<Vec<u8>, ConfigError> {
         std::fs::read(path).map_err(|e| self.error(format!("reading {}: {e}", path.display())))
     }
 
-    fn certificates(&self, path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    pub fn certificates(&self, path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
         let certs = CertificateDer::pem_slice_iter(pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.error(format!("{}: not a PEM certificate file: {e}", path.display())))?;
@@ -206,7 +206,7 @@ impl TlsKey<'_, '_> {
     }
 }
 
-pub(super) fn server(raw: RawTls, locations: &Locations<'_>) -> Result<ServerTls, ConfigError> {
+pub(super) fn server(raw: &RawTls, locations: &Locations<'_>) -> Result<ServerTls, ConfigError> {
     let key = |key| TlsKey { key, locations };
     let modes = [
         ("disable", ServerSslMode::Disable),
@@ -217,9 +217,8 @@ pub(super) fn server(raw: RawTls, locations: &Locations<'_>) -> Result<ServerTls
     ];
     let sslmode_key = key("server_tls_sslmode");
     let sslmode = choice(raw.server_tls_sslmode.as_deref(), ServerSslMode::Prefer, &modes, |m| sslmode_key.error(m))?;
-    let path = |text: Option<String>| text.filter(|t| !t.is_empty()).map(PathBuf::from);
     let (ca_file, cert_file, key_file) =
-        (path(raw.server_tls_ca_file), path(raw.server_tls_cert_file), path(raw.server_tls_key_file));
+        (path(&raw.server_tls_ca_file), path(&raw.server_tls_cert_file), path(&raw.server_tls_key_file));
     let protocols = protocols(raw.server_tls_protocols.as_deref()).map_err(|e| key("server_tls_protocols").error(e))?;
     if matches!(sslmode, ServerSslMode::VerifyCa | ServerSslMode::VerifyFull) && ca_file.is_none() {
         return Err(key("server_tls_ca_file").error(format!(
@@ -263,8 +262,7 @@ pub(super) fn server(raw: RawTls, locations: &Locations<'_>) -> Result<ServerTls
             let cert_pem = cert.read(cert_path)?;
             let chain = cert.certificates(cert_path, &cert_pem)?;
             let key_pem = private.read(key_path)?;
-            let private_key = PrivateKeyDer::from_pem_slice(&key_pem)
-                .map_err(|e| private.error(format!("{}: not a PEM private key: {e}", key_path.display())))?;
+            let private_key = private_key(&private, key_path, &key_pem)?;
             tls.contents.extend([cert_pem, key_pem]);
             builder.with_client_auth_cert(chain, private_key).map_err(|e| {
                 private.error(format!(
@@ -280,10 +278,24 @@ pub(super) fn server(raw: RawTls, locations: &Locations<'_>) -> Result<ServerTls
     Ok(tls)
 }
 
+/// A file key's path; empty means unset.
+pub(super) fn path(text: &Option<String>) -> Option<PathBuf> {
+    text.as_deref().filter(|t| !t.is_empty()).map(PathBuf::from)
+}
+
+/// A PEM private key file's key.
+pub(super) fn private_key(
+    key: &TlsKey<'_, '_>,
+    path: &Path,
+    pem: &[u8],
+) -> Result<PrivateKeyDer<'static>, ConfigError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| key.error(format!("{}: not a PEM private key: {e}", path.display())))
+}
+
 /// `server_tls_protocols` as PgBouncer spells it: a comma-separated list of
 /// `tlsv1.2`, `tlsv1.3`, or `secure` / `all` / `default` for both (rustls has
 /// nothing older).
-fn protocols(text: Option<&str>) -> Result<TlsProtocols, String> {
+pub(super) fn protocols(text: Option<&str>) -> Result<TlsProtocols, String> {
     let Some(text) = text else { return Ok(TlsProtocols { tls12: true, tls13: true }) };
     let (mut tls12, mut tls13) = (false, false);
     for word in text.split(',').map(|w| w.trim().to_ascii_lowercase()) {

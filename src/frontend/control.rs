@@ -95,7 +95,11 @@ impl Context {
         self.store_config(new.clone());
         self.resize_client_slots(old.pool.max_client_conn, new.pool.max_client_conn);
         summary.pools_retired = self.pools.retire_unless(|pool| pool_unchanged(pool, &old, &new));
-        if new.nodes != old.nodes || new.cluster != old.cluster || new.routing != old.routing || new.tls != old.tls {
+        if new.nodes != old.nodes
+            || new.cluster != old.cluster
+            || new.routing != old.routing
+            || new.tls.server != old.tls.server
+        {
             summary.monitors_restarted = true;
             self.restart_monitors(&new);
         }

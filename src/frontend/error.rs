@@ -11,6 +11,10 @@ use crate::wire::{sqlstate, ErrorFields, WireError};
 pub enum SessionError {
     #[error("client connection: {0}")]
     ClientIo(io::Error),
+    /// The TLS handshake with the client failed; rustls told the client why
+    /// (an alert), so nothing more is said.
+    #[error("TLS handshake with the client: {0}")]
+    ClientTls(io::Error),
     #[error("client protocol violation: {0}")]
     ClientProtocol(#[from] WireError),
     #[error("{0}")]
@@ -53,7 +57,7 @@ impl SessionError {
     /// is gone and there is nobody to tell.
     pub fn sqlstate(&self) -> Option<String> {
         let code = match self {
-            SessionError::ClientIo(_) | SessionError::ServerEnded => return None,
+            SessionError::ClientIo(_) | SessionError::ClientTls(_) | SessionError::ServerEnded => return None,
             SessionError::ClientProtocol(WireError::NoUser) => sqlstate::INVALID_AUTHORIZATION,
             SessionError::ClientProtocol(_) => sqlstate::PROTOCOL_VIOLATION,
             SessionError::Route(_) => sqlstate::CONNECTION_FAILURE,

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::stream::Stream;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -15,7 +16,7 @@ use super::error::SessionError;
 use super::preauth::{Admission, Limits, Refusal, Slot, CANCEL_WINDOW};
 use super::registry::ClientInfo;
 use super::session::Session;
-use super::startup::{login, read_opening, Login, Opening};
+use super::startup::{login, open, Login, Opened, Opening};
 use super::Context;
 use crate::metrics::{ErrorOrigin, LoginResult};
 use crate::router::ListenerKind;
@@ -75,14 +76,15 @@ pub async fn serve(ctx: Arc<Context>, listener: TcpListener, kind: ListenerKind)
 /// cancels: a CancelRequest sent within [`CANCEL_WINDOW`] is served as
 /// usual (it is answered at once and never logs in); a startup packet,
 /// anything else, or silence is refused with 53300 naming the cap.
-async fn cancel_or_refuse(ctx: Arc<Context>, mut stream: TcpStream, refusal: Refusal, span: Span, _slot: Slot) {
+async fn cancel_or_refuse(ctx: Arc<Context>, tcp: TcpStream, refusal: Refusal, span: Span, _slot: Slot) {
     let mut buf = BytesMut::new();
-    let opening = tokio::time::timeout(CANCEL_WINDOW, read_opening(&mut stream, &mut buf)).instrument(span.clone());
-    match opening.await {
-        Ok(Ok(Opening::Cancel { pid, secret })) => return ctx.cancels.cancel(pid, secret).await,
-        Ok(Ok(Opening::Closed) | Err(SessionError::ClientIo(_))) => return,
-        Ok(Ok(Opening::Startup(_)) | Err(_)) | Err(_) => {}
-    }
+    let tls = ctx.config().tls.client.acceptor.clone();
+    let stream = match open(tcp, &mut buf, tls, CANCEL_WINDOW).instrument(span.clone()).await {
+        Ok(Opened { opening: Opening::Cancel { pid, secret }, .. }) => return ctx.cancels.cancel(pid, secret).await,
+        Ok(Opened { opening: Opening::Closed, .. })
+        | Err((None, _) | (_, SessionError::ClientIo(_) | SessionError::ClientTls(_))) => return,
+        Ok(Opened { stream, opening: Opening::Startup(_), .. }) | Err((Some(stream), _)) => stream,
+    };
     refused(&ctx, &refusal, &span);
     farewell(stream, BytesMut::new(), sqlstate::TOO_MANY_CONNECTIONS.into(), refusal.message()).await;
 }
@@ -102,19 +104,42 @@ fn refused(ctx: &Context, refusal: &Refusal, span: &Span) {
 /// since entering a span on every poll is measurable on the hot path.
 async fn handle_client(
     ctx: Arc<Context>,
-    mut stream: TcpStream,
+    tcp: TcpStream,
     peer: SocketAddr,
     kind: ListenerKind,
     span: Span,
     mut admission: Admission,
 ) {
     let login_timeout = ctx.config().pool.client_login_timeout;
+    let started = tokio::time::Instant::now();
     let mut buf = BytesMut::new();
+    let tls = ctx.config().tls.client.acceptor.clone();
     // Boxed, so that the login's state is freed once it is over instead of
     // staying in every idle client's task.
+    let opening = Box::pin(open(tcp, &mut buf, tls, login_timeout).instrument(span.clone()));
+    let opened = tokio::select! {
+        _ = ctx.shutdown.cancelled() => return,
+        opened = opening => opened,
+    };
+    let (mut stream, params, tls) = match opened {
+        Ok(Opened { stream, opening: Opening::Startup(params), tls }) => (stream, params, tls),
+        Ok(Opened { opening: Opening::Cancel { pid, secret }, .. }) => return ctx.cancels.cancel(pid, secret).await,
+        Ok(Opened { opening: Opening::Closed, .. }) => return,
+        Err((stream, error)) => {
+            ctx.metrics.login(login_failure(&error));
+            match stream {
+                Some(stream) => report(&ctx, stream, BytesMut::new(), error, &span).await,
+                None => tracing::debug!(parent: &span, %error, "client connection closed during the TLS handshake"),
+            }
+            return;
+        }
+    };
     let login = Box::pin(
-        tokio::time::timeout(login_timeout, login(&ctx, &mut stream, &mut buf, kind, &mut admission))
-            .instrument(span.clone()),
+        tokio::time::timeout_at(
+            started + login_timeout,
+            login(&ctx, &mut stream, &mut buf, params, tls.as_deref(), kind, &mut admission),
+        )
+        .instrument(span.clone()),
     );
     let logged_in = tokio::select! {
         _ = ctx.shutdown.cancelled() => Ok(Err(SessionError::Shutdown)),
@@ -122,7 +147,6 @@ async fn handle_client(
     };
     let parts = match logged_in {
         Ok(Ok(Login::Client(parts))) => parts,
-        Ok(Ok(Login::Cancel | Login::Closed)) => return,
         Ok(Ok(Login::Admin(admin))) => {
             ctx.metrics.login(LoginResult::Ok);
             tracing::info!(parent: &span, user = %admin.user.name, "admin console login");
@@ -168,7 +192,7 @@ async fn handle_client(
 }
 
 /// Logs an error that ended a connection and tells the client, if it is still there.
-async fn report(ctx: &Context, stream: TcpStream, pending: BytesMut, error: SessionError, span: &Span) {
+async fn report(ctx: &Context, stream: Stream, pending: BytesMut, error: SessionError, span: &Span) {
     match error.sqlstate() {
         Some(code) => {
             ctx.metrics.error(code.as_bytes(), ErrorOrigin::Pgrelay);
@@ -203,7 +227,7 @@ fn login_failure(error: &SessionError) -> LoginResult {
 }
 
 /// Sends what was still pending plus a FATAL error, then closes.
-async fn farewell(mut stream: TcpStream, mut pending: BytesMut, code: String, message: String) {
+async fn farewell(mut stream: Stream, mut pending: BytesMut, code: String, message: String) {
     wire::put_error_response(&mut pending, Severity::Fatal, &code, &message, None);
     let _ = tokio::time::timeout(FAREWELL_TIMEOUT, async {
         stream.write_all(&pending).await?;

@@ -1,9 +1,10 @@
-//! Login: SSL/GSS negotiation ('N'), the StartupMessage, client
+//! Login: SSL/GSS negotiation (TLS when configured), the StartupMessage, client
 //! authentication, and the welcome (ParameterStatus, BackendKeyData,
 //! ReadyForQuery). A client that fails here never costs a server connection,
 //! except the one that fetches a pool's ParameterStatus values the first time.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,8 +15,9 @@ use super::error::SessionError;
 use super::preauth::Admission;
 use super::Context;
 use crate::auth::{AuthError, AuthStep, ClientAuth, LookupTarget, UserEntry};
-use crate::config::Database;
+use crate::config::{ClientSslMode, ClientTlsAcceptor, Database, ALPN_POSTGRESQL};
 use crate::router::ListenerKind;
+use crate::stream::Stream;
 use crate::wire::{
     self, frontend as tag, sqlstate, StartupPacket, StartupParams, StartupPeek, TxStatus, WireError,
     MAX_STARTUP_PARAMETERS,
@@ -56,13 +58,9 @@ pub enum Login {
     /// An authenticated user of the admin console; nothing was sent after
     /// authentication (the console sends its own welcome).
     Admin(AdminLogin),
-    /// Only a cancel request, already handled.
-    Cancel,
-    /// Closed (or Terminate sent) before a startup packet: nothing to answer.
-    Closed,
 }
 
-/// What a connection opened with, once its SSL/GSS requests were declined.
+/// What a connection opened with, once its SSL/GSS requests were answered.
 pub enum Opening {
     Startup(StartupParams),
     Cancel {
@@ -83,28 +81,25 @@ pub struct AdminLogin {
     pub settings: Vec<(String, String)>,
 }
 
-/// Runs the login; returns who the client is. Bytes the client sent after
-/// its last login message stay in `buf`. Once the client is authenticated,
-/// `admission` holds one of max_client_conn instead of a pre-auth share.
+/// Runs the login of a client that opened with `params` (see [`open`]);
+/// returns who the client is. Bytes the client sent after its last login
+/// message stay in `buf`. Once the client is authenticated, `admission`
+/// holds one of max_client_conn instead of a pre-auth share.
 pub async fn login(
     ctx: &Arc<Context>,
-    client: &mut TcpStream,
+    client: &mut Stream,
     buf: &mut BytesMut,
+    params: StartupParams,
+    tls: Option<&ClientTlsAcceptor>,
     listener: ListenerKind,
     admission: &mut Admission,
 ) -> Result<Login, SessionError> {
     let deadline = tokio::time::Instant::now() + ctx.config().pool.client_login_timeout;
-    let params = match read_opening(client, buf).await? {
-        Opening::Startup(params) => params,
-        Opening::Cancel { pid, secret } => {
-            ctx.cancels.cancel(pid, secret).await;
-            return Ok(Login::Cancel);
-        }
-        Opening::Closed => return Ok(Login::Closed),
-    };
+    check_tls(client, tls, &params.user)?;
     let settings = client_settings(&params)?;
     let user = find_user(ctx, &params.user, deadline).await?;
-    if let Err(error) = authenticate(client, buf, &user).await {
+    let channel_binding = tls.filter(|_| client.is_tls()).map(|tls| tls.end_point.as_slice());
+    if let Err(error) = authenticate(client, buf, &user, channel_binding).await {
         if user.is_unknown() {
             tracing::info!(user = %user.name, "login as a user that pgrelay does not know");
         }
@@ -134,6 +129,45 @@ pub async fn login(
     wire::put_ready_for_query(&mut out, TxStatus::Idle);
     client.write_all(&out).await.map_err(SessionError::ClientIo)?;
     Ok(Login::Client(LoginParts { user, database, settings, cancel }))
+}
+
+/// What `client_tls_sslmode` asks of a client before it may authenticate:
+/// TLS under `require` and stricter, and under `verify-full` a certificate
+/// whose common name is the user name (the chain was checked in the handshake).
+fn check_tls(client: &Stream, tls: Option<&ClientTlsAcceptor>, user: &str) -> Result<(), SessionError> {
+    let Some(tls) = tls else { return Ok(()) };
+    if !client.is_tls() && tls.sslmode.requires_tls() {
+        return Err(login_error(
+            sqlstate::INVALID_AUTHORIZATION,
+            format!(
+                "pgrelay accepts only TLS connections (client_tls_sslmode = {}): connect with sslmode=require or \
+                 stricter",
+                tls.sslmode.name()
+            ),
+        ));
+    }
+    if tls.sslmode != ClientSslMode::VerifyFull {
+        return Ok(());
+    }
+    let name = client.peer_certificate().as_deref().and_then(common_name);
+    if name.as_deref() != Some(user) {
+        let found = name.map_or("no common name".to_owned(), |n| format!("common name \"{n}\""));
+        return Err(login_error(
+            sqlstate::INVALID_AUTHORIZATION,
+            format!(
+                "certificate authentication failed for user \"{user}\": the client certificate has {found} \
+                 (client_tls_sslmode = verify-full wants the user name)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The first common name in a DER certificate's subject.
+fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let name = cert.subject().iter_common_name().next()?.as_str().ok()?.to_owned();
+    Some(name)
 }
 
 /// The user called `name`: configured, else looked up in the database when
@@ -184,26 +218,125 @@ fn admin_login(
     Ok(AdminLogin { user, may_control, settings })
 }
 
-/// Reads up to the first packet that is not an SSL or GSS encryption request,
-/// declining those ('N', at most twice).
-pub async fn read_opening(client: &mut TcpStream, buf: &mut BytesMut) -> Result<Opening, SessionError> {
+/// How a connection opened, once its encryption requests were answered.
+pub struct Opened {
+    /// TLS when the client asked for it and `client_tls_sslmode` allows it.
+    pub stream: Stream,
+    pub opening: Opening,
+    /// The TLS settings in force when the connection opened (`None`:
+    /// `client_tls_sslmode = disable`); the login goes on with them, even
+    /// if a reload replaces them meanwhile.
+    pub tls: Option<Arc<ClientTlsAcceptor>>,
+}
+
+/// Why a connection did not open: the error, and the stream to tell the
+/// client on (`None` when a TLS handshake did not finish: nothing can be said).
+pub type OpenFailed = (Option<Stream>, SessionError);
+
+/// Reads up to the first packet that is not an SSL or GSS encryption
+/// request, within `timeout`. An SSLRequest is answered 'S' and TLS begins
+/// when `tls` is set, else 'N' (GSS is always declined); at most two
+/// requests are answered. A client that opens with a TLS ClientHello
+/// instead (PostgreSQL 17's `sslnegotiation=direct`) gets the handshake
+/// at once, and must ask for ALPN `postgresql`.
+pub async fn open(
+    tcp: TcpStream,
+    buf: &mut BytesMut,
+    tls: Option<Arc<ClientTlsAcceptor>>,
+    timeout: Duration,
+) -> Result<Opened, OpenFailed> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let timed_out = || SessionError::LoginTimeout(timeout);
+    let mut stream = Stream::Plain(tcp);
+    if let (Some(acceptor), Stream::Plain(tcp)) = (&tls, &stream) {
+        let mut first = [0u8; 1];
+        match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
+            Err(_) => return Err((Some(stream), timed_out())),
+            Ok(Err(e)) => return Err((Some(stream), SessionError::ClientIo(e))),
+            Ok(Ok(_)) if first[0] == TLS_HANDSHAKE_RECORD => {
+                let Stream::Plain(tcp) = stream else { unreachable!("checked above") };
+                stream = handshake(tcp, acceptor, deadline).await?;
+                if stream.alpn_protocol() != Some(ALPN_POSTGRESQL) {
+                    let error = login_error(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        "received a direct TLS connection without the ALPN protocol \"postgresql\"",
+                    );
+                    return Err((Some(stream), error));
+                }
+            }
+            Ok(Ok(_)) => {}
+        }
+    }
     let mut negotiations = 0;
     loop {
-        let Some(packet) = read_startup_packet(client, buf).await? else {
-            tracing::debug!("client left before sending a startup packet");
-            return Ok(Opening::Closed);
+        let packet = match tokio::time::timeout_at(deadline, read_startup_packet(&mut stream, buf)).await {
+            Err(_) => return Err((Some(stream), timed_out())),
+            Ok(Err(error)) => return Err((Some(stream), error)),
+            Ok(Ok(None)) => {
+                tracing::debug!("client left before sending a startup packet");
+                return Ok(Opened { stream, opening: Opening::Closed, tls });
+            }
+            Ok(Ok(Some(packet))) => packet,
         };
-        match StartupPacket::parse(packet)? {
-            StartupPacket::SslRequest | StartupPacket::GssEncRequest if negotiations < 2 => {
-                negotiations += 1;
-                // No TLS or GSS encryption yet: the client continues in plain text.
-                client.write_all(b"N").await.map_err(SessionError::ClientIo)?;
+        let packet = match StartupPacket::parse(packet) {
+            Ok(packet) => packet,
+            Err(error) => return Err((Some(stream), error.into())),
+        };
+        let answer = match packet {
+            StartupPacket::Cancel { pid, secret } => {
+                return Ok(Opened { stream, opening: Opening::Cancel { pid, secret }, tls })
             }
-            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
-                return Err(WireError::BadStartup("too many encryption requests").into());
+            StartupPacket::Startup(params) => return Ok(Opened { stream, opening: Opening::Startup(params), tls }),
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest if negotiations == 2 => {
+                return Err((Some(stream), WireError::BadStartup("too many encryption requests").into()));
             }
-            StartupPacket::Cancel { pid, secret } => return Ok(Opening::Cancel { pid, secret }),
-            StartupPacket::Startup(params) => return Ok(Opening::Startup(params)),
+            StartupPacket::SslRequest if stream.is_tls() => {
+                return Err((Some(stream), WireError::BadStartup("SSLRequest on a TLS connection").into()));
+            }
+            StartupPacket::SslRequest if tls.is_some() => b'S',
+            // No TLS (or no GSS encryption): the client continues in plain text.
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => b'N',
+        };
+        negotiations += 1;
+        // Bytes behind an SSLRequest that is accepted were sent before the
+        // handshake: they must not pass for what came through TLS.
+        if answer == b'S' && !buf.is_empty() {
+            let error = login_error(sqlstate::PROTOCOL_VIOLATION, "received unencrypted data after SSL request");
+            return Err((Some(stream), error));
+        }
+        match tokio::time::timeout_at(deadline, stream.write_all(&[answer])).await {
+            Err(_) => return Err((Some(stream), timed_out())),
+            Ok(Err(e)) => return Err((Some(stream), SessionError::ClientIo(e))),
+            Ok(Ok(())) => {}
+        }
+        if answer == b'S' {
+            let Stream::Plain(tcp) = stream else { unreachable!("an SSLRequest on TLS was refused above") };
+            stream = handshake(tcp, tls.as_deref().expect("'S' only with TLS"), deadline).await?;
+        }
+    }
+}
+
+/// The first byte of a TLS handshake record (a ClientHello); a startup
+/// packet starts with its length, whose first byte is 0 for any packet
+/// pgrelay reads.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// The server side of a TLS handshake, by `deadline`.
+async fn handshake(
+    tcp: TcpStream,
+    tls: &ClientTlsAcceptor,
+    deadline: tokio::time::Instant,
+) -> Result<Stream, OpenFailed> {
+    let accept = tokio_rustls::TlsAcceptor::from(tls.config.clone()).accept(tcp).into_fallible();
+    match tokio::time::timeout_at(deadline, accept).await {
+        Ok(Ok(stream)) => Ok(Stream::Tls(Box::new(stream.into()))),
+        Ok(Err((error, tcp))) => {
+            tracing::info!(%error, "TLS handshake with the client failed");
+            Err((Some(Stream::Plain(tcp)), SessionError::ClientTls(error)))
+        }
+        Err(_) => {
+            tracing::info!("client_login_timeout expired during the TLS handshake");
+            Err((None, SessionError::ClientTls(std::io::ErrorKind::TimedOut.into())))
         }
     }
 }
@@ -211,7 +344,7 @@ pub async fn read_opening(client: &mut TcpStream, buf: &mut BytesMut) -> Result<
 /// The next untagged packet; `None` when the client sends Terminate or
 /// closes before the first byte of it. A close part way through is an
 /// error, but one nobody is told about ([`SessionError::ClientIo`]).
-async fn read_startup_packet(client: &mut TcpStream, buf: &mut BytesMut) -> Result<Option<Bytes>, SessionError> {
+async fn read_startup_packet(client: &mut Stream, buf: &mut BytesMut) -> Result<Option<Bytes>, SessionError> {
     loop {
         match StartupPacket::peek(buf)? {
             StartupPeek::Packet(len) if buf.len() >= len => return Ok(Some(buf.split_to(len).freeze())),
@@ -294,12 +427,15 @@ fn caseless(name: &str) -> impl Iterator<Item = u8> + '_ {
     name.bytes().map(|b| b.to_ascii_lowercase())
 }
 
+/// Runs the client's authentication; on TLS connections SCRAM is also
+/// offered with channel binding to `channel_binding` (SCRAM-SHA-256-PLUS).
 async fn authenticate(
-    client: &mut TcpStream,
+    client: &mut Stream,
     buf: &mut BytesMut,
     user: &Arc<crate::auth::UserEntry>,
+    channel_binding: Option<&[u8]>,
 ) -> Result<(), SessionError> {
-    let (mut auth, mut step) = ClientAuth::start(user.clone());
+    let (mut auth, mut step) = ClientAuth::start(user.clone(), channel_binding);
     loop {
         match step {
             AuthStep::Done(final_msg) => {

@@ -2,7 +2,9 @@
 //! as the login drives it (ClientAuth with the user from a config), fed the
 //! client's two messages.
 //!
-//! Input: FIRST `\n` FINAL.
+//! Input: [0x04] FIRST `\n` FINAL.
+//! - A leading 0x04 makes it a TLS connection: SCRAM-SHA-256-PLUS is
+//!   offered, with [`END_POINT`] as the connection's channel binding data.
 //! - FIRST is the client-first-message, sent in a SASLInitialResponse for
 //!   SCRAM-SHA-256; when it holds a NUL it is the whole SASLInitialResponse
 //!   body instead.
@@ -13,7 +15,8 @@
 //!
 //! The user's password and salt are random per process: no input knows the
 //! proof unless it asks for it with 0x02, so any other proof that is
-//! accepted is a bug.
+//! accepted is a bug. So is an accepted exchange whose `c=` is not the gs2
+//! header followed, with channel binding, by the connection's data.
 
 use std::sync::{Arc, LazyLock};
 
@@ -65,11 +68,22 @@ pub fn check(data: &[u8]) {
     }
 }
 
+/// The `tls-server-end-point` data of the TLS connection inputs may ask for.
+const END_POINT: [u8; 32] = [0xab; 32];
+
 fn run(fixture: &Fixture, data: &[u8]) {
+    let (tls, data) = match data.split_first() {
+        Some((0x04, rest)) => (true, rest),
+        _ => (false, data),
+    };
     let (first, final_template) = split_once(data, b'\n');
-    let (mut auth, step) = ClientAuth::start(fixture.user.clone());
+    let (mut auth, step) = ClientAuth::start(fixture.user.clone(), tls.then_some(&END_POINT[..]));
     let AuthStep::Continue(offer) = step else { panic!("a SCRAM user was let in without a password") };
-    assert_eq!(&offer[..], b"R\0\0\0\x17\0\0\0\x0aSCRAM-SHA-256\0\0", "AuthenticationSASL");
+    let expected_offer: &[u8] = match tls {
+        true => b"R\0\0\0\x2a\0\0\0\x0aSCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0",
+        false => b"R\0\0\0\x17\0\0\0\x0aSCRAM-SHA-256\0\0",
+    };
+    assert_eq!(&offer[..], expected_offer, "AuthenticationSASL");
     let initial = if first.contains(&0) {
         first.to_vec()
     } else {
@@ -82,10 +96,17 @@ fn run(fixture: &Fixture, data: &[u8]) {
     };
     // The client-first-message is what follows the mechanism and the length.
     let client_first = &initial[initial.iter().position(|&b| b == 0).expect("mechanism") + 5..];
+    let bound = tls && initial.starts_with(b"SCRAM-SHA-256-PLUS\0");
+    let gs2: &[u8] = match (bound, tls) {
+        (true, _) => b"p=tls-server-end-point,,",
+        (false, true) => b"n,,",
+        (false, false) if client_first.starts_with(b"y,,") => b"y,,",
+        (false, false) => b"n,,",
+    };
     let client_first_bare = client_first
-        .strip_prefix(b"n,,")
-        .or_else(|| client_first.strip_prefix(b"y,,"))
-        .expect("only a gs2 header without channel binding and authzid is accepted");
+        .strip_prefix(gs2)
+        .expect("only the gs2 header that fits the mechanism and the connection is accepted, without authzid");
+    let expected_binding = oracle::b64(&[gs2, if bound { &END_POINT[..] } else { &[][..] }].concat());
     let server_first = oracle::authentication_data(&server_first, 11);
     let nonce = oracle::attribute(server_first, b'r').expect("server nonce");
     let client_nonce = oracle::attribute(client_first_bare, b'r').expect("an accepted client-first has a nonce");
@@ -112,6 +133,8 @@ fn run(fixture: &Fixture, data: &[u8]) {
     match auth.step(&client_final) {
         Ok(AuthStep::Done(msg)) => {
             assert_eq!(proof, Proof::Right, "accepted a proof that is not the password's: {client_final:?}");
+            let binding = oracle::attribute(without_proof, b'c');
+            assert_eq!(binding, Some(expected_binding.as_bytes()), "accepted channel binding data: {client_final:?}");
             let signature = fixture.keys.server_signature(&auth_message);
             let server_final = oracle::authentication_data(&msg, 12);
             assert_eq!(server_final, format!("v={}", oracle::b64(&signature)).as_bytes(), "ServerSignature");

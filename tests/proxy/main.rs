@@ -11,6 +11,7 @@ mod auth;
 mod auth_query;
 mod bad_input;
 mod cancel;
+mod client_tls;
 mod http;
 mod login;
 mod pooling;

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use bytes::{BufMut, BytesMut};
-use pgrelay::auth::scram::{ScramServer, ScramVerifier, MECHANISM};
+use pgrelay::auth::scram::{Binding, ScramServer, ScramVerifier, MECHANISM};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -76,7 +76,8 @@ async fn serve(mut stream: TcpStream, script: ScramScript, verifier: &ScramVerif
     }
     let initial = read_password_message(&mut stream).await?;
     let client_first = &initial[MECHANISM.len() + 1 + 4..];
-    let (server, server_first) = ScramServer::start(client_first, verifier).expect("a valid client-first-message");
+    let (server, server_first) = ScramServer::start(client_first, verifier, Binding { chosen: false, data: None })
+        .expect("a valid client-first-message");
     out.clear();
     auth(&mut out, 11, server_first.as_bytes());
     stream.write_all(&out).await?;

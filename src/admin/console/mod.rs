@@ -21,12 +21,12 @@ use std::time::{Instant, SystemTime};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use command::{Command, Show};
 use table::Table;
 
 use crate::frontend::{AdminLogin, Context};
+use crate::stream::Stream;
 use crate::wire::{self, frontend as tag, sqlstate, Severity, TxStatus, WireError};
 
 /// Largest message the console reads: a command is a few words.
@@ -48,13 +48,13 @@ struct Console {
     ctx: Arc<Context>,
     login: AdminLogin,
     span: tracing::Span,
-    client: TcpStream,
+    client: Stream,
     buf: BytesMut,
 }
 
 /// Serves one admin console connection until the client leaves or pgrelay
 /// stops. `buf` holds what the client sent after its login.
-pub async fn serve(ctx: Arc<Context>, client: TcpStream, buf: BytesMut, login: AdminLogin, span: tracing::Span) {
+pub async fn serve(ctx: Arc<Context>, client: Stream, buf: BytesMut, login: AdminLogin, span: tracing::Span) {
     let mut console = Console { ctx, login, span, client, buf };
     match console.run().await {
         Ok(()) => tracing::debug!(parent: &console.span, "admin console client left"),

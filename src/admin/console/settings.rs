@@ -117,8 +117,16 @@ pub fn config_values(config: &Config) -> Vec<(&'static str, String)> {
         ("admin.admin_users", list(&config.admin.admin_users)),
         ("admin.stats_users", list(&config.admin.stats_users)),
     ];
-    let tls = &config.tls.server;
     let path = |p: &Option<std::path::PathBuf>| p.as_ref().map_or_else(String::new, |p| p.display().to_string());
+    let client = &config.tls.client;
+    values.extend([
+        ("tls.client_tls_sslmode", client.sslmode.name().to_owned()),
+        ("tls.client_tls_cert_file", path(&client.cert_file)),
+        ("tls.client_tls_key_file", path(&client.key_file)),
+        ("tls.client_tls_ca_file", path(&client.ca_file)),
+        ("tls.client_tls_protocols", client.protocols.name().to_owned()),
+    ]);
+    let tls = &config.tls.server;
     values.extend([
         ("tls.server_tls_sslmode", tls.sslmode.name().to_owned()),
         ("tls.server_tls_ca_file", path(&tls.ca_file)),

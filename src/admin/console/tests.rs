@@ -130,6 +130,8 @@ fn config_lists_every_setting_with_its_default_and_no_password() {
     assert_eq!(find("cluster.server_scram_max_iterations")[2], "100000");
     assert_eq!(find("tls.server_tls_sslmode")[1..3], ["prefer", "prefer"]);
     assert_eq!(find("tls.server_tls_protocols")[1], "tlsv1.2,tlsv1.3");
+    assert_eq!(find("tls.client_tls_sslmode")[1..3], ["disable", "disable"]);
+    assert_eq!(find("tls.client_tls_cert_file")[1], "");
     assert_eq!(find("auth.auth_user")[1..3], ["", ""]);
     let everything = format!("{:?}", table.rows);
     assert!(!everything.contains("secret-pw") && !everything.contains("cluster-pw"), "{everything}");

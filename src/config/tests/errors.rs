@@ -376,3 +376,55 @@ fn server_tls_files_are_checked_at_load() {
     assert_error(&protocols, Some(line(&protocols, "server_tls_protocols", 1)), &["tlsv1.1"]);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn client_tls_files_and_modes_are_checked_at_load() {
+    use crate::config::ClientSslMode;
+    let dir = tls_files("client");
+    let tls = |body: String| base(&format!("[tls]\n{body}"));
+    let path = |name: &str| dir.join(name).display().to_string();
+    let files = format!(
+        "client_tls_cert_file = \"{}\"\nclient_tls_key_file = \"{}\"\n",
+        path("client.crt"),
+        path("client.key")
+    );
+    // A certificate alone turns TLS on for clients that ask (prefer).
+    let config = Config::parse(&tls(files.clone())).expect("valid [tls]");
+    assert_eq!(config.tls.client.sslmode, ClientSslMode::Prefer);
+    assert!(config.tls.client.acceptor.is_some());
+    // No certificate: disable, and no acceptor.
+    let config = Config::parse(&tls(String::new())).expect("valid [tls]");
+    assert_eq!(config.tls.client.sslmode, ClientSslMode::Disable);
+    assert!(config.tls.client.acceptor.is_none());
+    let verify = format!("{files}client_tls_sslmode = \"verify-full\"\nclient_tls_ca_file = \"{}\"\n", path("ca.crt"));
+    let config = Config::parse(&tls(verify.clone())).expect("valid [tls]");
+    assert_eq!(config.tls.client.acceptor.as_ref().map(|a| a.sslmode), Some(ClientSslMode::VerifyFull));
+
+    let require_alone = tls("client_tls_sslmode = \"require\"\n".to_owned());
+    assert_error(&require_alone, None, &["[tls] client_tls_cert_file", "must be set", "require"]);
+    let no_key = tls(format!("client_tls_cert_file = \"{}\"\n", path("client.crt")));
+    assert_error(&no_key, None, &["[tls] client_tls_key_file", "must be set"]);
+    let no_ca = tls(format!("{files}client_tls_sslmode = \"verify-ca\"\n"));
+    assert_error(&no_ca, None, &["[tls] client_tls_ca_file", "must be set", "verify-ca"]);
+    let ca_unused = tls(format!("client_tls_ca_file = \"{}\"\n", path("ca.crt")));
+    assert_error(&ca_unused, Some(line(&ca_unused, "client_tls_ca_file", 1)), &["client_tls_sslmode is \"disable\""]);
+    let missing = tls(files.replace("client.key", "nosuch.key"));
+    assert_error(
+        &missing,
+        Some(line(&missing, "client_tls_key_file", 1)),
+        &["[tls] client_tls_key_file", "nosuch.key"],
+    );
+    let garbage = tls(files.replace("client.key", "garbage.key"));
+    assert_error(&garbage, Some(line(&garbage, "client_tls_key_file", 1)), &["not a PEM private key"]);
+    let expired = tls(files.replace("client.crt", "expired.crt"));
+    assert_error(&expired, Some(line(&expired, "client_tls_cert_file", 1)), &["expired.crt", "not now"]);
+    let other = tls(files.replace("client.key", "other.key"));
+    assert_error(&other, Some(line(&other, "client_tls_key_file", 1)), &["client_tls_key_file", "does not fit"]);
+    let not_a_ca = tls(verify.replace("ca.crt", "garbage.key"));
+    assert_error(&not_a_ca, Some(line(&not_a_ca, "client_tls_ca_file", 1)), &["no PEM certificate"]);
+    let mode = tls(format!("{files}client_tls_sslmode = \"on\"\n"));
+    assert_error(&mode, Some(line(&mode, "client_tls_sslmode", 1)), &["\"allow\"", "\"verify-full\""]);
+    let protocols = tls(format!("{files}client_tls_protocols = \"sslv3\"\n"));
+    assert_error(&protocols, Some(line(&protocols, "client_tls_protocols", 1)), &["sslv3"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -10,7 +10,6 @@ use bytes::{Buf, Bytes, BytesMut};
 use std::pin::Pin;
 use std::task::Poll;
 
-use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
@@ -33,6 +32,7 @@ use crate::config::{Config, Database, PoolMode};
 use crate::metrics::{ClientMetrics, GaugeGuard};
 use crate::pool::{Lease, Pool, PoolError};
 use crate::router::{ListenerKind, SessionStateEffect};
+use crate::stream::Stream;
 use crate::wire::Frame;
 
 /// Stop reading from one side while this much is waiting to go to the other.
@@ -60,7 +60,7 @@ enum Event {
 
 pub struct Session {
     ctx: Arc<Context>,
-    client: TcpStream,
+    client: Stream,
     listener: ListenerKind,
     user: Arc<UserEntry>,
     database: Database,
@@ -137,7 +137,7 @@ pub struct Session {
 impl Session {
     pub fn new(
         ctx: Arc<Context>,
-        client: TcpStream,
+        client: Stream,
         listener: ListenerKind,
         parts: LoginParts,
         cbuf: BytesMut,
@@ -252,7 +252,7 @@ impl Session {
     }
 
     /// Consumes the session, leaving the client socket for a final message.
-    pub fn into_client(self) -> (TcpStream, BytesMut) {
+    pub fn into_client(self) -> (Stream, BytesMut) {
         (self.client, self.out)
     }
 
@@ -290,7 +290,7 @@ impl Session {
         }
         let Session { ctx, client, cbuf, out, lease, stop_signal, fence, stopping, .. } = self;
         let mut server = lease.as_mut().map(|l| l.conn_mut());
-        let client_has_out = !out.is_empty();
+        let client_has_out = !out.is_empty() || client.has_buffered_output();
         let event = std::future::poll_fn(|cx| {
             // IO first: the signals are only looked at when the session is about to wait.
             let server_read = want_server_read.then_some(server_read_size);
@@ -332,9 +332,12 @@ impl Session {
                     self.metrics.bytes_sent.inc_by(n as u64);
                     self.out.advance(n);
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(SessionError::ClientIo(e)),
             }
+        }
+        if self.client.has_buffered_output() {
+            self.client.try_write_buffered().map_err(SessionError::ClientIo)?;
         }
         Ok(())
     }
@@ -503,7 +506,7 @@ impl Signal {
 /// buffers when wanted, and reports write readiness when bytes are waiting.
 fn poll_io(
     cx: &mut std::task::Context<'_>,
-    client: &mut TcpStream,
+    client: &mut Stream,
     cbuf: &mut BytesMut,
     read_client: bool,
     client_has_out: bool,

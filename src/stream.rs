@@ -1,0 +1,165 @@
+//! A connection's byte stream, to a client or to a server: plain TCP or TLS
+//! over it, chosen when the connection opens. Two arms of an enum, not a
+//! boxed trait object, so the plain path stays a direct call.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsStream;
+
+#[derive(Debug)]
+pub enum Stream {
+    Plain(TcpStream),
+    /// Boxed: a TLS session is large, and most of it is cold.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(tcp) => tcp,
+            Stream::Tls(tls) => tls.get_ref().0,
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(_))
+    }
+
+    /// The protocol agreed with ALPN in the TLS handshake.
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        match self {
+            Stream::Plain(_) => None,
+            Stream::Tls(tls) => tls.get_ref().1.alpn_protocol(),
+        }
+    }
+
+    /// The peer's own certificate (DER), when it presented one over TLS.
+    pub fn peer_certificate(&self) -> Option<Vec<u8>> {
+        match self {
+            Stream::Plain(_) => None,
+            Stream::Tls(tls) => Some(tls.get_ref().1.peer_certificates()?.first()?.to_vec()),
+        }
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.tcp().local_addr()
+    }
+
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.tcp().peer_addr()
+    }
+
+    /// Whether the socket takes writes now.
+    #[inline]
+    pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.tcp().poll_write_ready(cx)
+    }
+
+    /// Writes what the socket takes now; `WouldBlock` when it takes nothing.
+    /// TLS may keep records it encrypted but could not write yet
+    /// ([`Stream::has_buffered_output`]).
+    #[inline]
+    pub fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(tcp) => tcp.try_write(buf),
+            Stream::Tls(tls) => {
+                let mut cx = Context::from_waker(Waker::noop());
+                match Pin::new(&mut **tls).poll_write(&mut cx, buf) {
+                    Poll::Ready(written) => written,
+                    Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+                }
+            }
+        }
+    }
+
+    /// TLS records encrypted but not yet written to the socket.
+    #[inline]
+    pub fn has_buffered_output(&self) -> bool {
+        match self {
+            Stream::Plain(_) => false,
+            Stream::Tls(tls) => tls.get_ref().1.wants_write(),
+        }
+    }
+
+    /// Writes what TLS holds encrypted, as far as the socket takes it now.
+    pub fn try_write_buffered(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(_) => Ok(()),
+            Stream::Tls(tls) => {
+                let mut cx = Context::from_waker(Waker::noop());
+                match Pin::new(&mut **tls).poll_flush(&mut cx) {
+                    Poll::Ready(flushed) => flushed,
+                    Poll::Pending => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// True when the idle connection has data or EOF waiting: the server said
+    /// something unasked (e.g. FATAL on shutdown) and the connection is unusable.
+    /// tokio's cached readiness answers without a syscall: the session's last
+    /// short read cleared it, so "readable" means something arrived since
+    /// (only then a read confirms it). With TLS the read goes through rustls,
+    /// which answers from plaintext it holds first, counts a close_notify as
+    /// EOF, and swallows records that carry no data (session tickets).
+    pub fn has_unsolicited_input(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self {
+            Stream::Plain(tcp) => {
+                if tcp.poll_read_ready(&mut cx).is_pending() {
+                    return false;
+                }
+                let mut probe = [0u8; 1];
+                match tcp.try_read(&mut probe) {
+                    Ok(_) => true,
+                    Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+                }
+            }
+            Stream::Tls(tls) => {
+                let mut probe = [0u8; 1];
+                let mut probe = ReadBuf::new(&mut probe);
+                // Not ready: no plaintext held, and nothing new on the socket.
+                Pin::new(&mut **tls).poll_read(&mut cx, &mut probe).is_ready()
+            }
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    #[inline]
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Stream::Tls(tls) => Pin::new(&mut **tls).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    #[inline]
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Stream::Tls(tls) => Pin::new(&mut **tls).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Stream::Tls(tls) => Pin::new(&mut **tls).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Stream::Tls(tls) => Pin::new(&mut **tls).poll_shutdown(cx),
+        }
+    }
+}
