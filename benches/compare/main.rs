@@ -405,7 +405,8 @@ fn run_pgbench(o: &Options, cluster: &LocalCluster, proxies: &Proxies, log_dir: 
                 let result = pgbench::run(workload, target, o.seconds, log_dir);
                 match &result {
                     Ok(r) => eprintln!(
-                        "[{:>4.0}s round {}/{}] {:<22} {:<18} {:>9.0} tps {:>8} tx  avg {:.3} ms  p99 {:.3} ms{}",
+                        "[{:>4.0}s round {}/{}] {:<22} {:<18} {:>9.0} tps {:>8} tx  avg {:.3} ms  p99 {:.3} ms  \
+                         pgbench {:.1} µs/tx{}",
                         started.elapsed().as_secs_f64(),
                         round + 1,
                         o.rounds,
@@ -415,6 +416,7 @@ fn run_pgbench(o: &Options, cluster: &LocalCluster, proxies: &Proxies, log_dir: 
                         r.transactions,
                         r.avg_latency_ms,
                         r.p99_latency_ms,
+                        r.client_cpu_us_per_tx,
                         r.proxy_cpu_us_per_tx.map_or(String::new(), |us| format!("  proxy {us:.1} µs/tx")),
                     ),
                     Err(e) => eprintln!("[round {}] {} {}: {e}", round + 1, workload.name, target.name),

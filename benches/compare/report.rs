@@ -19,6 +19,7 @@ pub struct Cell {
     pub avg_ms: f64,
     pub p99_ms: f64,
     pub cpu_us: Option<f64>,
+    pub client_cpu_us: f64,
     pub ok_runs: usize,
     pub failed_runs: usize,
 }
@@ -46,6 +47,7 @@ impl Results {
             avg_ms: of(|r| r.avg_latency_ms)?,
             p99_ms: of(|r| r.p99_latency_ms)?,
             cpu_us: median(ok.iter().filter_map(|r| r.proxy_cpu_us_per_tx).collect()),
+            client_cpu_us: of(|r| r.client_cpu_us_per_tx)?,
             ok_runs: ok.len(),
             failed_runs: runs.len() - ok.len(),
         })
@@ -60,8 +62,8 @@ impl Results {
 
 /// The main table: one row per workload × target.
 pub fn print_table(workloads: &[Workload], targets: &[&'static str], results: &Results) {
-    println!("| workload | target | TPS | avg latency ms | p99 latency ms | proxy CPU s / 1k tx | proxy CPU µs / tx | runs |");
-    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    println!("| workload | target | TPS | avg latency ms | p99 latency ms | proxy CPU s / 1k tx | proxy CPU µs / tx | pgbench CPU µs / tx | runs |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for (w, workload) in workloads.iter().enumerate() {
         for target in targets {
             if let Some(c) = results.cell(w, target) {
@@ -72,11 +74,11 @@ pub fn print_table(workloads: &[Workload], targets: &[&'static str], results: &R
                     failed => format!("{} ({failed} failed)", c.ok_runs),
                 };
                 println!(
-                    "| {} | {target} | {:.0} | {:.3} | {:.3} | {cpu_s} | {cpu_us} | {runs} |",
-                    workload.name, c.tps, c.avg_ms, c.p99_ms
+                    "| {} | {target} | {:.0} | {:.3} | {:.3} | {cpu_s} | {cpu_us} | {:.1} | {runs} |",
+                    workload.name, c.tps, c.avg_ms, c.p99_ms, c.client_cpu_us
                 );
             } else if let Some(e) = results.first_error(w, target) {
-                println!("| {} | {target} | FAILED | | | | | {} |", workload.name, table_cell(e));
+                println!("| {} | {target} | FAILED | | | | | | {} |", workload.name, table_cell(e));
             }
         }
     }
