@@ -1,11 +1,13 @@
 //! End-to-end comparison: pgbench directly against PostgreSQL, through
 //! pgrelay and through PgBouncer 1.18, on one throw-away primary + 2
 //! replicas, in one run, alternating the targets within each round and
-//! reporting medians; then the RSS of each proxy with 10,000 idle clients;
-//! then pgrelay's RSS before and after floods from single clients.
+//! reporting medians, some workloads also with TLS on the client side; then
+//! the RSS of each proxy with 10,000 idle clients; then pgrelay's RSS before
+//! and after floods from single clients.
 //!
 //!     cargo bench --bench compare                    # full run, ~15 minutes
 //!     cargo bench --bench compare -- --quick         # smoke run, ~2 minutes
+//!     cargo bench --bench compare -- --tls-only      # the TLS rows and their plain counterparts
 //!     cargo bench --bench compare -- --floods-only   # the floods alone, ~1 minute
 //!
 //! Everything it starts (PostgreSQL through `LocalCluster`, pgrelay,
@@ -16,6 +18,7 @@ mod idle;
 mod pgbench;
 mod proxies;
 mod report;
+mod tls;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -30,6 +33,7 @@ use pgrelay::localcluster::{LocalCluster, LocalClusterOptions, APP_PASSWORD, APP
 use pgbench::{Target, Workload};
 use proxies::{Pgbouncer, Pgrelay, ProxySettings};
 use report::Results;
+use tls::TlsFiles;
 
 const POOL_SIZE: u32 = 20;
 const MAX_CLIENT_CONN: u32 = 10_100;
@@ -39,28 +43,43 @@ const MAX_CONNECTIONS: u32 = 700;
 const SCALE: u32 = 10;
 
 /// The targets in the order the tables list them.
-const TARGETS: [&str; 5] = ["direct-primary", "pgrelay-rw", "pgbouncer", "direct-replica", "pgrelay-ro"];
+const TARGETS: [&str; 8] = [
+    "direct-primary",
+    "pgrelay-rw",
+    "pgbouncer",
+    "direct-replica",
+    "pgrelay-ro",
+    "direct-primary-tls",
+    "pgrelay-rw-tls",
+    "pgbouncer-tls",
+];
 
 const fn select(name: &'static str, args: &'static [&'static str], clients: u32, pgbouncer: bool) -> Workload {
-    Workload { name, args, clients, read_only: true, pgbouncer }
+    Workload { name, args, clients, read_only: true, pgbouncer, tls: false }
 }
+
+/// `select c=16`, also over TLS.
+const SELECT_16: Workload = Workload { tls: true, ..select("select c=16", &["-S"], 16, true) };
+/// A new connection per transaction, also over TLS (a handshake each).
+const SELECT_CONNECT_16: Workload =
+    Workload { name: "select -C c=16", args: &["-S", "-C"], clients: 16, read_only: false, pgbouncer: true, tls: true };
 
 const FULL: &[Workload] = &[
     select("select c=1", &["-S"], 1, true),
-    select("select c=16", &["-S"], 16, true),
+    SELECT_16,
     select("select c=64", &["-S"], 64, true),
     select("select c=512", &["-S"], 512, true),
     select("select extended c=16", &["-S", "-M", "extended"], 16, true),
     select("select prepared c=16", &["-S", "-M", "prepared"], 16, false),
-    Workload { name: "tpcb c=16", args: &[], clients: 16, read_only: false, pgbouncer: true },
-    Workload { name: "select -C c=16", args: &["-S", "-C"], clients: 16, read_only: false, pgbouncer: true },
+    Workload { name: "tpcb c=16", args: &[], clients: 16, read_only: false, pgbouncer: true, tls: false },
+    SELECT_CONNECT_16,
 ];
 
 const QUICK: &[Workload] = &[
     select("select c=1", &["-S"], 1, true),
-    select("select c=16", &["-S"], 16, true),
+    SELECT_16,
     select("select prepared c=16", &["-S", "-M", "prepared"], 16, false),
-    Workload { name: "select -C c=16", args: &["-S", "-C"], clients: 16, read_only: false, pgbouncer: true },
+    SELECT_CONNECT_16,
 ];
 
 struct Options {
@@ -70,12 +89,18 @@ struct Options {
     idle: bool,
     pgbench: bool,
     floods: bool,
+    /// Run the TLS rows.
+    tls: bool,
+    /// Only the workloads with TLS rows, and of their plain rows only those
+    /// against the primary.
+    tls_only: bool,
     idle_clients: usize,
     idle_rounds: usize,
 }
 
 const USAGE: &str = "usage: cargo bench --bench compare [-- [--quick] [--rounds N] [--seconds N] \
-                     [--idle-clients N] [--idle-rounds N] [--skip-idle] [--skip-pgbench] [--skip-floods] [--floods-only]]";
+                     [--idle-clients N] [--idle-rounds N] [--skip-idle] [--skip-pgbench] [--skip-floods] [--skip-tls] \
+                     [--tls-only] [--floods-only]]";
 
 fn parse_args() -> Result<Options, String> {
     let mut o = Options {
@@ -85,6 +110,8 @@ fn parse_args() -> Result<Options, String> {
         idle: true,
         pgbench: true,
         floods: true,
+        tls: true,
+        tls_only: false,
         idle_clients: IDLE_CLIENTS,
         idle_rounds: 2,
     };
@@ -105,6 +132,8 @@ fn parse_args() -> Result<Options, String> {
             "--skip-pgbench" => o.pgbench = false,
             "--skip-floods" => o.floods = false,
             "--floods-only" => floods_only = true,
+            "--skip-tls" => o.tls = false,
+            "--tls-only" => o.tls_only = true,
             // cargo bench passes --bench to every bench binary.
             "--bench" => {}
             "-h" | "--help" => return Err(USAGE.into()),
@@ -121,6 +150,12 @@ fn parse_args() -> Result<Options, String> {
             return Err(format!("--floods-only and --skip-floods leave nothing to run\n{USAGE}"));
         }
         (o.pgbench, o.idle) = (false, false);
+    }
+    if o.tls_only {
+        if !o.tls || !o.pgbench || floods_only {
+            return Err(format!("--tls-only goes with neither --skip-tls, --skip-pgbench nor --floods-only\n{USAGE}"));
+        }
+        (o.idle, o.floods) = (false, false);
     }
     Ok(o)
 }
@@ -233,7 +268,57 @@ fn print_machine(bin: &Path) {
     println!("- pgrelay: {} (commit {})", bin.display(), binary_commit(bin));
 }
 
-fn print_header(o: &Options, cluster: &LocalCluster, nofile: u64, bin: &Path) {
+/// The proxies under test: the plain ones, and the TLS rows' own processes.
+struct Proxies {
+    relay: Pgrelay,
+    bouncer: Pgbouncer,
+    tls: Option<TlsProxies>,
+}
+
+/// The TLS rows' proxies, each a process of its own (clients must use TLS
+/// there). One that did not start leaves its rows FAILED with the reason,
+/// and the others still run.
+struct TlsProxies {
+    files: TlsFiles,
+    relay: Result<Pgrelay, String>,
+    bouncer: Result<Pgbouncer, String>,
+}
+
+impl TlsProxies {
+    /// Turns `ssl` on in the primary and starts pgrelay and PgBouncer with
+    /// TLS on their client side, all three with the same certificate.
+    fn start(bin: &Path, scratch: &Path, cluster: &LocalCluster, s: &ProxySettings) -> Result<TlsProxies, String> {
+        let files = tls::enable(cluster, scratch)?;
+        let relay = Pgrelay::start(bin, &files.dir, cluster, s, Some(&files));
+        let bouncer = Pgbouncer::start(&files.dir, cluster, s, Some(&files));
+        for (name, started) in [("pgrelay-rw-tls", relay.as_ref().err()), ("pgbouncer-tls", bouncer.as_ref().err())] {
+            if let Some(e) = started {
+                eprintln!("{name} did not start; its rows will say FAILED: {e}");
+            }
+        }
+        Ok(TlsProxies { files, relay, bouncer })
+    }
+
+    /// The header's line on TLS: the certificate, and what a login to each
+    /// target negotiates.
+    fn describe(&self, cluster: &LocalCluster) -> String {
+        let negotiated = |port: Option<u16>| match port {
+            Some(port) => tls::negotiated(port).unwrap_or_else(|e| format!("not encrypted: {e}")),
+            None => "did not start".into(),
+        };
+        format!(
+            "TLS rows: client side only (the proxies' server side plain), PGSSLMODE=require, one {} certificate \
+             for all three ({}); negotiated: direct-primary-tls {}; pgrelay-rw-tls {}; pgbouncer-tls {}",
+            tls::KEY_TYPE,
+            self.files.cert_file.display(),
+            negotiated(Some(cluster.primary().port)),
+            negotiated(self.relay.as_ref().ok().map(|r| r.rw.port())),
+            negotiated(self.bouncer.as_ref().ok().map(|b| b.port)),
+        )
+    }
+}
+
+fn print_header(o: &Options, cluster: &LocalCluster, nofile: u64, bin: &Path, proxies: &Proxies) {
     println!("# pgrelay vs PgBouncer vs direct");
     println!();
     print_machine(bin);
@@ -252,39 +337,67 @@ fn print_header(o: &Options, cluster: &LocalCluster, nofile: u64, bin: &Path) {
          round; medians shown; user {TRUST_USER} (trust), PGSSLMODE=disable",
         o.rounds, o.seconds
     );
+    if let Some(tls) = &proxies.tls {
+        println!("- {}", tls.describe(cluster));
+    }
     println!("- load average at start: {}", load_average());
     println!("- CPU: utime+stime of the proxy process from /proc/PID/stat around each run / transactions");
     println!();
 }
 
+/// The targets of one workload, and the TLS targets whose proxy did not
+/// start (with the reason).
 fn targets_for<'a>(
     w: &Workload,
-    relay: &'a Pgrelay,
-    bouncer: &'a Pgbouncer,
+    o: &Options,
+    proxies: &'a Proxies,
     cluster: &LocalCluster,
-) -> Vec<Target<'a>> {
+) -> (Vec<Target<'a>>, Vec<(&'static str, &'a str)>) {
+    let (relay, bouncer) = (&proxies.relay, &proxies.bouncer);
+    let direct = |name, port| Target { name, port, proxy: None, tls: false };
     let mut targets = vec![
-        Target { name: "direct-primary", port: cluster.primary().port, proxy: None },
-        Target { name: "pgrelay-rw", port: relay.rw.port(), proxy: Some(&relay.guard) },
+        direct("direct-primary", cluster.primary().port),
+        Target { name: "pgrelay-rw", port: relay.rw.port(), proxy: Some(&relay.guard), tls: false },
     ];
     if w.pgbouncer {
-        targets.push(Target { name: "pgbouncer", port: bouncer.port, proxy: Some(&bouncer.guard) });
+        targets.push(Target { name: "pgbouncer", port: bouncer.port, proxy: Some(&bouncer.guard), tls: false });
     }
-    if w.read_only {
-        targets.push(Target { name: "direct-replica", port: cluster.replicas()[0].port, proxy: None });
-        targets.push(Target { name: "pgrelay-ro", port: relay.ro.port(), proxy: Some(&relay.guard) });
+    if w.read_only && !o.tls_only {
+        targets.push(direct("direct-replica", cluster.replicas()[0].port));
+        targets.push(Target { name: "pgrelay-ro", port: relay.ro.port(), proxy: Some(&relay.guard), tls: false });
     }
-    targets
+    let mut unavailable = Vec::new();
+    if let (true, Some(tls)) = (w.tls, &proxies.tls) {
+        targets.push(Target { name: "direct-primary-tls", port: cluster.primary().port, proxy: None, tls: true });
+        match &tls.relay {
+            Ok(r) => {
+                targets.push(Target { name: "pgrelay-rw-tls", port: r.rw.port(), proxy: Some(&r.guard), tls: true })
+            }
+            Err(e) => unavailable.push(("pgrelay-rw-tls", e.as_str())),
+        }
+        match (&tls.bouncer, w.pgbouncer) {
+            (Ok(b), true) => {
+                targets.push(Target { name: "pgbouncer-tls", port: b.port, proxy: Some(&b.guard), tls: true })
+            }
+            (Err(e), true) => unavailable.push(("pgbouncer-tls", e.as_str())),
+            (_, false) => {}
+        }
+    }
+    (targets, unavailable)
 }
 
-fn run_pgbench(o: &Options, cluster: &LocalCluster, relay: &Pgrelay, bouncer: &Pgbouncer, log_dir: &Path) {
-    let workloads = if o.quick { QUICK } else { FULL };
+fn run_pgbench(o: &Options, cluster: &LocalCluster, proxies: &Proxies, log_dir: &Path) {
+    let all = if o.quick { QUICK } else { FULL };
+    let workloads: Vec<Workload> = all.iter().filter(|w| w.tls || !o.tls_only).cloned().collect();
     let mut results = Results::default();
     let started = Instant::now();
     for round in 0..o.rounds as usize {
         eprintln!("round {}/{}: load average {}", round + 1, o.rounds, load_average());
         for (w, workload) in workloads.iter().enumerate() {
-            let mut targets = targets_for(workload, relay, bouncer, cluster);
+            let (mut targets, unavailable) = targets_for(workload, o, proxies, cluster);
+            for (name, e) in unavailable {
+                results.record(w, name, Err(format!("did not start: {e}")));
+            }
             // Rotate so that no target always runs first (or right after another).
             let shift = (round + w) % targets.len();
             targets.rotate_left(shift);
@@ -292,7 +405,8 @@ fn run_pgbench(o: &Options, cluster: &LocalCluster, relay: &Pgrelay, bouncer: &P
                 let result = pgbench::run(workload, target, o.seconds, log_dir);
                 match &result {
                     Ok(r) => eprintln!(
-                        "[{:>4.0}s round {}/{}] {:<22} {:<15} {:>9.0} tps {:>8} tx  avg {:.3} ms  p99 {:.3} ms{}",
+                        "[{:>4.0}s round {}/{}] {:<22} {:<18} {:>9.0} tps {:>8} tx  avg {:.3} ms  p99 {:.3} ms  \
+                         pgbench {:.1} µs/tx{}",
                         started.elapsed().as_secs_f64(),
                         round + 1,
                         o.rounds,
@@ -302,6 +416,7 @@ fn run_pgbench(o: &Options, cluster: &LocalCluster, relay: &Pgrelay, bouncer: &P
                         r.transactions,
                         r.avg_latency_ms,
                         r.p99_latency_ms,
+                        r.client_cpu_us_per_tx,
                         r.proxy_cpu_us_per_tx.map_or(String::new(), |us| format!("  proxy {us:.1} µs/tx")),
                     ),
                     Err(e) => eprintln!("[round {}] {} {}: {e}", round + 1, workload.name, target.name),
@@ -312,13 +427,17 @@ fn run_pgbench(o: &Options, cluster: &LocalCluster, relay: &Pgrelay, bouncer: &P
     }
     println!("## pgbench (medians of {} round(s), {} s each)", o.rounds, o.seconds);
     println!();
-    report::print_table(workloads, &TARGETS, &results);
+    report::print_table(&workloads, &TARGETS, &results);
     println!();
     println!("TPS ratios and proxy CPU per transaction:");
     println!();
-    report::print_ratios(workloads, &results);
+    report::print_ratios(&workloads, &results);
     println!();
-    report::print_added_latency(workloads, &results);
+    if proxies.tls.is_some() {
+        report::print_tls_ratios(&workloads, &results);
+        println!();
+    }
+    report::print_added_latency(&workloads, &results);
     println!();
 }
 
@@ -369,18 +488,24 @@ fn run() -> Result<(), String> {
     let replicas = if comparing { 2 } else { 0 };
     let opts = LocalClusterOptions { replicas, max_connections: MAX_CONNECTIONS, ..Default::default() };
     let cluster = LocalCluster::start(opts).map_err(|e| format!("starting the cluster: {e}"))?;
-    let settings = ProxySettings { pool_size: POOL_SIZE, max_client_conn: MAX_CLIENT_CONN };
+    // The TLS rows turn ssl on in the primary.
+    let tls_rows = o.pgbench && o.tls;
+    let settings =
+        ProxySettings { pool_size: POOL_SIZE, max_client_conn: MAX_CLIENT_CONN, server_tls_disable: tls_rows };
     if comparing {
         init_pgbench(&cluster)?;
         // Declared after the cluster, so dropped (killed) before it stops.
-        let relay = Pgrelay::start(&bin, &scratch.0, &cluster, &settings)?;
-        let bouncer = Pgbouncer::start(&scratch.0, &cluster, &settings)?;
-        print_header(&o, &cluster, nofile, &bin);
+        let proxies = Proxies {
+            relay: Pgrelay::start(&bin, &scratch.0, &cluster, &settings, None)?,
+            bouncer: Pgbouncer::start(&scratch.0, &cluster, &settings, None)?,
+            tls: if tls_rows { Some(TlsProxies::start(&bin, &scratch.0, &cluster, &settings)?) } else { None },
+        };
+        print_header(&o, &cluster, nofile, &bin, &proxies);
         if o.pgbench {
-            run_pgbench(&o, &cluster, &relay, &bouncer, &scratch.0.join("pgbench-log"));
+            run_pgbench(&o, &cluster, &proxies, &scratch.0.join("pgbench-log"));
         }
         if o.idle {
-            run_idle(&o, &relay, &bouncer);
+            run_idle(&o, &proxies.relay, &proxies.bouncer);
         }
     } else {
         print_floods_header(&cluster, &bin);

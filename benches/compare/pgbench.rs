@@ -1,6 +1,6 @@
 //! One bounded pgbench run against one target: TPS and average latency from
-//! pgbench's summary, p99 from its per-transaction logs, and the proxy's CPU
-//! time from /proc before and after.
+//! pgbench's summary, p99 from its per-transaction logs, the proxy's CPU
+//! time from /proc before and after, and pgbench's own CPU time.
 
 use std::fs;
 use std::path::Path;
@@ -24,6 +24,9 @@ pub struct Workload {
     pub read_only: bool,
     /// PgBouncer can run it (1.18 cannot do `-M prepared` in transaction mode).
     pub pgbouncer: bool,
+    /// Also run with TLS on the client side (the primary, pgrelay's rw
+    /// listener and PgBouncer, each with `PGSSLMODE=require`).
+    pub tls: bool,
 }
 
 /// Where pgbench connects, and which process's CPU to charge.
@@ -31,6 +34,8 @@ pub struct Target<'a> {
     pub name: &'static str,
     pub port: u16,
     pub proxy: Option<&'a ChildGuard>,
+    /// pgbench connects with `PGSSLMODE=require` (else `disable`).
+    pub tls: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -41,6 +46,9 @@ pub struct RunResult {
     pub p99_latency_ms: f64,
     /// Proxy CPU (user + system) per transaction, in µs; `None` for direct runs.
     pub proxy_cpu_us_per_tx: Option<f64>,
+    /// pgbench's own CPU (user + system) per transaction, in µs: with `-C`
+    /// over TLS the client's handshakes can bound the TPS of every target.
+    pub client_cpu_us_per_tx: f64,
 }
 
 /// Runs pgbench once; `log_dir` must be empty and is emptied afterwards.
@@ -53,14 +61,16 @@ pub fn run(workload: &Workload, target: &Target, seconds: u32, log_dir: &Path) -
         .arg("--log")
         .arg(format!("--log-prefix={}", log_dir.join("tx").display()))
         .arg("app")
-        .env("PGSSLMODE", "disable")
+        .env("PGSSLMODE", if target.tls { "require" } else { "disable" })
         .env_remove("PGPASSWORD")
         .env_remove("PGSERVICE")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let cpu_before = target.proxy.map(|p| cpu_ticks(p.pid())).transpose()?;
+    let client_before = reaped_children_cpu()?;
     let output = run_bounded(cmd, Duration::from_secs(seconds.into()) + OVERRUN)?;
+    let client_cpu = reaped_children_cpu()? - client_before;
     let cpu_after = target.proxy.map(|p| cpu_ticks(p.pid())).transpose()?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let latencies = read_latencies(log_dir);
@@ -87,7 +97,18 @@ pub fn run(workload: &Workload, target: &Target, seconds: u32, log_dir: &Path) -
         }
         _ => None,
     };
-    Ok(RunResult { tps, transactions, avg_latency_ms, p99_latency_ms, proxy_cpu_us_per_tx })
+    let client_cpu_us_per_tx = client_cpu.as_secs_f64() * 1e6 / transactions.max(1) as f64;
+    Ok(RunResult { tps, transactions, avg_latency_ms, p99_latency_ms, proxy_cpu_us_per_tx, client_cpu_us_per_tx })
+}
+
+/// User + system CPU of this process's children that have exited and been
+/// waited for. Around one pgbench run that is pgbench alone: the proxies
+/// are reaped only at the end, and nothing else runs meanwhile.
+fn reaped_children_cpu() -> Result<Duration, String> {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let usage = getrusage(UsageWho::RUSAGE_CHILDREN).map_err(|e| format!("getrusage: {e}"))?;
+    let micros = |t: nix::sys::time::TimeVal| t.tv_sec() as u64 * 1_000_000 + t.tv_usec() as u64;
+    Ok(Duration::from_micros(micros(usage.user_time()) + micros(usage.system_time())))
 }
 
 /// Waits for the command, killing it (by PID) if it runs past `limit`.

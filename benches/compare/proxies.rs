@@ -1,5 +1,5 @@
-//! The two proxies under test as child processes: their config files, start,
-//! readiness check, CPU and memory readings, and a guard that kills each one
+//! The two proxies under test as child processes: their config files (with
+//! TLS on the client side for the TLS rows), start, readiness check, CPU and memory readings, and a guard that kills each one
 //! by its PID when the benchmark ends (also on a panic or an early return).
 
 use std::fs;
@@ -14,6 +14,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::{Pid, User};
 
 use pgrelay::localcluster::{LocalCluster, TRUST_USER};
+
+use super::tls::TlsFiles;
 
 /// How long a proxy may take to answer its first query.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -109,15 +111,16 @@ fn log_file(path: &Path) -> Result<(Stdio, Stdio), String> {
     Ok((Stdio::from(file), Stdio::from(copy)))
 }
 
-/// Waits until `psql` gets an answer through `port`, or fails with the log.
-fn wait_ready(guard: &mut ChildGuard, port: u16, log: &Path) -> Result<(), String> {
+/// Waits until `psql` (with `PGSSLMODE=sslmode`) gets an answer through
+/// `port`, or fails with the log.
+fn wait_ready(guard: &mut ChildGuard, port: u16, sslmode: &str, log: &Path) -> Result<(), String> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         guard.check_alive(log)?;
         let out = Command::new("psql")
             .args(["-X", "-Atq", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", TRUST_USER, "-d", "app"])
             .args(["-c", "select 1"])
-            .env("PGSSLMODE", "disable")
+            .env("PGSSLMODE", sslmode)
             .env("PGCONNECT_TIMEOUT", "5")
             .stdin(Stdio::null())
             .output()
@@ -141,6 +144,20 @@ fn wait_ready(guard: &mut ChildGuard, port: u16, log: &Path) -> Result<(), Strin
 pub struct ProxySettings {
     pub pool_size: u32,
     pub max_client_conn: u32,
+    /// The primary has `ssl = on` (the TLS rows): pgrelay gets `[tls]
+    /// server_tls_sslmode = "disable"` so its server side stays plain, as
+    /// PgBouncer's does by default, instead of its default `prefer`. Left
+    /// out otherwise, so builds from before the `[tls]` section still run.
+    pub server_tls_disable: bool,
+}
+
+/// `PGSSLMODE` for a client of a proxy with this client side.
+fn sslmode(client_tls: Option<&TlsFiles>) -> &'static str {
+    if client_tls.is_some() {
+        "require"
+    } else {
+        "disable"
+    }
 }
 
 pub struct Pgrelay {
@@ -151,8 +168,15 @@ pub struct Pgrelay {
 
 impl Pgrelay {
     /// Writes the config, checks it with `pgrelay check`, starts `pgrelay run`
-    /// and waits until both listeners answer.
-    pub fn start(bin: &Path, dir: &Path, cluster: &LocalCluster, s: &ProxySettings) -> Result<Pgrelay, String> {
+    /// and waits until both listeners answer. With `client_tls`, clients
+    /// must use TLS (`client_tls_sslmode = "require"`) with that certificate.
+    pub fn start(
+        bin: &Path,
+        dir: &Path,
+        cluster: &LocalCluster,
+        s: &ProxySettings,
+        client_tls: Option<&TlsFiles>,
+    ) -> Result<Pgrelay, String> {
         let (rw, ro, http) = (free_port(), free_port(), free_port());
         // Every bench client comes from 127.0.0.1 (the idle-client round logs
         // in 100 at a time): one address may hold the whole pre-auth cap.
@@ -172,6 +196,19 @@ impl Pgrelay {
         }
         conf +=
             &format!("\n[[users]]\nname = \"{TRUST_USER}\"\nauth_type = \"trust\"\n\n[[databases]]\nname = \"app\"\n");
+        if s.server_tls_disable || client_tls.is_some() {
+            conf += "\n[tls]\n";
+        }
+        if s.server_tls_disable {
+            conf += "server_tls_sslmode = \"disable\"\n";
+        }
+        if let Some(files) = client_tls {
+            conf += &format!(
+                "client_tls_sslmode = \"require\"\nclient_tls_cert_file = \"{}\"\nclient_tls_key_file = \"{}\"\n",
+                files.cert_file.display(),
+                files.key_file.display()
+            );
+        }
         let conf_path = dir.join("pgrelay.toml");
         fs::write(&conf_path, conf).map_err(|e| format!("{}: {e}", conf_path.display()))?;
         let check = Command::new(bin).arg("check").arg("-c").arg(&conf_path).output().map_err(|e| e.to_string())?;
@@ -185,9 +222,10 @@ impl Pgrelay {
         cmd.stdout(stdout).stderr(stderr);
         die_with_parent(&mut cmd);
         let child = cmd.spawn().map_err(|e| format!("starting {}: {e}", bin.display()))?;
-        let mut guard = ChildGuard { name: "pgrelay", child };
-        wait_ready(&mut guard, rw, &log)?;
-        wait_ready(&mut guard, ro, &log)?;
+        let name = if client_tls.is_some() { "pgrelay (TLS)" } else { "pgrelay" };
+        let mut guard = ChildGuard { name, child };
+        wait_ready(&mut guard, rw, sslmode(client_tls), &log)?;
+        wait_ready(&mut guard, ro, sslmode(client_tls), &log)?;
         Ok(Pgrelay { guard, rw: ([127, 0, 0, 1], rw).into(), ro: ([127, 0, 0, 1], ro).into() })
     }
 }
@@ -200,12 +238,19 @@ pub struct Pgbouncer {
 impl Pgbouncer {
     /// Writes pgbouncer.ini and the auth file, starts PgBouncer in the
     /// foreground as the `postgres` OS user (it refuses root) and waits
-    /// until it answers.
-    pub fn start(dir: &Path, cluster: &LocalCluster, s: &ProxySettings) -> Result<Pgbouncer, String> {
+    /// until it answers. With `client_tls`, clients must use TLS
+    /// (`client_tls_sslmode = require`) with that certificate; the server
+    /// side stays plain (`server_tls_sslmode` defaults to `disable`).
+    pub fn start(
+        dir: &Path,
+        cluster: &LocalCluster,
+        s: &ProxySettings,
+        client_tls: Option<&TlsFiles>,
+    ) -> Result<Pgbouncer, String> {
         let port = free_port();
         let primary = cluster.primary().port;
         let auth_file = dir.join("pgbouncer.users");
-        let ini = format!(
+        let mut ini = format!(
             "[databases]\napp = host=127.0.0.1 port={primary} dbname=app\n\n\
              [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
              auth_type = trust\nauth_file = {}\npool_mode = transaction\n\
@@ -215,6 +260,13 @@ impl Pgbouncer {
             s.pool_size,
             s.max_client_conn
         );
+        if let Some(files) = client_tls {
+            ini += &format!(
+                "client_tls_sslmode = require\nclient_tls_cert_file = {}\nclient_tls_key_file = {}\n",
+                files.cert_file.display(),
+                files.key_file.display()
+            );
+        }
         let ini_path = dir.join("pgbouncer.ini");
         write_world_readable(&auth_file, &format!("\"{TRUST_USER}\" \"\"\n"))?;
         write_world_readable(&ini_path, &ini)?;
@@ -230,15 +282,30 @@ impl Pgbouncer {
         }
         die_with_parent(&mut cmd);
         let child = cmd.spawn().map_err(|e| format!("starting pgbouncer: {e}"))?;
-        let mut guard = ChildGuard { name: "pgbouncer", child };
-        wait_ready(&mut guard, port, &log)?;
+        let name = if client_tls.is_some() { "pgbouncer (TLS)" } else { "pgbouncer" };
+        let mut guard = ChildGuard { name, child };
+        wait_ready(&mut guard, port, sslmode(client_tls), &log)?;
         Ok(Pgbouncer { guard, port })
     }
 }
 
-fn write_world_readable(path: &Path, text: &str) -> Result<(), String> {
+pub fn write_world_readable(path: &Path, text: &str) -> Result<(), String> {
     fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o644)).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Writes a file only its owner may read, owned by the `postgres` OS user
+/// when this process is root (PgBouncer then runs as `postgres`; pgrelay,
+/// run as root, reads it all the same).
+pub fn write_private_to_pgbouncer(path: &Path, text: &str) -> Result<(), String> {
+    let err = |e: std::io::Error| format!("{}: {e}", path.display());
+    fs::write(path, text).map_err(err)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(err)?;
+    if nix::unistd::geteuid().is_root() {
+        let user = User::from_name("postgres").map_err(|e| e.to_string())?.ok_or("no `postgres` OS user")?;
+        std::os::unix::fs::chown(path, Some(user.uid.as_raw()), Some(user.gid.as_raw())).map_err(err)?;
+    }
+    Ok(())
 }
 
 /// The pgbouncer binary; installs Debian's package (1.18 on Debian 12) when

@@ -19,6 +19,7 @@ pub struct Cell {
     pub avg_ms: f64,
     pub p99_ms: f64,
     pub cpu_us: Option<f64>,
+    pub client_cpu_us: f64,
     pub ok_runs: usize,
     pub failed_runs: usize,
 }
@@ -46,6 +47,7 @@ impl Results {
             avg_ms: of(|r| r.avg_latency_ms)?,
             p99_ms: of(|r| r.p99_latency_ms)?,
             cpu_us: median(ok.iter().filter_map(|r| r.proxy_cpu_us_per_tx).collect()),
+            client_cpu_us: of(|r| r.client_cpu_us_per_tx)?,
             ok_runs: ok.len(),
             failed_runs: runs.len() - ok.len(),
         })
@@ -60,8 +62,8 @@ impl Results {
 
 /// The main table: one row per workload × target.
 pub fn print_table(workloads: &[Workload], targets: &[&'static str], results: &Results) {
-    println!("| workload | target | TPS | avg latency ms | p99 latency ms | proxy CPU s / 1k tx | proxy CPU µs / tx | runs |");
-    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    println!("| workload | target | TPS | avg latency ms | p99 latency ms | proxy CPU s / 1k tx | proxy CPU µs / tx | pgbench CPU µs / tx | runs |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for (w, workload) in workloads.iter().enumerate() {
         for target in targets {
             if let Some(c) = results.cell(w, target) {
@@ -72,14 +74,19 @@ pub fn print_table(workloads: &[Workload], targets: &[&'static str], results: &R
                     failed => format!("{} ({failed} failed)", c.ok_runs),
                 };
                 println!(
-                    "| {} | {target} | {:.0} | {:.3} | {:.3} | {cpu_s} | {cpu_us} | {runs} |",
-                    workload.name, c.tps, c.avg_ms, c.p99_ms
+                    "| {} | {target} | {:.0} | {:.3} | {:.3} | {cpu_s} | {cpu_us} | {:.1} | {runs} |",
+                    workload.name, c.tps, c.avg_ms, c.p99_ms, c.client_cpu_us
                 );
             } else if let Some(e) = results.first_error(w, target) {
-                println!("| {} | {target} | FAILED | | | | | {} |", workload.name, e.replace('|', "/"));
+                println!("| {} | {target} | FAILED | | | | | | {} |", workload.name, table_cell(e));
             }
         }
     }
+}
+
+/// An error as one Markdown table cell: one line, no `|`.
+fn table_cell(e: &str) -> String {
+    e.split_whitespace().collect::<Vec<_>>().join(" ").replace('|', "/")
 }
 
 fn ratio(a: Option<Cell>, b: Option<Cell>) -> String {
@@ -113,6 +120,67 @@ pub fn print_ratios(workloads: &[Workload], results: &Results) {
     }
 }
 
+fn cpu_ratio(a: Option<Cell>, b: Option<Cell>) -> String {
+    match (a.and_then(|c| c.cpu_us), b.and_then(|c| c.cpu_us)) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "–".into(),
+    }
+}
+
+/// The TLS rows: pgrelay against PgBouncer, both over TLS, and each TLS row
+/// against its plain counterpart. Only workloads with TLS rows.
+pub fn print_tls_ratios(workloads: &[Workload], results: &Results) {
+    let tls: Vec<(usize, &Workload)> = workloads.iter().enumerate().filter(|(_, w)| w.tls).collect();
+    if tls.is_empty() {
+        return;
+    }
+    println!("TLS on the client side, pgrelay vs PgBouncer (with `-C`, CPU per transaction is per TLS handshake + login + transaction):");
+    println!();
+    println!("| workload | pgrelay-tls/pgbouncer-tls TPS | pgrelay-tls/pgbouncer-tls CPU per tx | pgrelay-tls µs/tx | pgbouncer-tls µs/tx | pgrelay-tls/direct-tls TPS | pgbouncer-tls/direct-tls TPS |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for &(w, workload) in &tls {
+        let get = |t: &str| results.cell(w, t);
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            workload.name,
+            ratio(get("pgrelay-rw-tls"), get("pgbouncer-tls")),
+            cpu_ratio(get("pgrelay-rw-tls"), get("pgbouncer-tls")),
+            cpu(get("pgrelay-rw-tls")),
+            cpu(get("pgbouncer-tls")),
+            ratio(get("pgrelay-rw-tls"), get("direct-primary-tls")),
+            ratio(get("pgbouncer-tls"), get("direct-primary-tls")),
+        );
+    }
+    println!();
+    println!("TLS rows vs their plain counterparts (the same workload, run in the same rounds):");
+    println!();
+    println!("| workload | target | TPS TLS/plain | CPU µs/tx plain | CPU µs/tx TLS | CPU TLS/plain | CPU added by TLS µs/tx |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for &(w, workload) in &tls {
+        let get = |t: &str| results.cell(w, t);
+        for (plain, over_tls) in
+            [("direct-primary", "direct-primary-tls"), ("pgrelay-rw", "pgrelay-rw-tls"), ("pgbouncer", "pgbouncer-tls")]
+        {
+            let (p, t) = (get(plain), get(over_tls));
+            if p.is_none() && t.is_none() {
+                continue;
+            }
+            let added = match (p.and_then(|c| c.cpu_us), t.and_then(|c| c.cpu_us)) {
+                (Some(p), Some(t)) => format!("{:+.1}", t - p),
+                _ => "–".into(),
+            };
+            println!(
+                "| {} | {over_tls} vs {plain} | {} | {} | {} | {} | {added} |",
+                workload.name,
+                ratio(t, p),
+                cpu(p),
+                cpu(t),
+                cpu_ratio(t, p),
+            );
+        }
+    }
+}
+
 /// Latency each proxy adds at one client: its average minus the direct one.
 pub fn print_added_latency(workloads: &[Workload], results: &Results) {
     let Some(w) = workloads.iter().position(|w| w.clients == 1) else {
@@ -131,7 +199,7 @@ pub fn print_added_latency(workloads: &[Workload], results: &Results) {
 
 pub fn print_idle(name: &str, r: &Result<IdleResult, String>) {
     match r {
-        Err(e) => println!("| {name} | FAILED: {} | | | | | | |", e.replace('|', "/")),
+        Err(e) => println!("| {name} | FAILED: {} | | | | | | |", table_cell(e)),
         Ok(r) => {
             let mib = |kib: u64| format!("{:.1}", kib as f64 / 1024.0);
             let each =
