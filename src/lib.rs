@@ -20,6 +20,7 @@ pub mod pool;
 pub mod router;
 pub mod stream;
 pub mod wire;
+pub mod worker;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,6 +41,8 @@ pub enum StartError {
     Config(String),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind { addr: SocketAddr, what: &'static str, source: std::io::Error },
+    #[error("cannot start the workers ([pool] workers): {0}")]
+    Workers(std::io::Error),
 }
 
 /// A running pgrelay: its bound addresses and the handle to stop it.
@@ -50,6 +53,8 @@ pub struct RunningApp {
     pub http_addr: SocketAddr,
     pub ro_addr: SocketAddr,
     ctx: Arc<Context>,
+    /// One per worker thread (workers 1 and up), fired when it has finished.
+    workers: Vec<tokio::sync::oneshot::Receiver<()>>,
 }
 
 pub struct App;
@@ -91,6 +96,7 @@ impl App {
                 tracing::warn!(?bound, "not every node answered its first check in time; serving anyway");
             }
         }
+        let (rw, ro, workers) = start_workers(&ctx, rw, ro).map_err(StartError::Workers)?;
         ctx.tasks.spawn(frontend::serve(ctx.clone(), rw, ListenerKind::ReadWrite));
         ctx.tasks.spawn(frontend::serve(ctx.clone(), ro, ListenerKind::ReadOnly));
         let http_state = Arc::new(admin::HttpState {
@@ -100,9 +106,26 @@ impl App {
             header_timeout: ctx.config().listen.http_header_timeout,
         });
         ctx.tasks.spawn(admin::serve(http, http_state, ctx.shutdown.clone(), ctx.tasks.clone()));
-        tracing::info!(rw = %rw_addr, ro = %ro_addr, http = %http_addr, "pgrelay listening");
-        Ok(RunningApp { rw_addr, ro_addr, http_addr, ctx })
+        let worker_count = ctx.config().pool.workers;
+        tracing::info!(rw = %rw_addr, ro = %ro_addr, http = %http_addr, workers = worker_count, "pgrelay listening");
+        Ok(RunningApp { rw_addr, ro_addr, http_addr, ctx, workers })
     }
+}
+
+/// With `[pool] workers` above 1, starts the other workers on handles of
+/// the listening sockets; returns this runtime's listeners (worker 0).
+fn start_workers(
+    ctx: &Arc<Context>,
+    rw: TcpListener,
+    ro: TcpListener,
+) -> std::io::Result<(TcpListener, TcpListener, Vec<tokio::sync::oneshot::Receiver<()>>)> {
+    let count = ctx.config().pool.workers;
+    if count <= 1 {
+        return Ok((rw, ro, Vec::new()));
+    }
+    let (rw, ro) = (rw.into_std()?, ro.into_std()?);
+    let finished = worker::start(ctx, count, &rw, &ro)?;
+    Ok((TcpListener::from_std(rw)?, TcpListener::from_std(ro)?, finished))
 }
 
 impl RunningApp {
@@ -125,7 +148,7 @@ impl RunningApp {
     /// Stops as `mode` says. Draining modes stop accepting connections
     /// (and /readyz turns 503) at once, let each client reach its next
     /// boundary, and close whatever is left once `grace` has passed.
-    pub async fn stop(self, mode: StopMode, grace: Duration) {
+    pub async fn stop(mut self, mode: StopMode, grace: Duration) {
         let ctx = &self.ctx;
         if mode != StopMode::Immediate {
             ctx.metrics.draining.set(1);
@@ -147,6 +170,28 @@ impl RunningApp {
         };
         if tokio::time::timeout(FINAL_WAIT, wait_all).await.is_err() {
             tracing::warn!("some connections did not finish in time");
+        }
+        // The workers end once their sessions have (or FINAL_WAIT has passed).
+        let workers = std::mem::take(&mut self.workers);
+        let all_finished = async {
+            for finished in workers {
+                let _ = finished.await;
+            }
+        };
+        if tokio::time::timeout(FINAL_WAIT * 2, all_finished).await.is_err() {
+            tracing::warn!("some workers did not finish in time");
+        }
+    }
+}
+
+impl Drop for RunningApp {
+    /// A pgrelay dropped without [`RunningApp::stop`] stops its worker
+    /// threads too, as its tasks on the caller's runtime stop with it.
+    fn drop(&mut self) {
+        if !self.workers.is_empty() {
+            self.ctx.lifecycle.begin_drain(StopMode::Immediate);
+            self.ctx.shutdown.cancel();
+            self.ctx.client_tasks.close();
         }
     }
 }

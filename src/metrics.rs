@@ -31,6 +31,7 @@ pub struct Metrics {
     server_connections: IntGaugeVec,
     transactions: IntCounterVec,
     queries: IntCounterVec,
+    server_moves: IntCounterVec,
     checkout_wait: HistogramVec,
     transaction_duration: HistogramVec,
     errors: IntCounterVec,
@@ -124,6 +125,16 @@ impl Metrics {
             queries: register!(
                 r,
                 IntCounterVec::new(opts("pgrelay_queries_total", "Queries sent (Query and Execute messages)."), POOL)
+            ),
+            server_moves: register!(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "pgrelay_server_connection_moves_total",
+                        "Idle server connections moved from one worker to another to be leased there ([pool] workers)."
+                    ),
+                    POOL
+                )
             ),
             checkout_wait: register!(
                 r,
@@ -248,6 +259,7 @@ impl Metrics {
             pinned: state("pinned"),
             transactions: self.transactions.with_label_values(&labels),
             queries: self.queries.with_label_values(&labels),
+            moves: self.server_moves.with_label_values(&labels),
             checkout_wait: self.checkout_wait.with_label_values(&labels),
             transaction_duration: self.transaction_duration.with_label_values(&labels),
         }
@@ -385,6 +397,8 @@ pub struct PoolMetrics {
     pub pinned: IntGauge,
     pub transactions: IntCounter,
     pub queries: IntCounter,
+    /// Idle server connections moved to another worker to be leased there.
+    pub moves: IntCounter,
     pub checkout_wait: Histogram,
     pub transaction_duration: Histogram,
 }

@@ -15,15 +15,32 @@ use tokio_rustls::TlsStream;
 pub enum Stream {
     Plain(TcpStream),
     /// Boxed: a TLS session is large, and most of it is cold.
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<Socket>>),
 }
 
 impl Stream {
     fn tcp(&self) -> &TcpStream {
         match self {
             Stream::Plain(tcp) => tcp,
-            Stream::Tls(tls) => tls.get_ref().0,
+            Stream::Tls(tls) => tls.get_ref().0.tcp(),
         }
+    }
+
+    /// Registers the socket with the reactor of the runtime this runs on:
+    /// a server connection moving to another worker keeps its socket and
+    /// its TLS session. Nothing may be waiting on the socket meanwhile.
+    pub fn rebind(self) -> io::Result<Stream> {
+        fn rebind(tcp: TcpStream) -> io::Result<TcpStream> {
+            TcpStream::from_std(tcp.into_std()?)
+        }
+        Ok(match self {
+            Stream::Plain(tcp) => Stream::Plain(rebind(tcp)?),
+            Stream::Tls(mut tls) => {
+                let socket = &mut tls.get_mut().0;
+                socket.0 = Some(rebind(socket.take_tcp())?);
+                Stream::Tls(tls)
+            }
+        })
     }
 
     pub fn is_tls(&self) -> bool {
@@ -36,6 +53,20 @@ impl Stream {
             Stream::Plain(_) => None,
             Stream::Tls(tls) => tls.get_ref().1.alpn_protocol(),
         }
+    }
+
+    /// The TLS protocol and cipher suite, e.g. `TLSv1.3/TLS13_AES_256_GCM_SHA384`
+    /// ("" in plain text).
+    pub fn tls_description(&self) -> String {
+        let Stream::Tls(tls) = self else { return String::new() };
+        let state = tls.get_ref().1;
+        let version = match state.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_owned(),
+            other => other.map_or_else(String::new, |v| format!("{v:?}")),
+        };
+        let suite = state.negotiated_cipher_suite().map_or_else(String::new, |s| format!("{:?}", s.suite()));
+        format!("{version}/{suite}")
     }
 
     /// The peer's own certificate (DER), when it presented one over TLS.
@@ -127,6 +158,70 @@ impl Stream {
                 Pin::new(&mut **tls).poll_read(&mut cx, &mut probe).is_ready()
             }
         }
+    }
+}
+
+/// The TCP socket under a TLS session. An `Option` only so that
+/// [`Stream::rebind`] can move it to another reactor while rustls keeps the
+/// session around it; it is empty only during that move.
+#[derive(Debug)]
+pub struct Socket(Option<TcpStream>);
+
+impl Socket {
+    pub fn new(tcp: TcpStream) -> Socket {
+        Socket(Some(tcp))
+    }
+
+    /// The socket itself, for plain text again (a handshake that failed).
+    pub fn take_tcp(&mut self) -> TcpStream {
+        self.0.take().expect("a TLS socket is only empty while it is rebound")
+    }
+
+    #[inline]
+    fn tcp(&self) -> &TcpStream {
+        self.0.as_ref().expect("a TLS socket is only empty while it is rebound")
+    }
+
+    #[inline]
+    fn tcp_mut(&mut self) -> Pin<&mut TcpStream> {
+        Pin::new(self.0.as_mut().expect("a TLS socket is only empty while it is rebound"))
+    }
+}
+
+impl AsyncRead for Socket {
+    #[inline]
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().tcp_mut().poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Socket {
+    #[inline]
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.get_mut().tcp_mut().poll_write(cx, buf)
+    }
+
+    /// rustls writes its records with one vectored write (an alert on a
+    /// failed handshake with exactly one, best effort): it must reach the socket whole.
+    #[inline]
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().tcp_mut().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().tcp_mut().poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().tcp_mut().poll_shutdown(cx)
     }
 }
 

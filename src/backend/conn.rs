@@ -125,6 +125,8 @@ pub struct ServerConn {
     /// Cancel requests aimed at this connection that the server has not
     /// acted on yet: while any is, the connection is not pooled.
     pub cancels_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// The worker whose reactor the socket is registered with.
+    worker: usize,
 }
 
 impl ServerConn {
@@ -174,6 +176,7 @@ impl ServerConn {
             created: now,
             last_used: now,
             cancels_in_flight: Arc::default(),
+            worker: crate::worker::current(),
         }
     }
 
@@ -457,6 +460,25 @@ impl ServerConn {
     /// Bytes queued for the server, not yet written (at least 1 while TLS
     /// holds encrypted records the socket did not take yet).
     #[inline]
+    /// The worker whose reactor the socket is registered with.
+    pub fn worker(&self) -> usize {
+        self.worker
+    }
+
+    /// This connection, registered with the current worker's reactor: a
+    /// connection last used on another worker moves (its socket and TLS
+    /// session kept). Only for an idle connection, which nobody polls.
+    pub fn into_this_worker(self: Box<Self>) -> io::Result<Box<Self>> {
+        let here = crate::worker::current();
+        if self.worker == here {
+            return Ok(self);
+        }
+        let mut conn = *self;
+        conn.stream = conn.stream.rebind()?;
+        conn.worker = here;
+        Ok(Box::new(conn))
+    }
+
     pub fn pending_write(&self) -> usize {
         self.wbuf.len().max(usize::from(self.stream.has_buffered_output()))
     }

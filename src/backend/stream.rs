@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::{ServerSslMode, ServerTls};
-use crate::stream::Stream;
+use crate::stream::{Socket, Stream};
 use crate::wire;
 
 /// Why TLS with a server did not come about.
@@ -59,6 +59,6 @@ pub async fn negotiate(mut tcp: TcpStream, tls: &ServerTls, host: &str) -> Resul
     }
     let name = ServerName::try_from(host.to_owned()).map_err(|_| TlsError::BadHostName(host.to_owned()))?;
     let connector = tokio_rustls::TlsConnector::from(Arc::clone(client_config));
-    let stream = connector.connect(name, tcp).await.map_err(TlsError::Handshake)?;
+    let stream = connector.connect(name, Socket::new(tcp)).await.map_err(TlsError::Handshake)?;
     Ok(Stream::Tls(Box::new(stream.into())))
 }

@@ -106,6 +106,9 @@ pub struct Pool {
     pub max_client_prepared_statements: usize,
     /// How long SIGTERM / SIGINT let clients finish before closing them.
     pub shutdown_grace: Duration,
+    /// Threads that accept clients and run their sessions, each with a
+    /// runtime of its own (a restart changes it, not a reload).
+    pub workers: usize,
 }
 
 /// Who may use the admin console (database `pgrelay` or `pgbouncer`).

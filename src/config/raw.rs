@@ -16,8 +16,9 @@ pub(super) const LISTS: [&str; 3] = ["nodes", "users", "databases"];
 
 /// Keys whose TOML type is an integer, so an environment override's text is
 /// parsed as one. Every other table key takes a string (sizes take either).
-pub(super) const INTEGER_KEYS: [(&str, &str); 12] = [
+pub(super) const INTEGER_KEYS: [(&str, &str); 13] = [
     ("pool", "default_pool_size"),
+    ("pool", "workers"),
     ("pool", "max_client_conn"),
     ("pool", "max_prepared_statements"),
     ("pool", "max_client_prepared_statements"),
@@ -77,6 +78,7 @@ pub(super) struct RawPool {
     pub max_prepared_statements: Option<RawInt>,
     pub max_client_prepared_statements: Option<RawInt>,
     pub shutdown_grace: Option<RawDuration>,
+    pub workers: Option<RawInt>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -176,6 +176,7 @@ pub(super) fn pool(raw: &RawPool, locations: &Locations<'_>) -> Result<Pool, Con
             .positive(raw.max_client_prepared_statements.map(|n| n.0), 1000)?
             .get(),
         shutdown_grace: field("shutdown_grace").duration(raw.shutdown_grace.as_deref(), "30s")?,
+        workers: field("workers").positive(raw.workers.map(|n| n.0), 1)?.get(),
     })
 }
 

@@ -90,6 +90,10 @@ impl Context {
             summary.needs_restart.push("listen");
             new.listen = old.listen.clone();
         }
+        if new.pool.workers != old.pool.workers {
+            summary.needs_restart.push("pool.workers");
+            new.pool.workers = old.pool.workers;
+        }
         let new = Arc::new(new);
         self.users.store(Arc::new(users));
         self.store_config(new.clone());
@@ -184,6 +188,7 @@ pub fn pool_settings(config: &Config, database: &crate::config::Database) -> Poo
     let pool = &config.pool;
     PoolSettings {
         size: database.pool_size.unwrap_or(pool.default_pool_size).get(),
+        workers: pool.workers,
         mode: pool.mode,
         reset_timeout: pool.server_reset_timeout,
         idle_timeout: pool.server_idle_timeout,

@@ -43,7 +43,7 @@ pub async fn serve(ctx: Arc<Context>, listener: TcpListener, kind: ListenerKind)
             }
         };
         let _ = stream.set_nodelay(true);
-        let span = tracing::info_span!("client", %peer, port = kind.as_str());
+        let span = tracing::info_span!("client", %peer, port = kind.as_str(), worker = crate::worker::current());
         let limits = {
             let pool = &ctx.config().pool;
             Limits { total: pool.max_pre_auth_conn, per_addr: pool.max_pre_auth_conn_per_addr }
@@ -170,6 +170,8 @@ async fn handle_client(
         database: parts.database.name.clone(),
         listener: kind,
         application_name: parts.application_name().to_owned(),
+        tls: stream.tls_description(),
+        worker: crate::worker::current(),
     });
     let mut session = Box::new(Session::new(ctx.clone(), stream, kind, parts, buf, span.clone(), registered));
     let result = session.run().await;

@@ -87,6 +87,10 @@ pub struct ClientInfo {
     pub database: String,
     pub listener: ListenerKind,
     pub application_name: String,
+    /// TLS protocol and cipher suite, as PgBouncer shows them ("" in plain text).
+    pub tls: String,
+    /// The worker running the client's session.
+    pub worker: usize,
 }
 
 impl ClientRegistry {
@@ -162,6 +166,8 @@ mod tests {
             database: "app".into(),
             listener: ListenerKind::ReadWrite,
             application_name: String::new(),
+            tls: String::new(),
+            worker: 0,
         };
         let alice = registry.register(new("alice"));
         let bob = registry.register(new("bob"));

@@ -17,7 +17,7 @@ use super::Context;
 use crate::auth::{AuthError, AuthStep, ClientAuth, LookupTarget, UserEntry};
 use crate::config::{ClientSslMode, ClientTlsAcceptor, Database, ALPN_POSTGRESQL};
 use crate::router::ListenerKind;
-use crate::stream::Stream;
+use crate::stream::{Socket, Stream};
 use crate::wire::{
     self, frontend as tag, sqlstate, StartupPacket, StartupParams, StartupPeek, TxStatus, WireError,
     MAX_STARTUP_PARAMETERS,
@@ -327,12 +327,12 @@ async fn handshake(
     tls: &ClientTlsAcceptor,
     deadline: tokio::time::Instant,
 ) -> Result<Stream, OpenFailed> {
-    let accept = tokio_rustls::TlsAcceptor::from(tls.config.clone()).accept(tcp).into_fallible();
+    let accept = tokio_rustls::TlsAcceptor::from(tls.config.clone()).accept(Socket::new(tcp)).into_fallible();
     match tokio::time::timeout_at(deadline, accept).await {
         Ok(Ok(stream)) => Ok(Stream::Tls(Box::new(stream.into()))),
-        Ok(Err((error, tcp))) => {
+        Ok(Err((error, mut socket))) => {
             tracing::info!(%error, "TLS handshake with the client failed");
-            Err((Some(Stream::Plain(tcp)), SessionError::ClientTls(error)))
+            Err((Some(Stream::Plain(socket.take_tcp())), SessionError::ClientTls(error)))
         }
         Err(_) => {
             tracing::info!("client_login_timeout expired during the TLS handshake");

@@ -24,10 +24,10 @@ pub struct IdleServer {
 impl Pool {
     /// The idle connections right now, most recently used last.
     pub fn idle_servers(&self) -> Vec<IdleServer> {
-        self.idle
-            .lock()
-            .expect("pool lock")
+        let lists = self.idle.lock().expect("pool lock");
+        let mut idle: Vec<IdleServer> = lists
             .iter()
+            .flatten()
             .map(|conn| IdleServer {
                 addr: conn.addr,
                 local: conn.stream.local_addr().ok(),
@@ -35,6 +35,8 @@ impl Pool {
                 created: conn.created,
                 last_used: conn.last_used,
             })
-            .collect()
+            .collect();
+        idle.sort_by_key(|server| server.last_used);
+        idle
     }
 }

@@ -254,7 +254,9 @@ async fn pgrelay_follows_patroni_switchover_and_leader_loss() {
     let up = started.elapsed();
     create_schema(&patroni, leader).await;
 
-    let app = pgrelay::App::start(pgrelay_config(&patroni)).await.expect("pgrelay starts");
+    let mut config = pgrelay_config(&patroni);
+    config.pool.workers = support::test_workers();
+    let app = pgrelay::App::start(config).await.expect("pgrelay starts");
     seen(watch_primary(&app, "pgrelay routes writes to the Patroni leader", Duration::from_secs(15), move |p| {
         p == leader
     }))

@@ -22,6 +22,9 @@ const STATS: &str = "database|total_xact_count|total_query_count|total_received|
                      avg_query_time|avg_wait_time";
 const CONNECTIONS: &str = "type|user|database|state|addr|port|local_addr|local_port|connect_time|request_time|wait|\
                            wait_us|close_needed|ptr|link|remote_pid|tls|application_name";
+/// SHOW CLIENTS: PgBouncer's columns, then the worker running the session.
+const CLIENTS: &str = "type|user|database|state|addr|port|local_addr|local_port|connect_time|request_time|wait|\
+                       wait_us|close_needed|ptr|link|remote_pid|tls|application_name|worker";
 const DATABASES: &str = "name|host|port|database|force_user|pool_size|min_pool_size|reserve_pool|pool_mode|\
                          max_connections|current_connections|paused|disabled";
 const CONFIG: &str = "key|value|default|changeable";
@@ -110,7 +113,7 @@ async fn psql_sees_pgbouncer_columns_under_both_database_names() {
             for (command, header) in [
                 ("SHOW POOLS", POOLS),
                 ("SHOW STATS", STATS),
-                ("SHOW CLIENTS", CONNECTIONS),
+                ("SHOW CLIENTS", CLIENTS),
                 ("SHOW SERVERS", CONNECTIONS),
                 ("SHOW DATABASES", DATABASES),
                 ("show config;", CONFIG),

@@ -21,3 +21,4 @@ mod routing;
 mod server_login;
 mod server_tls;
 mod tools;
+mod workers;

@@ -36,6 +36,12 @@ pub fn cluster() -> &'static LocalCluster {
     }
 }
 
+/// `[pool] workers` for every pgrelay the tests start: `PGRELAY_TEST_WORKERS`
+/// (default 1), so that the whole suite runs with one worker and with several.
+pub fn test_workers() -> usize {
+    std::env::var("PGRELAY_TEST_WORKERS").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(1)
+}
+
 /// A tokio-postgres connection string for a server of the cluster (or
 /// anything else on 127.0.0.1); an empty password is left out.
 pub fn connect_string(port: u16, user: &str, password: &str, db: &str) -> String {

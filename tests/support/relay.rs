@@ -33,7 +33,9 @@ pub fn config_toml(cluster: &LocalCluster, pool_extra: &str, users_extra: &str) 
         ));
     }
     // A key in `pool_extra` replaces the base value.
-    let base = ["default_pool_size = 4", "query_wait_timeout = \"5s\"", "client_login_timeout = \"10s\""];
+    let workers = format!("workers = {}", super::test_workers());
+    let base =
+        ["default_pool_size = 4", "query_wait_timeout = \"5s\"", "client_login_timeout = \"10s\"", workers.as_str()];
     let overridden = |line: &&str| {
         let key = line.split('=').next().unwrap_or("").trim();
         pool_extra.lines().any(|l| l.split('=').next().unwrap_or("").trim() == key)
@@ -75,7 +77,10 @@ pub fn config(cluster: &LocalCluster, pool_extra: &str) -> Config {
     Config::parse(&config_toml(cluster, pool_extra, "")).expect("test config is valid")
 }
 
-pub async fn start(config: Config) -> RunningApp {
+/// Starts pgrelay in this process, with `[pool] workers` as the suite runs
+/// (see [`super::test_workers`]).
+pub async fn start(mut config: Config) -> RunningApp {
+    config.pool.workers = super::test_workers();
     App::start(config).await.expect("pgrelay starts")
 }
 

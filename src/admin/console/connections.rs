@@ -35,6 +35,17 @@ pub const CONNECTIONS: [(&str, T); 18] = [
     ("application_name", T::Text),
 ];
 
+/// SHOW CLIENTS: PgBouncer's columns, then the worker running the session.
+pub const CLIENTS: [(&str, T); 19] = {
+    let mut columns = [("worker", T::Int4); 19];
+    let mut i = 0;
+    while i < CONNECTIONS.len() {
+        columns[i] = CONNECTIONS[i];
+        i += 1;
+    }
+    columns
+};
+
 /// Converts monotonic instants to wall-clock text, PgBouncer's way
 /// (`2024-01-31 12:00:00 UTC`), against one reading of both clocks.
 pub struct Clock {
@@ -130,9 +141,10 @@ pub fn servers_table(ctx: &Context, clock: &Clock) -> Table {
 /// listed). state is `idle` (between transactions), `waiting` (for a
 /// server, RESUME or a primary) or `active` (holding a server); wait and
 /// wait_us (seconds, and the microseconds part) are how long a waiting
-/// client has waited; remote_pid is 0.
+/// client has waited; remote_pid is 0; tls is the protocol and cipher
+/// suite of a TLS client; worker is the worker running the session.
 pub fn clients_table(ctx: &Context, clock: &Clock, now: Instant) -> Table {
-    let mut table = Table::new(&CONNECTIONS);
+    let mut table = Table::new(&CLIENTS);
     for client in ctx.clients.snapshot() {
         let activity = client.activity();
         let (state, wait) = match activity.state {
@@ -159,8 +171,9 @@ pub fn clients_table(ctx: &Context, clock: &Clock, now: Instant) -> Table {
             text(format!("c:{}", client.id)),
             text(link.map(server_ptr).unwrap_or_default()),
             num(0),
-            text(""),
+            text(client.info.tls.as_str()),
             text(client.info.application_name.as_str()),
+            num(client.info.worker),
         ]);
     }
     table

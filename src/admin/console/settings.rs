@@ -88,6 +88,7 @@ pub fn config_values(config: &Config) -> Vec<(&'static str, String)> {
         ("pool.max_prepared_statements", pool.max_prepared_statements.to_string()),
         ("pool.max_client_prepared_statements", pool.max_client_prepared_statements.to_string()),
         ("pool.shutdown_grace", duration(pool.shutdown_grace)),
+        ("pool.workers", pool.workers.to_string()),
         ("routing.max_replica_lag_bytes", size(config.routing.max_replica_lag_bytes)),
         ("routing.max_replica_lag", duration(config.routing.max_replica_lag)),
         (
@@ -168,7 +169,7 @@ pub fn config_table(config: &Config) -> Table {
             "cluster.check_timeout" => Some(duration(config.cluster.check_interval)),
             _ => defaults.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()),
         };
-        let changeable = if key.starts_with("listen.") { "no" } else { "yes" };
+        let changeable = if key.starts_with("listen.") || key == "pool.workers" { "no" } else { "yes" };
         table.push(vec![text(key), text(value), default, text(changeable)]);
     }
     table
