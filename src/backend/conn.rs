@@ -457,10 +457,8 @@ impl ServerConn {
         self.tracker.emit_synthetic(out);
     }
 
-    /// Bytes queued for the server, not yet written (at least 1 while TLS
-    /// holds encrypted records the socket did not take yet).
-    #[inline]
     /// The worker whose reactor the socket is registered with.
+    #[inline]
     pub fn worker(&self) -> usize {
         self.worker
     }
@@ -479,6 +477,9 @@ impl ServerConn {
         Ok(Box::new(conn))
     }
 
+    /// Bytes queued for the server, not yet written (at least 1 while TLS
+    /// holds encrypted records the socket did not take yet).
+    #[inline]
     pub fn pending_write(&self) -> usize {
         self.wbuf.len().max(usize::from(self.stream.has_buffered_output()))
     }

@@ -333,6 +333,7 @@ fn every_table_key_can_be_overridden() {
                 ("max_prepared_statements", "7"),
                 ("max_client_prepared_statements", "8"),
                 ("shutdown_grace", "5s"),
+                ("workers", "3"),
             ],
         ),
         ("routing", &[("max_replica_lag_bytes", "1kB"), ("max_replica_lag", "1s"), ("ro_fallback", "error")]),

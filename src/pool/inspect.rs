@@ -24,10 +24,9 @@ pub struct IdleServer {
 impl Pool {
     /// The idle connections right now, most recently used last.
     pub fn idle_servers(&self) -> Vec<IdleServer> {
-        let lists = self.idle.lock().expect("pool lock");
-        let mut idle: Vec<IdleServer> = lists
+        let idle = self.idle.lock().expect("pool lock");
+        let mut idle: Vec<IdleServer> = idle
             .iter()
-            .flatten()
             .map(|conn| IdleServer {
                 addr: conn.addr,
                 local: conn.stream.local_addr().ok(),

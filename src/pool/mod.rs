@@ -35,6 +35,76 @@ pub enum PoolError {
 #[allow(clippy::vec_box)]
 type IdleList = Vec<Box<ServerConn>>;
 
+/// A pool's idle connections: one list per worker, each ordered by last
+/// use (pushed at the end, taken from the end, so expired ones are at the
+/// front), and their total.
+#[derive(Debug)]
+struct Idle {
+    lists: Vec<IdleList>,
+    total: usize,
+}
+
+impl Idle {
+    fn new(workers: usize) -> Idle {
+        Idle { lists: (0..workers.max(1)).map(|_| Vec::new()).collect(), total: 0 }
+    }
+
+    #[inline]
+    fn list(&mut self, worker: usize) -> &mut IdleList {
+        let last = self.lists.len() - 1;
+        &mut self.lists[worker.min(last)]
+    }
+
+    /// The most recently used connection of `worker`'s list that has not
+    /// expired and has nothing unasked-for to read; the others are closed.
+    #[inline]
+    fn pop_healthy(&mut self, worker: usize, now: Instant, timeout: Option<Duration>) -> Option<Box<ServerConn>> {
+        let list = self.list(worker);
+        let mut popped = 0;
+        let mut found = None;
+        while let Some(mut conn) = list.pop() {
+            popped += 1;
+            let expired = timeout.is_some_and(|t| now.saturating_duration_since(conn.last_used) > t);
+            if !expired && !conn.has_unsolicited_input() {
+                found = Some(conn);
+                break;
+            }
+        }
+        self.total -= popped;
+        found
+    }
+
+    /// The other worker with the most idle connections, if any has one.
+    fn fullest_other(&self, worker: usize) -> Option<usize> {
+        let own = worker.min(self.lists.len() - 1);
+        (0..self.lists.len()).filter(|&w| w != own && !self.lists[w].is_empty()).max_by_key(|&w| self.lists[w].len())
+    }
+
+    /// Adds `conn` to its worker's list, closing that list's expired ones.
+    #[inline]
+    fn push(&mut self, conn: Box<ServerConn>, now: Instant, timeout: Option<Duration>) {
+        let list = self.list(conn.worker());
+        let mut expired = 0;
+        if let Some(timeout) = timeout {
+            expired = list.iter().take_while(|c| now.duration_since(c.last_used) > timeout).count();
+            if expired > 0 {
+                list.drain(..expired);
+            }
+        }
+        list.push(conn);
+        self.total = self.total + 1 - expired;
+    }
+
+    fn clear(&mut self) {
+        self.lists.iter_mut().for_each(Vec::clear);
+        self.total = 0;
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Box<ServerConn>> {
+        self.lists.iter().flatten()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     pub node: String,
@@ -61,7 +131,7 @@ pub struct Pool {
     permits: Arc<Semaphore>,
     /// Idle connections, one list per worker: a worker takes its own first
     /// (no socket has to move), then another worker's (see `take_idle`).
-    idle: Mutex<Vec<IdleList>>,
+    idle: Mutex<Idle>,
     /// What the first connection reported at startup; clients see these at login.
     server_params: Mutex<Option<ServerParams>>,
     metrics: PoolMetrics,
@@ -71,14 +141,14 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(key: PoolKey, target: ServerTarget, settings: PoolSettings, metrics: PoolMetrics) -> Arc<Pool> {
-        let workers = settings.workers.max(1);
+        let workers = settings.workers;
         Arc::new(Pool {
             key,
             metrics,
             target,
             permits: Arc::new(Semaphore::new(settings.size)),
             settings,
-            idle: Mutex::new((0..workers).map(|_| Vec::new()).collect()),
+            idle: Mutex::new(Idle::new(workers)),
             server_params: Mutex::new(None),
             closed: CancellationToken::new(),
         })
@@ -109,7 +179,7 @@ impl Pool {
 
     /// Closes the idle connections (PAUSE does, so a paused pgrelay holds none).
     pub fn drop_idle(&self) {
-        self.idle.lock().expect("pool lock").iter_mut().for_each(Vec::clear);
+        self.idle.lock().expect("pool lock").clear();
         self.metrics.idle.set(0);
     }
 
@@ -141,7 +211,7 @@ impl Pool {
 
     /// Idle connections right now.
     pub fn idle_count(&self) -> usize {
-        self.idle.lock().expect("pool lock").iter().map(Vec::len).sum()
+        self.idle.lock().expect("pool lock").total
     }
 
     /// Waits up to `wait` (the client's query_wait_timeout) for a connection of this pool.
@@ -206,39 +276,26 @@ impl Pool {
         let here = worker::current();
         loop {
             let conn = {
-                let mut lists = self.idle.lock().expect("pool lock");
-                let own = here.min(lists.len() - 1);
-                let found = self.pop_healthy(&mut lists[own], now).or_else(|| {
-                    let fullest = (0..lists.len()).filter(|&w| w != own).max_by_key(|&w| lists[w].len())?;
-                    self.pop_healthy(&mut lists[fullest], now)
-                });
-                self.metrics.idle.set(lists.iter().map(Vec::len).sum::<usize>() as i64);
+                let mut idle = self.idle.lock().expect("pool lock");
+                let found = match idle.pop_healthy(here, now, self.settings.idle_timeout) {
+                    Some(conn) => Some(conn),
+                    None => idle.fullest_other(here).and_then(|w| idle.pop_healthy(w, now, self.settings.idle_timeout)),
+                };
+                self.metrics.idle.set(idle.total as i64);
                 found?
             };
-            let moving = conn.worker() != here;
+            if conn.worker() == here {
+                return Some(conn);
+            }
             match conn.into_this_worker() {
                 Ok(conn) => {
-                    if moving {
-                        self.metrics.moves.inc();
-                    }
+                    self.metrics.moves.inc();
                     return Some(conn);
                 }
                 // Closed on the way: the next idle one, or a new one.
                 Err(error) => tracing::debug!(pool = ?self.key, %error, "an idle server connection could not move"),
             }
         }
-    }
-
-    /// The most recently used connection of `list` that has not expired and
-    /// has nothing unasked-for to read; the others are closed.
-    fn pop_healthy(&self, list: &mut IdleList, now: Instant) -> Option<Box<ServerConn>> {
-        while let Some(mut conn) = list.pop() {
-            let expired = self.settings.idle_timeout.is_some_and(|t| now.saturating_duration_since(conn.last_used) > t);
-            if !expired && !conn.has_unsolicited_input() {
-                return Some(conn);
-            }
-        }
-        None
     }
 
     pub fn metrics(&self) -> &PoolMetrics {
@@ -248,21 +305,13 @@ impl Pool {
     /// Puts a clean connection on the idle list of the worker it belongs to.
     fn put_idle(&self, mut conn: Box<ServerConn>, now: Instant) {
         conn.last_used = now;
-        let mut lists = self.idle.lock().expect("pool lock");
+        let mut idle = self.idle.lock().expect("pool lock");
         // Checked under the lock that `close` clears, so nothing slips in after it.
         if self.is_closed() {
             return;
         }
-        let last = lists.len() - 1;
-        let idle = &mut lists[conn.worker().min(last)];
-        // Pushed at the end and taken from the end, the list is ordered by
-        // last use: expired connections are at the front.
-        if let Some(timeout) = self.settings.idle_timeout {
-            let expired = idle.iter().take_while(|c| now.duration_since(c.last_used) > timeout).count();
-            idle.drain(..expired);
-        }
-        idle.push(conn);
-        self.metrics.idle.set(lists.iter().map(Vec::len).sum::<usize>() as i64);
+        idle.push(conn, now, self.settings.idle_timeout);
+        self.metrics.idle.set(idle.total as i64);
     }
 
     /// Resets a connection a client left dirty; returns it when it is clean again.
