@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod app;
 pub mod auth;
 pub mod backend;
 pub mod cluster;
@@ -28,11 +29,11 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use app::Context;
+pub use app::StopMode;
 use cluster::monitor::Generation;
 use cluster::{ClusterView, Topology};
 use config::{Config, Source};
-use frontend::Context;
-pub use frontend::StopMode;
 use router::ListenerKind;
 
 #[derive(Debug, thiserror::Error)]

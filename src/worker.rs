@@ -20,7 +20,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::frontend::{self, Context};
+use crate::app::Context;
+use crate::frontend;
 use crate::router::ListenerKind;
 
 thread_local! {

@@ -13,11 +13,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument, Span};
 
 use super::error::SessionError;
-use super::preauth::{Admission, Limits, Refusal, Slot, CANCEL_WINDOW};
-use super::registry::ClientInfo;
 use super::session::Session;
 use super::startup::{login, open, Login, Opened, Opening};
-use super::Context;
+use crate::app::{Admission, ClientInfo, Context, Limits, Refusal, Slot, CANCEL_WINDOW};
 use crate::metrics::{ErrorOrigin, LoginResult};
 use crate::router::ListenerKind;
 use crate::wire::{self, sqlstate, Severity};
