@@ -13,5 +13,5 @@ mod startup;
 mod welcome;
 
 pub use error::SessionError;
-pub use listener::serve;
+pub use listener::{serve, ConsoleHandler};
 pub use startup::ADMIN_DATABASES;
