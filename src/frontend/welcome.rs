@@ -4,7 +4,7 @@
 //! `ISO, MDY`), never as the client wrote them. The first login with a new
 //! set of settings applies them on a server connection to learn those values
 //! (and to refuse a value the server rejects, at login, as PostgreSQL does);
-//! later logins copy one encoded block. Only settings the server could
+//! later logins copy one encoded block (kept in `app::WelcomeCache`). Only settings the server could
 //! spell differently are asked about: a value equal to the server's own,
 //! and a plain ASCII application_name (reported as given), need no server,
 //! so logins go on without one while every server connection is busy.
