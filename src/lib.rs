@@ -1,10 +1,31 @@
 //! pgrelay: a replication-aware PostgreSQL proxy. Clients connect to a
 //! read-write and a read-only port; transactions go to the primary or
 //! round-robin to replicas over pooled server connections.
+//!
+//! # Layers
+//!
+//! Each module uses only the ones below it; none names one that uses it.
+//!
+//! - This file, the entry point ([`App`], [`RunningApp`]): builds the
+//!   `Context`, binds the listeners, starts the workers, and wires the two
+//!   sides together: every listener is given the admin console as the
+//!   handler for admin logins. It alone names both `frontend` and `admin`.
+//! - `frontend` (the client side: listeners, login, sessions) and `admin`
+//!   (HTTP endpoints, admin console): side by side, neither names the other.
+//!   A login that names the console returns an `app::AdminLogin`, which the
+//!   listener hands to the `frontend::ConsoleHandler` it was started with.
+//! - `app`: what the whole process shares (`Context`, lifecycle, client
+//!   registry, cancel keys, admission counts) and the operator's controls
+//!   (pause, resume, reload). It knows nothing of sessions or the console.
+//! - `pool`, `backend`, `cluster`, `router`, `auth`, `metrics`: pools and
+//!   server connections, topology, routing decisions, authentication.
+//! - `config`, `wire`, `stream`, `worker` (which worker thread this is):
+//!   the leaves. `localcluster` and `demo` serve `pgrelay demo` and the tests.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod app;
 pub mod auth;
 pub mod backend;
 pub mod cluster;
@@ -26,14 +47,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use tokio::net::TcpListener;
 
+pub use app::StopMode;
+use app::{AdminLogin, Context};
 use cluster::monitor::Generation;
 use cluster::{ClusterView, Topology};
 use config::{Config, Source};
-use frontend::Context;
-pub use frontend::StopMode;
 use router::ListenerKind;
+use stream::Stream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -97,8 +120,8 @@ impl App {
             }
         }
         let (rw, ro, workers) = start_workers(&ctx, rw, ro).map_err(StartError::Workers)?;
-        ctx.tasks.spawn(frontend::serve(ctx.clone(), rw, ListenerKind::ReadWrite));
-        ctx.tasks.spawn(frontend::serve(ctx.clone(), ro, ListenerKind::ReadOnly));
+        ctx.tasks.spawn(frontend::serve(ctx.clone(), rw, ListenerKind::ReadWrite, admin_console));
+        ctx.tasks.spawn(frontend::serve(ctx.clone(), ro, ListenerKind::ReadOnly, admin_console));
         let http_state = Arc::new(admin::HttpState {
             metrics: ctx.metrics.clone(),
             cluster: ctx.cluster.clone(),
@@ -112,8 +135,21 @@ impl App {
     }
 }
 
-/// With `[pool] workers` above 1, starts the other workers on handles of
-/// the listening sockets; returns this runtime's listeners (worker 0).
+/// The admin console, as the listeners hand it its logins.
+fn admin_console(
+    ctx: Arc<Context>,
+    client: Stream,
+    buf: BytesMut,
+    login: AdminLogin,
+    span: tracing::Span,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    Box::pin(admin::console::serve(ctx, client, buf, login, span))
+}
+
+/// With `[pool] workers` above 1, starts workers 1 and up, each accepting on
+/// its own handle of the listening sockets; returns this runtime's
+/// listeners (worker 0) and one receiver per worker that fires when the
+/// worker's thread has finished.
 fn start_workers(
     ctx: &Arc<Context>,
     rw: TcpListener,
@@ -124,8 +160,31 @@ fn start_workers(
         return Ok((rw, ro, Vec::new()));
     }
     let (rw, ro) = (rw.into_std()?, ro.into_std()?);
-    let finished = worker::start(ctx, count, &rw, &ro)?;
+    let mut finished = Vec::with_capacity(count - 1);
+    for id in 1..count {
+        let (rw, ro, ctx) = (rw.try_clone()?, ro.try_clone()?, ctx.clone());
+        finished.push(worker::spawn(id, move || run_worker(ctx, rw, ro))?);
+    }
     Ok((TcpListener::from_std(rw)?, TcpListener::from_std(ro)?, finished))
+}
+
+/// One worker: accepts on both listeners until pgrelay drains, keeps
+/// running its sessions until pgrelay stops, then lets them finish (bounded).
+async fn run_worker(ctx: Arc<Context>, rw: std::net::TcpListener, ro: std::net::TcpListener) {
+    let listeners = (TcpListener::from_std(rw), TcpListener::from_std(ro));
+    let (Ok(rw), Ok(ro)) = listeners else {
+        tracing::error!(
+            worker = worker::current(),
+            "a worker could not register the listening sockets; it serves nobody"
+        );
+        return;
+    };
+    tokio::join!(
+        frontend::serve(ctx.clone(), rw, ListenerKind::ReadWrite, admin_console),
+        frontend::serve(ctx.clone(), ro, ListenerKind::ReadOnly, admin_console),
+    );
+    ctx.shutdown.cancelled().await;
+    let _ = tokio::time::timeout(FINAL_WAIT, ctx.client_tasks.wait()).await;
 }
 
 impl RunningApp {

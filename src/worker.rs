@@ -12,16 +12,15 @@
 //! re-registered with that worker's reactor, see `Stream::rebind`), so no
 //! socket is ever polled by a runtime other than the one it is registered
 //! with.
+//!
+//! This module owns only the threads and which worker a thread is (read by
+//! the pools, the server connections and the listeners); what a worker runs
+//! is given by the entry point (`lib.rs`), which wires the listeners.
 
 use std::cell::Cell;
-use std::sync::Arc;
-use std::time::Duration;
+use std::future::Future;
 
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-
-use crate::frontend::{self, Context};
-use crate::router::ListenerKind;
 
 thread_local! {
     static ID: Cell<usize> = const { Cell::new(0) };
@@ -33,48 +32,22 @@ pub fn current() -> usize {
     ID.with(Cell::get)
 }
 
-/// How long a worker lets its last sessions say goodbye once pgrelay stops.
-const FINAL_WAIT: Duration = Duration::from_secs(2);
-
-/// Starts workers 1..`count`, each accepting on its own handle of the `rw`
-/// and `ro` listening sockets; returns one receiver per worker that fires
-/// when the worker's thread has finished.
-pub fn start(
-    ctx: &Arc<Context>,
-    count: usize,
-    rw: &std::net::TcpListener,
-    ro: &std::net::TcpListener,
-) -> std::io::Result<Vec<oneshot::Receiver<()>>> {
-    let mut finished = Vec::with_capacity(count.saturating_sub(1));
-    for id in 1..count {
-        let (rw, ro) = (rw.try_clone()?, ro.try_clone()?);
-        let ctx = ctx.clone();
-        let (done, finished_rx) = oneshot::channel();
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        std::thread::Builder::new().name(format!("pgrelay-worker-{id}")).spawn(move || {
-            ID.set(id);
-            runtime.block_on(run(ctx, rw, ro));
-            // Whatever is left on this runtime (a reset in progress) goes with it.
-            drop(runtime);
-            let _ = done.send(());
-        })?;
-        finished.push(finished_rx);
-    }
+/// Starts worker `id` (1 and up): a thread running a current-thread runtime
+/// of its own, on which it runs the future `work` makes to the end. The
+/// returned receiver fires when the thread has finished.
+pub fn spawn<W, F>(id: usize, work: W) -> std::io::Result<oneshot::Receiver<()>>
+where
+    W: FnOnce() -> F + Send + 'static,
+    F: Future<Output = ()>,
+{
+    let (done, finished) = oneshot::channel();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name(format!("pgrelay-worker-{id}")).spawn(move || {
+        ID.set(id);
+        runtime.block_on(work());
+        // Whatever is left on this runtime (a reset in progress) goes with it.
+        drop(runtime);
+        let _ = done.send(());
+    })?;
     Ok(finished)
-}
-
-/// One worker: accepts on both listeners until pgrelay drains, keeps
-/// running its sessions until pgrelay stops, then lets them finish (bounded).
-async fn run(ctx: Arc<Context>, rw: std::net::TcpListener, ro: std::net::TcpListener) {
-    let listeners = (TcpListener::from_std(rw), TcpListener::from_std(ro));
-    let (Ok(rw), Ok(ro)) = listeners else {
-        tracing::error!(worker = current(), "a worker could not register the listening sockets; it serves nobody");
-        return;
-    };
-    tokio::join!(
-        frontend::serve(ctx.clone(), rw, ListenerKind::ReadWrite),
-        frontend::serve(ctx.clone(), ro, ListenerKind::ReadOnly),
-    );
-    ctx.shutdown.cancelled().await;
-    let _ = tokio::time::timeout(FINAL_WAIT, ctx.client_tasks.wait()).await;
 }

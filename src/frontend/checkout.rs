@@ -4,9 +4,8 @@
 
 use std::sync::Arc;
 
-use super::control::pool_settings;
 use super::error::SessionError;
-use super::Context;
+use crate::app::{pool_settings, Context};
 use crate::auth::UserEntry;
 use crate::backend::ServerTarget;
 use crate::cluster::{NodeStatus, Topology, Wait};

@@ -1,8 +1,12 @@
 //! Accepting clients: one task per connection, admitted while logging in by
 //! the pre-auth caps and once authenticated by max_client_conn (see
-//! `preauth`), a login deadline, and one span per connection.
+//! `app::preauth`), a login deadline, and one span per connection. A login
+//! that names the admin console goes to the [`ConsoleHandler`] the listener
+//! was started with.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,11 +17,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument, Span};
 
 use super::error::SessionError;
-use super::preauth::{Admission, Limits, Refusal, Slot, CANCEL_WINDOW};
-use super::registry::ClientInfo;
 use super::session::Session;
 use super::startup::{login, open, Login, Opened, Opening};
-use super::Context;
+use crate::app::{AdminLogin, Admission, ClientInfo, Context, Limits, Refusal, Slot, CANCEL_WINDOW};
 use crate::metrics::{ErrorOrigin, LoginResult};
 use crate::router::ListenerKind;
 use crate::wire::{self, sqlstate, Severity};
@@ -25,9 +27,16 @@ use crate::wire::{self, sqlstate, Severity};
 /// How long a final error message may take to reach a departing client.
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Serves a connection whose login named the admin console; `BytesMut` holds
+/// what the client sent after its login. Given by whoever starts the
+/// listeners, so the client side never names the console.
+pub type ConsoleHandler =
+    fn(Arc<Context>, Stream, BytesMut, AdminLogin, Span) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// Accepts clients on `listener` until pgrelay drains or shuts down; the
 /// listening socket closes on return, so new connections are refused.
-pub async fn serve(ctx: Arc<Context>, listener: TcpListener, kind: ListenerKind) {
+/// Admin console logins are handed to `console`.
+pub async fn serve(ctx: Arc<Context>, listener: TcpListener, kind: ListenerKind, console: ConsoleHandler) {
     loop {
         let accepted = tokio::select! {
             _ = ctx.lifecycle.draining().cancelled() => return,
@@ -52,7 +61,7 @@ pub async fn serve(ctx: Arc<Context>, listener: TcpListener, kind: ListenerKind)
             Ok(slot) => {
                 let task_ctx = ctx.clone();
                 let admission = Admission::PreAuth(slot);
-                ctx.client_tasks.spawn(handle_client(task_ctx, stream, peer, kind, span, admission));
+                ctx.client_tasks.spawn(handle_client(task_ctx, stream, peer, kind, span, admission, console));
             }
             Err(refusal) => match ctx.pre_auth.admit_for_cancel(peer.ip()) {
                 Some(slot) => {
@@ -109,6 +118,7 @@ async fn handle_client(
     kind: ListenerKind,
     span: Span,
     mut admission: Admission,
+    console: ConsoleHandler,
 ) {
     let login_timeout = ctx.config().pool.client_login_timeout;
     let started = tokio::time::Instant::now();
@@ -150,7 +160,7 @@ async fn handle_client(
         Ok(Ok(Login::Admin(admin))) => {
             ctx.metrics.login(LoginResult::Ok);
             tracing::info!(parent: &span, user = %admin.user.name, "admin console login");
-            return crate::admin::console::serve(ctx, stream, buf, admin, span).await;
+            return console(ctx, stream, buf, admin, span).await;
         }
         Ok(Err(error)) => {
             ctx.metrics.login(login_failure(&error));

@@ -12,8 +12,7 @@ use tokio::net::TcpStream;
 
 use super::checkout::{login_server, route_waiting, LoginServer};
 use super::error::SessionError;
-use super::preauth::Admission;
-use super::Context;
+use crate::app::{application_name, AdminLogin, Admission, CancelHandle, Context};
 use crate::auth::{AuthError, AuthStep, ClientAuth, LookupTarget, UserEntry};
 use crate::config::{ClientSslMode, ClientTlsAcceptor, Database, ALPN_POSTGRESQL};
 use crate::router::ListenerKind;
@@ -35,18 +34,13 @@ pub struct LoginParts {
     pub user: Arc<crate::auth::UserEntry>,
     pub database: Database,
     pub settings: Arc<Vec<(String, String)>>,
-    pub cancel: super::cancel::CancelHandle,
+    pub cancel: CancelHandle,
 }
 
 impl LoginParts {
     pub fn application_name(&self) -> &str {
         application_name(&self.settings)
     }
-}
-
-/// The `application_name` among a client's startup settings ("" when unset).
-pub fn application_name(settings: &[(String, String)]) -> &str {
-    settings.iter().find(|(k, _)| k == "application_name").map_or("", |(_, v)| v.as_str())
 }
 
 /// The databases that name the admin console instead of a database.
@@ -71,14 +65,6 @@ pub enum Opening {
     /// scan, a client that did not like the 'N'): as PostgreSQL does, it is
     /// closed without a word. Partial packets count: nobody is left to tell.
     Closed,
-}
-
-pub struct AdminLogin {
-    pub user: Arc<crate::auth::UserEntry>,
-    /// In `admin_users` (every command), not only `stats_users` (SHOW only).
-    pub may_control: bool,
-    /// Startup settings, incl. application_name.
-    pub settings: Vec<(String, String)>,
 }
 
 /// Runs the login of a client that opened with `params` (see [`open`]);

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pgrelay::frontend::ClientState;
+use pgrelay::app::ClientState;
 use pgrelay::localcluster::StopMode;
 
 use crate::common::{self, blocking, bounded, config, psql, read_set, wait_topology, Load};

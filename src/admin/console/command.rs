@@ -1,7 +1,7 @@
 //! The console's commands and their parsing: case-insensitive words, with
 //! trailing `;` and whitespace allowed. Parsing is pure; running is not.
 
-use crate::frontend::StopMode;
+use crate::app::StopMode;
 
 /// What SHOW can list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

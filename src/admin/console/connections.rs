@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
 use super::table::{num, text, ColumnType as T, Table, Value};
-use crate::frontend::{ClientState, Context, ServerLink};
+use crate::app::{ClientState, Context, ServerLink};
 
 /// SHOW SERVERS and SHOW CLIENTS columns, PgBouncer 1.18 (both lists share them).
 pub const CONNECTIONS: [(&str, T); 18] = [

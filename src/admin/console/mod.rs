@@ -25,7 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use command::{Command, Show};
 use table::Table;
 
-use crate::frontend::{AdminLogin, Context};
+use crate::app::{AdminLogin, Context};
 use crate::stream::Stream;
 use crate::wire::{self, frontend as tag, sqlstate, Severity, TxStatus, WireError};
 
@@ -112,7 +112,7 @@ impl Console {
     /// AuthenticationOk and the rest of the welcome (login sent nothing after authentication).
     fn welcome(&self, out: &mut BytesMut) {
         wire::put_auth_ok(out);
-        let application_name = crate::frontend::application_name(&self.login.settings);
+        let application_name = crate::app::application_name(&self.login.settings);
         let server_version = self.server_version();
         let params: [(&str, &str); 7] = [
             ("server_version", &server_version),

@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use super::table::{num, text, ColumnType as T, Table, Value};
+use crate::app::{ClientState, Context};
 use crate::config::PoolMode;
-use crate::frontend::{ClientState, Context};
 
 /// SHOW POOLS columns, PgBouncer 1.18.
 pub const POOLS: [(&str, T); 16] = [

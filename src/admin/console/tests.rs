@@ -3,8 +3,8 @@ use std::time::{Duration, Instant};
 use super::command::{parse, Command, ParseError, Show};
 use super::settings;
 use super::show::{self, ClientSample, PoolSample, StatsSample};
+use crate::app::{ClientState, StopMode};
 use crate::config::{Config, PoolMode};
-use crate::frontend::{ClientState, StopMode};
 
 #[test]
 fn commands_parse_case_insensitively_with_trailing_semicolons() {

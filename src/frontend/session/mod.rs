@@ -17,14 +17,11 @@ mod forward;
 mod relay;
 mod statements;
 
-use super::cancel::CancelHandle;
 use super::checkout::{pause_before_retry, pool_for, route_waiting};
 use super::error::SessionError;
-use super::lifecycle::StopMode;
 use super::prepared::ClientStatements;
-use super::registry::{Registered, ServerLink};
 use super::startup::LoginParts;
-use super::Context;
+use crate::app::{CancelHandle, Context, Registered, ServerLink, StopMode};
 use crate::auth::UserEntry;
 use crate::backend::{ServerConn, StatementContext};
 use crate::cluster::NodeStatus;

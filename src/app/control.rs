@@ -5,8 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::registry::ClientState;
-use super::Context;
+use super::{ClientState, Context};
 use crate::auth::UserDb;
 use crate::cluster::{self, monitor::Generation, Topology};
 use crate::config::{Config, Source};
