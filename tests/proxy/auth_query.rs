@@ -213,7 +213,13 @@ async fn auth_query_flood_of_unknown_names_is_bounded_and_others_keep_working() 
     // pgrelay counts what reached the server; a lookup cut short by the login deadline counts as an error.
     assert_eq!(ran, counted(&app, "not_found") + counted(&app, "error"));
     let code = |c: &str| codes.get(c).copied().unwrap_or(0) as u64;
-    assert_eq!(code("28P01"), counted(&app, "not_found"), "each name looked up: a wrong password");
+    // Each name looked up gets a wrong password, unless client_login_timeout
+    // ran out between its lookup and the end of its SCRAM exchange (08P01).
+    let not_found = counted(&app, "not_found");
+    assert!(
+        code("28P01") <= not_found && not_found <= code("28P01") + code("08P01"),
+        "each name looked up: a wrong password ({not_found} not found, answers {codes:?})"
+    );
     assert_eq!(code("53300"), counted(&app, "throttled"), "the names not looked up: too many lookups");
     assert!(code("53300") >= FLOOD as u64 - bound, "{codes:?}");
     app.shutdown(GRACE).await;
