@@ -372,7 +372,10 @@ fn run_pgbench(o: &Options, cluster: &LocalCluster, proxies: &Proxies, log_dir: 
         (false, false) => FULL,
     };
     let workloads: Vec<Workload> = all.iter().filter(|w| w.tls || !o.tls_only).cloned().collect();
+    let moves = || proxies.relay_w2.as_ref().map_err(Clone::clone).and_then(|r| r.metric_sum(report::MOVES_METRIC));
+    let moves_before = moves();
     let results = rounds::run(o.rounds, o.seconds, &workloads, |w| targets_for(w, o, proxies, cluster), log_dir);
+    let moves_after = moves();
     println!("## pgbench (medians of {} round(s), {} s each)", o.rounds, o.seconds);
     println!();
     report::print_table(&workloads, &TARGETS, &results);
@@ -385,8 +388,13 @@ fn run_pgbench(o: &Options, cluster: &LocalCluster, proxies: &Proxies, log_dir: 
         report::print_tls_ratios(&workloads, &results);
         println!();
     }
-    report::print_workers(&workloads, &results);
-    println!();
+    if workloads.iter().any(|w| w.workers) {
+        report::print_workers(&workloads, &results);
+        println!();
+        let w2_transactions = results.transactions_of(&["pgrelay-rw-w2", "pgrelay-ro-w2"]);
+        report::print_moves(moves_after.and_then(|a| Ok(a - moves_before?)), w2_transactions);
+        println!();
+    }
     report::print_added_latency(&workloads, &results);
     println!();
 }

@@ -205,6 +205,8 @@ pub struct Pgrelay {
     pub guard: ChildGuard,
     pub rw: SocketAddr,
     pub ro: SocketAddr,
+    /// The HTTP listener (`/metrics`).
+    pub http: SocketAddr,
 }
 
 impl Pgrelay {
@@ -271,9 +273,28 @@ impl Pgrelay {
         let mut guard = ChildGuard { name, child };
         wait_ready(&mut guard, rw, sslmode(client_tls), &log)?;
         wait_ready(&mut guard, ro, sslmode(client_tls), &log)?;
-        Ok(Pgrelay { guard, rw: ([127, 0, 0, 1], rw).into(), ro: ([127, 0, 0, 1], ro).into() })
+        let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        Ok(Pgrelay { guard, rw: addr(rw), ro: addr(ro), http: addr(http) })
+    }
+
+    /// The sum of a counter over all its label sets, from `GET /metrics`
+    /// (bounded: 5 s to connect, write and read).
+    pub fn metric_sum(&self, name: &str) -> Result<f64, String> {
+        use std::io::{Read, Write};
+        let err = |e: std::io::Error| format!("GET /metrics: {e}");
+        let mut stream = std::net::TcpStream::connect_timeout(&self.http, METRICS_TIMEOUT).map_err(err)?;
+        stream.set_read_timeout(Some(METRICS_TIMEOUT)).map_err(err)?;
+        stream.set_write_timeout(Some(METRICS_TIMEOUT)).map_err(err)?;
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").map_err(err)?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body).map_err(err)?;
+        let values = body.lines().filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']));
+        Ok(values.filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum())
     }
 }
+
+/// Bound on each step of a `/metrics` request.
+const METRICS_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Pgbouncer {
     pub guard: ChildGuard,

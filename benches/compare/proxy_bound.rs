@@ -67,7 +67,10 @@ pub fn run(
         (targets, unavailable)
     };
     let server_before = server_ticks();
+    let moves = |r: &Pgrelay| r.metric_sum(report::MOVES_METRIC);
+    let moves_before = relay_w2.as_ref().map_err(Clone::clone).and_then(moves);
     let results = super::rounds::run(rounds, seconds, WORKLOADS, targets, log_dir);
+    let moves_after = relay_w2.as_ref().map_err(Clone::clone).and_then(moves);
     let server_us = (server_ticks() - server_before) as f64 / clock_ticks_per_second() * 1e6
         / results.total_transactions().max(1) as f64;
     println!("## Proxy-bound: a synthetic server (medians of {rounds} round(s), {seconds} s each)");
@@ -83,6 +86,8 @@ pub fn run(
     report::print_table(WORKLOADS, &TARGETS, &results);
     println!();
     print_threads(&results);
+    println!();
+    report::print_moves(moves_after.and_then(|a| Ok(a - moves_before?)), results.transactions_of(&["pgrelay-w2"]));
     println!();
     print_model(&results);
     Ok(())

@@ -78,6 +78,12 @@ impl Results {
             .collect()
     }
 
+    /// Transactions of the successful runs against these targets.
+    pub fn transactions_of(&self, targets: &[&str]) -> u64 {
+        let runs = self.runs.iter().filter(|((_, t), _)| targets.contains(t)).flat_map(|(_, runs)| runs);
+        runs.filter_map(|r| r.as_ref().ok()).map(|r| r.transactions).sum()
+    }
+
     /// Transactions of all successful runs.
     pub fn total_transactions(&self) -> u64 {
         self.runs.values().flatten().filter_map(|r| r.as_ref().ok()).map(|r| r.transactions).sum()
@@ -310,5 +316,21 @@ pub fn print_workers(workloads: &[Workload], results: &Results) {
                 thread_split(&results.threads(w, w2)),
             );
         }
+    }
+}
+
+/// The counter of server connections moved between workers.
+pub const MOVES_METRIC: &str = "pgrelay_server_connection_moves_total";
+
+/// How often the workers = 2 process moved an idle server connection to
+/// another worker, per transaction through it.
+pub fn print_moves(moves: Result<f64, String>, transactions: u64) {
+    match moves {
+        Ok(moves) => println!(
+            "workers = 2: {moves:.0} server connections moved between workers ({MOVES_METRIC}) over {transactions} \
+             transactions through it, {:.3} per transaction.",
+            moves / transactions.max(1) as f64
+        ),
+        Err(e) => println!("workers = 2: server connection moves unknown ({e})."),
     }
 }
