@@ -37,7 +37,6 @@ const MAX_MESSAGE: usize = 1 << 20;
 
 const SSL_REQUEST: i32 = 80_877_103;
 const GSSENC_REQUEST: i32 = 80_877_104;
-const CANCEL_REQUEST: i32 = 80_877_102;
 const PROTOCOL_3: i32 = 196_608;
 
 /// The running server; dropping it stops it.
@@ -172,7 +171,8 @@ impl Conn {
     /// `output`; false once the connection is to be closed.
     fn answer_all(&mut self, input: &mut BytesMut, output: &mut BytesMut) -> bool {
         loop {
-            let (header, tag) = if self.logged_in { (5, Some(input.first().copied())) } else { (4, None) };
+            // A StartupMessage has no tag byte; every later message has one.
+            let header = if self.logged_in { 5 } else { 4 };
             if input.len() < header {
                 return true;
             }
@@ -185,11 +185,12 @@ impl Conn {
                 input.reserve(total - input.len());
                 return true;
             }
+            let tag = self.logged_in.then(|| input[0]);
             let mut message = input.split_to(total);
             message.advance(header);
             let open = match tag {
                 None => self.startup(&message, output),
-                Some(tag) => self.message(tag.unwrap_or(0), &message, output),
+                Some(tag) => self.message(tag, &message, output),
             };
             if !open {
                 return false;
@@ -231,7 +232,7 @@ impl Conn {
                 self.ready(out);
                 true
             }
-            CANCEL_REQUEST => false,
+            // CancelRequest (nothing to cancel) or an unknown protocol: close.
             _ => false,
         }
     }
