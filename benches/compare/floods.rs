@@ -20,7 +20,7 @@ use pgrelay::wire::{
 };
 
 use super::idle::login;
-use super::proxies::{rss_kib, Pgrelay, ProxySettings};
+use super::proxies::{cluster_nodes, rss_kib, Pgrelay, ProxySettings};
 
 /// Time the proxy gets to settle before RSS is read.
 const SETTLE: Duration = Duration::from_secs(3);
@@ -113,7 +113,7 @@ pub fn measure(bin: &Path, dir: &Path, cluster: &LocalCluster, settings: &ProxyS
     let fresh = |name: &str| -> Result<Pgrelay, String> {
         let sub = dir.join(name);
         std::fs::create_dir_all(&sub).map_err(|e| format!("{}: {e}", sub.display()))?;
-        Pgrelay::start(bin, &sub, cluster, settings, None)
+        Pgrelay::start(bin, &sub, &cluster_nodes(cluster), settings, None)
     };
     eprintln!("floods: 1/3 pipelined Syncs");
     let syncs = fresh("flood-syncs").and_then(|r| runtime.block_on(sync_flood(r.rw, r.guard.pid())));

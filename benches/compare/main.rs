@@ -1,23 +1,31 @@
 //! End-to-end comparison: pgbench directly against PostgreSQL, through
 //! pgrelay and through PgBouncer 1.18, on one throw-away primary + 2
 //! replicas, in one run, alternating the targets within each round and
-//! reporting medians, some workloads also with TLS on the client side; then
-//! the RSS of each proxy with 10,000 idle clients; then pgrelay's RSS before
-//! and after floods from single clients.
+//! reporting medians, some workloads also with TLS on the client side and
+//! the select workloads also through a pgrelay with `workers = 2`; then the
+//! proxy-bound rows against a synthetic server; then the RSS of each proxy
+//! with 10,000 idle clients; then pgrelay's RSS before and after floods from
+//! single clients.
 //!
 //!     cargo bench --bench compare                    # full run, ~15 minutes
 //!     cargo bench --bench compare -- --quick         # smoke run, ~2 minutes
 //!     cargo bench --bench compare -- --tls-only      # the TLS rows and their plain counterparts
+//!     cargo bench --bench compare -- --workers-only  # workers = 1 vs 2 on the select workloads
+//!     cargo bench --bench compare -- --proxy-bound-only  # the synthetic server rows alone
 //!     cargo bench --bench compare -- --floods-only   # the floods alone, ~1 minute
 //!
 //! Everything it starts (PostgreSQL through `LocalCluster`, pgrelay,
 //! PgBouncer, pgbench) is stopped by PID when it ends, also on failure.
 
+mod fakepg;
 mod floods;
 mod idle;
+mod options;
 mod pgbench;
 mod proxies;
+mod proxy_bound;
 mod report;
+mod rounds;
 mod tls;
 
 use std::fs;
@@ -26,54 +34,85 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use pgbench::Target;
+
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
 use pgrelay::localcluster::{LocalCluster, LocalClusterOptions, APP_PASSWORD, APP_USER, TRUST_USER};
 
-use pgbench::{Target, Workload};
-use proxies::{Pgbouncer, Pgrelay, ProxySettings};
-use report::Results;
+use options::Options;
+use pgbench::Workload;
+use proxies::{cluster_nodes, Pgbouncer, Pgrelay, ProxySettings};
 use tls::TlsFiles;
 
 const POOL_SIZE: u32 = 20;
 const MAX_CLIENT_CONN: u32 = 10_100;
-const IDLE_CLIENTS: usize = 10_000;
+pub const IDLE_CLIENTS: usize = 10_000;
 /// Enough for 512 direct clients plus both proxies' pools.
 const MAX_CONNECTIONS: u32 = 700;
 const SCALE: u32 = 10;
 
 /// The targets in the order the tables list them.
-const TARGETS: [&str; 8] = [
+const TARGETS: [&str; 10] = [
     "direct-primary",
     "pgrelay-rw",
+    "pgrelay-rw-w2",
     "pgbouncer",
     "direct-replica",
     "pgrelay-ro",
+    "pgrelay-ro-w2",
     "direct-primary-tls",
     "pgrelay-rw-tls",
     "pgbouncer-tls",
 ];
 
 const fn select(name: &'static str, args: &'static [&'static str], clients: u32, pgbouncer: bool) -> Workload {
-    Workload { name, args, clients, read_only: true, pgbouncer, tls: false }
+    Workload { name, args, clients, read_only: true, pgbouncer, tls: false, workers: false }
 }
 
-/// `select c=16`, also over TLS.
-const SELECT_16: Workload = Workload { tls: true, ..select("select c=16", &["-S"], 16, true) };
+/// A select workload also run through the `workers = 2` pgrelay.
+const fn with_workers(w: Workload) -> Workload {
+    Workload { workers: true, ..w }
+}
+
+/// `select c=16`, also over TLS and with workers = 2.
+const SELECT_16: Workload = Workload { tls: true, ..with_workers(select("select c=16", &["-S"], 16, true)) };
 /// A new connection per transaction, also over TLS (a handshake each).
-const SELECT_CONNECT_16: Workload =
-    Workload { name: "select -C c=16", args: &["-S", "-C"], clients: 16, read_only: false, pgbouncer: true, tls: true };
+const SELECT_CONNECT_16: Workload = Workload {
+    name: "select -C c=16",
+    args: &["-S", "-C"],
+    clients: 16,
+    read_only: false,
+    pgbouncer: true,
+    tls: true,
+    workers: false,
+};
+const SELECT_64: Workload = with_workers(select("select c=64", &["-S"], 64, true));
+const EXTENDED_16: Workload = with_workers(select("select extended c=16", &["-S", "-M", "extended"], 16, true));
+const EXTENDED_64: Workload = with_workers(select("select extended c=64", &["-S", "-M", "extended"], 64, true));
 
 const FULL: &[Workload] = &[
     select("select c=1", &["-S"], 1, true),
     SELECT_16,
-    select("select c=64", &["-S"], 64, true),
+    SELECT_64,
     select("select c=512", &["-S"], 512, true),
-    select("select extended c=16", &["-S", "-M", "extended"], 16, true),
+    EXTENDED_16,
+    EXTENDED_64,
     select("select prepared c=16", &["-S", "-M", "prepared"], 16, false),
-    Workload { name: "tpcb c=16", args: &[], clients: 16, read_only: false, pgbouncer: true, tls: false },
+    Workload {
+        name: "tpcb c=16",
+        args: &[],
+        clients: 16,
+        read_only: false,
+        pgbouncer: true,
+        tls: false,
+        workers: false,
+    },
     SELECT_CONNECT_16,
 ];
+
+/// `--workers-only`: the select workloads of the workers axis.
+const WORKERS_ONLY: &[Workload] = &[Workload { tls: false, ..SELECT_16 }, SELECT_64, EXTENDED_16, EXTENDED_64];
 
 const QUICK: &[Workload] = &[
     select("select c=1", &["-S"], 1, true),
@@ -81,84 +120,6 @@ const QUICK: &[Workload] = &[
     select("select prepared c=16", &["-S", "-M", "prepared"], 16, false),
     SELECT_CONNECT_16,
 ];
-
-struct Options {
-    quick: bool,
-    rounds: u32,
-    seconds: u32,
-    idle: bool,
-    pgbench: bool,
-    floods: bool,
-    /// Run the TLS rows.
-    tls: bool,
-    /// Only the workloads with TLS rows, and of their plain rows only those
-    /// against the primary.
-    tls_only: bool,
-    idle_clients: usize,
-    idle_rounds: usize,
-}
-
-const USAGE: &str = "usage: cargo bench --bench compare [-- [--quick] [--rounds N] [--seconds N] \
-                     [--idle-clients N] [--idle-rounds N] [--skip-idle] [--skip-pgbench] [--skip-floods] [--skip-tls] \
-                     [--tls-only] [--floods-only]]";
-
-fn parse_args() -> Result<Options, String> {
-    let mut o = Options {
-        quick: false,
-        rounds: 3,
-        seconds: 5,
-        idle: true,
-        pgbench: true,
-        floods: true,
-        tls: true,
-        tls_only: false,
-        idle_clients: IDLE_CLIENTS,
-        idle_rounds: 2,
-    };
-    let (mut rounds, mut seconds) = (None, None);
-    let mut floods_only = false;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut number = |what: &str| -> Result<u64, String> {
-            args.next().and_then(|v| v.parse().ok()).ok_or(format!("{what} needs a number\n{USAGE}"))
-        };
-        match arg.as_str() {
-            "--quick" => o.quick = true,
-            "--rounds" => rounds = Some(number("--rounds")?.max(1) as u32),
-            "--seconds" => seconds = Some(number("--seconds")?.max(1) as u32),
-            "--idle-clients" => o.idle_clients = number("--idle-clients")?.max(1) as usize,
-            "--idle-rounds" => o.idle_rounds = number("--idle-rounds")?.max(1) as usize,
-            "--skip-idle" => o.idle = false,
-            "--skip-pgbench" => o.pgbench = false,
-            "--skip-floods" => o.floods = false,
-            "--floods-only" => floods_only = true,
-            "--skip-tls" => o.tls = false,
-            "--tls-only" => o.tls_only = true,
-            // cargo bench passes --bench to every bench binary.
-            "--bench" => {}
-            "-h" | "--help" => return Err(USAGE.into()),
-            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
-        }
-    }
-    if o.quick {
-        (o.rounds, o.seconds) = (1, 3);
-    }
-    o.rounds = rounds.unwrap_or(o.rounds);
-    o.seconds = seconds.unwrap_or(o.seconds);
-    if floods_only {
-        if !o.floods {
-            return Err(format!("--floods-only and --skip-floods leave nothing to run\n{USAGE}"));
-        }
-        (o.pgbench, o.idle) = (false, false);
-    }
-    if o.tls_only {
-        if !o.tls || !o.pgbench || floods_only {
-            return Err(format!("--tls-only goes with neither --skip-tls, --skip-pgbench nor --floods-only\n{USAGE}"));
-        }
-        (o.idle, o.floods) = (false, false);
-    }
-    Ok(o)
-}
 
 /// A scratch directory every user can read (PgBouncer runs as `postgres`),
 /// removed on drop.
@@ -196,7 +157,7 @@ fn raise_nofile_limit(needed: u64) -> Result<u64, String> {
 }
 
 /// The 1, 5 and 15 minute load averages: other work on the machine shows here.
-fn load_average() -> String {
+pub fn load_average() -> String {
     fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
@@ -271,6 +232,9 @@ fn print_machine(bin: &Path) {
 /// The proxies under test: the plain ones, and the TLS rows' own processes.
 struct Proxies {
     relay: Pgrelay,
+    /// The same pgrelay with `workers = 2` (a process of its own); the
+    /// workers rows say FAILED with the reason if it did not start.
+    relay_w2: Result<Pgrelay, String>,
     bouncer: Pgbouncer,
     tls: Option<TlsProxies>,
 }
@@ -289,8 +253,8 @@ impl TlsProxies {
     /// TLS on their client side, all three with the same certificate.
     fn start(bin: &Path, scratch: &Path, cluster: &LocalCluster, s: &ProxySettings) -> Result<TlsProxies, String> {
         let files = tls::enable(cluster, scratch)?;
-        let relay = Pgrelay::start(bin, &files.dir, cluster, s, Some(&files));
-        let bouncer = Pgbouncer::start(&files.dir, cluster, s, Some(&files));
+        let relay = Pgrelay::start(bin, &files.dir, &cluster_nodes(cluster), s, Some(&files));
+        let bouncer = Pgbouncer::start(&files.dir, cluster.primary().port, s, Some(&files));
         for (name, started) in [("pgrelay-rw-tls", relay.as_ref().err()), ("pgbouncer-tls", bouncer.as_ref().err())] {
             if let Some(e) = started {
                 eprintln!("{name} did not start; its rows will say FAILED: {e}");
@@ -359,14 +323,29 @@ fn targets_for<'a>(
         direct("direct-primary", cluster.primary().port),
         Target { name: "pgrelay-rw", port: relay.rw.port(), proxy: Some(&relay.guard), tls: false },
     ];
+    let mut unavailable = Vec::new();
+    let w2 = match (&proxies.relay_w2, w.workers) {
+        (Ok(r), true) => Some(r),
+        (Err(e), true) => {
+            unavailable.push(("pgrelay-rw-w2", e.as_str()));
+            unavailable.push(("pgrelay-ro-w2", e.as_str()));
+            None
+        }
+        (_, false) => None,
+    };
+    if let Some(r) = w2 {
+        targets.push(Target { name: "pgrelay-rw-w2", port: r.rw.port(), proxy: Some(&r.guard), tls: false });
+    }
     if w.pgbouncer {
         targets.push(Target { name: "pgbouncer", port: bouncer.port, proxy: Some(&bouncer.guard), tls: false });
     }
     if w.read_only && !o.tls_only {
         targets.push(direct("direct-replica", cluster.replicas()[0].port));
         targets.push(Target { name: "pgrelay-ro", port: relay.ro.port(), proxy: Some(&relay.guard), tls: false });
+        if let Some(r) = w2 {
+            targets.push(Target { name: "pgrelay-ro-w2", port: r.ro.port(), proxy: Some(&r.guard), tls: false });
+        }
     }
-    let mut unavailable = Vec::new();
     if let (true, Some(tls)) = (w.tls, &proxies.tls) {
         targets.push(Target { name: "direct-primary-tls", port: cluster.primary().port, proxy: None, tls: true });
         match &tls.relay {
@@ -387,44 +366,16 @@ fn targets_for<'a>(
 }
 
 fn run_pgbench(o: &Options, cluster: &LocalCluster, proxies: &Proxies, log_dir: &Path) {
-    let all = if o.quick { QUICK } else { FULL };
+    let all = match (o.workers_only, o.quick) {
+        (true, _) => WORKERS_ONLY,
+        (false, true) => QUICK,
+        (false, false) => FULL,
+    };
     let workloads: Vec<Workload> = all.iter().filter(|w| w.tls || !o.tls_only).cloned().collect();
-    let mut results = Results::default();
-    let started = Instant::now();
-    for round in 0..o.rounds as usize {
-        eprintln!("round {}/{}: load average {}", round + 1, o.rounds, load_average());
-        for (w, workload) in workloads.iter().enumerate() {
-            let (mut targets, unavailable) = targets_for(workload, o, proxies, cluster);
-            for (name, e) in unavailable {
-                results.record(w, name, Err(format!("did not start: {e}")));
-            }
-            // Rotate so that no target always runs first (or right after another).
-            let shift = (round + w) % targets.len();
-            targets.rotate_left(shift);
-            for target in &targets {
-                let result = pgbench::run(workload, target, o.seconds, log_dir);
-                match &result {
-                    Ok(r) => eprintln!(
-                        "[{:>4.0}s round {}/{}] {:<22} {:<18} {:>9.0} tps {:>8} tx  avg {:.3} ms  p99 {:.3} ms  \
-                         pgbench {:.1} µs/tx{}",
-                        started.elapsed().as_secs_f64(),
-                        round + 1,
-                        o.rounds,
-                        workload.name,
-                        target.name,
-                        r.tps,
-                        r.transactions,
-                        r.avg_latency_ms,
-                        r.p99_latency_ms,
-                        r.client_cpu_us_per_tx,
-                        r.proxy_cpu_us_per_tx.map_or(String::new(), |us| format!("  proxy {us:.1} µs/tx")),
-                    ),
-                    Err(e) => eprintln!("[round {}] {} {}: {e}", round + 1, workload.name, target.name),
-                }
-                results.record(w, target.name, result);
-            }
-        }
-    }
+    let moves = || proxies.relay_w2.as_ref().map_err(Clone::clone).and_then(|r| r.metric_sum(report::MOVES_METRIC));
+    let moves_before = moves();
+    let results = rounds::run(o.rounds, o.seconds, &workloads, |w| targets_for(w, o, proxies, cluster), log_dir);
+    let moves_after = moves();
     println!("## pgbench (medians of {} round(s), {} s each)", o.rounds, o.seconds);
     println!();
     report::print_table(&workloads, &TARGETS, &results);
@@ -435,6 +386,13 @@ fn run_pgbench(o: &Options, cluster: &LocalCluster, proxies: &Proxies, log_dir: 
     println!();
     if proxies.tls.is_some() {
         report::print_tls_ratios(&workloads, &results);
+        println!();
+    }
+    if workloads.iter().any(|w| w.workers) {
+        report::print_workers(&workloads, &results);
+        println!();
+        let w2_transactions = results.transactions_of(&["pgrelay-rw-w2", "pgrelay-ro-w2"]);
+        report::print_moves(moves_after.and_then(|a| Ok(a - moves_before?)), w2_transactions);
         println!();
     }
     report::print_added_latency(&workloads, &results);
@@ -470,8 +428,34 @@ fn run_floods(bin: &Path, dir: &Path, cluster: &LocalCluster, settings: &ProxySe
     println!();
 }
 
+fn base_settings(server_tls_disable: bool) -> ProxySettings {
+    ProxySettings { pool_size: POOL_SIZE, max_client_conn: MAX_CLIENT_CONN, server_tls_disable, workers: 1 }
+}
+
+/// The header of a run of the proxy-bound rows alone.
+fn print_proxy_bound_header(bin: &Path) {
+    println!("# pgrelay vs PgBouncer in front of a synthetic server");
+    println!();
+    print_machine(bin);
+    println!("- {}; {}", proxies::pgbouncer_version(), command_line("pgbench", &["--version"]));
+    println!(
+        "- both proxies: transaction pooling, pool size {POOL_SIZE}, max_client_conn {MAX_CLIENT_CONN}; pgrelay \
+         with workers = 1 and workers = 2 (two processes)"
+    );
+    println!("- load average at start: {}", load_average());
+    println!("- CPU: utime+stime of the proxy process (and of each of its threads) from /proc around each run / transactions");
+    println!();
+}
+
+fn run_proxy_bound(o: &Options, bin: &Path, scratch: &Path, settings: &ProxySettings) -> Result<(), String> {
+    let log_dir = scratch.join("pgbench-log");
+    proxy_bound::run(bin, scratch, settings, o.rounds, o.seconds, &log_dir)?;
+    println!();
+    Ok(())
+}
+
 fn run() -> Result<(), String> {
-    let o = parse_args()?;
+    let o = options::parse_args()?;
     let nofile = raise_nofile_limit(o.idle_clients as u64 * 2 + 1000)?;
     if o.idle && nofile < o.idle_clients as u64 + 500 {
         return Err(format!("RLIMIT_NOFILE is {nofile}: too low for {} idle clients", o.idle_clients));
@@ -485,24 +469,42 @@ fn run() -> Result<(), String> {
     // The floods need a primary only; pgbench and the idle clients compare
     // against replicas and PgBouncer too.
     let comparing = o.pgbench || o.idle;
+    if !comparing && !o.floods {
+        // --proxy-bound-only: no PostgreSQL at all.
+        print_proxy_bound_header(&bin);
+        run_proxy_bound(&o, &bin, &scratch.0, &base_settings(false))?;
+        println!("Total time: {:.0} s; load average at the end: {}", started.elapsed().as_secs_f64(), load_average());
+        return Ok(());
+    }
     let replicas = if comparing { 2 } else { 0 };
     let opts = LocalClusterOptions { replicas, max_connections: MAX_CONNECTIONS, ..Default::default() };
     let cluster = LocalCluster::start(opts).map_err(|e| format!("starting the cluster: {e}"))?;
     // The TLS rows turn ssl on in the primary.
     let tls_rows = o.pgbench && o.tls;
-    let settings =
-        ProxySettings { pool_size: POOL_SIZE, max_client_conn: MAX_CLIENT_CONN, server_tls_disable: tls_rows };
+    let settings = base_settings(tls_rows);
     if comparing {
         init_pgbench(&cluster)?;
+        let nodes = cluster_nodes(&cluster);
+        let w2_dir = scratch.0.join("workers-2");
+        fs::create_dir_all(&w2_dir).map_err(|e| format!("{}: {e}", w2_dir.display()))?;
+        let w2_settings = ProxySettings { workers: 2, ..settings };
         // Declared after the cluster, so dropped (killed) before it stops.
         let proxies = Proxies {
-            relay: Pgrelay::start(&bin, &scratch.0, &cluster, &settings, None)?,
-            bouncer: Pgbouncer::start(&scratch.0, &cluster, &settings, None)?,
+            relay: Pgrelay::start(&bin, &scratch.0, &nodes, &settings, None)?,
+            relay_w2: if o.pgbench && !o.tls_only {
+                Pgrelay::start(&bin, &w2_dir, &nodes, &w2_settings, None)
+            } else {
+                Err("not started (no workers rows in this run)".into())
+            },
+            bouncer: Pgbouncer::start(&scratch.0, cluster.primary().port, &settings, None)?,
             tls: if tls_rows { Some(TlsProxies::start(&bin, &scratch.0, &cluster, &settings)?) } else { None },
         };
         print_header(&o, &cluster, nofile, &bin, &proxies);
         if o.pgbench {
             run_pgbench(&o, &cluster, &proxies, &scratch.0.join("pgbench-log"));
+        }
+        if o.proxy_bound {
+            run_proxy_bound(&o, &bin, &scratch.0, &settings)?;
         }
         if o.idle {
             run_idle(&o, &proxies.relay, &proxies.bouncer);

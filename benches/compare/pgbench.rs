@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::proxies::{cpu_ticks, ChildGuard};
+use super::proxies::{cpu_ticks, thread_ticks, ChildGuard, ThreadTicks};
 
 /// Time a run may take beyond its `-T` (connection set-up of 512 clients,
 /// writing logs) before it is killed.
@@ -27,6 +27,9 @@ pub struct Workload {
     /// Also run with TLS on the client side (the primary, pgrelay's rw
     /// listener and PgBouncer, each with `PGSSLMODE=require`).
     pub tls: bool,
+    /// Also run through the pgrelay with `workers = 2` (rw, and ro when
+    /// `read_only`), its CPU split by thread.
+    pub workers: bool,
 }
 
 /// Where pgbench connects, and which process's CPU to charge.
@@ -38,7 +41,7 @@ pub struct Target<'a> {
     pub tls: bool,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RunResult {
     pub tps: f64,
     pub transactions: u64,
@@ -49,6 +52,9 @@ pub struct RunResult {
     /// pgbench's own CPU (user + system) per transaction, in µs: with `-C`
     /// over TLS the client's handshakes can bound the TPS of every target.
     pub client_cpu_us_per_tx: f64,
+    /// The proxy's CPU per transaction by thread name (µs), in the order
+    /// of the threads' ids (the main thread first); empty for direct runs.
+    pub threads: Vec<(String, f64)>,
 }
 
 /// Runs pgbench once; `log_dir` must be empty and is emptied afterwards.
@@ -68,10 +74,12 @@ pub fn run(workload: &Workload, target: &Target, seconds: u32, log_dir: &Path) -
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let cpu_before = target.proxy.map(|p| cpu_ticks(p.pid())).transpose()?;
+    let threads_before = target.proxy.map(|p| thread_ticks(p.pid())).transpose()?;
     let client_before = reaped_children_cpu()?;
     let output = run_bounded(cmd, Duration::from_secs(seconds.into()) + OVERRUN)?;
     let client_cpu = reaped_children_cpu()? - client_before;
     let cpu_after = target.proxy.map(|p| cpu_ticks(p.pid())).transpose()?;
+    let threads_after = target.proxy.map(|p| thread_ticks(p.pid())).transpose()?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let latencies = read_latencies(log_dir);
     clear_dir(log_dir);
@@ -98,7 +106,59 @@ pub fn run(workload: &Workload, target: &Target, seconds: u32, log_dir: &Path) -
         _ => None,
     };
     let client_cpu_us_per_tx = client_cpu.as_secs_f64() * 1e6 / transactions.max(1) as f64;
-    Ok(RunResult { tps, transactions, avg_latency_ms, p99_latency_ms, proxy_cpu_us_per_tx, client_cpu_us_per_tx })
+    let threads = match (threads_before, threads_after) {
+        (Some(before), Some(after)) => {
+            let pid = target.proxy.map_or(0, |p| p.pid());
+            thread_split(pid, &before, &after, transactions, ticks_per_second)
+        }
+        _ => Vec::new(),
+    };
+    Ok(RunResult {
+        tps,
+        transactions,
+        avg_latency_ms,
+        p99_latency_ms,
+        proxy_cpu_us_per_tx,
+        client_cpu_us_per_tx,
+        threads,
+    })
+}
+
+/// CPU per transaction (µs) of each thread of process `pid` between two
+/// readings (a thread born during the run counts from zero), in the order
+/// of the threads' ids. The thread whose id is the PID is labelled `main`;
+/// the kernel cuts names to 15 bytes, so the `pgrelay-worker-` threads are
+/// numbered in the order of their ids (the order they were started in);
+/// threads sharing another name are summed under it.
+pub fn thread_split(
+    pid: u32,
+    before: &[ThreadTicks],
+    after: &[ThreadTicks],
+    transactions: u64,
+    ticks_per_second: f64,
+) -> Vec<(String, f64)> {
+    let mut sorted: Vec<&ThreadTicks> = after.iter().collect();
+    sorted.sort_by_key(|t| t.tid);
+    let mut by_name: Vec<(String, u64)> = Vec::new();
+    let mut workers = 0;
+    for t in sorted {
+        let start = before.iter().find(|b| b.tid == t.tid).map_or(0, |b| b.ticks);
+        let used = t.ticks.saturating_sub(start);
+        let name = if t.tid == pid {
+            "main".to_owned()
+        } else if t.name.starts_with("pgrelay-worker") {
+            workers += 1;
+            format!("pgrelay-worker-{workers}")
+        } else {
+            t.name.clone()
+        };
+        match by_name.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, ticks)) => *ticks += used,
+            None => by_name.push((name, used)),
+        }
+    }
+    let per_tx = |ticks: u64| ticks as f64 / ticks_per_second * 1e6 / transactions.max(1) as f64;
+    by_name.into_iter().map(|(name, ticks)| (name, per_tx(ticks))).collect()
 }
 
 /// User + system CPU of this process's children that have exited and been

@@ -80,6 +80,38 @@ pub fn free_port() -> u16 {
 /// User + group CPU time of a process, in clock ticks (all its threads).
 pub fn cpu_ticks(pid: u32) -> Result<u64, String> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
+    stat_ticks(&stat)
+}
+
+/// One thread's CPU time: its id, its name (`/proc/PID/task/TID/comm`) and
+/// utime + stime in clock ticks.
+#[derive(Debug, Clone)]
+pub struct ThreadTicks {
+    pub tid: u32,
+    pub name: String,
+    pub ticks: u64,
+}
+
+/// User + system CPU time of each thread of a process, in clock ticks. A
+/// thread that exits between the listing and the read is left out.
+pub fn thread_ticks(pid: u32) -> Result<Vec<ThreadTicks>, String> {
+    let dir = format!("/proc/{pid}/task");
+    let mut threads = Vec::new();
+    for entry in fs::read_dir(&dir).map_err(|e| format!("{dir}: {e}"))?.flatten() {
+        let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("{dir}/{tid}/stat")) else {
+            continue;
+        };
+        let name = fs::read_to_string(format!("{dir}/{tid}/comm")).unwrap_or_default().trim().to_owned();
+        threads.push(ThreadTicks { tid, name, ticks: stat_ticks(&stat)? });
+    }
+    Ok(threads)
+}
+
+/// utime + stime of a `/proc/.../stat` line.
+fn stat_ticks(stat: &str) -> Result<u64, String> {
     // The command name may contain spaces; the fields after it do not.
     let after_comm = &stat[stat.rfind(')').ok_or("malformed /proc stat")? + 2..];
     let fields: Vec<&str> = after_comm.split_whitespace().collect();
@@ -141,6 +173,7 @@ fn wait_ready(guard: &mut ChildGuard, port: u16, sslmode: &str, log: &Path) -> R
 }
 
 /// Settings both proxies share.
+#[derive(Debug, Clone, Copy)]
 pub struct ProxySettings {
     pub pool_size: u32,
     pub max_client_conn: u32,
@@ -149,6 +182,14 @@ pub struct ProxySettings {
     /// PgBouncer's does by default, instead of its default `prefer`. Left
     /// out otherwise, so builds from before the `[tls]` section still run.
     pub server_tls_disable: bool,
+    /// pgrelay's `[pool] workers`; written only when not 1, so builds from
+    /// before the key still run the workers = 1 rows.
+    pub workers: usize,
+}
+
+/// The nodes pgrelay is put in front of, the primary first: name and port.
+pub fn cluster_nodes(cluster: &LocalCluster) -> Vec<(String, u16)> {
+    cluster.nodes().iter().map(|n| (n.name.clone(), n.port)).collect()
 }
 
 /// `PGSSLMODE` for a client of a proxy with this client side.
@@ -164,6 +205,8 @@ pub struct Pgrelay {
     pub guard: ChildGuard,
     pub rw: SocketAddr,
     pub ro: SocketAddr,
+    /// The HTTP listener (`/metrics`).
+    pub http: SocketAddr,
 }
 
 impl Pgrelay {
@@ -173,7 +216,7 @@ impl Pgrelay {
     pub fn start(
         bin: &Path,
         dir: &Path,
-        cluster: &LocalCluster,
+        nodes: &[(String, u16)],
         s: &ProxySettings,
         client_tls: Option<&TlsFiles>,
     ) -> Result<Pgrelay, String> {
@@ -183,16 +226,16 @@ impl Pgrelay {
         let mut conf = format!(
             "[listen]\nrw = \"127.0.0.1:{rw}\"\nro = \"127.0.0.1:{ro}\"\nhttp = \"127.0.0.1:{http}\"\n\n\
              [pool]\nmode = \"transaction\"\ndefault_pool_size = {}\nmax_client_conn = {}\n\
-             max_pre_auth_conn_per_addr = 256\n\n\
+             max_pre_auth_conn_per_addr = 256\n{}\n\
              [cluster]\nsource = \"static\"\nuser = \"postgres\"\npassword = \"\"\n",
-            s.pool_size, s.max_client_conn
+            s.pool_size,
+            s.max_client_conn,
+            if s.workers == 1 { String::new() } else { format!("workers = {}\n", s.workers) },
         );
-        for (i, node) in cluster.nodes().iter().enumerate() {
+        for (i, (name, port)) in nodes.iter().enumerate() {
             let role = if i == 0 { "primary" } else { "replica" };
-            conf += &format!(
-                "\n[[nodes]]\nname = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\nrole = \"{role}\"\n",
-                node.name, node.port
-            );
+            conf +=
+                &format!("\n[[nodes]]\nname = \"{name}\"\nhost = \"127.0.0.1\"\nport = {port}\nrole = \"{role}\"\n");
         }
         conf +=
             &format!("\n[[users]]\nname = \"{TRUST_USER}\"\nauth_type = \"trust\"\n\n[[databases]]\nname = \"app\"\n");
@@ -222,13 +265,36 @@ impl Pgrelay {
         cmd.stdout(stdout).stderr(stderr);
         die_with_parent(&mut cmd);
         let child = cmd.spawn().map_err(|e| format!("starting {}: {e}", bin.display()))?;
-        let name = if client_tls.is_some() { "pgrelay (TLS)" } else { "pgrelay" };
+        let name = match (client_tls.is_some(), s.workers) {
+            (true, _) => "pgrelay (TLS)",
+            (false, 1) => "pgrelay",
+            (false, _) => "pgrelay (workers > 1)",
+        };
         let mut guard = ChildGuard { name, child };
         wait_ready(&mut guard, rw, sslmode(client_tls), &log)?;
         wait_ready(&mut guard, ro, sslmode(client_tls), &log)?;
-        Ok(Pgrelay { guard, rw: ([127, 0, 0, 1], rw).into(), ro: ([127, 0, 0, 1], ro).into() })
+        let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        Ok(Pgrelay { guard, rw: addr(rw), ro: addr(ro), http: addr(http) })
+    }
+
+    /// The sum of a counter over all its label sets, from `GET /metrics`
+    /// (bounded: 5 s to connect, write and read).
+    pub fn metric_sum(&self, name: &str) -> Result<f64, String> {
+        use std::io::{Read, Write};
+        let err = |e: std::io::Error| format!("GET /metrics: {e}");
+        let mut stream = std::net::TcpStream::connect_timeout(&self.http, METRICS_TIMEOUT).map_err(err)?;
+        stream.set_read_timeout(Some(METRICS_TIMEOUT)).map_err(err)?;
+        stream.set_write_timeout(Some(METRICS_TIMEOUT)).map_err(err)?;
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").map_err(err)?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body).map_err(err)?;
+        let values = body.lines().filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']));
+        Ok(values.filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum())
     }
 }
+
+/// Bound on each step of a `/metrics` request.
+const METRICS_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Pgbouncer {
     pub guard: ChildGuard,
@@ -243,12 +309,11 @@ impl Pgbouncer {
     /// side stays plain (`server_tls_sslmode` defaults to `disable`).
     pub fn start(
         dir: &Path,
-        cluster: &LocalCluster,
+        primary: u16,
         s: &ProxySettings,
         client_tls: Option<&TlsFiles>,
     ) -> Result<Pgbouncer, String> {
         let port = free_port();
-        let primary = cluster.primary().port;
         let auth_file = dir.join("pgbouncer.users");
         let mut ini = format!(
             "[databases]\napp = host=127.0.0.1 port={primary} dbname=app\n\n\

@@ -53,6 +53,42 @@ impl Results {
         })
     }
 
+    /// The median CPU per transaction (µs) of each of the proxy's threads,
+    /// by thread name, over a cell's successful runs; names in the order
+    /// the first run lists them.
+    pub fn threads(&self, workload: usize, target: &str) -> Vec<(String, f64)> {
+        let Some((_, runs)) = self.runs.iter().find(|((w, t), _)| *w == workload && *t == target) else {
+            return Vec::new();
+        };
+        let ok: Vec<&RunResult> = runs.iter().filter_map(|r| r.as_ref().ok()).collect();
+        let mut names: Vec<&str> = Vec::new();
+        for run in &ok {
+            for (name, _) in &run.threads {
+                if !names.contains(&name.as_str()) {
+                    names.push(name);
+                }
+            }
+        }
+        names
+            .into_iter()
+            .filter_map(|name| {
+                let values = ok.iter().filter_map(|r| r.threads.iter().find(|(n, _)| n == name).map(|(_, us)| *us));
+                Some((name.to_owned(), median(values.collect())?))
+            })
+            .collect()
+    }
+
+    /// Transactions of the successful runs against these targets.
+    pub fn transactions_of(&self, targets: &[&str]) -> u64 {
+        let runs = self.runs.iter().filter(|((_, t), _)| targets.contains(t)).flat_map(|(_, runs)| runs);
+        runs.filter_map(|r| r.as_ref().ok()).map(|r| r.transactions).sum()
+    }
+
+    /// Transactions of all successful runs.
+    pub fn total_transactions(&self) -> u64 {
+        self.runs.values().flatten().filter_map(|r| r.as_ref().ok()).map(|r| r.transactions).sum()
+    }
+
     /// The first error of a cell whose runs all failed.
     fn first_error(&self, workload: usize, target: &str) -> Option<&str> {
         let runs = self.runs.iter().find(|((w, t), _)| *w == workload && *t == target)?.1;
@@ -232,4 +268,69 @@ pub fn print_idle_header(clients: usize, rounds: usize) {
          KiB per idle client (1st round) | time to log in all | proxy's open fds after closing |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+}
+
+/// A proxy's CPU per transaction split by thread: `name µs (share)`, the
+/// threads that used no CPU left out.
+pub fn thread_split(threads: &[(String, f64)]) -> String {
+    let total: f64 = threads.iter().map(|(_, us)| us).sum();
+    if total <= 0.0 {
+        return "–".into();
+    }
+    let busy = threads.iter().filter(|(_, us)| *us > 0.0);
+    busy.map(|(name, us)| format!("{name} {us:.1} ({:.0} %)", us / total * 100.0)).collect::<Vec<_>>().join(", ")
+}
+
+/// The workers axis: pgrelay with `workers = 1` and `workers = 2` (and
+/// PgBouncer on the rw side), TPS, CPU per transaction, and how the
+/// workers = 2 process's CPU split across its threads.
+pub fn print_workers(workloads: &[Workload], results: &Results) {
+    let rows: Vec<(usize, &Workload)> = workloads.iter().enumerate().filter(|(_, w)| w.workers).collect();
+    if rows.is_empty() {
+        return;
+    }
+    println!("pgrelay workers = 1 vs workers = 2 (w2 by thread: µs of CPU per transaction and share of the process's, medians over the rounds):");
+    println!();
+    println!("| workload | listener | w1 TPS | w2 TPS | w2/w1 TPS | pgbouncer TPS | w1 µs/tx | w2 µs/tx | pgbouncer µs/tx | w2 by thread |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    for (w, workload) in rows {
+        let get = |t: &str| results.cell(w, t);
+        let tps = |c: Option<Cell>| c.map_or("–".into(), |c| format!("{:.0}", c.tps));
+        for (listener, w1, w2, bouncer) in
+            [("rw", "pgrelay-rw", "pgrelay-rw-w2", Some("pgbouncer")), ("ro", "pgrelay-ro", "pgrelay-ro-w2", None)]
+        {
+            if get(w1).is_none() && get(w2).is_none() {
+                continue;
+            }
+            let bouncer = bouncer.and_then(get);
+            println!(
+                "| {} | {listener} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                workload.name,
+                tps(get(w1)),
+                tps(get(w2)),
+                ratio(get(w2), get(w1)),
+                tps(bouncer),
+                cpu(get(w1)),
+                cpu(get(w2)),
+                cpu(bouncer),
+                thread_split(&results.threads(w, w2)),
+            );
+        }
+    }
+}
+
+/// The counter of server connections moved between workers.
+pub const MOVES_METRIC: &str = "pgrelay_server_connection_moves_total";
+
+/// How often the workers = 2 process moved an idle server connection to
+/// another worker, per transaction through it.
+pub fn print_moves(moves: Result<f64, String>, transactions: u64) {
+    match moves {
+        Ok(moves) => println!(
+            "workers = 2: {moves:.0} server connections moved between workers ({MOVES_METRIC}) over {transactions} \
+             transactions through it, {:.3} per transaction.",
+            moves / transactions.max(1) as f64
+        ),
+        Err(e) => println!("workers = 2: server connection moves unknown ({e})."),
+    }
 }
