@@ -7,8 +7,9 @@
 //! while it runs. What is process-wide (pools, limits, registries, metrics)
 //! is shared state that each worker reaches through the same `Context`.
 //!
-//! Server connections are pooled for the whole process. One that was last
-//! used on another worker is moved to the worker that leases it (its socket
+//! Server connections are pooled for the whole process, each pool's size
+//! split into one share per worker (see `pool`). A connection leased on
+//! another worker than the one it was last used on moves to it (its socket
 //! re-registered with that worker's reactor, see `Stream::rebind`), so no
 //! socket is ever polled by a runtime other than the one it is registered
 //! with.

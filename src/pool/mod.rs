@@ -1,7 +1,18 @@
 //! Server connection pools, one per (node, database, user). A checkout waits
-//! for a permit (FIFO, with a deadline) and returns a [`Lease`]; dropping the
+//! for a slot (FIFO, with a deadline) and returns a [`Lease`]; dropping the
 //! lease puts a clean connection back, or resets a dirty one in the
 //! background (bounded by `server_reset_timeout`) and closes it if that fails.
+//!
+//! With several workers (`[pool] workers`), the pool size is split into one
+//! share per worker: a slot (a semaphore permit) and the idle connections
+//! that go with it. A worker's clients take its own slots, so under an even
+//! load no connection changes threads and no worker wakes another. A worker
+//! whose share is used up borrows a free slot of another worker (one no
+//! client of that worker waits for), together with that slot's idle
+//! connection, which then moves to the borrowing worker's event loop; and a
+//! slot freed with none of its own clients waiting wakes the clients other
+//! workers have waiting. So the size holds for the whole process and nobody
+//! waits while a slot is free anywhere.
 
 mod inspect;
 
@@ -10,7 +21,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{BackendError, ServerConn, ServerParams, ServerTarget};
@@ -35,7 +48,44 @@ pub enum PoolError {
 #[allow(clippy::vec_box)]
 type IdleList = Vec<Box<ServerConn>>;
 
-/// A pool's idle connections: one list per worker, each ordered by last
+/// One worker's share of a pool's size: slots (permits) its clients take
+/// first, and how many of its clients wait for one.
+#[derive(Debug)]
+struct Share {
+    permits: Arc<Semaphore>,
+    size: usize,
+    waiting: AtomicUsize,
+}
+
+impl Share {
+    fn new(size: usize) -> Share {
+        Share { permits: Arc::new(Semaphore::new(size)), size, waiting: AtomicUsize::new(0) }
+    }
+}
+
+/// Worker `worker`'s share of `size` slots among `workers`: an even split,
+/// the first workers taking one more of what does not divide.
+fn share_of(size: usize, workers: usize, worker: usize) -> usize {
+    size / workers + usize::from(worker < size % workers)
+}
+
+/// Counts a waiting client in its worker's share while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Waiting<'a> {
+        count.fetch_add(1, Ordering::SeqCst);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A pool's idle connections: one list per worker's share, each ordered by last
 /// use (pushed at the end, taken from the end, so expired ones are at the
 /// front), and their total.
 #[derive(Debug)]
@@ -74,16 +124,10 @@ impl Idle {
         found
     }
 
-    /// The other worker with the most idle connections, if any has one.
-    fn fullest_other(&self, worker: usize) -> Option<usize> {
-        let own = worker.min(self.lists.len() - 1);
-        (0..self.lists.len()).filter(|&w| w != own && !self.lists[w].is_empty()).max_by_key(|&w| self.lists[w].len())
-    }
-
-    /// Adds `conn` to its worker's list, closing that list's expired ones.
+    /// Adds `conn` to `owner`'s list, closing that list's expired ones.
     #[inline]
-    fn push(&mut self, conn: Box<ServerConn>, now: Instant, timeout: Option<Duration>) {
-        let list = self.list(conn.worker());
+    fn push(&mut self, conn: Box<ServerConn>, owner: usize, now: Instant, timeout: Option<Duration>) {
+        let list = self.list(owner);
         let mut expired = 0;
         if let Some(timeout) = timeout {
             expired = list.iter().take_while(|c| now.duration_since(c.last_used) > timeout).count();
@@ -115,7 +159,7 @@ pub struct PoolKey {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolSettings {
     pub size: usize,
-    /// Workers (`[pool] workers`): each keeps its own list of idle connections.
+    /// Workers (`[pool] workers`): each has a share of `size` (see the module docs).
     pub workers: usize,
     pub mode: PoolMode,
     pub reset_timeout: Duration,
@@ -128,9 +172,12 @@ pub struct Pool {
     pub key: PoolKey,
     target: ServerTarget,
     settings: PoolSettings,
-    permits: Arc<Semaphore>,
-    /// Idle connections, one list per worker: a worker takes its own first
-    /// (no socket has to move), then another worker's (see `take_idle`).
+    /// Each worker's share of the pool size (see `checkout`).
+    shares: Vec<Share>,
+    /// Fired when a slot is freed that no client of its own worker waits
+    /// for while clients of another worker do: they try to borrow it.
+    spare: Notify,
+    /// Idle connections, one list per worker's share.
     idle: Mutex<Idle>,
     /// What the first connection reported at startup; clients see these at login.
     server_params: Mutex<Option<ServerParams>>,
@@ -146,7 +193,8 @@ impl Pool {
             key,
             metrics,
             target,
-            permits: Arc::new(Semaphore::new(settings.size)),
+            shares: (0..workers.max(1)).map(|w| Share::new(share_of(settings.size, workers.max(1), w))).collect(),
+            spare: Notify::new(),
             settings,
             idle: Mutex::new(Idle::new(workers)),
             server_params: Mutex::new(None),
@@ -168,13 +216,13 @@ impl Pool {
     /// (the client routes again, to a fresh pool), and leases close their
     /// connection when they end. A reload retires pools whose settings changed.
     pub fn retire(&self) {
-        self.permits.close();
+        self.shares.iter().for_each(|share| share.permits.close());
         self.drop_idle();
     }
 
     /// Whether the pool was closed or retired.
     pub fn is_closed(&self) -> bool {
-        self.permits.is_closed()
+        self.shares[0].permits.is_closed()
     }
 
     /// Closes the idle connections (PAUSE does, so a paused pgrelay holds none).
@@ -185,7 +233,7 @@ impl Pool {
 
     /// Connections leased to clients (or being reset after one) right now.
     pub fn in_use(&self) -> usize {
-        self.settings.size.saturating_sub(self.permits.available_permits())
+        self.shares.iter().map(|share| share.size.saturating_sub(share.permits.available_permits())).sum()
     }
 
     pub fn settings(&self) -> &PoolSettings {
@@ -216,26 +264,30 @@ impl Pool {
 
     /// Waits up to `wait` (the client's query_wait_timeout) for a connection of this pool.
     pub async fn checkout(self: &Arc<Self>, wait: Duration) -> Result<Lease, PoolError> {
-        // A free permit needs no timer: only a real wait arms one.
-        let (permit, waited_since) = match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => (permit, None),
+        let here = worker::current().min(self.shares.len() - 1);
+        // A free slot needs no timer: only a real wait arms one.
+        let (permit, owner, waited_since) = match self.shares[here].permits.clone().try_acquire_owned() {
+            Ok(permit) => (permit, here, None),
             Err(tokio::sync::TryAcquireError::Closed) => return Err(PoolError::Closed),
-            Err(tokio::sync::TryAcquireError::NoPermits) => {
-                let since = Instant::now();
-                // Boxed: a timer is large, and only a real wait needs one; inline,
-                // it would be part of every client task's size.
-                match Box::pin(tokio::time::timeout(wait, self.permits.clone().acquire_owned())).await {
-                    Ok(Ok(permit)) => (permit, Some(since)),
-                    Ok(Err(_)) => return Err(PoolError::Closed),
-                    Err(_) => return Err(PoolError::Timeout(wait)),
+            Err(tokio::sync::TryAcquireError::NoPermits) => match self.borrow(here) {
+                Some((permit, owner)) => (permit, owner, None),
+                None => {
+                    let since = Instant::now();
+                    // Boxed: a timer is large, and only a real wait needs one; inline,
+                    // it would be part of every client task's size.
+                    match Box::pin(tokio::time::timeout(wait, self.wait_for_slot(here))).await {
+                        Ok(Ok((permit, owner))) => (permit, owner, Some(since)),
+                        Ok(Err(closed)) => return Err(closed),
+                        Err(_) => return Err(PoolError::Timeout(wait)),
+                    }
                 }
-            }
+            },
         };
         if self.is_closed() {
             return Err(PoolError::Closed);
         }
         let now = Instant::now();
-        let conn = match self.take_idle(now) {
+        let conn = match self.take_idle(owner, now) {
             Some(conn) => conn,
             None => {
                 // Boxed: a connect's state is large and rare, and would
@@ -265,22 +317,69 @@ impl Pool {
             conn: Some(conn),
             pool: self.clone(),
             permit: Some(permit),
+            owner,
             discard: false,
             poisoned: false,
         })
     }
 
-    /// Pops the most recently used healthy idle connection of this worker,
-    /// else of the worker with the most idle ones, moved to this worker.
-    fn take_idle(&self, now: Instant) -> Option<Box<ServerConn>> {
+    /// A free slot of another worker, without waiting: that worker has no
+    /// client waiting for it (a semaphore with waiters has no free permits).
+    fn borrow(&self, here: usize) -> Option<(OwnedSemaphorePermit, usize)> {
+        let workers = self.shares.len();
+        (1..workers).map(|step| (here + step) % workers).find_map(|owner| {
+            let permit = self.shares[owner].permits.clone().try_acquire_owned().ok()?;
+            Some((permit, owner))
+        })
+    }
+
+    /// Waits for a slot of this worker's share, or for one another worker
+    /// frees while none of its own clients waits (then borrowed).
+    async fn wait_for_slot(&self, here: usize) -> Result<(OwnedSemaphorePermit, usize), PoolError> {
+        let share = &self.shares[here];
+        let _waiting = Waiting::new(&share.waiting);
+        loop {
+            // Registered before looking, so a slot freed in between still wakes us.
+            let spare = self.spare.notified();
+            let mut spare = std::pin::pin!(spare);
+            spare.as_mut().enable();
+            if let Some(borrowed) = self.borrow(here) {
+                return Ok(borrowed);
+            }
+            tokio::select! {
+                permit = share.permits.clone().acquire_owned() => {
+                    return permit.map(|permit| (permit, here)).map_err(|_| PoolError::Closed);
+                }
+                _ = spare => {}
+            }
+        }
+    }
+
+    /// A slot of `owner`'s share is free again: when no client of `owner`
+    /// waits for it but clients of other workers do, they may borrow it.
+    fn slot_freed(&self, owner: usize) {
+        if self.shares.len() == 1 || self.shares[owner].waiting.load(Ordering::SeqCst) > 0 {
+            return;
+        }
+        if self.shares.iter().any(|share| share.waiting.load(Ordering::SeqCst) > 0) {
+            self.spare.notify_waiters();
+        }
+    }
+
+    /// Gives a slot back (after its connection, if any, went back idle).
+    fn release(&self, permit: OwnedSemaphorePermit, owner: usize) {
+        drop(permit);
+        self.slot_freed(owner);
+    }
+
+    /// Pops the most recently used healthy idle connection of `owner`'s
+    /// share, moved to this worker when it was last used on another.
+    fn take_idle(&self, owner: usize, now: Instant) -> Option<Box<ServerConn>> {
         let here = worker::current();
         loop {
             let conn = {
                 let mut idle = self.idle.lock().expect("pool lock");
-                let found = match idle.pop_healthy(here, now, self.settings.idle_timeout) {
-                    Some(conn) => Some(conn),
-                    None => idle.fullest_other(here).and_then(|w| idle.pop_healthy(w, now, self.settings.idle_timeout)),
-                };
+                let found = idle.pop_healthy(owner, now, self.settings.idle_timeout);
                 self.metrics.idle.set(idle.total as i64);
                 found?
             };
@@ -302,15 +401,15 @@ impl Pool {
         &self.metrics
     }
 
-    /// Puts a clean connection on the idle list of the worker it belongs to.
-    fn put_idle(&self, mut conn: Box<ServerConn>, now: Instant) {
+    /// Puts a clean connection on the idle list of `owner`'s share (whose slot it used).
+    fn put_idle(&self, mut conn: Box<ServerConn>, owner: usize, now: Instant) {
         conn.last_used = now;
         let mut idle = self.idle.lock().expect("pool lock");
         // Checked under the lock that `close` clears, so nothing slips in after it.
         if self.is_closed() {
             return;
         }
-        idle.push(conn, now, self.settings.idle_timeout);
+        idle.push(conn, owner, now, self.settings.idle_timeout);
         self.metrics.idle.set(idle.total as i64);
     }
 
@@ -367,6 +466,8 @@ pub struct Lease {
     pinned: bool,
     pool: Arc<Pool>,
     permit: Option<OwnedSemaphorePermit>,
+    /// The worker whose share the slot (permit) belongs to.
+    owner: usize,
     discard: bool,
     poisoned: bool,
 }
@@ -413,29 +514,33 @@ impl Drop for Lease {
             metrics.pinned.dec();
         }
         let (Some(conn), Some(permit)) = (self.conn.take(), self.permit.take()) else { return };
-        if self.poisoned || self.pool.is_closed() {
-            return;
+        let (pool, owner) = (&self.pool, self.owner);
+        if self.poisoned || pool.is_closed() {
+            drop(conn);
+            return pool.release(permit, owner);
         }
-        let discard = self.discard || self.pool.settings.mode == PoolMode::Session;
+        let discard = self.discard || pool.settings.mode == PoolMode::Session;
         let cancelled = conn.cancels_in_flight.load(std::sync::atomic::Ordering::Acquire) > 0;
         if conn.is_clean() && !discard && !cancelled {
-            self.pool.put_idle(conn, now);
-            return;
+            pool.put_idle(conn, owner, now);
+            return pool.release(permit, owner);
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        let pool = self.pool.clone();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            drop(conn);
+            return pool.release(permit, owner);
+        };
+        let pool = pool.clone();
         runtime.spawn(async move {
+            // The connection goes back idle (or is closed) before its slot
+            // is free, so the pool never has more connections than its size.
             if cancelled && !wait_for_cancels(&conn).await {
                 // The server never confirmed the cancel: the connection may
                 // still get it, so nobody else may.
-                return;
+                drop(conn);
+            } else if let Some(conn) = pool.reset(conn, discard).await {
+                pool.put_idle(conn, owner, Instant::now());
             }
-            if let Some(conn) = pool.reset(conn, discard).await {
-                pool.put_idle(conn, Instant::now());
-            }
-            // The permit is held until the reset is over so the pool never
-            // has more connections than its size.
-            drop(permit);
+            pool.release(permit, owner);
         });
     }
 }

@@ -55,38 +55,50 @@ fn counter(app: &RunningApp, name: &str) -> u64 {
         .sum()
 }
 
+/// Clients until worker 0 has `need[0]` and worker 1 `need[1]` of them
+/// (which worker accepts a connection is the kernel's choice); the others
+/// are closed.
+async fn clients_on_workers(app: &RunningApp, need: [usize; 2]) -> [Vec<Client>; 2] {
+    let console = connect(app, "console", "pgrelay").await;
+    let mut on: [Vec<Client>; 2] = [Vec::new(), Vec::new()];
+    for i in 0..64 {
+        let name = format!("c{i}");
+        let client = connect(app, &name, "app").await;
+        // Listed once its worker has registered it, right after its welcome.
+        let mut worker = None;
+        for _ in 0..200 {
+            worker = workers_of_clients(&console).await.get(&name).map(|w| w.parse::<usize>().expect("a number"));
+            if worker.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let worker = worker.unwrap_or_else(|| panic!("{name} is not in SHOW CLIENTS"));
+        if on[worker].len() < need[worker] {
+            on[worker].push(client);
+        }
+        if on[0].len() == need[0] && on[1].len() == need[1] {
+            return on;
+        }
+    }
+    panic!("64 clients did not give {need:?} on workers 0 and 1");
+}
+
 #[tokio::test]
 async fn an_idle_connection_of_one_worker_serves_a_client_of_the_other() {
     let app = start(1).await;
-    let console = connect(&app, "console", "pgrelay").await;
-    // Clients until each worker has one (which worker accepts is the kernel's choice).
-    let mut clients = Vec::new();
-    let mut on = [None, None];
-    for i in 0..64 {
-        let name = format!("c{i}");
-        clients.push((name.clone(), connect(&app, &name, "app").await));
-        let workers = workers_of_clients(&console).await;
-        for (worker, slot) in on.iter_mut().enumerate() {
-            if slot.is_none() && workers.get(&name) == Some(&worker.to_string()) {
-                *slot = Some(clients.len() - 1);
-            }
-        }
-        if on.iter().all(Option::is_some) {
-            break;
-        }
+    let [mut on_0, mut on_1] = clients_on_workers(&app, [1, 1]).await;
+    let (a, b) = (on_0.remove(0), on_1.remove(0));
+    async fn backend(client: &Client) -> String {
+        relay::scalar(client, "select pg_backend_pid()").await
     }
-    let [Some(a), Some(b)] = on else { panic!("64 clients all landed on one worker: {on:?}") };
-    let backend = |i: usize| {
-        let client = &clients[i].1;
-        async move { relay::scalar(client, "select pg_backend_pid()").await }
-    };
     // The one connection is made on a's worker and left idle there ...
-    let first = backend(a).await;
+    let first = backend(&a).await;
     let moves = counter(&app, "pgrelay_server_connection_moves_total");
     // ... and serves b at once, moved to b's worker, then a again.
     let started = Instant::now();
-    assert_eq!(backend(b).await, first, "b got the same server connection");
-    assert_eq!(backend(a).await, first, "and a got it back");
+    assert_eq!(backend(&b).await, first, "b got the same server connection");
+    assert_eq!(backend(&a).await, first, "and a got it back");
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "nobody waited for query_wait_timeout: {:?}",
@@ -121,5 +133,29 @@ async fn clients_on_both_workers_share_the_pool_within_its_size() {
         pids.extend(task.await.expect("client task"));
     }
     assert!(pids.len() <= 2, "the pool (size 2) used {} server connections: {pids:?}", pids.len());
+    app.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_client_waiting_on_one_worker_gets_the_slot_the_other_worker_frees() {
+    // Two slots: one per worker. Each worker's is taken by an open transaction.
+    let app = start(2).await;
+    let [on_0, mut on_1] = clients_on_workers(&app, [1, 2]).await;
+    let z = on_1.pop().expect("a second client on worker 1");
+    let (x, y) = (&on_0[0], &on_1[0]);
+    x.batch_execute("begin; select 1").await.expect("x holds worker 0's slot");
+    y.batch_execute("begin; select 1").await.expect("y holds worker 1's slot");
+    let x_pid = relay::scalar(x, "select pg_backend_pid()").await;
+    // z, on worker 1, has to wait ...
+    let waiting = tokio::spawn(async move { relay::scalar(&z, "select pg_backend_pid()").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "z found no free slot");
+    // ... until x frees worker 0's slot, which nobody on worker 0 waits for.
+    let freed = Instant::now();
+    x.batch_execute("commit").await.expect("x commits");
+    let z_pid = tokio::time::timeout(Duration::from_secs(2), waiting).await.expect("z is served").expect("z");
+    assert!(freed.elapsed() < Duration::from_secs(1), "z waited {:?}", freed.elapsed());
+    assert_eq!(z_pid, x_pid, "z got worker 0's connection");
+    y.batch_execute("commit").await.expect("y commits");
     app.shutdown(Duration::from_secs(5)).await;
 }
