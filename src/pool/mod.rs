@@ -9,10 +9,11 @@
 //! load no connection changes threads and no worker wakes another. A worker
 //! whose share is used up borrows a free slot of another worker (one no
 //! client of that worker waits for), together with that slot's idle
-//! connection, which then moves to the borrowing worker's event loop; and a
-//! slot freed with none of its own clients waiting wakes the clients other
-//! workers have waiting. So the size holds for the whole process and nobody
-//! waits while a slot is free anywhere.
+//! connection, which then moves to the borrowing worker's event loop; the
+//! slot then stays in the borrower's share, so the shares follow the
+//! clients. A slot freed with none of its own clients waiting wakes the
+//! clients other workers have waiting. So the size holds for the whole
+//! process and nobody waits while a slot is free anywhere.
 
 mod inspect;
 
@@ -53,13 +54,14 @@ type IdleList = Vec<Box<ServerConn>>;
 #[derive(Debug)]
 struct Share {
     permits: Arc<Semaphore>,
-    size: usize,
+    /// Slots in this share; a slot another worker borrowed moves to it.
+    size: AtomicUsize,
     waiting: AtomicUsize,
 }
 
 impl Share {
     fn new(size: usize) -> Share {
-        Share { permits: Arc::new(Semaphore::new(size)), size, waiting: AtomicUsize::new(0) }
+        Share { permits: Arc::new(Semaphore::new(size)), size: AtomicUsize::new(size), waiting: AtomicUsize::new(0) }
     }
 }
 
@@ -233,7 +235,8 @@ impl Pool {
 
     /// Connections leased to clients (or being reset after one) right now.
     pub fn in_use(&self) -> usize {
-        self.shares.iter().map(|share| share.size.saturating_sub(share.permits.available_permits())).sum()
+        let size = |share: &Share| share.size.load(Ordering::Relaxed);
+        self.shares.iter().map(|share| size(share).saturating_sub(share.permits.available_permits())).sum()
     }
 
     pub fn settings(&self) -> &PoolSettings {
@@ -318,6 +321,7 @@ impl Pool {
             pool: self.clone(),
             permit: Some(permit),
             owner,
+            holder: here,
             discard: false,
             poisoned: false,
         })
@@ -366,10 +370,21 @@ impl Pool {
         }
     }
 
-    /// Gives a slot back (after its connection, if any, went back idle).
-    fn release(&self, permit: OwnedSemaphorePermit, owner: usize) {
-        drop(permit);
-        self.slot_freed(owner);
+    /// Gives back a slot of `owner`'s share that `holder`'s client used,
+    /// after its connection, if any, went back idle (to `holder`'s list). A
+    /// borrowed slot stays with the borrower from now on: the shares follow
+    /// where the clients are, so a worker with more clients than its share
+    /// does not borrow (and move a connection) for every transaction.
+    fn release(&self, permit: OwnedSemaphorePermit, owner: usize, holder: usize) {
+        if owner == holder {
+            drop(permit);
+        } else {
+            permit.forget();
+            self.shares[owner].size.fetch_sub(1, Ordering::Relaxed);
+            self.shares[holder].size.fetch_add(1, Ordering::Relaxed);
+            self.shares[holder].permits.add_permits(1);
+        }
+        self.slot_freed(holder);
     }
 
     /// Pops the most recently used healthy idle connection of `owner`'s
@@ -401,7 +416,7 @@ impl Pool {
         &self.metrics
     }
 
-    /// Puts a clean connection on the idle list of `owner`'s share (whose slot it used).
+    /// Puts a clean connection on the idle list of `owner`'s share (whose slot it goes with).
     fn put_idle(&self, mut conn: Box<ServerConn>, owner: usize, now: Instant) {
         conn.last_used = now;
         let mut idle = self.idle.lock().expect("pool lock");
@@ -466,8 +481,10 @@ pub struct Lease {
     pinned: bool,
     pool: Arc<Pool>,
     permit: Option<OwnedSemaphorePermit>,
-    /// The worker whose share the slot (permit) belongs to.
+    /// The worker whose share the slot (permit) came from ...
     owner: usize,
+    /// ... and the one whose client holds it, whose share it joins.
+    holder: usize,
     discard: bool,
     poisoned: bool,
 }
@@ -514,20 +531,20 @@ impl Drop for Lease {
             metrics.pinned.dec();
         }
         let (Some(conn), Some(permit)) = (self.conn.take(), self.permit.take()) else { return };
-        let (pool, owner) = (&self.pool, self.owner);
+        let (pool, owner, holder) = (&self.pool, self.owner, self.holder);
         if self.poisoned || pool.is_closed() {
             drop(conn);
-            return pool.release(permit, owner);
+            return pool.release(permit, owner, holder);
         }
         let discard = self.discard || pool.settings.mode == PoolMode::Session;
         let cancelled = conn.cancels_in_flight.load(std::sync::atomic::Ordering::Acquire) > 0;
         if conn.is_clean() && !discard && !cancelled {
-            pool.put_idle(conn, owner, now);
-            return pool.release(permit, owner);
+            pool.put_idle(conn, holder, now);
+            return pool.release(permit, owner, holder);
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             drop(conn);
-            return pool.release(permit, owner);
+            return pool.release(permit, owner, holder);
         };
         let pool = pool.clone();
         runtime.spawn(async move {
@@ -538,9 +555,9 @@ impl Drop for Lease {
                 // still get it, so nobody else may.
                 drop(conn);
             } else if let Some(conn) = pool.reset(conn, discard).await {
-                pool.put_idle(conn, owner, Instant::now());
+                pool.put_idle(conn, holder, Instant::now());
             }
-            pool.release(permit, owner);
+            pool.release(permit, owner, holder);
         });
     }
 }
