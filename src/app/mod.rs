@@ -76,6 +76,8 @@ pub struct Context {
     pub welcomes: WelcomeCache,
     /// Round-robin position for reads.
     pub round_robin: AtomicUsize,
+    /// Connections each worker serves right now (see [`WorkerLoad`]).
+    pub worker_load: Arc<WorkerLoad>,
     /// One permit per logged-in client (max_client_conn).
     pub client_slots: Arc<Semaphore>,
     /// Connections still logging in (max_pre_auth_conn, max_pre_auth_conn_per_addr).
@@ -104,6 +106,7 @@ impl Context {
         let metrics = Arc::new(Metrics::new());
         let tasks = TaskTracker::new();
         let users = users.with_lookup(user_lookup(&config, &metrics, &tasks, &shutdown));
+        let workers = config.pool.workers;
         Arc::new(Context {
             client_slots: Arc::new(Semaphore::new(config.pool.max_client_conn)),
             pre_auth: PreAuth::default(),
@@ -119,6 +122,7 @@ impl Context {
             settings: SettingsInterner::default(),
             welcomes: WelcomeCache::default(),
             round_robin: AtomicUsize::new(0),
+            worker_load: Arc::new(WorkerLoad::new(workers)),
             clients: Arc::default(),
             lifecycle: Lifecycle::default(),
             monitors: std::sync::Mutex::new(shutdown.child_token()),
@@ -220,5 +224,47 @@ impl SettingsInterner {
     /// A statement context no other client has.
     pub fn private_context(&self) -> StatementContext {
         self.next_context.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Connections each worker serves (accepted, not yet closed). All workers
+/// are woken by the same incoming connection; a worker serving more than
+/// another lets that one take it first, so clients spread evenly and each
+/// worker's share of the pools fits its clients.
+#[derive(Debug)]
+pub struct WorkerLoad {
+    counts: Vec<AtomicUsize>,
+}
+
+impl WorkerLoad {
+    fn new(workers: usize) -> WorkerLoad {
+        WorkerLoad { counts: (0..workers.max(1)).map(|_| AtomicUsize::new(0)).collect() }
+    }
+
+    /// Whether `worker` serves more connections than some other worker.
+    pub fn busier_than_another(&self, worker: usize) -> bool {
+        let load = |w: &AtomicUsize| w.load(std::sync::atomic::Ordering::Relaxed);
+        let Some(mine) = self.counts.get(worker).map(load) else { return false };
+        self.counts.iter().any(|other| load(other) < mine)
+    }
+
+    /// Counts a connection on `worker` while the guard lives.
+    pub fn enter(self: &Arc<Self>, worker: usize) -> LoadGuard {
+        let worker = worker.min(self.counts.len() - 1);
+        self.counts[worker].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        LoadGuard { load: self.clone(), worker }
+    }
+}
+
+/// One connection counted in [`WorkerLoad`].
+#[derive(Debug)]
+pub struct LoadGuard {
+    load: Arc<WorkerLoad>,
+    worker: usize,
+}
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        self.load.counts[self.worker].fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }

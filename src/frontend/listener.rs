@@ -24,6 +24,10 @@ use crate::metrics::{ErrorOrigin, LoginResult};
 use crate::router::ListenerKind;
 use crate::wire::{self, sqlstate, Severity};
 
+/// How long a worker serving more connections than another waits before it
+/// accepts, so that the other takes the connection when it is free to.
+const ACCEPT_DEFERRAL: Duration = Duration::from_millis(1);
+
 /// How long a final error message may take to reach a departing client.
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -37,7 +41,13 @@ pub type ConsoleHandler =
 /// listening socket closes on return, so new connections are refused.
 /// Admin console logins are handed to `console`.
 pub async fn serve(ctx: Arc<Context>, listener: TcpListener, kind: ListenerKind, console: ConsoleHandler) {
+    let worker = crate::worker::current();
     loop {
+        if ctx.worker_load.busier_than_another(worker) {
+            // Every worker is woken by the same connection: a less busy one
+            // takes it if it can within this, otherwise this one does.
+            tokio::time::sleep(ACCEPT_DEFERRAL).await;
+        }
         let accepted = tokio::select! {
             _ = ctx.lifecycle.draining().cancelled() => return,
             accepted = listener.accept() => accepted,
@@ -52,7 +62,8 @@ pub async fn serve(ctx: Arc<Context>, listener: TcpListener, kind: ListenerKind,
             }
         };
         let _ = stream.set_nodelay(true);
-        let span = tracing::info_span!("client", %peer, port = kind.as_str(), worker = crate::worker::current());
+        let load = ctx.worker_load.enter(worker);
+        let span = tracing::info_span!("client", %peer, port = kind.as_str(), worker);
         let limits = {
             let pool = &ctx.config().pool;
             Limits { total: pool.max_pre_auth_conn, per_addr: pool.max_pre_auth_conn_per_addr }
@@ -61,11 +72,19 @@ pub async fn serve(ctx: Arc<Context>, listener: TcpListener, kind: ListenerKind,
             Ok(slot) => {
                 let task_ctx = ctx.clone();
                 let admission = Admission::PreAuth(slot);
-                ctx.client_tasks.spawn(handle_client(task_ctx, stream, peer, kind, span, admission, console));
+                let client = handle_client(task_ctx, stream, peer, kind, span, admission, console);
+                ctx.client_tasks.spawn(async move {
+                    client.await;
+                    drop(load);
+                });
             }
             Err(refusal) => match ctx.pre_auth.admit_for_cancel(peer.ip()) {
                 Some(slot) => {
-                    ctx.client_tasks.spawn(cancel_or_refuse(ctx.clone(), stream, refusal, span, slot));
+                    let cancel = cancel_or_refuse(ctx.clone(), stream, refusal, span, slot);
+                    ctx.client_tasks.spawn(async move {
+                        cancel.await;
+                        drop(load);
+                    });
                 }
                 None => {
                     refused(&ctx, &refusal, &span);
