@@ -12,6 +12,8 @@
 # transactions, zeroes the counters, runs 4 clients x 500 transactions and
 # prints the instructions per transaction. Stops everything it started.
 # CALLGRIND_KEEP=DIR keeps the dump there, for callgrind_annotate.
+# The demo runs [pool] workers at its default (the cores available), and the
+# count covers every thread: compare builds that share that default.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

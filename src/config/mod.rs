@@ -32,6 +32,7 @@ use locate::Locations;
 use raw::RawConfig;
 pub use require_auth::{RequireAuth, ServerAuthMethod};
 pub use tls::{connect_tokio_postgres, ServerSslMode, ServerTls, TlsProtocols};
+pub use validate::default_workers;
 
 /// The validated configuration. Built by [`Config::load`] / [`Config::parse`].
 #[derive(Debug, Clone, PartialEq)]

@@ -120,7 +120,7 @@ fn defaults_from_a_minimal_file() {
         max_prepared_statements: 200,
         max_client_prepared_statements: 1000,
         shutdown_grace: Duration::from_secs(30),
-        workers: 1,
+        workers: super::default_workers(),
     };
     assert_eq!(config.pool, pool);
     assert_eq!(config.admin, Admin::default());

@@ -176,8 +176,14 @@ pub(super) fn pool(raw: &RawPool, locations: &Locations<'_>) -> Result<Pool, Con
             .positive(raw.max_client_prepared_statements.map(|n| n.0), 1000)?
             .get(),
         shutdown_grace: field("shutdown_grace").duration(raw.shutdown_grace.as_deref(), "30s")?,
-        workers: field("workers").positive(raw.workers.map(|n| n.0), 1)?.get(),
+        workers: field("workers").positive(raw.workers.map(|n| n.0), default_workers())?.get(),
     })
+}
+
+/// `[pool] workers` when the file does not say: the cores this process may
+/// use (CPU affinity and cgroup quotas included), at least 1.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 pub(super) fn admin(raw: RawAdmin, locations: &Locations<'_>) -> Result<Admin, ConfigError> {
