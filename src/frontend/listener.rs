@@ -19,7 +19,7 @@ use tracing::{Instrument, Span};
 use super::error::SessionError;
 use super::session::Session;
 use super::startup::{login, open, Login, Opened, Opening};
-use crate::app::{AdminLogin, Admission, ClientInfo, Context, Limits, Refusal, Slot, CANCEL_WINDOW};
+use crate::app::{AdminLogin, Admission, ClientInfo, Context, Limits, LoadGuard, Refusal, Slot, CANCEL_WINDOW};
 use crate::metrics::{ErrorOrigin, LoginResult};
 use crate::router::ListenerKind;
 use crate::wire::{self, sqlstate, Severity};
@@ -72,19 +72,11 @@ pub async fn serve(ctx: Arc<Context>, listener: TcpListener, kind: ListenerKind,
             Ok(slot) => {
                 let task_ctx = ctx.clone();
                 let admission = Admission::PreAuth(slot);
-                let client = handle_client(task_ctx, stream, peer, kind, span, admission, console);
-                ctx.client_tasks.spawn(async move {
-                    client.await;
-                    drop(load);
-                });
+                spawn_counted(&ctx, load, handle_client(task_ctx, stream, peer, kind, span, admission, console));
             }
             Err(refusal) => match ctx.pre_auth.admit_for_cancel(peer.ip()) {
                 Some(slot) => {
-                    let cancel = cancel_or_refuse(ctx.clone(), stream, refusal, span, slot);
-                    ctx.client_tasks.spawn(async move {
-                        cancel.await;
-                        drop(load);
-                    });
+                    spawn_counted(&ctx, load, cancel_or_refuse(ctx.clone(), stream, refusal, span, slot));
                 }
                 None => {
                     refused(&ctx, &refusal, &span);
@@ -98,6 +90,14 @@ pub async fn serve(ctx: Arc<Context>, listener: TcpListener, kind: ListenerKind,
             },
         }
     }
+}
+
+/// Runs a connection's task, counted in its worker's load until it ends.
+fn spawn_counted(ctx: &Context, load: LoadGuard, task: impl Future<Output = ()> + Send + 'static) {
+    ctx.client_tasks.spawn(async move {
+        task.await;
+        drop(load);
+    });
 }
 
 /// A connection beyond the pre-auth caps, within the small allowance for

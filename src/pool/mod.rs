@@ -290,7 +290,7 @@ impl Pool {
             return Err(PoolError::Closed);
         }
         let now = Instant::now();
-        let conn = match self.take_idle(owner, now) {
+        let conn = match self.take_idle(owner, here, now) {
             Some(conn) => conn,
             None => {
                 // Boxed: a connect's state is large and rare, and would
@@ -388,9 +388,8 @@ impl Pool {
     }
 
     /// Pops the most recently used healthy idle connection of `owner`'s
-    /// share, moved to this worker when it was last used on another.
-    fn take_idle(&self, owner: usize, now: Instant) -> Option<Box<ServerConn>> {
-        let here = worker::current();
+    /// share, moved to worker `here` (this one) when it was last used on another.
+    fn take_idle(&self, owner: usize, here: usize, now: Instant) -> Option<Box<ServerConn>> {
         loop {
             let conn = {
                 let mut idle = self.idle.lock().expect("pool lock");
