@@ -49,6 +49,10 @@ async fn a_cancel_reaches_only_the_query_running_when_it_arrived() {
     // A cancel after the query ended leaves the client's next query alone.
     assert_eq!(scalar(&client, "select 'done'").await, "done");
     token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    // tokio-postgres returns once the request is written, not once pgrelay
+    // has read it (another worker may read it later): give it that time, or
+    // the next query could be running when it arrives, as on PostgreSQL.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();
     client.simple_query("select pg_sleep(0.3)").await.expect("not cancelled");
     assert!(started.elapsed() >= Duration::from_millis(300));

@@ -210,14 +210,16 @@ impl Session {
                 }
             }
             self.flush_server()?;
-            self.flush_client()?;
+            // Released before the client can see ReadyForQuery: a cancel it
+            // sends next (handled on any worker) must find no server.
             self.release_if_idle();
+            self.flush_client()?;
             // Messages held back while the client's output was full.
             if self.out.len() < HIGH_WATER && Frame::peek(&self.cbuf, usize::MAX).is_ok_and(|f| f.is_some()) {
                 self.handle_client_messages().await?;
                 self.flush_server()?;
-                self.flush_client()?;
                 self.release_if_idle();
+                self.flush_client()?;
             }
             if self.stopping && self.at_boundary() {
                 return Err(SessionError::Shutdown);
