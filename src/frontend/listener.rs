@@ -174,8 +174,8 @@ async fn handle_client(
         _ = ctx.shutdown.cancelled() => Ok(Err(SessionError::Shutdown)),
         r = login => r,
     };
-    let parts = match logged_in {
-        Ok(Ok(Login::Client(parts))) => parts,
+    let (parts, welcome) = match logged_in {
+        Ok(Ok(Login::Client(parts, welcome))) => (parts, welcome),
         Ok(Ok(Login::Admin(admin))) => {
             ctx.metrics.login(LoginResult::Ok);
             tracing::info!(parent: &span, user = %admin.user.name, "admin console login");
@@ -202,6 +202,18 @@ async fn handle_client(
         tls: stream.tls_description(),
         worker: crate::worker::current(),
     });
+    let welcomed = tokio::select! {
+        _ = ctx.shutdown.cancelled() => return,
+        written = tokio::time::timeout_at(started + login_timeout, stream.write_all(&welcome)) => written,
+    };
+    match welcomed {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => return tracing::debug!(parent: &span, %error, "client connection lost before its welcome"),
+        Err(_) => {
+            let error = SessionError::LoginTimeout(login_timeout);
+            return report(&ctx, stream, BytesMut::new(), error, &span).await;
+        }
+    }
     let mut session = Box::new(Session::new(ctx.clone(), stream, kind, parts, buf, span.clone(), registered));
     let result = session.run().await;
     let poison = matches!(

@@ -48,7 +48,11 @@ pub const ADMIN_DATABASES: [&str; 2] = ["pgrelay", "pgbouncer"];
 
 /// What a connection turned out to be.
 pub enum Login {
-    Client(LoginParts),
+    /// A client of a database, with its welcome (AuthenticationOk to
+    /// ReadyForQuery) still to be sent: whoever runs the session lists the
+    /// client first, so that nothing the client can do after its welcome
+    /// finds it missing.
+    Client(LoginParts, BytesMut),
     /// An authenticated user of the admin console; nothing was sent after
     /// authentication (the console sends its own welcome).
     Admin(AdminLogin),
@@ -113,8 +117,7 @@ pub async fn login(
     out.extend_from_slice(&welcome);
     wire::put_backend_key_data(&mut out, cancel.pid, cancel.secret);
     wire::put_ready_for_query(&mut out, TxStatus::Idle);
-    client.write_all(&out).await.map_err(SessionError::ClientIo)?;
-    Ok(Login::Client(LoginParts { user, database, settings, cancel }))
+    Ok(Login::Client(LoginParts { user, database, settings, cancel }, out))
 }
 
 /// What `client_tls_sslmode` asks of a client before it may authenticate:

@@ -180,16 +180,9 @@ async fn stats_pools_servers_and_clients_follow_traffic() {
     let holder = clients.iter().find(|c| c[3] == "active").unwrap_or_else(|| panic!("an active client: {clients:?}"));
     assert_eq!(holder[14], active[13], "the client's link is the server's ptr");
     client.simple_query("commit").await.expect("commit");
-    // The client's session (on its own worker) lets the connection go right
-    // after relaying the commit's answer: the console may look just before.
-    let mut active = pool("cl_active").await;
-    for _ in 0..100 {
-        if active == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        active = pool("cl_active").await;
-    }
+    // The session lets the connection go before the client sees the
+    // commit's answer, on whichever worker it runs.
+    let active = pool("cl_active").await;
     assert_eq!(active, 0);
     assert!(pool("sv_idle").await >= 1, "the server went back to the pool");
     app.shutdown(Duration::from_secs(5)).await;

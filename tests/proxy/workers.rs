@@ -64,16 +64,10 @@ async fn clients_on_workers(app: &RunningApp, need: [usize; 2]) -> [Vec<Client>;
     for i in 0..64 {
         let name = format!("c{i}");
         let client = connect(app, &name, "app").await;
-        // Listed once its worker has registered it, right after its welcome.
-        let mut worker = None;
-        for _ in 0..200 {
-            worker = workers_of_clients(&console).await.get(&name).map(|w| w.parse::<usize>().expect("a number"));
-            if worker.is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let worker = worker.unwrap_or_else(|| panic!("{name} is not in SHOW CLIENTS"));
+        // Listed before its welcome is sent, so at once.
+        let workers = workers_of_clients(&console).await;
+        let worker: usize =
+            workers.get(&name).unwrap_or_else(|| panic!("{name} is not in SHOW CLIENTS")).parse().expect("a number");
         if on[worker].len() < need[worker] {
             on[worker].push(client);
         }
