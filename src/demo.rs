@@ -31,7 +31,9 @@ fn free_or_any(port: u16) -> u16 {
     }
 }
 
-/// The demo's configuration: the nodes the cluster made, roles discovered.
+/// The demo's configuration: the nodes the cluster made, roles discovered;
+/// `PGRELAY_<SECTION>_<KEY>` variables override it as they do a config file
+/// (`PGRELAY_POOL_WORKERS=1 pgrelay demo`).
 pub fn demo_config(cluster: &LocalCluster, ports: [u16; 3]) -> Result<Config, ConfigError> {
     let [rw_port, ro_port, http_port] = ports;
     let mut text = format!(
@@ -44,7 +46,7 @@ pub fn demo_config(cluster: &LocalCluster, ports: [u16; 3]) -> Result<Config, Co
     for node in cluster.nodes() {
         text.push_str(&format!("[[nodes]]\nname = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\n\n", node.name, node.port));
     }
-    Config::parse(&text)
+    Config::parse_with_process_env(&text)
 }
 
 fn print_banner(cluster: &LocalCluster, rw: SocketAddr, ro: SocketAddr, http: SocketAddr) {

@@ -249,7 +249,13 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
         let in_file = |e: ConfigError| ConfigError(format!("{}: {}", path.display(), e.0));
-        Self::parse_with_env(&text, env::process_env()?).map_err(in_file)
+        Self::parse_with_process_env(&text).map_err(in_file)
+    }
+
+    /// Validates a config's text with the `PGRELAY_<SECTION>_<KEY>`
+    /// overrides of this process's environment, as [`Config::load`] does.
+    pub fn parse_with_process_env(text: &str) -> Result<Config, ConfigError> {
+        Self::parse_with_env(text, env::process_env()?)
     }
 
     /// Validates a config file's text, without environment overrides.

@@ -153,3 +153,25 @@ async fn a_client_waiting_on_one_worker_gets_the_slot_the_other_worker_frees() {
     y.batch_execute("commit").await.expect("y commits");
     app.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn a_client_whose_worker_has_no_free_slot_borrows_the_idle_one_of_the_other() {
+    // Two slots: one per worker. Worker 0's is idle, worker 1's is taken.
+    let app = start(2).await;
+    let [on_0, mut on_1] = clients_on_workers(&app, [1, 2]).await;
+    let z = on_1.pop().expect("a second client on worker 1");
+    let (x, y) = (&on_0[0], &on_1[0]);
+    let x_pid = relay::scalar(x, "select pg_backend_pid()").await;
+    y.batch_execute("begin; select 1").await.expect("y holds worker 1's slot");
+    let moves = counter(&app, "pgrelay_server_connection_moves_total");
+    // z waits a moment for worker 1's slot, then takes worker 0's idle one.
+    let asked = Instant::now();
+    let z_pid = tokio::time::timeout(Duration::from_secs(2), relay::scalar(&z, "select pg_backend_pid()"))
+        .await
+        .expect("z is served while worker 0's connection is idle");
+    assert!(asked.elapsed() < Duration::from_secs(1), "z waited {:?}", asked.elapsed());
+    assert_eq!(z_pid, x_pid, "z got worker 0's idle connection");
+    assert_eq!(counter(&app, "pgrelay_server_connection_moves_total"), moves + 1, "which moved to worker 1");
+    y.batch_execute("commit").await.expect("y commits");
+    app.shutdown(Duration::from_secs(5)).await;
+}
