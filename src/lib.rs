@@ -55,6 +55,7 @@ use app::{AdminLogin, Context};
 use cluster::monitor::Generation;
 use cluster::{ClusterView, Topology};
 use config::{Config, Source};
+use frontend::{Accepted, Dispatch};
 use router::ListenerKind;
 use stream::Stream;
 
@@ -119,9 +120,9 @@ impl App {
                 tracing::warn!(?bound, "not every node answered its first check in time; serving anyway");
             }
         }
-        let (rw, ro, workers) = start_workers(&ctx, rw, ro).map_err(StartError::Workers)?;
-        ctx.tasks.spawn(frontend::serve(ctx.clone(), rw, ListenerKind::ReadWrite, admin_console));
-        ctx.tasks.spawn(frontend::serve(ctx.clone(), ro, ListenerKind::ReadOnly, admin_console));
+        let (dispatch, workers) = start_workers(&ctx).map_err(StartError::Workers)?;
+        ctx.tasks.spawn(frontend::serve(ctx.clone(), rw, ListenerKind::ReadWrite, admin_console, dispatch.clone()));
+        ctx.tasks.spawn(frontend::serve(ctx.clone(), ro, ListenerKind::ReadOnly, admin_console, dispatch));
         let http_state = Arc::new(admin::HttpState {
             metrics: ctx.metrics.clone(),
             cluster: ctx.cluster.clone(),
@@ -146,43 +147,25 @@ fn admin_console(
     Box::pin(admin::console::serve(ctx, client, buf, login, span))
 }
 
-/// With `[pool] workers` above 1, starts workers 1 and up, each accepting on
-/// its own handle of the listening sockets; returns this runtime's
-/// listeners (worker 0) and one receiver per worker that fires when the
-/// worker's thread has finished.
-fn start_workers(
-    ctx: &Arc<Context>,
-    rw: TcpListener,
-    ro: TcpListener,
-) -> std::io::Result<(TcpListener, TcpListener, Vec<tokio::sync::oneshot::Receiver<()>>)> {
-    let count = ctx.config().pool.workers;
-    if count <= 1 {
-        return Ok((rw, ro, Vec::new()));
+/// With `[pool] workers` above 1, starts workers 1 and up, each serving
+/// the connections the acceptors (on this runtime, worker 0) hand it;
+/// returns the acceptors' way to them and one receiver per worker that
+/// fires when the worker's thread has finished.
+fn start_workers(ctx: &Arc<Context>) -> std::io::Result<(Arc<Dispatch>, Vec<tokio::sync::oneshot::Receiver<()>>)> {
+    let (dispatch, queues) = frontend::dispatch(ctx.config().pool.workers);
+    let mut finished = Vec::with_capacity(queues.len());
+    for (id, queue) in (1..).zip(queues) {
+        let ctx = ctx.clone();
+        finished.push(worker::spawn(id, move || run_worker(ctx, queue))?);
     }
-    let (rw, ro) = (rw.into_std()?, ro.into_std()?);
-    let mut finished = Vec::with_capacity(count - 1);
-    for id in 1..count {
-        let (rw, ro, ctx) = (rw.try_clone()?, ro.try_clone()?, ctx.clone());
-        finished.push(worker::spawn(id, move || run_worker(ctx, rw, ro))?);
-    }
-    Ok((TcpListener::from_std(rw)?, TcpListener::from_std(ro)?, finished))
+    Ok((dispatch, finished))
 }
 
-/// One worker: accepts on both listeners until pgrelay drains, keeps
-/// running its sessions until pgrelay stops, then lets them finish (bounded).
-async fn run_worker(ctx: Arc<Context>, rw: std::net::TcpListener, ro: std::net::TcpListener) {
-    let listeners = (TcpListener::from_std(rw), TcpListener::from_std(ro));
-    let (Ok(rw), Ok(ro)) = listeners else {
-        tracing::error!(
-            worker = worker::current(),
-            "a worker could not register the listening sockets; it serves nobody"
-        );
-        return;
-    };
-    tokio::join!(
-        frontend::serve(ctx.clone(), rw, ListenerKind::ReadWrite, admin_console),
-        frontend::serve(ctx.clone(), ro, ListenerKind::ReadOnly, admin_console),
-    );
+/// One worker: serves the connections handed to it until pgrelay drains,
+/// keeps running its sessions until pgrelay stops, then lets them finish
+/// (bounded).
+async fn run_worker(ctx: Arc<Context>, queue: tokio::sync::mpsc::Receiver<Accepted>) {
+    frontend::serve_handed(ctx.clone(), queue, admin_console).await;
     ctx.shutdown.cancelled().await;
     let _ = tokio::time::timeout(FINAL_WAIT, ctx.client_tasks.wait()).await;
 }

@@ -1,7 +1,8 @@
 //! Workers (`[pool] workers`): threads that each run a current-thread
-//! runtime of their own, accept clients on the shared listening sockets and
-//! run those clients' sessions to the end. The runtime pgrelay starts on is
-//! worker 0; it also runs the monitors, the HTTP endpoints and the signals.
+//! runtime of their own and run the sessions of the clients handed to them
+//! to the end. The runtime pgrelay starts on is worker 0; it also accepts
+//! every client (handing each to the least busy worker, itself included)
+//! and runs the monitors, the HTTP endpoints and the signals.
 //! Nothing on the forwarding path is shared between workers: a session, its
 //! client socket and the server connection it leases belong to one worker
 //! while it runs. What is process-wide (pools, limits, registries, metrics)

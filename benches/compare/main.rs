@@ -2,7 +2,7 @@
 //! pgrelay and through PgBouncer 1.18, on one throw-away primary + 2
 //! replicas, in one run, alternating the targets within each round and
 //! reporting medians, some workloads also with TLS on the client side and
-//! the select workloads also through a pgrelay with `workers = 2`; then the
+//! the select and -C workloads also through a pgrelay with `workers = 2`; then the
 //! proxy-bound rows against a synthetic server; then the RSS of each proxy
 //! with 10,000 idle clients; then pgrelay's RSS before and after floods from
 //! single clients.
@@ -10,7 +10,7 @@
 //!     cargo bench --bench compare                    # full run, ~15 minutes
 //!     cargo bench --bench compare -- --quick         # smoke run, ~2 minutes
 //!     cargo bench --bench compare -- --tls-only      # the TLS rows and their plain counterparts
-//!     cargo bench --bench compare -- --workers-only  # workers = 1 vs 2 on the select workloads
+//!     cargo bench --bench compare -- --workers-only  # workers = 1 vs 2 on the select and -C workloads
 //!     cargo bench --bench compare -- --proxy-bound-only  # the synthetic server rows alone
 //!     cargo bench --bench compare -- --floods-only   # the floods alone, ~1 minute
 //!
@@ -77,7 +77,8 @@ const fn with_workers(w: Workload) -> Workload {
 
 /// `select c=16`, also over TLS and with workers = 2.
 const SELECT_16: Workload = Workload { tls: true, ..with_workers(select("select c=16", &["-S"], 16, true)) };
-/// A new connection per transaction, also over TLS (a handshake each).
+/// A new connection per transaction, also over TLS (a handshake each) and
+/// with workers = 2 (each connection handed to a worker).
 const SELECT_CONNECT_16: Workload = Workload {
     name: "select -C c=16",
     args: &["-S", "-C"],
@@ -85,7 +86,7 @@ const SELECT_CONNECT_16: Workload = Workload {
     read_only: false,
     pgbouncer: true,
     tls: true,
-    workers: false,
+    workers: true,
 };
 const SELECT_64: Workload = with_workers(select("select c=64", &["-S"], 64, true));
 const EXTENDED_16: Workload = with_workers(select("select extended c=16", &["-S", "-M", "extended"], 16, true));
@@ -111,8 +112,14 @@ const FULL: &[Workload] = &[
     SELECT_CONNECT_16,
 ];
 
-/// `--workers-only`: the select workloads of the workers axis.
-const WORKERS_ONLY: &[Workload] = &[Workload { tls: false, ..SELECT_16 }, SELECT_64, EXTENDED_16, EXTENDED_64];
+/// `--workers-only`: the workloads of the workers axis.
+const WORKERS_ONLY: &[Workload] = &[
+    Workload { tls: false, ..SELECT_16 },
+    SELECT_64,
+    EXTENDED_16,
+    EXTENDED_64,
+    Workload { tls: false, ..SELECT_CONNECT_16 },
+];
 
 const QUICK: &[Workload] = &[
     select("select c=1", &["-S"], 1, true),

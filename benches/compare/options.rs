@@ -15,7 +15,7 @@ pub struct Options {
     /// Only the workloads with TLS rows, and of their plain rows only those
     /// against the primary.
     pub tls_only: bool,
-    /// Only the workers axis: its select workloads, no TLS rows.
+    /// Only the workers axis: its select and -C workloads, no TLS rows.
     pub workers_only: bool,
     /// The proxy-bound rows (a synthetic server).
     pub proxy_bound: bool,

@@ -227,9 +227,9 @@ impl SettingsInterner {
     }
 }
 
-/// Connections each worker serves (accepted, not yet closed). All workers
-/// are woken by the same incoming connection; a worker serving more than
-/// another lets that one take it first, so clients spread evenly and each
+/// Connections each worker serves (accepted, not yet closed, counted from
+/// the moment the acceptor picks the worker). The acceptor gives each new
+/// connection to the least busy worker, so clients spread evenly and each
 /// worker's share of the pools fits its clients.
 #[derive(Debug)]
 pub struct WorkerLoad {
@@ -241,11 +241,15 @@ impl WorkerLoad {
         WorkerLoad { counts: (0..workers.max(1)).map(|_| AtomicUsize::new(0)).collect() }
     }
 
-    /// Whether `worker` serves more connections than some other worker.
-    pub fn busier_than_another(&self, worker: usize) -> bool {
-        let load = |w: &AtomicUsize| w.load(std::sync::atomic::Ordering::Relaxed);
-        let Some(mine) = self.counts.get(worker).map(load) else { return false };
-        self.counts.iter().any(|other| load(other) < mine)
+    /// Connections served by all workers together.
+    pub fn total(&self) -> usize {
+        self.counts.iter().map(|w| w.load(std::sync::atomic::Ordering::Relaxed)).sum()
+    }
+
+    /// The worker serving the fewest connections (the first of equals).
+    pub fn least_busy(&self) -> usize {
+        let load = |w: usize| self.counts[w].load(std::sync::atomic::Ordering::Relaxed);
+        (0..self.counts.len()).min_by_key(|&w| load(w)).unwrap_or(0)
     }
 
     /// Counts a connection on `worker` while the guard lives.

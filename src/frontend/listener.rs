@@ -1,6 +1,8 @@
-//! Accepting clients: one task per connection, admitted while logging in by
-//! the pre-auth caps and once authenticated by max_client_conn (see
-//! `app::preauth`), a login deadline, and one span per connection. A login
+//! Accepting clients: one acceptor (on worker 0) that hands each new
+//! connection to the least busy worker, one task per connection, admitted
+//! while logging in by the pre-auth caps and once authenticated by
+//! max_client_conn (see `app::preauth`), a login deadline, and one span per
+//! connection. A login
 //! that names the admin console goes to the [`ConsoleHandler`] the listener
 //! was started with.
 
@@ -14,6 +16,7 @@ use crate::stream::Stream;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tracing::{Instrument, Span};
 
 use super::error::SessionError;
@@ -24,12 +27,12 @@ use crate::metrics::{ErrorOrigin, LoginResult};
 use crate::router::ListenerKind;
 use crate::wire::{self, sqlstate, Severity};
 
-/// How long a worker serving more connections than another waits before it
-/// accepts, so that the other takes the connection when it is free to.
-const ACCEPT_DEFERRAL: Duration = Duration::from_millis(1);
-
 /// How long a final error message may take to reach a departing client.
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Connections that may wait for a worker to take them; beyond, the
+/// acceptor serves them itself.
+const HANDOFF_QUEUE: usize = 1024;
 
 /// Serves a connection whose login named the admin console; `BytesMut` holds
 /// what the client sent after its login. Given by whoever starts the
@@ -37,17 +40,49 @@ const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
 pub type ConsoleHandler =
     fn(Arc<Context>, Stream, BytesMut, AdminLogin, Span) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// Accepts clients on `listener` until pgrelay drains or shuts down; the
-/// listening socket closes on return, so new connections are refused.
-/// Admin console logins are handed to `console`.
-pub async fn serve(ctx: Arc<Context>, listener: TcpListener, kind: ListenerKind, console: ConsoleHandler) {
-    let worker = crate::worker::current();
+/// A connection the acceptor admitted, on its way to the worker that serves it.
+pub struct Accepted {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    kind: ListenerKind,
+    admitted: Admitted,
+    load: LoadGuard,
+}
+
+/// What the pre-auth caps let a new connection do.
+enum Admitted {
+    /// Log in.
+    Client(Slot),
+    /// Only cancel (see [`cancel_or_refuse`]).
+    CancelOnly(Refusal, Slot),
+}
+
+/// The acceptor's way to the other workers: one queue per worker, 1 and up.
+pub struct Dispatch {
+    queues: Vec<mpsc::Sender<Accepted>>,
+}
+
+/// A [`Dispatch`] for `workers` workers, and the receiving end of each
+/// queue, for workers 1 and up in order.
+pub fn dispatch(workers: usize) -> (Arc<Dispatch>, Vec<mpsc::Receiver<Accepted>>) {
+    let (queues, receivers) = (1..workers.max(1)).map(|_| mpsc::channel(HANDOFF_QUEUE)).unzip();
+    (Arc::new(Dispatch { queues }), receivers)
+}
+
+/// Accepts clients on `listener` (on worker 0) until pgrelay drains or
+/// shuts down; the listening socket closes on return, so new connections
+/// are refused. Each connection the pre-auth caps admit goes to the least
+/// busy worker, through `dispatch` when that is another one. Admin console
+/// logins are handed to `console`.
+pub async fn serve(
+    ctx: Arc<Context>,
+    listener: TcpListener,
+    kind: ListenerKind,
+    console: ConsoleHandler,
+    dispatch: Arc<Dispatch>,
+) {
+    let here = crate::worker::current();
     loop {
-        if ctx.worker_load.busier_than_another(worker) {
-            // Every worker is woken by the same connection: a less busy one
-            // takes it if it can within this, otherwise this one does.
-            tokio::time::sleep(ACCEPT_DEFERRAL).await;
-        }
         let accepted = tokio::select! {
             _ = ctx.lifecycle.draining().cancelled() => return,
             accepted = listener.accept() => accepted,
@@ -62,32 +97,91 @@ pub async fn serve(ctx: Arc<Context>, listener: TcpListener, kind: ListenerKind,
             }
         };
         let _ = stream.set_nodelay(true);
+        let Some(admitted) = admit(&ctx, &stream, peer, kind) else { continue };
+        let worker = ctx.worker_load.least_busy();
         let load = ctx.worker_load.enter(worker);
-        let span = tracing::info_span!("client", %peer, port = kind.as_str(), worker);
-        let limits = {
-            let pool = &ctx.config().pool;
-            Limits { total: pool.max_pre_auth_conn, per_addr: pool.max_pre_auth_conn_per_addr }
-        };
-        match ctx.pre_auth.admit(peer.ip(), limits) {
-            Ok(slot) => {
-                let task_ctx = ctx.clone();
-                let admission = Admission::PreAuth(slot);
-                spawn_counted(&ctx, load, handle_client(task_ctx, stream, peer, kind, span, admission, console));
+        let stream = match dispatch.queues.get(worker.wrapping_sub(1)) {
+            Some(queue) if worker != here => {
+                // The socket leaves this worker's reactor for the other's.
+                let Ok(stream) = stream.into_std() else { continue };
+                match queue.try_send(Accepted { stream, peer, kind, admitted, load }) {
+                    Ok(()) => continue,
+                    Err(full_or_gone) => {
+                        let accepted = full_or_gone.into_inner();
+                        let Ok(stream) = TcpStream::from_std(accepted.stream) else { continue };
+                        drop(accepted.load);
+                        let load = ctx.worker_load.enter(here);
+                        start(&ctx, stream, peer, kind, accepted.admitted, load, console);
+                        continue;
+                    }
+                }
             }
-            Err(refusal) => match ctx.pre_auth.admit_for_cancel(peer.ip()) {
-                Some(slot) => {
-                    spawn_counted(&ctx, load, cancel_or_refuse(ctx.clone(), stream, refusal, span, slot));
-                }
-                None => {
-                    refused(&ctx, &refusal, &span);
-                    // Not worth a task: the error fits in the new socket's
-                    // send buffer, and whatever happens to it, the socket closes.
-                    let mut message = BytesMut::new();
-                    let (code, text) = (sqlstate::TOO_MANY_CONNECTIONS, refusal.message());
-                    wire::put_error_response(&mut message, Severity::Fatal, code, &text, None);
-                    let _ = stream.try_write(&message);
-                }
-            },
+            _ => stream,
+        };
+        start(&ctx, stream, peer, kind, admitted, load, console);
+    }
+}
+
+/// Serves the connections the acceptor hands this worker, until it stops
+/// handing them (it drained) or pgrelay shuts down.
+pub async fn serve_handed(ctx: Arc<Context>, mut queue: mpsc::Receiver<Accepted>, console: ConsoleHandler) {
+    loop {
+        let accepted = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            accepted = queue.recv() => accepted,
+        };
+        let Some(Accepted { stream, peer, kind, admitted, load }) = accepted else { return };
+        match TcpStream::from_std(stream) {
+            Ok(stream) => start(&ctx, stream, peer, kind, admitted, load, console),
+            Err(e) => tracing::warn!(error = %e, %peer, "a worker could not register a client's socket"),
+        }
+    }
+}
+
+/// What the pre-auth caps let a new connection do; a connection they
+/// refuse outright is told so here and closed.
+fn admit(ctx: &Context, stream: &TcpStream, peer: SocketAddr, kind: ListenerKind) -> Option<Admitted> {
+    let limits = {
+        let pool = &ctx.config().pool;
+        Limits { total: pool.max_pre_auth_conn, per_addr: pool.max_pre_auth_conn_per_addr }
+    };
+    let refusal = match ctx.pre_auth.admit(peer.ip(), limits) {
+        Ok(slot) => return Some(Admitted::Client(slot)),
+        Err(refusal) => refusal,
+    };
+    if let Some(slot) = ctx.pre_auth.admit_for_cancel(peer.ip()) {
+        return Some(Admitted::CancelOnly(refusal, slot));
+    }
+    let span = tracing::info_span!("client", %peer, port = kind.as_str());
+    refused(ctx, &refusal, &span);
+    // Not worth a task: the error fits in the new socket's send buffer, and
+    // whatever happens to it, the socket closes.
+    let mut message = BytesMut::new();
+    let (code, text) = (sqlstate::TOO_MANY_CONNECTIONS, refusal.message());
+    wire::put_error_response(&mut message, Severity::Fatal, code, &text, None);
+    let _ = stream.try_write(&message);
+    None
+}
+
+/// Starts the task of an admitted connection on this worker.
+fn start(
+    ctx: &Arc<Context>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: ListenerKind,
+    admitted: Admitted,
+    load: LoadGuard,
+    console: ConsoleHandler,
+) {
+    let worker = crate::worker::current();
+    let span = tracing::info_span!("client", %peer, port = kind.as_str(), worker);
+    match admitted {
+        Admitted::Client(slot) => {
+            let admission = Admission::PreAuth(slot);
+            spawn_counted(ctx, load, handle_client(ctx.clone(), stream, peer, kind, span, admission, console));
+        }
+        Admitted::CancelOnly(refusal, slot) => {
+            spawn_counted(ctx, load, cancel_or_refuse(ctx.clone(), stream, refusal, span, slot));
         }
     }
 }

@@ -13,5 +13,5 @@ mod startup;
 mod welcome;
 
 pub use error::SessionError;
-pub use listener::{serve, ConsoleHandler};
+pub use listener::{dispatch, serve, serve_handed, Accepted, ConsoleHandler, Dispatch};
 pub use startup::ADMIN_DATABASES;

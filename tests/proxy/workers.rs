@@ -56,7 +56,7 @@ fn counter(app: &RunningApp, name: &str) -> u64 {
 }
 
 /// Clients until worker 0 has `need[0]` and worker 1 `need[1]` of them
-/// (which worker accepts a connection is the kernel's choice); the others
+/// (each goes to the worker serving the fewest connections); the others
 /// are closed.
 async fn clients_on_workers(app: &RunningApp, need: [usize; 2]) -> [Vec<Client>; 2] {
     let console = connect(app, "console", "pgrelay").await;
@@ -173,5 +173,53 @@ async fn a_client_whose_worker_has_no_free_slot_borrows_the_idle_one_of_the_othe
     assert_eq!(z_pid, x_pid, "z got worker 0's idle connection");
     assert_eq!(counter(&app, "pgrelay_server_connection_moves_total"), moves + 1, "which moved to worker 1");
     y.batch_execute("commit").await.expect("y commits");
+    app.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The workers of the clients named `prefix`N in SHOW CLIENTS: how many on each.
+async fn spread(console: &Client, prefix: &str) -> [usize; 2] {
+    let mut on = [0, 0];
+    for (name, worker) in workers_of_clients(console).await {
+        if name.starts_with(prefix) {
+            on[worker.parse::<usize>().expect("a number")] += 1;
+        }
+    }
+    on
+}
+
+#[tokio::test]
+async fn each_new_client_goes_to_the_worker_serving_the_fewest() {
+    let app = start(2).await;
+    let console = connect(&app, "console", "pgrelay").await;
+    let mut clients = HashMap::new();
+    for i in 0..8 {
+        let name = format!("n{i}");
+        clients.insert(name.clone(), connect(&app, &name, "app").await);
+    }
+    assert_eq!(spread(&console, "n").await, [4, 4], "8 clients one after the other: 4 on each worker");
+    // Three of worker 0's clients leave: the next three all go to worker 0.
+    let on_0: Vec<String> = workers_of_clients(&console)
+        .await
+        .into_iter()
+        .filter(|(name, worker)| name.starts_with('n') && worker == "0")
+        .map(|(name, _)| name)
+        .take(3)
+        .collect();
+    for name in &on_0 {
+        drop(clients.remove(name));
+    }
+    // Gone once their tasks have ended: the console and five clients are left.
+    for _ in 0..200 {
+        if app.context().worker_load.total() == 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(spread(&console, "n").await, [1, 4], "the three left");
+    for i in 0..3 {
+        let name = format!("m{i}");
+        clients.insert(name.clone(), connect(&app, &name, "app").await);
+    }
+    assert_eq!(spread(&console, "m").await, [3, 0], "the new clients went to the worker serving fewer");
     app.shutdown(Duration::from_secs(5)).await;
 }
