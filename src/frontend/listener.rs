@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::stream::Stream;
+use crate::stream::{set_tcp_options, Stream};
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -62,12 +62,14 @@ pub async fn serve(ctx: Arc<Context>, listener: TcpListener, kind: ListenerKind,
             }
         };
         let _ = stream.set_nodelay(true);
-        let load = ctx.worker_load.enter(worker);
-        let span = tracing::info_span!("client", %peer, port = kind.as_str(), worker);
         let limits = {
+            // The TCP options in force now stay this socket's for its life.
             let pool = &ctx.config().pool;
+            set_tcp_options(&stream, &pool.tcp);
             Limits { total: pool.max_pre_auth_conn, per_addr: pool.max_pre_auth_conn_per_addr }
         };
+        let load = ctx.worker_load.enter(worker);
+        let span = tracing::info_span!("client", %peer, port = kind.as_str(), worker);
         match ctx.pre_auth.admit(peer.ip(), limits) {
             Ok(slot) => {
                 let task_ctx = ctx.clone();

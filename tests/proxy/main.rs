@@ -13,6 +13,7 @@ mod bad_input;
 mod cancel;
 mod client_tls;
 mod http;
+mod keepalive;
 mod login;
 mod pooling;
 mod prepared;
