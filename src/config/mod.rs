@@ -113,6 +113,9 @@ pub struct Pool {
     /// Set on every client socket when it is accepted and on every server
     /// connection when it is opened (a reload changes them for new sockets).
     pub tcp: TcpOptions,
+    /// Servers see a client's application_name with its address appended
+    /// (PgBouncer's `application_name_add_host`), from its login on.
+    pub application_name_add_host: bool,
 }
 
 /// PgBouncer's `tcp_*` socket options. `None` leaves the operating

@@ -34,7 +34,7 @@ pub(super) const INTEGER_KEYS: [(&str, &str); 14] = [
 ];
 
 /// Keys whose TOML type is a boolean; an environment override gives `true` or `false`.
-pub(super) const BOOL_KEYS: [(&str, &str); 1] = [("pool", "tcp_keepalive")];
+pub(super) const BOOL_KEYS: [(&str, &str); 2] = [("pool", "tcp_keepalive"), ("pool", "application_name_add_host")];
 
 /// Keys whose TOML type is a list of strings; an environment override gives
 /// them comma-separated.
@@ -88,6 +88,7 @@ pub(super) struct RawPool {
     pub tcp_keepintvl: Option<RawDuration>,
     pub tcp_keepcnt: Option<RawInt>,
     pub tcp_user_timeout: Option<RawDuration>,
+    pub application_name_add_host: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

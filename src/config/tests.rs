@@ -122,6 +122,7 @@ fn defaults_from_a_minimal_file() {
         shutdown_grace: Duration::from_secs(30),
         workers: super::default_workers(),
         tcp: TcpOptions { keepalive: Some(Keepalive::default()), user_timeout: None },
+        application_name_add_host: false,
     };
     assert_eq!(config.pool, pool);
     assert_eq!(config.admin, Admin::default());
@@ -340,6 +341,7 @@ fn every_table_key_can_be_overridden() {
                 ("tcp_keepintvl", "10s"),
                 ("tcp_keepcnt", "3"),
                 ("tcp_user_timeout", "45s"),
+                ("application_name_add_host", "true"),
             ],
         ),
         ("routing", &[("max_replica_lag_bytes", "1kB"), ("max_replica_lag", "1s"), ("ro_fallback", "error")]),
@@ -494,6 +496,20 @@ fn tcp_keys() {
     assert_eq!(from_env.pool.tcp.keepalive, None);
     let error = parse_env(&minimal(), &[("PGRELAY_POOL_TCP_KEEPALIVE", "1")]).expect_err("not a boolean");
     assert!(error.starts_with("PGRELAY_POOL_TCP_KEEPALIVE: [pool] tcp_keepalive: expected true or false"), "{error}");
+}
+
+#[test]
+fn application_name_add_host_key() {
+    let parse = |pool: &str| {
+        let text = with(&[&format!("[pool]\n{pool}\n"), &minimal()]);
+        Config::parse(&text).map(|c| c.pool.application_name_add_host).map_err(|e| e.0)
+    };
+    assert_eq!(parse(""), Ok(false), "off by default, as in PgBouncer");
+    assert_eq!(parse("application_name_add_host = true"), Ok(true));
+    let error = parse("application_name_add_host = 1").expect_err("not a boolean");
+    assert!(error.contains("application_name_add_host"), "{error}");
+    let from_env = parse_env(&minimal(), &[("PGRELAY_POOL_APPLICATION_NAME_ADD_HOST", "true")]).expect("override");
+    assert!(from_env.pool.application_name_add_host);
 }
 
 /// The Kubernetes example's embedded pgrelay.toml must stay a valid config.

@@ -202,6 +202,7 @@ pub(super) fn pool(raw: &RawPool, locations: &Locations<'_>) -> Result<Pool, Con
         shutdown_grace: field("shutdown_grace").duration(raw.shutdown_grace.as_deref(), "30s")?,
         workers: field("workers").positive(raw.workers.map(|n| n.0), default_workers())?.get(),
         tcp: tcp(raw, locations)?,
+        application_name_add_host: raw.application_name_add_host.unwrap_or(false),
     })
 }
 

@@ -7,6 +7,7 @@
 mod support;
 
 mod admin;
+mod application_name;
 mod auth;
 mod auth_query;
 mod bad_input;
