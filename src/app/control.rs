@@ -96,6 +96,7 @@ impl Context {
         let new = Arc::new(new);
         self.users.store(Arc::new(users));
         self.store_config(new.clone());
+        self.server_tcp.store(Arc::new(new.pool.tcp));
         self.resize_client_slots(old.pool.max_client_conn, new.pool.max_client_conn);
         summary.pools_retired = self.pools.retire_unless(|pool| pool_unchanged(pool, &old, &new));
         if new.nodes != old.nodes

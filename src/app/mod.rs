@@ -50,7 +50,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{LookupCounters, UserDb, UserLookup};
 use crate::backend::{StatementContext, StatementRegistry};
 use crate::cluster::ClusterView;
-use crate::config::Config;
+use crate::config::{Config, TcpOptions};
 use crate::metrics::Metrics;
 use crate::pool::Pools;
 
@@ -78,6 +78,9 @@ pub struct Context {
     pub round_robin: AtomicUsize,
     /// Connections each worker serves right now (see [`WorkerLoad`]).
     pub worker_load: Arc<WorkerLoad>,
+    /// `[pool]`'s TCP options for server connections, shared with every
+    /// pool's target (see `ServerTarget::tcp`); a reload stores new ones.
+    pub server_tcp: Arc<ArcSwap<TcpOptions>>,
     /// One permit per logged-in client (max_client_conn).
     pub client_slots: Arc<Semaphore>,
     /// Connections still logging in (max_pre_auth_conn, max_pre_auth_conn_per_addr).
@@ -109,6 +112,7 @@ impl Context {
         let workers = config.pool.workers;
         Arc::new(Context {
             client_slots: Arc::new(Semaphore::new(config.pool.max_client_conn)),
+            server_tcp: Arc::new(ArcSwap::from_pointee(config.pool.tcp)),
             pre_auth: PreAuth::default(),
             config_generation: 0.into(),
             config: ArcSwap::new(config),

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -17,7 +18,7 @@ use super::stream::{self, TlsError};
 use super::tracker::{Expect, Origin, Synthetic, Tracker, Verdict};
 use super::Statement;
 use crate::auth::server_login::{LoginRefused, ServerLogin};
-use crate::config::{ServerAuthPolicy, ServerTls};
+use crate::config::{ServerAuthPolicy, ServerTls, TcpOptions};
 use crate::stream::Stream;
 use crate::wire::{self, backend as tag, ErrorFields, Frame, WireError};
 
@@ -91,6 +92,9 @@ pub struct ServerTarget {
     pub tls: ServerTls,
     /// Shared statements kept prepared per connection (max_prepared_statements).
     pub max_prepared: usize,
+    /// The TCP options in force, read as each connection opens: a reload
+    /// stores new ones here, so a pool it keeps opens connections with them.
+    pub tcp: Arc<ArcSwap<TcpOptions>>,
 }
 
 /// The server's BackendKeyData, needed to cancel its queries.
@@ -147,6 +151,7 @@ impl ServerConn {
             .map_err(|_| BackendError::ConnectTimeout { addr: addr_text.clone(), timeout: target.connect_timeout })?
             .map_err(|source| BackendError::Connect { addr: addr_text.clone(), source })?;
         tcp.set_nodelay(true)?;
+        crate::stream::set_tcp_options(&tcp, &target.tcp.load());
         let addr = tcp.peer_addr()?;
         let open = async {
             let stream = stream::negotiate(tcp, &target.tls, &target.host)

@@ -110,6 +110,34 @@ pub struct Pool {
     /// Threads that accept clients and run their sessions, each with a
     /// runtime of its own (a restart changes it, not a reload).
     pub workers: usize,
+    /// Set on every client socket when it is accepted and on every server
+    /// connection when it is opened (a reload changes them for new sockets).
+    pub tcp: TcpOptions,
+    /// Servers see a client's application_name with its address appended
+    /// (PgBouncer's `application_name_add_host`), from its login on.
+    pub application_name_add_host: bool,
+}
+
+/// PgBouncer's `tcp_*` socket options. `None` leaves the operating
+/// system's default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpOptions {
+    /// Keepalive probes on an idle connection; `None`: off (`tcp_keepalive = false`).
+    pub keepalive: Option<Keepalive>,
+    /// `TCP_USER_TIMEOUT` (Linux): how long sent data may stay unacknowledged
+    /// before the connection is dropped.
+    pub user_timeout: Option<Duration>,
+}
+
+/// When keepalive probes are sent, and when a peer that answers none is given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Keepalive {
+    /// Idle time before the first probe (`tcp_keepidle`).
+    pub idle: Option<Duration>,
+    /// Time between probes (`tcp_keepintvl`).
+    pub interval: Option<Duration>,
+    /// Unanswered probes after which the connection is dropped (`tcp_keepcnt`).
+    pub count: Option<u32>,
 }
 
 /// Who may use the admin console (database `pgrelay` or `pgbouncer`).

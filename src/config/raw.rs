@@ -16,7 +16,7 @@ pub(super) const LISTS: [&str; 3] = ["nodes", "users", "databases"];
 
 /// Keys whose TOML type is an integer, so an environment override's text is
 /// parsed as one. Every other table key takes a string (sizes take either).
-pub(super) const INTEGER_KEYS: [(&str, &str); 13] = [
+pub(super) const INTEGER_KEYS: [(&str, &str); 14] = [
     ("pool", "default_pool_size"),
     ("pool", "workers"),
     ("pool", "max_client_conn"),
@@ -24,6 +24,7 @@ pub(super) const INTEGER_KEYS: [(&str, &str); 13] = [
     ("pool", "max_client_prepared_statements"),
     ("pool", "max_pre_auth_conn"),
     ("pool", "max_pre_auth_conn_per_addr"),
+    ("pool", "tcp_keepcnt"),
     ("cluster", "leave_after_checks"),
     ("cluster", "rejoin_after_checks"),
     ("cluster", "server_scram_max_iterations"),
@@ -31,6 +32,9 @@ pub(super) const INTEGER_KEYS: [(&str, &str); 13] = [
     ("auth", "auth_query_concurrency"),
     ("auth", "auth_query_rate"),
 ];
+
+/// Keys whose TOML type is a boolean; an environment override gives `true` or `false`.
+pub(super) const BOOL_KEYS: [(&str, &str); 2] = [("pool", "tcp_keepalive"), ("pool", "application_name_add_host")];
 
 /// Keys whose TOML type is a list of strings; an environment override gives
 /// them comma-separated.
@@ -79,6 +83,12 @@ pub(super) struct RawPool {
     pub max_client_prepared_statements: Option<RawInt>,
     pub shutdown_grace: Option<RawDuration>,
     pub workers: Option<RawInt>,
+    pub tcp_keepalive: Option<bool>,
+    pub tcp_keepidle: Option<RawDuration>,
+    pub tcp_keepintvl: Option<RawDuration>,
+    pub tcp_keepcnt: Option<RawInt>,
+    pub tcp_user_timeout: Option<RawDuration>,
+    pub application_name_add_host: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -29,6 +29,7 @@ pub fn pool_for(ctx: &Context, node: &NodeStatus, database: &Database, user: &Ar
             connect_timeout: config.pool.server_connect_timeout,
             tls: config.tls.server.clone(),
             max_prepared: config.pool.max_prepared_statements,
+            tcp: ctx.server_tcp.clone(),
         };
         let settings = pool_settings(&config, database);
         (target, settings, ctx.metrics.pool(&node.name, &database.name, &user.name))

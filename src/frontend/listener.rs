@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::stream::Stream;
+use crate::stream::{set_tcp_options, Stream};
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -96,6 +96,8 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
+        // The TCP options in force now stay this socket's for its life.
+        set_tcp_options(&stream, &ctx.config().pool.tcp);
         let Some(admitted) = admit(&ctx, &stream, peer, kind) else { continue };
         let worker = ctx.worker_load.least_busy();
         let load = ctx.worker_load.enter(worker);

@@ -707,6 +707,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             tls: config.tls.server.clone(),
             max_prepared: 200,
+            tcp: Arc::new(arc_swap::ArcSwap::from_pointee(config.pool.tcp)),
         };
         let settings = PoolSettings {
             size: 2,

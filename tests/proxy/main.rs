@@ -7,12 +7,14 @@
 mod support;
 
 mod admin;
+mod application_name;
 mod auth;
 mod auth_query;
 mod bad_input;
 mod cancel;
 mod client_tls;
 mod http;
+mod keepalive;
 mod login;
 mod pooling;
 mod prepared;

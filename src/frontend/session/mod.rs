@@ -61,6 +61,8 @@ pub struct Session {
     listener: ListenerKind,
     user: Arc<UserEntry>,
     database: Database,
+    /// What server connections are given for this client (its startup
+    /// settings, under application_name_add_host with its address).
     settings: Arc<Vec<(String, String)>>,
     cancel: CancelHandle,
     /// The configuration this session last looked at, with its generation.
@@ -142,6 +144,7 @@ impl Session {
         registered: Registered,
     ) -> Session {
         let metrics = ctx.metrics.client(&parts.database.name, &parts.user.name, listener.as_str());
+        // By the settings as given: an address in application_name changes no statement's meaning.
         let shared_context = ctx.settings.statement_context(&parts.settings);
         Session {
             _connected: GaugeGuard::new(&metrics.connected),
@@ -157,7 +160,7 @@ impl Session {
             listener,
             user: parts.user,
             database: parts.database,
-            settings: parts.settings,
+            settings: parts.server_settings,
             cancel: parts.cancel,
             cbuf,
             client_read_size: FIRST_CLIENT_READ,
