@@ -1,6 +1,6 @@
 //! pgrelay: a replication-aware PostgreSQL proxy. Clients connect to a
 //! read-write and a read-only port; transactions go to the primary or
-//! round-robin to replicas over pooled server connections.
+//! to the least busy replica over pooled server connections.
 //!
 //! # Layers
 //!

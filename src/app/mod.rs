@@ -74,8 +74,6 @@ pub struct Context {
     pub settings: SettingsInterner,
     /// The ParameterStatus messages logins are welcomed with, encoded once.
     pub welcomes: WelcomeCache,
-    /// Round-robin position for reads.
-    pub round_robin: AtomicUsize,
     /// Connections each worker serves right now (see [`WorkerLoad`]).
     pub worker_load: Arc<WorkerLoad>,
     /// `[pool]`'s TCP options for server connections, shared with every
@@ -125,7 +123,6 @@ impl Context {
             statements: StatementRegistry::default(),
             settings: SettingsInterner::default(),
             welcomes: WelcomeCache::default(),
-            round_robin: AtomicUsize::new(0),
             worker_load: Arc::new(WorkerLoad::new(workers)),
             clients: Arc::default(),
             lifecycle: Lifecycle::default(),

@@ -66,7 +66,8 @@ pub async fn login_server(
         (config.routing.ro_fallback, tokio::time::Instant::now() + config.pool.query_wait_timeout);
     drop(config);
     loop {
-        let (topology, node) = route_waiting(ctx, listener, fallback, deadline).await?;
+        let input = RouteInput { listener, turn: rand::random(), load: router::NO_LOAD };
+        let (topology, node) = route_waiting(ctx, input, fallback, deadline).await?;
         let pool = pool_for(ctx, &topology.nodes[node], database, user);
         if !lease_needed(&pool) {
             return Ok(LoginServer::Pool(pool));
@@ -82,22 +83,20 @@ pub async fn login_server(
     }
 }
 
-/// Routes a transaction on `listener`. While no primary is known it waits
-/// for the topology to change, until `deadline`; a split brain and a missing
-/// replica under `ro_fallback = "error"` are answered at once.
+/// Routes a transaction on `listener` (a read by `turn` and `load`, see
+/// [`RouteInput`]). While no primary is known it waits for the topology to
+/// change, until `deadline`; a split brain and a missing replica under
+/// `ro_fallback = "error"` are answered at once.
 pub async fn route_waiting(
     ctx: &Context,
-    listener: ListenerKind,
+    input: RouteInput<'_>,
     fallback: RoFallback,
     deadline: tokio::time::Instant,
 ) -> Result<(Arc<Topology>, usize), SessionError> {
-    let decide = |topology: &Arc<Topology>| {
-        let tick = ctx.round_robin.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        match router::route(RouteInput { listener, tick }, fallback, topology) {
-            Ok(node) => Ok((topology.clone(), node)),
-            Err(e @ RouteError::NoPrimary(_)) => Err(Wait::Retry(e)),
-            Err(e) => Err(Wait::Fail(e)),
-        }
+    let decide = |topology: &Arc<Topology>| match router::route(input, fallback, topology) {
+        Ok(node) => Ok((topology.clone(), node)),
+        Err(e @ RouteError::NoPrimary(_)) => Err(Wait::Retry(e)),
+        Err(e) => Err(Wait::Fail(e)),
     };
     // The common case costs one snapshot load: no subscription, no timer.
     match decide(&ctx.cluster.load()) {

@@ -16,7 +16,7 @@ use crate::app::{application_name, AdminLogin, Admission, CancelHandle, Context}
 use crate::auth::{AuthError, AuthStep, ClientAuth, LookupTarget, UserEntry};
 use crate::backend::ClientSettings;
 use crate::config::{ClientSslMode, ClientTlsAcceptor, Database, ALPN_POSTGRESQL};
-use crate::router::ListenerKind;
+use crate::router::{self, ListenerKind, RouteInput};
 use crate::stream::{Socket, Stream};
 use crate::wire::{
     self, frontend as tag, sqlstate, StartupPacket, StartupParams, StartupPeek, TxStatus, WireError,
@@ -199,7 +199,8 @@ async fn find_user(ctx: &Context, name: &str, deadline: tokio::time::Instant) ->
 /// Where users are looked up: the primary, waited for like a write would be.
 async fn primary(ctx: &Context, deadline: tokio::time::Instant) -> Result<LookupTarget, SessionError> {
     let fallback = ctx.config().routing.ro_fallback;
-    let (topology, node) = route_waiting(ctx, ListenerKind::ReadWrite, fallback, deadline).await?;
+    let input = RouteInput { listener: ListenerKind::ReadWrite, turn: 0, load: router::NO_LOAD };
+    let (topology, node) = route_waiting(ctx, input, fallback, deadline).await?;
     let node = &topology.nodes[node];
     Ok(LookupTarget { node: node.name.clone(), host: node.host.clone(), port: node.port })
 }

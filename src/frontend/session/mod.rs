@@ -28,7 +28,7 @@ use crate::cluster::NodeStatus;
 use crate::config::{Config, Database, PoolMode};
 use crate::metrics::{ClientMetrics, GaugeGuard};
 use crate::pool::{Lease, Pool, PoolError};
-use crate::router::{ListenerKind, SessionStateEffect};
+use crate::router::{ListenerKind, RouteInput, SessionStateEffect};
 use crate::stream::Stream;
 use crate::wire::Frame;
 
@@ -76,6 +76,8 @@ pub struct Session {
     lease: Option<Lease>,
     /// Pools this session has used, by node name.
     pools: Vec<Arc<Pool>>,
+    /// Where this client's next read starts among the replicas (see `RouteInput::turn`).
+    read_turn: usize,
     statements: ClientStatements,
     /// Private copies of shared statements, by the shared one's server name,
     /// for a client whose settings differ from its context's.
@@ -167,6 +169,7 @@ impl Session {
             out: BytesMut::new(),
             lease: None,
             pools: Vec::new(),
+            read_turn: rand::random(),
             statements: ClientStatements::default(),
             unnamed: UnnamedStatement::default(),
             private_copies: Default::default(),
@@ -392,7 +395,14 @@ impl Session {
                 (config.pool.query_wait_timeout, config.routing.ro_fallback)
             };
             let deadline = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + wait);
-            let (topology, node) = route_waiting(&self.ctx, self.listener, fallback, deadline).await?;
+            let pools = &self.pools;
+            // In progress on a node's pool, as far as this session knows the pool.
+            let load = |node: &NodeStatus| {
+                pools.iter().find(|p| p.key.node == node.name).map_or(0, |p| p.metrics().active.get().max(0) as usize)
+            };
+            let input = RouteInput { listener: self.listener, turn: self.read_turn, load: &load };
+            let (topology, node) = route_waiting(&self.ctx, input, fallback, deadline).await?;
+            self.read_turn = self.read_turn.wrapping_add(1);
             let pool = self.pool_for_node(&topology.nodes[node]);
             let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
             let waiting = GaugeGuard::new(&self.metrics.waiting);
