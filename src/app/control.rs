@@ -9,7 +9,7 @@ use super::{ClientState, Context};
 use crate::auth::UserDb;
 use crate::cluster::{self, monitor::Generation, Topology};
 use crate::config::{Config, Source};
-use crate::pool::{Pool, PoolSettings};
+use crate::pool::{Pool, PoolSettings, PoolTuning};
 
 /// How often PAUSE looks whether the transactions in flight have ended: at
 /// first often (a switchover waits on it), then less (a pinned client may
@@ -98,6 +98,9 @@ impl Context {
         self.store_config(new.clone());
         self.resize_client_slots(old.pool.max_client_conn, new.pool.max_client_conn);
         summary.pools_retired = self.pools.retire_unless(|pool| pool_unchanged(pool, &old, &new));
+        for pool in self.pools.all() {
+            pool.retune(pool_tuning(&new));
+        }
         if new.nodes != old.nodes
             || new.cluster != old.cluster
             || new.routing != old.routing
@@ -180,6 +183,11 @@ fn pool_unchanged(pool: &Pool, old: &Config, new: &Config) -> bool {
 /// Present in both, and equal.
 fn same<T: PartialEq>(a: Option<T>, b: Option<T>) -> bool {
     a.is_some() && a == b
+}
+
+/// What a reload changes in the pools it keeps, under `config`.
+pub fn pool_tuning(config: &Config) -> PoolTuning {
+    PoolTuning { lifetime: config.pool.server_lifetime }
 }
 
 /// The settings of a pool for `database` under `config`.

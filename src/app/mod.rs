@@ -34,7 +34,7 @@ pub use welcome::WelcomeCache;
 
 // For the client side only: what one connection holds, and how it is admitted.
 pub(crate) use cancel::CancelHandle;
-pub(crate) use control::pool_settings;
+pub(crate) use control::{pool_settings, pool_tuning};
 pub(crate) use preauth::{Admission, Limits, Refusal, Slot, CANCEL_WINDOW};
 pub(crate) use registry::{ClientInfo, Registered};
 

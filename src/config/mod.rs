@@ -98,6 +98,9 @@ pub struct Pool {
     pub server_connect_timeout: Duration,
     pub server_reset_timeout: Duration,
     pub server_idle_timeout: Option<Duration>,
+    /// A server connection older than this is closed when its lease ends
+    /// (`None`: no limit). A reload applies it to running pools.
+    pub server_lifetime: Option<Duration>,
     pub client_login_timeout: Duration,
     pub max_message_size: usize,
     pub session_state: SessionStatePolicy,

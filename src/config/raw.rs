@@ -72,6 +72,7 @@ pub(super) struct RawPool {
     pub server_connect_timeout: Option<RawDuration>,
     pub server_reset_timeout: Option<RawDuration>,
     pub server_idle_timeout: Option<RawDuration>,
+    pub server_lifetime: Option<RawDuration>,
     pub client_login_timeout: Option<RawDuration>,
     pub max_message_size: Option<RawSize>,
     pub session_state: Option<String>,

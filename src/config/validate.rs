@@ -160,6 +160,7 @@ pub(super) fn pool(raw: &RawPool, locations: &Locations<'_>) -> Result<Pool, Con
             .positive_duration(raw.server_reset_timeout.as_deref(), "5s")?,
         server_idle_timeout: field("server_idle_timeout")
             .optional_duration(raw.server_idle_timeout.as_deref(), "10m")?,
+        server_lifetime: field("server_lifetime").optional_duration(raw.server_lifetime.as_deref(), "1h")?,
         client_login_timeout: field("client_login_timeout")
             .positive_duration(raw.client_login_timeout.as_deref(), "15s")?,
         max_message_size: usize::try_from(max_message_size)

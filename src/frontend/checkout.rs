@@ -5,12 +5,12 @@
 use std::sync::Arc;
 
 use super::error::SessionError;
-use crate::app::{pool_settings, Context};
+use crate::app::{pool_settings, pool_tuning, Context};
 use crate::auth::UserEntry;
 use crate::backend::ServerTarget;
 use crate::cluster::{NodeStatus, Topology, Wait};
 use crate::config::{Database, RoFallback};
-use crate::pool::Pool;
+use crate::pool::{Pool, PoolParts};
 use crate::router::{self, ListenerKind, RouteError, RouteInput};
 
 /// The pool for (node, database, user), created on first use.
@@ -31,7 +31,8 @@ pub fn pool_for(ctx: &Context, node: &NodeStatus, database: &Database, user: &Ar
             max_prepared: config.pool.max_prepared_statements,
         };
         let settings = pool_settings(&config, database);
-        (target, settings, ctx.metrics.pool(&node.name, &database.name, &user.name))
+        let metrics = ctx.metrics.pool(&node.name, &database.name, &user.name);
+        PoolParts { target, settings, tuning: pool_tuning(&config), metrics }
     })
 }
 

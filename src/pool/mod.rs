@@ -18,13 +18,14 @@
 //! free anywhere.
 
 mod inspect;
+mod tuning;
 
 use std::collections::HashMap;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -33,6 +34,8 @@ use crate::backend::{BackendError, ServerConn, ServerParams, ServerTarget};
 use crate::config::PoolMode;
 use crate::metrics::PoolMetrics;
 use crate::worker;
+pub use tuning::PoolTuning;
+use tuning::Tunables;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -81,6 +84,14 @@ const BORROW_DEFERRAL: Duration = Duration::from_millis(1);
 /// the first workers taking one more of what does not divide.
 fn share_of(size: usize, workers: usize, worker: usize) -> usize {
     size / workers + usize::from(worker < size % workers)
+}
+
+/// Whether a connection past `lifetime` in a pool of `size` may be closed
+/// now, `since_last` after the last one closed for its age (`None`: none
+/// yet): closes are spaced `lifetime / size` apart.
+fn lifetime_turn(lifetime: Duration, size: usize, since_last: Option<Duration>) -> bool {
+    let gap = lifetime / u32::try_from(size.max(1)).unwrap_or(u32::MAX);
+    since_last.is_none_or(|since| since >= gap)
 }
 
 /// Counts a waiting client in its worker's share while it lives.
@@ -180,12 +191,28 @@ pub struct PoolSettings {
     pub idle_timeout: Option<Duration>,
 }
 
+/// What a new pool is made of (see [`Pools::get_fitting`]).
+#[derive(Debug)]
+pub struct PoolParts {
+    pub target: ServerTarget,
+    pub settings: PoolSettings,
+    pub tuning: PoolTuning,
+    pub metrics: PoolMetrics,
+}
+
 /// Connections to one node for one (database, user).
 #[derive(Debug)]
 pub struct Pool {
     pub key: PoolKey,
     target: ServerTarget,
     settings: PoolSettings,
+    /// What a reload changes without retiring the pool.
+    tuning: Tunables,
+    /// When the pool was made: the origin of `lifetime_closed`.
+    born: Instant,
+    /// When (nanoseconds after `born`) a connection was last closed for
+    /// its age (`server_lifetime`), or `u64::MAX`: see [`Pool::lifetime_over`].
+    lifetime_closed: AtomicU64,
     /// Each worker's share of the pool size (see `checkout`).
     shares: Vec<Share>,
     /// Fired when a slot is freed that no client of its own worker waits
@@ -201,12 +228,16 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(key: PoolKey, target: ServerTarget, settings: PoolSettings, metrics: PoolMetrics) -> Arc<Pool> {
+    pub fn new(key: PoolKey, parts: PoolParts) -> Arc<Pool> {
+        let PoolParts { target, settings, tuning, metrics } = parts;
         let workers = settings.workers;
         Arc::new(Pool {
             key,
             metrics,
             target,
+            tuning: Tunables::new(tuning),
+            born: Instant::now(),
+            lifetime_closed: AtomicU64::new(u64::MAX),
             shares: (0..workers.max(1)).map(|w| Share::new(share_of(settings.size, workers.max(1), w))).collect(),
             spare: Notify::new(),
             settings,
@@ -253,6 +284,35 @@ impl Pool {
 
     pub fn settings(&self) -> &PoolSettings {
         &self.settings
+    }
+
+    /// The settings a reload may change without retiring the pool.
+    pub fn tuning(&self) -> PoolTuning {
+        self.tuning.load()
+    }
+
+    /// Applies a reload's [`PoolTuning`] from the next lease on.
+    pub fn retune(&self, tuning: PoolTuning) {
+        self.tuning.store(tuning);
+    }
+
+    /// Whether `conn` has outlived `server_lifetime` and is to be closed
+    /// now. As PgBouncer does, such closes are spaced at least
+    /// `server_lifetime / pool size` apart, so that connections opened
+    /// together (a burst, a failover) are not all replaced at once; a
+    /// connection whose turn has not come yet serves on meanwhile. A `true`
+    /// takes the turn: act on it.
+    #[inline]
+    fn lifetime_over(&self, conn: &ServerConn, now: Instant) -> bool {
+        let Some(lifetime) = self.tuning.lifetime() else { return false };
+        if now.saturating_duration_since(conn.created) < lifetime {
+            return false;
+        }
+        let now = u64::try_from(now.saturating_duration_since(self.born).as_nanos()).unwrap_or(u64::MAX - 1);
+        let last = self.lifetime_closed.load(Ordering::Relaxed);
+        let since_last = (last != u64::MAX).then(|| Duration::from_nanos(now.saturating_sub(last)));
+        lifetime_turn(lifetime, self.settings.size, since_last)
+            && self.lifetime_closed.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
     }
 
     /// Cancelled when the pool is closed (its node must not be used any more).
@@ -561,7 +621,9 @@ impl Drop for Lease {
         }
         let (Some(conn), Some(permit)) = (self.conn.take(), self.permit.take()) else { return };
         let (pool, owner, holder) = (&self.pool, self.owner, self.holder);
-        if self.poisoned || pool.is_closed() {
+        // Closed rather than reset when past server_lifetime: never in the
+        // middle of a transaction, since a lease ends only between them.
+        if self.poisoned || pool.is_closed() || pool.lifetime_over(&conn, now) {
             drop(conn);
             return pool.release(permit, owner, holder);
         }
@@ -616,17 +678,11 @@ impl Pools {
     pub fn get_or_create(
         &self,
         (node, database, user): (&str, &str, &str),
-        make: impl FnOnce() -> (ServerTarget, PoolSettings, PoolMetrics),
+        make: impl FnOnce() -> PoolParts,
     ) -> Arc<Pool> {
         let key = PoolKey { node: node.to_owned(), database: database.to_owned(), user: user.to_owned() };
         let mut pools = self.pools.lock().expect("pools lock");
-        pools
-            .entry(key)
-            .or_insert_with_key(|key| {
-                let (target, settings, metrics) = make();
-                Pool::new(key.clone(), target, settings, metrics)
-            })
-            .clone()
+        pools.entry(key).or_insert_with_key(|key| Pool::new(key.clone(), make())).clone()
     }
 
     /// [`Pools::get_or_create`], retiring the pool there is when `fits` says
@@ -635,7 +691,7 @@ impl Pools {
         &self,
         key: (&str, &str, &str),
         fits: impl FnOnce(&Pool) -> bool,
-        make: impl FnOnce() -> (ServerTarget, PoolSettings, PoolMetrics),
+        make: impl FnOnce() -> PoolParts,
     ) -> Arc<Pool> {
         let (node, database, user) = key;
         let key = PoolKey { node: node.to_owned(), database: database.to_owned(), user: user.to_owned() };
@@ -646,8 +702,7 @@ impl Pools {
             }
             pool.retire();
         }
-        let (target, settings, metrics) = make();
-        let pool = Pool::new(key.clone(), target, settings, metrics);
+        let pool = Pool::new(key.clone(), make());
         pools.insert(key, pool.clone());
         pool
     }
@@ -695,7 +750,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    fn pool_parts(config: &Config) -> (ServerTarget, PoolSettings, PoolMetrics) {
+    fn pool_parts(config: &Config) -> PoolParts {
         let users = crate::auth::UserDb::from_config(config).expect("valid users");
         let target = ServerTarget {
             node: "pg0".into(),
@@ -715,7 +770,24 @@ mod tests {
             reset_timeout: Duration::from_secs(1),
             idle_timeout: None,
         };
-        (target, settings, crate::metrics::Metrics::new().pool("pg0", "app", "alice"))
+        let metrics = crate::metrics::Metrics::new().pool("pg0", "app", "alice");
+        PoolParts { target, settings, tuning: PoolTuning::default(), metrics }
+    }
+
+    #[test]
+    fn lifetime_closes_are_spaced_over_the_pool() {
+        let hour = Duration::from_secs(3600);
+        let cases = [
+            (hour, 20, None, true),
+            (hour, 20, Some(Duration::from_secs(179)), false),
+            (hour, 20, Some(Duration::from_secs(180)), true),
+            (hour, 1, Some(Duration::from_secs(3599)), false),
+            (Duration::from_secs(1), 4, Some(Duration::from_millis(250)), true),
+            (Duration::ZERO, 4, Some(Duration::ZERO), true),
+        ];
+        for (lifetime, size, since_last, due) in cases {
+            assert_eq!(lifetime_turn(lifetime, size, since_last), due, "{lifetime:?} {size} {since_last:?}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod cancel;
 mod client_tls;
 mod http;
 mod login;
+mod pool_controls;
 mod pooling;
 mod prepared;
 mod protocol;

@@ -1,0 +1,75 @@
+//! The settings a reload changes in a running pool without retiring it
+//! (`server_lifetime`, ...): read on the forwarding path, so they are kept
+//! in atomics, one relaxed load each.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// What a reload may change in a pool while its connections stay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolTuning {
+    /// `server_lifetime`: a connection older than this is closed when its
+    /// lease ends instead of going back idle; `None`: no limit.
+    pub lifetime: Option<Duration>,
+}
+
+impl Default for PoolTuning {
+    fn default() -> PoolTuning {
+        PoolTuning { lifetime: Some(Duration::from_secs(3600)) }
+    }
+}
+
+/// Stands for `None` in an optional duration's atomic.
+const NONE: u64 = u64::MAX;
+
+fn to_nanos(duration: Option<Duration>) -> u64 {
+    duration.map_or(NONE, |d| u64::try_from(d.as_nanos()).unwrap_or(NONE - 1))
+}
+
+fn from_nanos(nanos: u64) -> Option<Duration> {
+    (nanos != NONE).then(|| Duration::from_nanos(nanos))
+}
+
+/// A pool's [`PoolTuning`], replaced as a whole by a reload.
+#[derive(Debug)]
+pub(super) struct Tunables {
+    lifetime: AtomicU64,
+}
+
+impl Tunables {
+    pub(super) fn new(tuning: PoolTuning) -> Tunables {
+        let tunables = Tunables { lifetime: AtomicU64::new(NONE) };
+        tunables.store(tuning);
+        tunables
+    }
+
+    pub(super) fn store(&self, tuning: PoolTuning) {
+        self.lifetime.store(to_nanos(tuning.lifetime), Ordering::Relaxed);
+    }
+
+    pub(super) fn load(&self) -> PoolTuning {
+        PoolTuning { lifetime: self.lifetime() }
+    }
+
+    #[inline]
+    pub(super) fn lifetime(&self) -> Option<Duration> {
+        from_nanos(self.lifetime.load(Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_replaces_every_value() {
+        let tunables = Tunables::new(PoolTuning::default());
+        assert_eq!(tunables.load(), PoolTuning::default());
+        let off = PoolTuning { lifetime: None };
+        tunables.store(off);
+        assert_eq!(tunables.load(), off);
+        let short = PoolTuning { lifetime: Some(Duration::from_millis(1500)) };
+        tunables.store(short);
+        assert_eq!(tunables.load(), short);
+    }
+}

@@ -1,0 +1,148 @@
+//! PgBouncer's server-side pool controls against the real primary:
+//! `server_lifetime`, and RELOAD changing them without dropping clients.
+//! Each test logs in as a role of its own, so that its server connections
+//! can be told apart in `pg_stat_activity` from those of the tests running
+//! beside it.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use pgrelay::localcluster::LocalCluster;
+use pgrelay::{App, RunningApp};
+use tokio_postgres::Client;
+
+use crate::support::relay::{self, scalar};
+use crate::support::{cluster, connect_string};
+
+const GRACE: Duration = Duration::from_secs(5);
+/// Every role of these tests logs in with this password.
+const PASSWORD: &str = "pool-controls";
+/// One role per test.
+const ROLES: [&str; 2] = ["pc_lifetime", "pc_reload"];
+
+/// The cluster, with this module's roles created once per binary.
+fn prepared() -> &'static LocalCluster {
+    static PREPARED: OnceLock<()> = OnceLock::new();
+    let cluster = cluster();
+    PREPARED.get_or_init(|| {
+        for role in ROLES {
+            let sql = format!("CREATE ROLE {role} LOGIN PASSWORD '{PASSWORD}'");
+            cluster.psql(cluster.primary(), &sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+    });
+    cluster
+}
+
+/// The test config with `[pool]` lines `pool` and the `[[users]]` entry of `role`.
+fn config_text(cluster: &LocalCluster, pool: &str, role: &str) -> String {
+    let user = format!("\n[[users]]\nname = \"{role}\"\npassword = \"{PASSWORD}\"\n");
+    relay::config_toml(cluster, pool, &user)
+}
+
+async fn start(cluster: &LocalCluster, pool: &str, role: &str) -> RunningApp {
+    relay::start(pgrelay::config::Config::parse(&config_text(cluster, pool, role)).expect("valid config")).await
+}
+
+async fn connect(app: &RunningApp, role: &str) -> Client {
+    relay::connect_as(app.rw_addr, role, PASSWORD).await.unwrap_or_else(|e| panic!("{role} logs in: {e}")).client
+}
+
+/// A superuser connection straight to the primary, to look at pg_stat_activity.
+async fn observer(cluster: &LocalCluster) -> Client {
+    let conn = connect_string(cluster.primary().port, "postgres", "", "app");
+    relay::connect_with(&conn).await.expect("connect to the primary").client
+}
+
+/// The backend pids of `role`'s server connections on the primary.
+async fn server_pids(observer: &Client, role: &str) -> Vec<i32> {
+    let sql = "select pid from pg_stat_activity where usename = $1 and backend_type = 'client backend' order by pid";
+    let rows = observer.query(sql, &[&role]).await.expect("pg_stat_activity");
+    rows.iter().map(|row| row.get(0)).collect()
+}
+
+/// Polls `server_pids` until `done` says so, for at most `limit`; returns the last pids seen.
+async fn wait_for_pids(
+    observer: &Client,
+    role: &str,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&[i32]) -> bool,
+) -> Vec<i32> {
+    let started = Instant::now();
+    loop {
+        let pids = server_pids(observer, role).await;
+        if done(&pids) {
+            return pids;
+        }
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?} (pids {pids:?})");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn backend_pid(client: &Client) -> String {
+    scalar(client, "select pg_backend_pid()").await
+}
+
+/// A configuration file under the temp directory, removed when dropped.
+struct ConfigFile(PathBuf);
+
+impl ConfigFile {
+    fn new(what: &str, text: &str) -> ConfigFile {
+        let name = format!("pgrelay-pool-controls-{}-{what}.toml", std::process::id());
+        let file = ConfigFile(std::env::temp_dir().join(name));
+        file.write(text);
+        file
+    }
+
+    fn write(&self, text: &str) {
+        std::fs::write(&self.0, text).unwrap_or_else(|e| panic!("write {}: {e}", self.0.display()));
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn server_lifetime_replaces_a_connection_when_its_transaction_ends() {
+    let cluster = prepared();
+    let role = "pc_lifetime";
+    let app = start(cluster, "default_pool_size = 1\nserver_lifetime = \"1s\"", role).await;
+    let observer = observer(cluster).await;
+    let client = connect(&app, role).await;
+    let first = backend_pid(&client).await;
+    // A transaction that outlives server_lifetime keeps its connection to its end.
+    client.batch_execute("begin; select pg_sleep(1.2)").await.unwrap();
+    assert_eq!(backend_pid(&client).await, first, "the same server connection until the transaction ends");
+    client.batch_execute("commit").await.unwrap();
+    let second = backend_pid(&client).await;
+    assert_ne!(second, first, "a connection older than server_lifetime is not reused");
+    let first: i32 = first.parse().unwrap();
+    let pids =
+        wait_for_pids(&observer, role, Duration::from_secs(5), "the old backend exits", |pids| !pids.contains(&first))
+            .await;
+    assert_eq!(pids.len(), 1, "one server connection at a time (pool size 1): {pids:?}");
+    app.shutdown(GRACE).await;
+}
+
+#[tokio::test]
+async fn reload_sets_server_lifetime_without_dropping_clients() {
+    let cluster = prepared();
+    let role = "pc_reload";
+    let file =
+        ConfigFile::new("lifetime", &config_text(cluster, "default_pool_size = 1\nserver_lifetime = \"0\"", role));
+    let app = App::start_from(&file.0).await.expect("pgrelay starts");
+    let client = connect(&app, role).await;
+    let first = backend_pid(&client).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(backend_pid(&client).await, first, "no lifetime: the connection stays");
+    file.write(&config_text(cluster, "default_pool_size = 1\nserver_lifetime = \"1s\"", role));
+    app.context().reload().expect("reload");
+    // The connection is over a second old by now: the next transaction's end closes it.
+    assert_eq!(backend_pid(&client).await, first, "the client keeps its session and its connection's transaction");
+    assert_ne!(backend_pid(&client).await, first, "the reloaded lifetime applies to the open connection");
+    app.shutdown(GRACE).await;
+}
