@@ -187,7 +187,7 @@ fn same<T: PartialEq>(a: Option<T>, b: Option<T>) -> bool {
 
 /// What a reload changes in the pools it keeps, under `config`.
 pub fn pool_tuning(config: &Config) -> PoolTuning {
-    PoolTuning { lifetime: config.pool.server_lifetime }
+    PoolTuning { lifetime: config.pool.server_lifetime, check_delay: config.pool.server_check_delay }
 }
 
 /// The settings of a pool for `database` under `config`.

@@ -251,6 +251,21 @@ impl ServerConn {
         self.stream.has_unsolicited_input()
     }
 
+    /// Checks that the idle connection still answers, without running a
+    /// statement: a lone Sync, which PostgreSQL answers with ReadyForQuery
+    /// (idle) and nothing else. Fails when the answer is anything else, or
+    /// does not come within `timeout` (the server or the network is gone).
+    pub async fn check_alive(&mut self, timeout: Duration) -> Result<(), BackendError> {
+        self.send_built(Expect::Sync, Origin::InjectedSetup, wire::put_sync);
+        match tokio::time::timeout(timeout, self.finish_pending()).await {
+            Ok(Ok(None)) if self.is_clean() => Ok(()),
+            Ok(Ok(Some(fields))) => Err(BackendError::Server(fields)),
+            Ok(Ok(None)) => Err(BackendError::Abandoned("the server answered a Sync other than idle")),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(BackendError::Timeout(timeout)),
+        }
+    }
+
     /// Runs pgrelay's own simple queries (ROLLBACK, DISCARD ALL) on a
     /// connection at a sync point and waits until they finish without error.
     pub async fn run_reset(&mut self, queries: &[&str]) -> Result<(), BackendError> {

@@ -101,6 +101,8 @@ pub struct Pool {
     /// A server connection older than this is closed when its lease ends
     /// (`None`: no limit). A reload applies it to running pools.
     pub server_lifetime: Option<Duration>,
+    /// An idle connection unused this long is checked before it is leased (zero: always).
+    pub server_check_delay: Duration,
     pub client_login_timeout: Duration,
     pub max_message_size: usize,
     pub session_state: SessionStatePolicy,

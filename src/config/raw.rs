@@ -73,6 +73,7 @@ pub(super) struct RawPool {
     pub server_reset_timeout: Option<RawDuration>,
     pub server_idle_timeout: Option<RawDuration>,
     pub server_lifetime: Option<RawDuration>,
+    pub server_check_delay: Option<RawDuration>,
     pub client_login_timeout: Option<RawDuration>,
     pub max_message_size: Option<RawSize>,
     pub session_state: Option<String>,

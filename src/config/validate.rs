@@ -161,6 +161,7 @@ pub(super) fn pool(raw: &RawPool, locations: &Locations<'_>) -> Result<Pool, Con
         server_idle_timeout: field("server_idle_timeout")
             .optional_duration(raw.server_idle_timeout.as_deref(), "10m")?,
         server_lifetime: field("server_lifetime").optional_duration(raw.server_lifetime.as_deref(), "1h")?,
+        server_check_delay: field("server_check_delay").duration(raw.server_check_delay.as_deref(), "30s")?,
         client_login_timeout: field("client_login_timeout")
             .positive_duration(raw.client_login_timeout.as_deref(), "15s")?,
         max_message_size: usize::try_from(max_message_size)

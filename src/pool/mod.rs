@@ -80,6 +80,11 @@ impl Share {
 /// (and 15 % more CPU per transaction) on the read-only port's replica pools.
 const BORROW_DEFERRAL: Duration = Duration::from_millis(1);
 
+/// The longest an idle connection's check (`server_check_delay`) may take
+/// (or `server_connect_timeout`, when shorter): a healthy server answers a
+/// Sync at once, and a connection that does not is replaced by a new one.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Worker `worker`'s share of `size` slots among `workers`: an even split,
 /// the first workers taking one more of what does not divide.
 fn share_of(size: usize, workers: usize, worker: usize) -> usize {
@@ -363,24 +368,10 @@ impl Pool {
         }
         let now = Instant::now();
         let conn = match self.take_idle(owner, here, now) {
-            Some(conn) => conn,
-            None => {
-                // Boxed: a connect's state is large and rare, and would
-                // otherwise be part of every client task's size.
-                let conn = match Box::pin(ServerConn::connect(&self.target)).await {
-                    Ok(conn) => Box::new(conn),
-                    Err(e) => {
-                        if matches!(e, BackendError::Login { .. }) {
-                            // The configuration or the server needs a look: say so
-                            // louder than the client's own error line.
-                            tracing::warn!(pool = ?self.key, error = %e, "server login refused");
-                        }
-                        return Err(e.into());
-                    }
-                };
-                self.server_params.lock().expect("pool lock").get_or_insert_with(|| conn.startup_params.clone());
-                conn
-            }
+            Some(conn) if !self.check_due(&conn, now) => conn,
+            // Boxed: a check's or a connect's state is large and rare, and
+            // would otherwise be part of every client task's size.
+            found => Box::pin(self.checked_or_new(found, owner, here)).await?,
         };
         // Only a real wait costs clock reads; a free connection counts as 0.
         self.metrics.checkout_wait.observe(waited_since.map_or(0.0, |since| now.duration_since(since).as_secs_f64()));
@@ -397,6 +388,58 @@ impl Pool {
             discard: false,
             poisoned: false,
         })
+    }
+
+    /// Whether an idle connection unused since `conn.last_used` is to be
+    /// checked before it is leased (`server_check_delay`).
+    #[inline]
+    fn check_due(&self, conn: &ServerConn, now: Instant) -> bool {
+        now.saturating_duration_since(conn.last_used) >= self.tuning.check_delay()
+    }
+
+    /// A connection for a lease that found `found` idle (due a check) or
+    /// none: an idle connection that passes its check, or a new one. One
+    /// that fails is closed and the next idle one tried, so a connection
+    /// broken while idle (a server restart, a killed backend, a network
+    /// cut) costs the client the check's time, never an error.
+    async fn checked_or_new(
+        &self,
+        mut found: Option<Box<ServerConn>>,
+        owner: usize,
+        here: usize,
+    ) -> Result<Box<ServerConn>, PoolError> {
+        while let Some(mut conn) = found {
+            if !self.check_due(&conn, Instant::now()) {
+                return Ok(conn);
+            }
+            let timeout = self.target.connect_timeout.min(CHECK_TIMEOUT);
+            match conn.check_alive(timeout).await {
+                Ok(()) => return Ok(conn),
+                Err(error) => {
+                    let idle = conn.last_used.elapsed();
+                    tracing::info!(pool = ?self.key, %error, ?idle, "closing an idle server connection that failed its check");
+                }
+            }
+            found = self.take_idle(owner, here, Instant::now());
+        }
+        self.connect().await
+    }
+
+    /// Opens a new connection (the caller holds a slot for it).
+    async fn connect(&self) -> Result<Box<ServerConn>, PoolError> {
+        let conn = match ServerConn::connect(&self.target).await {
+            Ok(conn) => Box::new(conn),
+            Err(e) => {
+                if matches!(e, BackendError::Login { .. }) {
+                    // The configuration or the server needs a look: say so
+                    // louder than the client's own error line.
+                    tracing::warn!(pool = ?self.key, error = %e, "server login refused");
+                }
+                return Err(e.into());
+            }
+        };
+        self.server_params.lock().expect("pool lock").get_or_insert_with(|| conn.startup_params.clone());
+        Ok(conn)
     }
 
     /// A free slot of another worker for a client that found none of its

@@ -11,11 +11,14 @@ pub struct PoolTuning {
     /// `server_lifetime`: a connection older than this is closed when its
     /// lease ends instead of going back idle; `None`: no limit.
     pub lifetime: Option<Duration>,
+    /// `server_check_delay`: an idle connection unused for this long is
+    /// checked (a round trip) before it is leased; zero: always.
+    pub check_delay: Duration,
 }
 
 impl Default for PoolTuning {
     fn default() -> PoolTuning {
-        PoolTuning { lifetime: Some(Duration::from_secs(3600)) }
+        PoolTuning { lifetime: Some(Duration::from_secs(3600)), check_delay: Duration::from_secs(30) }
     }
 }
 
@@ -34,26 +37,33 @@ fn from_nanos(nanos: u64) -> Option<Duration> {
 #[derive(Debug)]
 pub(super) struct Tunables {
     lifetime: AtomicU64,
+    check_delay: AtomicU64,
 }
 
 impl Tunables {
     pub(super) fn new(tuning: PoolTuning) -> Tunables {
-        let tunables = Tunables { lifetime: AtomicU64::new(NONE) };
+        let tunables = Tunables { lifetime: AtomicU64::new(NONE), check_delay: AtomicU64::new(0) };
         tunables.store(tuning);
         tunables
     }
 
     pub(super) fn store(&self, tuning: PoolTuning) {
         self.lifetime.store(to_nanos(tuning.lifetime), Ordering::Relaxed);
+        self.check_delay.store(to_nanos(Some(tuning.check_delay)), Ordering::Relaxed);
     }
 
     pub(super) fn load(&self) -> PoolTuning {
-        PoolTuning { lifetime: self.lifetime() }
+        PoolTuning { lifetime: self.lifetime(), check_delay: self.check_delay() }
     }
 
     #[inline]
     pub(super) fn lifetime(&self) -> Option<Duration> {
         from_nanos(self.lifetime.load(Ordering::Relaxed))
+    }
+
+    #[inline]
+    pub(super) fn check_delay(&self) -> Duration {
+        Duration::from_nanos(self.check_delay.load(Ordering::Relaxed))
     }
 }
 
@@ -65,10 +75,10 @@ mod tests {
     fn a_reload_replaces_every_value() {
         let tunables = Tunables::new(PoolTuning::default());
         assert_eq!(tunables.load(), PoolTuning::default());
-        let off = PoolTuning { lifetime: None };
+        let off = PoolTuning { lifetime: None, check_delay: Duration::ZERO };
         tunables.store(off);
         assert_eq!(tunables.load(), off);
-        let short = PoolTuning { lifetime: Some(Duration::from_millis(1500)) };
+        let short = PoolTuning { lifetime: Some(Duration::from_millis(1500)), check_delay: Duration::from_secs(2) };
         tunables.store(short);
         assert_eq!(tunables.load(), short);
     }

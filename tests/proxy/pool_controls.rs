@@ -1,15 +1,18 @@
 //! PgBouncer's server-side pool controls against the real primary:
-//! `server_lifetime`, and RELOAD changing them without dropping clients.
+//! `server_lifetime`, `server_check_delay`, and RELOAD changing them
+//! without dropping clients.
 //! Each test logs in as a role of its own, so that its server connections
 //! can be told apart in `pg_stat_activity` from those of the tests running
 //! beside it.
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use pgrelay::localcluster::LocalCluster;
 use pgrelay::{App, RunningApp};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 use tokio_postgres::Client;
 
 use crate::support::relay::{self, scalar};
@@ -19,7 +22,7 @@ const GRACE: Duration = Duration::from_secs(5);
 /// Every role of these tests logs in with this password.
 const PASSWORD: &str = "pool-controls";
 /// One role per test.
-const ROLES: [&str; 2] = ["pc_lifetime", "pc_reload"];
+const ROLES: [&str; 4] = ["pc_lifetime", "pc_reload", "pc_killed", "pc_cut"];
 
 /// The cluster, with this module's roles created once per binary.
 fn prepared() -> &'static LocalCluster {
@@ -145,4 +148,87 @@ async fn reload_sets_server_lifetime_without_dropping_clients() {
     assert_eq!(backend_pid(&client).await, first, "the client keeps its session and its connection's transaction");
     assert_ne!(backend_pid(&client).await, first, "the reloaded lifetime applies to the open connection");
     app.shutdown(GRACE).await;
+}
+
+#[tokio::test]
+async fn a_connection_killed_while_idle_is_replaced_without_an_error() {
+    let cluster = prepared();
+    let role = "pc_killed";
+    let app = start(cluster, "default_pool_size = 1\nserver_check_delay = \"0\"", role).await;
+    let observer = observer(cluster).await;
+    let client = connect(&app, role).await;
+    let first = backend_pid(&client).await;
+    for _ in 0..3 {
+        assert_eq!(backend_pid(&client).await, first, "a connection that answers its check is reused");
+    }
+    let first: i32 = first.parse().unwrap();
+    let killed: bool = observer.query_one("select pg_terminate_backend($1)", &[&first]).await.unwrap().get(0);
+    assert!(killed, "backend {first} terminated");
+    wait_for_pids(&observer, role, Duration::from_secs(5), "the killed backend exits", |pids| !pids.contains(&first))
+        .await;
+    // backend_pid panics on an error: the client must not see one.
+    let second = backend_pid(&client).await;
+    assert_ne!(second, first.to_string(), "a new server connection");
+    assert_eq!(backend_pid(&client).await, second, "which serves on");
+    app.shutdown(GRACE).await;
+}
+
+#[tokio::test]
+async fn a_connection_cut_off_while_idle_is_replaced_after_its_check_times_out() {
+    let cluster = prepared();
+    let role = "pc_cut";
+    let primary = cluster.primary().port;
+    let cut = Cutter::start(primary).await;
+    let text = config_text(cluster, "default_pool_size = 1\nserver_check_delay = \"0\"", role);
+    let direct = format!("port = {primary}\nrole = \"primary\"");
+    assert!(text.contains(&direct), "the primary's entry: {text}");
+    let text = text.replace(&direct, &format!("port = {}\nrole = \"primary\"", cut.port));
+    let app = relay::start(pgrelay::config::Config::parse(&text).expect("valid config")).await;
+    let client = connect(&app, role).await;
+    let first = backend_pid(&client).await;
+    assert_eq!(backend_pid(&client).await, first, "reused while it answers");
+    // The network between pgrelay and the server goes silent: no FIN, no RST, no answer.
+    cut.cut();
+    let started = Instant::now();
+    let second = backend_pid(&client).await;
+    assert_ne!(second, first, "a new server connection");
+    assert!(started.elapsed() >= Duration::from_millis(900), "the check waited for its timeout first");
+    assert_eq!(backend_pid(&client).await, second, "the new connection serves on");
+    app.shutdown(GRACE).await;
+}
+
+/// A TCP forwarder to a server whose connections open so far can be cut
+/// off at once: they stay open, but nothing passes any more. Connections
+/// opened afterwards pass as usual.
+struct Cutter {
+    port: u16,
+    cut: Arc<Notify>,
+}
+
+impl Cutter {
+    async fn start(server_port: u16) -> Cutter {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the forwarder");
+        let port = listener.local_addr().expect("bound").port();
+        let cut = Arc::new(Notify::new());
+        let signal = cut.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let Ok(mut server) = TcpStream::connect(("127.0.0.1", server_port)).await else { continue };
+                let cut = signal.clone();
+                tokio::spawn(async move {
+                    let cut = cut.notified();
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        // Both sockets stay open and unread until the test ends.
+                        _ = cut => std::future::pending::<()>().await,
+                    }
+                });
+            }
+        });
+        Cutter { port, cut }
+    }
+
+    fn cut(&self) {
+        self.cut.notify_waiters();
+    }
 }
