@@ -5,11 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::pools::{pool_settings, pool_tuning};
 use super::{ClientState, Context};
 use crate::auth::UserDb;
 use crate::cluster::{self, monitor::Generation, Topology};
 use crate::config::{Config, Source};
-use crate::pool::{Pool, PoolSettings, PoolTuning};
+use crate::pool::Pool;
 
 /// How often PAUSE looks whether the transactions in flight have ended: at
 /// first often (a switchover waits on it), then less (a pinned client may
@@ -183,21 +184,4 @@ fn pool_unchanged(pool: &Pool, old: &Config, new: &Config) -> bool {
 /// Present in both, and equal.
 fn same<T: PartialEq>(a: Option<T>, b: Option<T>) -> bool {
     a.is_some() && a == b
-}
-
-/// What a reload changes in the pools it keeps, under `config`.
-pub fn pool_tuning(config: &Config) -> PoolTuning {
-    PoolTuning { lifetime: config.pool.server_lifetime, check_delay: config.pool.server_check_delay }
-}
-
-/// The settings of a pool for `database` under `config`.
-pub fn pool_settings(config: &Config, database: &crate::config::Database) -> PoolSettings {
-    let pool = &config.pool;
-    PoolSettings {
-        size: database.pool_size.unwrap_or(pool.default_pool_size).get(),
-        workers: pool.workers,
-        mode: pool.mode,
-        reset_timeout: pool.server_reset_timeout,
-        idle_timeout: pool.server_idle_timeout,
-    }
 }

@@ -103,6 +103,8 @@ pub struct Pool {
     pub server_lifetime: Option<Duration>,
     /// An idle connection unused this long is checked before it is leased (zero: always).
     pub server_check_delay: Duration,
+    /// Server connections each pool keeps open, opened in the background (0: none).
+    pub min_pool_size: usize,
     pub client_login_timeout: Duration,
     pub max_message_size: usize,
     pub session_state: SessionStatePolicy,

@@ -19,6 +19,7 @@
 
 mod inspect;
 mod tuning;
+mod upkeep;
 
 use std::collections::HashMap;
 
@@ -137,14 +138,25 @@ impl Idle {
 
     /// The most recently used connection of `worker`'s list that has not
     /// expired and has nothing unasked-for to read; the others are closed.
+    /// Expired connections stay usable while the pool would otherwise keep
+    /// fewer than `floor` idle (`min_pool_size`).
     #[inline]
-    fn pop_healthy(&mut self, worker: usize, now: Instant, timeout: Option<Duration>) -> Option<Box<ServerConn>> {
+    fn pop_healthy(
+        &mut self,
+        worker: usize,
+        now: Instant,
+        timeout: Option<Duration>,
+        floor: usize,
+    ) -> Option<Box<ServerConn>> {
+        let total = self.total;
         let list = self.list(worker);
         let mut popped = 0;
         let mut found = None;
         while let Some(mut conn) = list.pop() {
+            // Idle connections left, this one included.
+            let left = total - popped;
             popped += 1;
-            let expired = timeout.is_some_and(|t| now.saturating_duration_since(conn.last_used) > t);
+            let expired = timeout.is_some_and(|t| now.saturating_duration_since(conn.last_used) > t) && left > floor;
             if !expired && !conn.has_unsolicited_input() {
                 found = Some(conn);
                 break;
@@ -154,13 +166,16 @@ impl Idle {
         found
     }
 
-    /// Adds `conn` to `owner`'s list, closing that list's expired ones.
+    /// Adds `conn` to `owner`'s list, closing that list's expired ones (but
+    /// keeping `floor` idle connections in the pool).
     #[inline]
-    fn push(&mut self, conn: Box<ServerConn>, owner: usize, now: Instant, timeout: Option<Duration>) {
+    fn push(&mut self, conn: Box<ServerConn>, owner: usize, now: Instant, timeout: Option<Duration>, floor: usize) {
+        let total = self.total;
         let list = self.list(owner);
         let mut expired = 0;
         if let Some(timeout) = timeout {
             expired = list.iter().take_while(|c| now.duration_since(c.last_used) > timeout).count();
+            expired = expired.min((total + 1).saturating_sub(floor));
             if expired > 0 {
                 list.drain(..expired);
             }
@@ -230,6 +245,10 @@ pub struct Pool {
     metrics: PoolMetrics,
     /// Cancelled by [`Pool::close`]: the node must not be used any more.
     closed: CancellationToken,
+    /// Opening connections for `min_pool_size` failed this many times in a row ...
+    fill_failures: std::sync::atomic::AtomicU32,
+    /// ... so the next try waits until then (nanoseconds after `born`).
+    fill_after: AtomicU64,
 }
 
 impl Pool {
@@ -249,6 +268,8 @@ impl Pool {
             idle: Mutex::new(Idle::new(workers)),
             server_params: Mutex::new(None),
             closed: CancellationToken::new(),
+            fill_failures: Default::default(),
+            fill_after: AtomicU64::new(0),
         })
     }
 
@@ -526,7 +547,7 @@ impl Pool {
         loop {
             let conn = {
                 let mut idle = self.idle.lock().expect("pool lock");
-                let found = idle.pop_healthy(owner, now, self.settings.idle_timeout);
+                let found = idle.pop_healthy(owner, now, self.settings.idle_timeout, self.idle_floor(0));
                 self.metrics.idle.set(idle.total as i64);
                 found?
             };
@@ -549,6 +570,7 @@ impl Pool {
     }
 
     /// Puts a clean connection on the idle list of `owner`'s share (whose slot it goes with).
+    /// Its slot is still taken: the caller releases it afterwards.
     fn put_idle(&self, mut conn: Box<ServerConn>, owner: usize, now: Instant) {
         conn.last_used = now;
         let mut idle = self.idle.lock().expect("pool lock");
@@ -556,7 +578,7 @@ impl Pool {
         if self.is_closed() {
             return;
         }
-        idle.push(conn, owner, now, self.settings.idle_timeout);
+        idle.push(conn, owner, now, self.settings.idle_timeout, self.idle_floor(1));
         self.metrics.idle.set(idle.total as i64);
     }
 
@@ -711,13 +733,37 @@ async fn wait_for_cancels(conn: &ServerConn) -> bool {
 /// How long a connection that a cancel is aimed at waits for it to be done.
 const CANCEL_WAIT: Duration = Duration::from_secs(6);
 
+/// The user a pool logs in as, as its credentials came.
+pub type PoolUser = Arc<crate::auth::UserEntry>;
+
 /// All pools, created on first use.
 #[derive(Debug, Default)]
 pub struct Pools {
     pools: Mutex<HashMap<PoolKey, Arc<Pool>, foldhash::fast::RandomState>>,
+    /// The (database, user) pairs that have had a pool on the primary,
+    /// with the user's credentials: `min_pool_size` gives them a pool on
+    /// whichever node is the primary, also after it moved.
+    primary_pairs: Mutex<HashMap<(String, String), PoolUser, foldhash::fast::RandomState>>,
 }
 
 impl Pools {
+    /// Notes that `database` and `user` had a pool on the primary.
+    pub fn remember_primary_pair(&self, database: &str, user: &PoolUser) {
+        let mut pairs = self.primary_pairs.lock().expect("pools lock");
+        pairs.insert((database.to_owned(), user.name.clone()), user.clone());
+    }
+
+    /// Every (database, user) that has had a pool on the primary.
+    pub fn primary_pairs(&self) -> Vec<(String, PoolUser)> {
+        let pairs = self.primary_pairs.lock().expect("pools lock");
+        pairs.iter().map(|((database, _), user)| (database.clone(), user.clone())).collect()
+    }
+
+    /// Forgets a pair whose database or user is gone from the configuration.
+    pub fn forget_primary_pair(&self, database: &str, user: &str) {
+        self.primary_pairs.lock().expect("pools lock").remove(&(database.to_owned(), user.to_owned()));
+    }
+
     pub fn get_or_create(
         &self,
         (node, database, user): (&str, &str, &str),

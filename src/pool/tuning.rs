@@ -2,7 +2,7 @@
 //! (`server_lifetime`, ...): read on the forwarding path, so they are kept
 //! in atomics, one relaxed load each.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// What a reload may change in a pool while its connections stay.
@@ -14,11 +14,14 @@ pub struct PoolTuning {
     /// `server_check_delay`: an idle connection unused for this long is
     /// checked (a round trip) before it is leased; zero: always.
     pub check_delay: Duration,
+    /// `min_pool_size`: connections kept open (idle or leased) in the
+    /// background, at most the pool's size.
+    pub min_size: usize,
 }
 
 impl Default for PoolTuning {
     fn default() -> PoolTuning {
-        PoolTuning { lifetime: Some(Duration::from_secs(3600)), check_delay: Duration::from_secs(30) }
+        PoolTuning { lifetime: Some(Duration::from_secs(3600)), check_delay: Duration::from_secs(30), min_size: 0 }
     }
 }
 
@@ -38,11 +41,13 @@ fn from_nanos(nanos: u64) -> Option<Duration> {
 pub(super) struct Tunables {
     lifetime: AtomicU64,
     check_delay: AtomicU64,
+    min_size: AtomicUsize,
 }
 
 impl Tunables {
     pub(super) fn new(tuning: PoolTuning) -> Tunables {
-        let tunables = Tunables { lifetime: AtomicU64::new(NONE), check_delay: AtomicU64::new(0) };
+        let tunables =
+            Tunables { lifetime: AtomicU64::new(NONE), check_delay: AtomicU64::new(0), min_size: AtomicUsize::new(0) };
         tunables.store(tuning);
         tunables
     }
@@ -50,10 +55,11 @@ impl Tunables {
     pub(super) fn store(&self, tuning: PoolTuning) {
         self.lifetime.store(to_nanos(tuning.lifetime), Ordering::Relaxed);
         self.check_delay.store(to_nanos(Some(tuning.check_delay)), Ordering::Relaxed);
+        self.min_size.store(tuning.min_size, Ordering::Relaxed);
     }
 
     pub(super) fn load(&self) -> PoolTuning {
-        PoolTuning { lifetime: self.lifetime(), check_delay: self.check_delay() }
+        PoolTuning { lifetime: self.lifetime(), check_delay: self.check_delay(), min_size: self.min_size() }
     }
 
     #[inline]
@@ -65,6 +71,11 @@ impl Tunables {
     pub(super) fn check_delay(&self) -> Duration {
         Duration::from_nanos(self.check_delay.load(Ordering::Relaxed))
     }
+
+    #[inline]
+    pub(super) fn min_size(&self) -> usize {
+        self.min_size.load(Ordering::Relaxed)
+    }
 }
 
 #[cfg(test)]
@@ -75,10 +86,14 @@ mod tests {
     fn a_reload_replaces_every_value() {
         let tunables = Tunables::new(PoolTuning::default());
         assert_eq!(tunables.load(), PoolTuning::default());
-        let off = PoolTuning { lifetime: None, check_delay: Duration::ZERO };
+        let off = PoolTuning { lifetime: None, check_delay: Duration::ZERO, min_size: 0 };
         tunables.store(off);
         assert_eq!(tunables.load(), off);
-        let short = PoolTuning { lifetime: Some(Duration::from_millis(1500)), check_delay: Duration::from_secs(2) };
+        let short = PoolTuning {
+            lifetime: Some(Duration::from_millis(1500)),
+            check_delay: Duration::from_secs(2),
+            min_size: 3,
+        };
         tunables.store(short);
         assert_eq!(tunables.load(), short);
     }

@@ -1,6 +1,6 @@
 //! PgBouncer's server-side pool controls against the real primary:
-//! `server_lifetime`, `server_check_delay`, and RELOAD changing them
-//! without dropping clients.
+//! `server_lifetime`, `server_check_delay`, `min_pool_size`, and RELOAD
+//! changing them without dropping clients.
 //! Each test logs in as a role of its own, so that its server connections
 //! can be told apart in `pg_stat_activity` from those of the tests running
 //! beside it.
@@ -22,7 +22,7 @@ const GRACE: Duration = Duration::from_secs(5);
 /// Every role of these tests logs in with this password.
 const PASSWORD: &str = "pool-controls";
 /// One role per test.
-const ROLES: [&str; 4] = ["pc_lifetime", "pc_reload", "pc_killed", "pc_cut"];
+const ROLES: [&str; 5] = ["pc_lifetime", "pc_reload", "pc_killed", "pc_cut", "pc_min"];
 
 /// The cluster, with this module's roles created once per binary.
 fn prepared() -> &'static LocalCluster {
@@ -231,4 +231,27 @@ impl Cutter {
     fn cut(&self) {
         self.cut.notify_waiters();
     }
+}
+
+#[tokio::test]
+async fn min_pool_size_connections_are_opened_without_clients() {
+    let cluster = prepared();
+    let role = "pc_min";
+    let app = start(cluster, "default_pool_size = 4\nmin_pool_size = 3", role).await;
+    let observer = observer(cluster).await;
+    let client = connect(&app, role).await;
+    let pid = backend_pid(&client).await;
+    drop(client);
+    let pids = wait_for_pids(&observer, role, Duration::from_secs(10), "min_pool_size connections open", |pids| {
+        pids.len() >= 3
+    })
+    .await;
+    assert_eq!(pids.len(), 3, "exactly min_pool_size: {pids:?}");
+    assert!(pids.contains(&pid.parse().unwrap()), "the client's connection is one of them: {pids:?}");
+    assert!(app.context().clients.is_empty(), "no client is connected");
+    // A client finds them there: its transactions open none.
+    let client = connect(&app, role).await;
+    let pid: i32 = backend_pid(&client).await.parse().unwrap();
+    assert!(pids.contains(&pid), "served by one of the open connections");
+    app.shutdown(GRACE).await;
 }

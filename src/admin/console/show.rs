@@ -302,7 +302,7 @@ pub fn databases_table(ctx: &Context, pools: &[PoolSample]) -> Table {
             text(database.server_dbname.as_str()),
             None,
             num(pool_size),
-            num(0),
+            num(config.pool.min_pool_size.min(pool_size.get())),
             num(0),
             text(pool_mode_name(config.pool.mode)),
             num(0),

@@ -1,0 +1,89 @@
+//! Which pool serves a (node, database, user) and what it is made of under
+//! the configuration in force: created on first use, by a client's
+//! transaction or by the janitor keeping `min_pool_size` on the primary.
+
+use std::sync::Arc;
+
+use super::Context;
+use crate::auth::UserEntry;
+use crate::backend::ServerTarget;
+use crate::cluster::NodeStatus;
+use crate::config::{Config, Database, Role};
+use crate::pool::{Pool, PoolParts, PoolSettings, PoolTuning};
+
+impl Context {
+    /// The pool for (node, database, user), created on first use.
+    pub fn pool_for(&self, node: &NodeStatus, database: &Database, user: &Arc<UserEntry>) -> Arc<Pool> {
+        // A looked-up user whose password changed gets a new pool: the old one logs in with the old secret.
+        let fits = |pool: &Pool| pool.target().credentials.server.same_secret(&user.server);
+        self.pools.get_fitting((&node.name, &database.name, &user.name), fits, || {
+            let config = self.config();
+            if node.role == Some(Role::Primary) {
+                self.pools.remember_primary_pair(&database.name, user);
+            }
+            let target = ServerTarget {
+                node: node.name.clone(),
+                host: node.host.clone(),
+                port: node.port,
+                database: database.server_dbname.clone(),
+                credentials: user.clone(),
+                auth_policy: config.server_auth_policy(&node.name),
+                connect_timeout: config.pool.server_connect_timeout,
+                tls: config.tls.server.clone(),
+                max_prepared: config.pool.max_prepared_statements,
+            };
+            let settings = pool_settings(&config, database);
+            let metrics = self.metrics.pool(&node.name, &database.name, &user.name);
+            PoolParts { target, settings, tuning: pool_tuning(&config), metrics }
+        })
+    }
+
+    /// With `min_pool_size`: a pool on the current primary for every
+    /// (database, user) that has had one on a primary, so that the janitor
+    /// opens its connections there, also right after the primary moved. A
+    /// pair whose database or user left the configuration is forgotten.
+    pub(crate) fn keep_primary_pools(&self) {
+        let topology = self.cluster.load();
+        let Some(primary) = topology.primary.and_then(|i| topology.nodes.get(i)) else { return };
+        let config = self.config();
+        let users = self.users();
+        for (database, user) in self.pools.primary_pairs() {
+            let Some(db) = config.databases.iter().find(|d| d.name == database) else {
+                self.pools.forget_primary_pair(&database, &user.name);
+                continue;
+            };
+            // A configured user logs in as configured now, a looked-up one
+            // with the credentials it was looked up with.
+            let user = match users.get(&user.name) {
+                // The remembered entry may hold a ClientKey learnt from a
+                // client's SCRAM proof; a configured one since a reload not yet.
+                Some(configured) if !configured.server.same_secret(&user.server) => configured.clone(),
+                Some(_) => user,
+                None if users.lookup().is_some() => user,
+                None => {
+                    self.pools.forget_primary_pair(&database, &user.name);
+                    continue;
+                }
+            };
+            self.pool_for(primary, db, &user);
+        }
+    }
+}
+
+/// What a reload changes in the pools it keeps, under `config`.
+pub fn pool_tuning(config: &Config) -> PoolTuning {
+    let pool = &config.pool;
+    PoolTuning { lifetime: pool.server_lifetime, check_delay: pool.server_check_delay, min_size: pool.min_pool_size }
+}
+
+/// The settings of a pool for `database` under `config`.
+pub fn pool_settings(config: &Config, database: &Database) -> PoolSettings {
+    let pool = &config.pool;
+    PoolSettings {
+        size: database.pool_size.unwrap_or(pool.default_pool_size).get(),
+        workers: pool.workers,
+        mode: pool.mode,
+        reset_timeout: pool.server_reset_timeout,
+        idle_timeout: pool.server_idle_timeout,
+    }
+}
