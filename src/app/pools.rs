@@ -73,7 +73,12 @@ impl Context {
 /// What a reload changes in the pools it keeps, under `config`.
 pub fn pool_tuning(config: &Config) -> PoolTuning {
     let pool = &config.pool;
-    PoolTuning { lifetime: pool.server_lifetime, check_delay: pool.server_check_delay, min_size: pool.min_pool_size }
+    PoolTuning {
+        lifetime: pool.server_lifetime,
+        check_delay: pool.server_check_delay,
+        min_size: pool.min_pool_size,
+        reserve_timeout: pool.reserve_pool_timeout,
+    }
 }
 
 /// The settings of a pool for `database` under `config`.
@@ -81,6 +86,7 @@ pub fn pool_settings(config: &Config, database: &Database) -> PoolSettings {
     let pool = &config.pool;
     PoolSettings {
         size: database.pool_size.unwrap_or(pool.default_pool_size).get(),
+        reserve_size: pool.reserve_pool_size,
         workers: pool.workers,
         mode: pool.mode,
         reset_timeout: pool.server_reset_timeout,

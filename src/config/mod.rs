@@ -105,6 +105,11 @@ pub struct Pool {
     pub server_check_delay: Duration,
     /// Server connections each pool keeps open, opened in the background (0: none).
     pub min_pool_size: usize,
+    /// Extra server connections a pool may open for clients that waited
+    /// `reserve_pool_timeout` (0: none).
+    pub reserve_pool_size: usize,
+    /// `None`: the reserve is not used.
+    pub reserve_pool_timeout: Option<Duration>,
     pub client_login_timeout: Duration,
     pub max_message_size: usize,
     pub session_state: SessionStatePolicy,

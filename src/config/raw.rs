@@ -16,9 +16,10 @@ pub(super) const LISTS: [&str; 3] = ["nodes", "users", "databases"];
 
 /// Keys whose TOML type is an integer, so an environment override's text is
 /// parsed as one. Every other table key takes a string (sizes take either).
-pub(super) const INTEGER_KEYS: [(&str, &str); 14] = [
+pub(super) const INTEGER_KEYS: [(&str, &str); 15] = [
     ("pool", "default_pool_size"),
     ("pool", "min_pool_size"),
+    ("pool", "reserve_pool_size"),
     ("pool", "workers"),
     ("pool", "max_client_conn"),
     ("pool", "max_prepared_statements"),
@@ -76,6 +77,8 @@ pub(super) struct RawPool {
     pub server_lifetime: Option<RawDuration>,
     pub server_check_delay: Option<RawDuration>,
     pub min_pool_size: Option<RawInt>,
+    pub reserve_pool_size: Option<RawInt>,
+    pub reserve_pool_timeout: Option<RawDuration>,
     pub client_login_timeout: Option<RawDuration>,
     pub max_message_size: Option<RawSize>,
     pub session_state: Option<String>,

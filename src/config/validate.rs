@@ -169,6 +169,9 @@ pub(super) fn pool(raw: &RawPool, locations: &Locations<'_>) -> Result<Pool, Con
         server_lifetime: field("server_lifetime").optional_duration(raw.server_lifetime.as_deref(), "1h")?,
         server_check_delay: field("server_check_delay").duration(raw.server_check_delay.as_deref(), "30s")?,
         min_pool_size: field("min_pool_size").count(raw.min_pool_size.map(|n| n.0), 0)?,
+        reserve_pool_size: field("reserve_pool_size").count(raw.reserve_pool_size.map(|n| n.0), 0)?,
+        reserve_pool_timeout: field("reserve_pool_timeout")
+            .optional_duration(raw.reserve_pool_timeout.as_deref(), "5s")?,
         client_login_timeout: field("client_login_timeout")
             .positive_duration(raw.client_login_timeout.as_deref(), "15s")?,
         max_message_size: usize::try_from(max_message_size)

@@ -126,8 +126,9 @@ struct Idle {
 }
 
 impl Idle {
+    /// One list per worker, and one for the reserve (the last).
     fn new(workers: usize) -> Idle {
-        Idle { lists: (0..workers.max(1)).map(|_| Vec::new()).collect(), total: 0 }
+        Idle { lists: (0..workers.max(1) + 1).map(|_| Vec::new()).collect(), total: 0 }
     }
 
     #[inline]
@@ -204,6 +205,9 @@ pub struct PoolKey {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolSettings {
     pub size: usize,
+    /// `reserve_pool_size`: slots on top of `size` for clients that waited
+    /// `reserve_pool_timeout` (see [`Pool::wait_for_slot_or_reserve`]).
+    pub reserve_size: usize,
     /// Workers (`[pool] workers`): each has a share of `size` (see the module docs).
     pub workers: usize,
     pub mode: PoolMode,
@@ -233,8 +237,11 @@ pub struct Pool {
     /// When (nanoseconds after `born`) a connection was last closed for
     /// its age (`server_lifetime`), or `u64::MAX`: see [`Pool::lifetime_over`].
     lifetime_closed: AtomicU64,
-    /// Each worker's share of the pool size (see `checkout`).
+    /// Each worker's share of the pool size (see `checkout`), and last the
+    /// reserve's slots, which belong to no worker and never move.
     shares: Vec<Share>,
+    /// How many of `shares` are workers' (the reserve's index).
+    workers: usize,
     /// Fired when a slot is freed that no client of its own worker waits
     /// for while clients of another worker do: they try to borrow it.
     spare: Notify,
@@ -254,7 +261,9 @@ pub struct Pool {
 impl Pool {
     pub fn new(key: PoolKey, parts: PoolParts) -> Arc<Pool> {
         let PoolParts { target, settings, tuning, metrics } = parts;
-        let workers = settings.workers;
+        let workers = settings.workers.max(1);
+        let mut shares: Vec<Share> = (0..workers).map(|w| Share::new(share_of(settings.size, workers, w))).collect();
+        shares.push(Share::new(settings.reserve_size));
         Arc::new(Pool {
             key,
             metrics,
@@ -262,7 +271,8 @@ impl Pool {
             tuning: Tunables::new(tuning),
             born: Instant::now(),
             lifetime_closed: AtomicU64::new(u64::MAX),
-            shares: (0..workers.max(1)).map(|w| Share::new(share_of(settings.size, workers.max(1), w))).collect(),
+            shares,
+            workers,
             spare: Notify::new(),
             settings,
             idle: Mutex::new(Idle::new(workers)),
@@ -302,7 +312,8 @@ impl Pool {
         self.metrics.idle.set(0);
     }
 
-    /// Connections leased to clients (or being reset after one) right now.
+    /// Connections leased to clients (or being reset after one) right now,
+    /// reserve ones included.
     pub fn in_use(&self) -> usize {
         let size = |share: &Share| share.size.load(Ordering::Relaxed);
         self.shares.iter().map(|share| size(share).saturating_sub(share.permits.available_permits())).sum()
@@ -365,19 +376,21 @@ impl Pool {
 
     /// Waits up to `wait` (the client's query_wait_timeout) for a connection of this pool.
     pub async fn checkout(self: &Arc<Self>, wait: Duration) -> Result<Lease, PoolError> {
-        let here = worker::current().min(self.shares.len() - 1);
-        // A free slot needs no timer: only a real wait arms one.
-        let (permit, owner, waited_since) = match self.shares[here].permits.clone().try_acquire_owned() {
-            Ok(permit) => (permit, here, None),
+        let here = worker::current().min(self.workers - 1);
+        // A free slot needs no timer: only a real wait arms one. A slot of
+        // the reserve goes back to it: its holder is the reserve.
+        let (permit, owner, holder, waited_since) = match self.shares[here].permits.clone().try_acquire_owned() {
+            Ok(permit) => (permit, here, here, None),
             Err(tokio::sync::TryAcquireError::Closed) => return Err(PoolError::Closed),
             Err(tokio::sync::TryAcquireError::NoPermits) => match self.borrow_at_once(here) {
-                Some((permit, owner)) => (permit, owner, None),
+                Some((permit, owner)) => (permit, owner, here, None),
                 None => {
                     let since = Instant::now();
                     // Boxed: a timer is large, and only a real wait needs one; inline,
                     // it would be part of every client task's size.
-                    match Box::pin(tokio::time::timeout(wait, self.wait_for_slot(here))).await {
-                        Ok(Ok((permit, owner))) => (permit, owner, Some(since)),
+                    match Box::pin(tokio::time::timeout(wait, self.wait_for_slot_or_reserve(here))).await {
+                        Ok(Ok((permit, owner))) if owner == self.workers => (permit, owner, owner, Some(since)),
+                        Ok(Ok((permit, owner))) => (permit, owner, here, Some(since)),
                         Ok(Err(closed)) => return Err(closed),
                         Err(_) => return Err(PoolError::Timeout(wait)),
                     }
@@ -405,7 +418,7 @@ impl Pool {
             pool: self.clone(),
             permit: Some(permit),
             owner,
-            holder: here,
+            holder,
             discard: false,
             poisoned: false,
         })
@@ -468,7 +481,7 @@ impl Pool {
     /// otherwise one of its own is soon free, and waiting for it (up to
     /// [`BORROW_DEFERRAL`]) costs less than moving a connection.
     fn borrow_at_once(&self, here: usize) -> Option<(OwnedSemaphorePermit, usize)> {
-        if self.shares.len() == 1 || self.shares[here].size.load(Ordering::Relaxed) > 0 {
+        if self.workers == 1 || self.shares[here].size.load(Ordering::Relaxed) > 0 {
             return None;
         }
         self.borrow(here)
@@ -477,7 +490,7 @@ impl Pool {
     /// A free slot of another worker, without waiting: that worker has no
     /// client waiting for it (a semaphore with waiters has no free permits).
     fn borrow(&self, here: usize) -> Option<(OwnedSemaphorePermit, usize)> {
-        let workers = self.shares.len();
+        let workers = self.workers;
         (1..workers).map(|step| (here + step) % workers).find_map(|owner| {
             let permit = self.shares[owner].permits.clone().try_acquire_owned().ok()?;
             Some((permit, owner))
@@ -490,7 +503,7 @@ impl Pool {
     async fn wait_for_slot(&self, here: usize) -> Result<(OwnedSemaphorePermit, usize), PoolError> {
         let share = &self.shares[here];
         let _waiting = Waiting::new(&share.waiting);
-        if self.shares.len() > 1 && share.size.load(Ordering::Relaxed) > 0 {
+        if self.workers > 1 && share.size.load(Ordering::Relaxed) > 0 {
             let own = tokio::time::timeout(BORROW_DEFERRAL, share.permits.clone().acquire_owned());
             if let Ok(permit) = own.await {
                 return permit.map(|permit| (permit, here)).map_err(|_| PoolError::Closed);
@@ -513,13 +526,35 @@ impl Pool {
         }
     }
 
+    /// Waits for a slot as [`Pool::wait_for_slot`] does; once the client
+    /// has waited `reserve_pool_timeout`, a slot of the reserve
+    /// (`reserve_pool_size`) does as well, whichever comes first. A reserve
+    /// slot's connection goes back to the reserve's own idle list, for the
+    /// next client that waits that long.
+    async fn wait_for_slot_or_reserve(&self, here: usize) -> Result<(OwnedSemaphorePermit, usize), PoolError> {
+        let reserve = &self.shares[self.workers];
+        let timeout = self.tuning.reserve_timeout().filter(|_| reserve.size.load(Ordering::Relaxed) > 0);
+        let Some(timeout) = timeout else { return self.wait_for_slot(here).await };
+        let from_reserve = async {
+            tokio::time::sleep(timeout).await;
+            let permit = reserve.permits.clone().acquire_owned().await.map_err(|_| PoolError::Closed)?;
+            Ok((permit, self.workers))
+        };
+        tokio::select! {
+            biased;
+            slot = self.wait_for_slot(here) => slot,
+            reserved = from_reserve => reserved,
+        }
+    }
+
     /// A slot of `owner`'s share is free again: when no client of `owner`
     /// waits for it but clients of other workers do, they may borrow it.
     fn slot_freed(&self, owner: usize) {
-        if self.shares.len() == 1 || self.shares[owner].waiting.load(Ordering::SeqCst) > 0 {
+        // The reserve's waiters wait on its semaphore itself.
+        if self.workers == 1 || owner == self.workers || self.shares[owner].waiting.load(Ordering::SeqCst) > 0 {
             return;
         }
-        if self.shares.iter().any(|share| share.waiting.load(Ordering::SeqCst) > 0) {
+        if self.shares[..self.workers].iter().any(|share| share.waiting.load(Ordering::SeqCst) > 0) {
             self.spare.notify_waiters();
         }
     }
@@ -637,7 +672,8 @@ pub struct Lease {
     permit: Option<OwnedSemaphorePermit>,
     /// The worker whose share the slot (permit) came from ...
     owner: usize,
-    /// ... and the one whose client holds it, whose share it joins.
+    /// ... and the one whose client holds it, whose share it joins; for a
+    /// slot of the reserve, both are the reserve (it stays there).
     holder: usize,
     discard: bool,
     poisoned: bool,
@@ -854,6 +890,7 @@ mod tests {
         };
         let settings = PoolSettings {
             size: 2,
+            reserve_size: 0,
             workers: 1,
             mode: PoolMode::Transaction,
             reset_timeout: Duration::from_secs(1),

@@ -17,11 +17,19 @@ pub struct PoolTuning {
     /// `min_pool_size`: connections kept open (idle or leased) in the
     /// background, at most the pool's size.
     pub min_size: usize,
+    /// `reserve_pool_timeout`: a client that waited this long may use a
+    /// slot of the reserve; `None`: the reserve is not used.
+    pub reserve_timeout: Option<Duration>,
 }
 
 impl Default for PoolTuning {
     fn default() -> PoolTuning {
-        PoolTuning { lifetime: Some(Duration::from_secs(3600)), check_delay: Duration::from_secs(30), min_size: 0 }
+        PoolTuning {
+            lifetime: Some(Duration::from_secs(3600)),
+            check_delay: Duration::from_secs(30),
+            min_size: 0,
+            reserve_timeout: Some(Duration::from_secs(5)),
+        }
     }
 }
 
@@ -42,12 +50,17 @@ pub(super) struct Tunables {
     lifetime: AtomicU64,
     check_delay: AtomicU64,
     min_size: AtomicUsize,
+    reserve_timeout: AtomicU64,
 }
 
 impl Tunables {
     pub(super) fn new(tuning: PoolTuning) -> Tunables {
-        let tunables =
-            Tunables { lifetime: AtomicU64::new(NONE), check_delay: AtomicU64::new(0), min_size: AtomicUsize::new(0) };
+        let tunables = Tunables {
+            lifetime: AtomicU64::new(NONE),
+            check_delay: AtomicU64::new(0),
+            min_size: AtomicUsize::new(0),
+            reserve_timeout: AtomicU64::new(NONE),
+        };
         tunables.store(tuning);
         tunables
     }
@@ -56,10 +69,16 @@ impl Tunables {
         self.lifetime.store(to_nanos(tuning.lifetime), Ordering::Relaxed);
         self.check_delay.store(to_nanos(Some(tuning.check_delay)), Ordering::Relaxed);
         self.min_size.store(tuning.min_size, Ordering::Relaxed);
+        self.reserve_timeout.store(to_nanos(tuning.reserve_timeout), Ordering::Relaxed);
     }
 
     pub(super) fn load(&self) -> PoolTuning {
-        PoolTuning { lifetime: self.lifetime(), check_delay: self.check_delay(), min_size: self.min_size() }
+        PoolTuning {
+            lifetime: self.lifetime(),
+            check_delay: self.check_delay(),
+            min_size: self.min_size(),
+            reserve_timeout: self.reserve_timeout(),
+        }
     }
 
     #[inline]
@@ -76,6 +95,10 @@ impl Tunables {
     pub(super) fn min_size(&self) -> usize {
         self.min_size.load(Ordering::Relaxed)
     }
+
+    pub(super) fn reserve_timeout(&self) -> Option<Duration> {
+        from_nanos(self.reserve_timeout.load(Ordering::Relaxed))
+    }
 }
 
 #[cfg(test)]
@@ -86,13 +109,14 @@ mod tests {
     fn a_reload_replaces_every_value() {
         let tunables = Tunables::new(PoolTuning::default());
         assert_eq!(tunables.load(), PoolTuning::default());
-        let off = PoolTuning { lifetime: None, check_delay: Duration::ZERO, min_size: 0 };
+        let off = PoolTuning { lifetime: None, check_delay: Duration::ZERO, min_size: 0, reserve_timeout: None };
         tunables.store(off);
         assert_eq!(tunables.load(), off);
         let short = PoolTuning {
             lifetime: Some(Duration::from_millis(1500)),
             check_delay: Duration::from_secs(2),
             min_size: 3,
+            reserve_timeout: Some(Duration::from_millis(250)),
         };
         tunables.store(short);
         assert_eq!(tunables.load(), short);

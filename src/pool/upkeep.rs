@@ -55,7 +55,7 @@ impl Pool {
         let owner = {
             let idle = self.idle.lock().expect("pool lock");
             let room = |w: usize| self.shares[w].permits.available_permits().saturating_sub(idle.lists[w].len());
-            (0..self.shares.len()).filter(|&w| room(w) > 0).max_by_key(|&w| room(w))?
+            (0..self.workers).filter(|&w| room(w) > 0).max_by_key(|&w| room(w))?
         };
         let permit = self.shares[owner].permits.clone().try_acquire_owned().ok()?;
         let pool = self.clone();
@@ -88,8 +88,10 @@ impl Pool {
     /// Closes the idle connections that have outlived `server_lifetime`,
     /// spaced as [`Pool::lifetime_over`] says.
     pub fn close_aged_idle(&self, now: Instant) {
-        if self.tuning.lifetime().is_none() {
-            return;
+        // No connection is older than its pool.
+        match self.tuning.lifetime() {
+            Some(lifetime) if now.saturating_duration_since(self.born) >= lifetime => {}
+            _ => return,
         }
         let mut aged: Vec<Box<ServerConn>> = Vec::new();
         {

@@ -1,6 +1,6 @@
 //! PgBouncer's server-side pool controls against the real primary:
-//! `server_lifetime`, `server_check_delay`, `min_pool_size`, and RELOAD
-//! changing them without dropping clients.
+//! `server_lifetime`, `server_check_delay`, `min_pool_size`,
+//! `reserve_pool_size`, and RELOAD changing them without dropping clients.
 //! Each test logs in as a role of its own, so that its server connections
 //! can be told apart in `pg_stat_activity` from those of the tests running
 //! beside it.
@@ -22,7 +22,7 @@ const GRACE: Duration = Duration::from_secs(5);
 /// Every role of these tests logs in with this password.
 const PASSWORD: &str = "pool-controls";
 /// One role per test.
-const ROLES: [&str; 5] = ["pc_lifetime", "pc_reload", "pc_killed", "pc_cut", "pc_min"];
+const ROLES: [&str; 6] = ["pc_lifetime", "pc_reload", "pc_killed", "pc_cut", "pc_min", "pc_reserve"];
 
 /// The cluster, with this module's roles created once per binary.
 fn prepared() -> &'static LocalCluster {
@@ -253,5 +253,41 @@ async fn min_pool_size_connections_are_opened_without_clients() {
     let client = connect(&app, role).await;
     let pid: i32 = backend_pid(&client).await.parse().unwrap();
     assert!(pids.contains(&pid), "served by one of the open connections");
+    app.shutdown(GRACE).await;
+}
+
+#[tokio::test]
+async fn a_reserve_connection_is_opened_only_after_reserve_pool_timeout() {
+    let cluster = prepared();
+    let role = "pc_reserve";
+    let pool = "default_pool_size = 1\nreserve_pool_size = 1\nreserve_pool_timeout = \"1s\"";
+    let app = start(cluster, pool, role).await;
+    let observer = observer(cluster).await;
+    let holder = connect(&app, role).await;
+    holder.batch_execute("begin").await.unwrap();
+    let held: i32 = backend_pid(&holder).await.parse().unwrap();
+    let waiter = connect(&app, role).await;
+    let started = Instant::now();
+    let waiting = tokio::spawn(async move {
+        let pid = backend_pid(&waiter).await;
+        (pid, started.elapsed(), waiter)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(server_pids(&observer, role).await, [held], "no reserve connection before the timeout");
+    let (pid, waited, waiter) = waiting.await.expect("the waiting client");
+    assert!(
+        waited >= Duration::from_secs(1),
+        "served from the reserve after reserve_pool_timeout, not before: {waited:?}"
+    );
+    let pid: i32 = pid.parse().unwrap();
+    assert_ne!(pid, held, "a connection of its own");
+    let pids = server_pids(&observer, role).await;
+    assert_eq!(pids.len(), 2, "the pool's connection and the reserve's: {pids:?}");
+    // The reserve connection waits in the reserve for the next client that waits as long.
+    let started = Instant::now();
+    assert_eq!(backend_pid(&waiter).await, pid.to_string());
+    assert!(started.elapsed() >= Duration::from_secs(1), "again only after the timeout");
+    holder.batch_execute("commit").await.unwrap();
+    assert_eq!(server_pids(&observer, role).await.len(), 2, "never more than pool size + reserve");
     app.shutdown(GRACE).await;
 }

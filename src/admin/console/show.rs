@@ -303,7 +303,7 @@ pub fn databases_table(ctx: &Context, pools: &[PoolSample]) -> Table {
             None,
             num(pool_size),
             num(config.pool.min_pool_size.min(pool_size.get())),
-            num(0),
+            num(config.pool.reserve_pool_size),
             text(pool_mode_name(config.pool.mode)),
             num(0),
             num(connections),
