@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::pools::{pool_settings, pool_tuning};
+use super::pools::{cap_limit, pool_settings, pool_tuning};
 use super::{ClientState, Context};
 use crate::auth::UserDb;
 use crate::cluster::{self, monitor::Generation, Topology};
@@ -102,6 +102,7 @@ impl Context {
         for pool in self.pools.all() {
             pool.retune(pool_tuning(&new));
         }
+        self.pools.set_cap_limits(|kind, name| cap_limit(&new, kind, name));
         if new.nodes != old.nodes
             || new.cluster != old.cluster
             || new.routing != old.routing
@@ -164,18 +165,21 @@ fn pool_unchanged(pool: &Pool, old: &Config, new: &Config) -> bool {
         c.nodes.iter().find(|n| n.name == name).map(|n| (n.host.as_str(), n.port, c.server_auth_policy(name)))
     }
     /// The user's entry, and the cluster password when it logs in with that.
-    fn user<'c>(c: &'c Config, name: &str) -> Option<(&'c crate::config::User, Option<&'c str>)> {
+    fn user<'c>(c: &'c Config, name: &str) -> Option<(crate::config::User, Option<&'c str>)> {
         let user = c.users.iter().find(|u| u.name == name)?;
-        Some((user, user.server_password_from_cluster.then_some(c.cluster.password.as_str())))
+        let cluster_password = user.server_password_from_cluster.then_some(c.cluster.password.as_str());
+        Some((crate::config::User { max_user_connections: None, ..user.clone() }, cluster_password))
     }
-    fn database<'c>(c: &'c Config, name: &str) -> Option<&'c crate::config::Database> {
-        c.databases.iter().find(|d| d.name == name)
+    /// The entry, less what a reload changes in running pools (the caps).
+    fn database(c: &Config, name: &str) -> Option<crate::config::Database> {
+        let database = c.databases.iter().find(|d| d.name == name)?;
+        Some(crate::config::Database { max_db_connections: None, ..database.clone() })
     }
     let new_database = database(new, &key.database);
     same(node(old, &key.node), node(new, &key.node))
         && same(user(old, &key.user), user(new, &key.user))
-        && same(database(old, &key.database), new_database)
-        && new_database.is_some_and(|db| pool.settings() == &pool_settings(new, db))
+        && same(database(old, &key.database), new_database.clone())
+        && new_database.as_ref().is_some_and(|db| pool.settings() == &pool_settings(new, db))
         && old.pool.server_connect_timeout == new.pool.server_connect_timeout
         && old.tls.server == new.tls.server
         && old.pool.max_prepared_statements == new.pool.max_prepared_statements

@@ -33,6 +33,7 @@ pub use admin_login::{application_name, AdminLogin};
 pub use cancel::CancelRegistry;
 pub use janitor::start_janitor;
 pub use lifecycle::{Lifecycle, StopMode};
+pub use pools::cap_limit;
 pub use preauth::PreAuth;
 pub use registry::{ClientActivity, ClientEntry, ClientRegistry, ClientState, ServerLink};
 pub use welcome::WelcomeCache;

@@ -2,6 +2,7 @@
 //! the configuration in force: created on first use, by a client's
 //! transaction or by the janitor keeping `min_pool_size` on the primary.
 
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use super::Context;
@@ -9,7 +10,7 @@ use crate::auth::UserEntry;
 use crate::backend::ServerTarget;
 use crate::cluster::NodeStatus;
 use crate::config::{Config, Database, Role};
-use crate::pool::{Pool, PoolParts, PoolSettings, PoolTuning};
+use crate::pool::{CapKind, CapLimits, Pool, PoolParts, PoolSettings, PoolTuning};
 
 impl Context {
     /// The pool for (node, database, user), created on first use.
@@ -34,7 +35,11 @@ impl Context {
             };
             let settings = pool_settings(&config, database);
             let metrics = self.metrics.pool(&node.name, &database.name, &user.name);
-            PoolParts { target, settings, tuning: pool_tuning(&config), metrics }
+            let limits = CapLimits {
+                database: cap_limit(&config, CapKind::Database, &database.name),
+                user: cap_limit(&config, CapKind::User, &user.name),
+            };
+            PoolParts { target, settings, tuning: pool_tuning(&config), metrics, limits }
         })
     }
 
@@ -68,6 +73,21 @@ impl Context {
             self.pool_for(primary, db, &user);
         }
     }
+}
+
+/// The cap on a node's connections of a database or user under `config`
+/// (0: none): its own `max_db_connections` / `max_user_connections`, else
+/// `[pool]`'s. A looked-up user has `[pool]`'s.
+pub fn cap_limit(config: &Config, kind: CapKind, name: &str) -> usize {
+    let own = match kind {
+        CapKind::Database => config.databases.iter().find(|d| d.name == name).and_then(|d| d.max_db_connections),
+        CapKind::User => config.users.iter().find(|u| u.name == name).and_then(|u| u.max_user_connections),
+    };
+    let default = match kind {
+        CapKind::Database => config.pool.max_db_connections,
+        CapKind::User => config.pool.max_user_connections,
+    };
+    own.map_or(default, NonZeroUsize::get)
 }
 
 /// What a reload changes in the pools it keeps, under `config`.

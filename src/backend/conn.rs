@@ -481,15 +481,13 @@ impl ServerConn {
     /// This connection, registered with the current worker's reactor: a
     /// connection last used on another worker moves (its socket and TLS
     /// session kept). Only for an idle connection, which nobody polls.
-    pub fn into_this_worker(self: Box<Self>) -> io::Result<Box<Self>> {
+    pub fn moved_to_this_worker(mut self) -> io::Result<ServerConn> {
         let here = crate::worker::current();
-        if self.worker == here {
-            return Ok(self);
+        if self.worker != here {
+            self.stream = self.stream.rebind()?;
+            self.worker = here;
         }
-        let mut conn = *self;
-        conn.stream = conn.stream.rebind()?;
-        conn.worker = here;
-        Ok(Box::new(conn))
+        Ok(self)
     }
 
     /// Bytes queued for the server, not yet written (at least 1 while TLS

@@ -110,6 +110,12 @@ pub struct Pool {
     pub reserve_pool_size: usize,
     /// `None`: the reserve is not used.
     pub reserve_pool_timeout: Option<Duration>,
+    /// Server connections to one node for one database, all its users'
+    /// pools together (0: no limit); a database may set its own.
+    pub max_db_connections: usize,
+    /// Server connections to one node for one user, all its databases'
+    /// pools together (0: no limit); a user may set its own.
+    pub max_user_connections: usize,
     pub client_login_timeout: Duration,
     pub max_message_size: usize,
     pub session_state: SessionStatePolicy,
@@ -241,6 +247,8 @@ pub struct User {
     pub server_password: Option<String>,
     /// Log in to the servers with `[cluster] password` (never implied).
     pub server_password_from_cluster: bool,
+    /// This user's own `max_user_connections`, else `[pool]`'s.
+    pub max_user_connections: Option<NonZeroUsize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -248,6 +256,8 @@ pub struct Database {
     pub name: String,
     pub server_dbname: String,
     pub pool_size: Option<NonZeroUsize>,
+    /// This database's own `max_db_connections`, else `[pool]`'s.
+    pub max_db_connections: Option<NonZeroUsize>,
 }
 
 /// A configuration error, rendered with the key (and line) it is about.

@@ -119,6 +119,8 @@ fn defaults_from_a_minimal_file() {
         min_pool_size: 0,
         reserve_pool_size: 0,
         reserve_pool_timeout: Some(Duration::from_secs(5)),
+        max_db_connections: 0,
+        max_user_connections: 0,
         client_login_timeout: Duration::from_secs(15),
         max_message_size: 16 << 20,
         session_state: SessionStatePolicy::Pin,
@@ -163,9 +165,12 @@ fn defaults_from_a_minimal_file() {
         server_user: None,
         server_password: None,
         server_password_from_cluster: false,
+        max_user_connections: None,
     };
     assert_eq!(config.users, [user]);
-    assert_eq!(config.databases, [Database { name: "app".into(), server_dbname: "app".into(), pool_size: None }]);
+    let database =
+        Database { name: "app".into(), server_dbname: "app".into(), pool_size: None, max_db_connections: None };
+    assert_eq!(config.databases, [database]);
 }
 
 #[test]
@@ -337,6 +342,8 @@ fn every_table_key_can_be_overridden() {
                 ("min_pool_size", "2"),
                 ("reserve_pool_size", "3"),
                 ("reserve_pool_timeout", "1s"),
+                ("max_db_connections", "10"),
+                ("max_user_connections", "11"),
                 ("client_login_timeout", "4s"),
                 ("max_message_size", "65536"),
                 ("session_state", "refuse"),

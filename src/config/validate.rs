@@ -172,6 +172,8 @@ pub(super) fn pool(raw: &RawPool, locations: &Locations<'_>) -> Result<Pool, Con
         reserve_pool_size: field("reserve_pool_size").count(raw.reserve_pool_size.map(|n| n.0), 0)?,
         reserve_pool_timeout: field("reserve_pool_timeout")
             .optional_duration(raw.reserve_pool_timeout.as_deref(), "5s")?,
+        max_db_connections: field("max_db_connections").count(raw.max_db_connections.map(|n| n.0), 0)?,
+        max_user_connections: field("max_user_connections").count(raw.max_user_connections.map(|n| n.0), 0)?,
         client_login_timeout: field("client_login_timeout")
             .positive_duration(raw.client_login_timeout.as_deref(), "15s")?,
         max_message_size: usize::try_from(max_message_size)

@@ -17,6 +17,7 @@
 //! process and nobody waits longer than `BORROW_DEFERRAL` while a slot is
 //! free anywhere.
 
+mod caps;
 mod inspect;
 mod tuning;
 mod upkeep;
@@ -35,6 +36,8 @@ use crate::backend::{BackendError, ServerConn, ServerParams, ServerTarget};
 use crate::config::PoolMode;
 use crate::metrics::PoolMetrics;
 use crate::worker;
+use caps::{Cap, Counted};
+pub use caps::{CapKind, CapLimits};
 pub use tuning::PoolTuning;
 use tuning::Tunables;
 
@@ -46,6 +49,42 @@ pub enum PoolError {
     Connect(#[from] BackendError),
     #[error("pool is closed")]
     Closed,
+    /// The cap on the node's connections of the database or user stayed
+    /// reached for the whole of query_wait_timeout.
+    #[error("no server connection available within query_wait_timeout: {cap} = {limit} reached on node {node}")]
+    Capped { cap: &'static str, limit: usize, node: String },
+}
+
+/// A server connection of a pool, counted under the pool's caps
+/// (`max_db_connections`, `max_user_connections`) for as long as it lives.
+#[derive(Debug)]
+pub(crate) struct Pooled {
+    conn: ServerConn,
+    _counted: Counted,
+}
+
+impl std::ops::Deref for Pooled {
+    type Target = ServerConn;
+    #[inline]
+    fn deref(&self) -> &ServerConn {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Pooled {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut ServerConn {
+        &mut self.conn
+    }
+}
+
+impl Pooled {
+    /// This connection, registered with the current worker's reactor (see
+    /// [`ServerConn::moved_to_this_worker`]).
+    fn into_this_worker(self: Box<Self>) -> std::io::Result<Box<Self>> {
+        let Pooled { conn, _counted } = *self;
+        Ok(Box::new(Pooled { conn: conn.moved_to_this_worker()?, _counted }))
+    }
 }
 
 /// One worker's idle connections. Boxed: a connection changes hands twice
@@ -53,7 +92,7 @@ pub enum PoolError {
 /// connection's few hundred bytes (callgrind: ~900 fewer instructions per
 /// transaction).
 #[allow(clippy::vec_box)]
-type IdleList = Vec<Box<ServerConn>>;
+type IdleList = Vec<Box<Pooled>>;
 
 /// One worker's share of a pool's size: slots (permits) its clients take
 /// first, and how many of its clients wait for one.
@@ -86,6 +125,10 @@ const BORROW_DEFERRAL: Duration = Duration::from_millis(1);
 /// Sync at once, and a connection that does not is replaced by a new one.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How often a checkout waiting for room under a cap looks again for an
+/// idle connection to close or to take, besides waking at every close.
+const CAP_POLL: Duration = Duration::from_millis(10);
+
 /// Worker `worker`'s share of `size` slots among `workers`: an even split,
 /// the first workers taking one more of what does not divide.
 fn share_of(size: usize, workers: usize, worker: usize) -> usize {
@@ -100,7 +143,7 @@ fn lifetime_turn(lifetime: Duration, size: usize, since_last: Option<Duration>) 
     since_last.is_none_or(|since| since >= gap)
 }
 
-/// Counts a waiting client in its worker's share while it lives.
+/// Counts a waiting client in its worker's share (or a cap) while it lives.
 struct Waiting<'a>(&'a AtomicUsize);
 
 impl<'a> Waiting<'a> {
@@ -148,7 +191,7 @@ impl Idle {
         now: Instant,
         timeout: Option<Duration>,
         floor: usize,
-    ) -> Option<Box<ServerConn>> {
+    ) -> Option<Box<Pooled>> {
         let total = self.total;
         let list = self.list(worker);
         let mut popped = 0;
@@ -170,7 +213,7 @@ impl Idle {
     /// Adds `conn` to `owner`'s list, closing that list's expired ones (but
     /// keeping `floor` idle connections in the pool).
     #[inline]
-    fn push(&mut self, conn: Box<ServerConn>, owner: usize, now: Instant, timeout: Option<Duration>, floor: usize) {
+    fn push(&mut self, conn: Box<Pooled>, owner: usize, now: Instant, timeout: Option<Duration>, floor: usize) {
         let total = self.total;
         let list = self.list(owner);
         let mut expired = 0;
@@ -190,7 +233,7 @@ impl Idle {
         self.total = 0;
     }
 
-    fn iter(&self) -> impl Iterator<Item = &Box<ServerConn>> {
+    fn iter(&self) -> impl Iterator<Item = &Box<Pooled>> {
         self.lists.iter().flatten()
     }
 }
@@ -222,6 +265,8 @@ pub struct PoolParts {
     pub settings: PoolSettings,
     pub tuning: PoolTuning,
     pub metrics: PoolMetrics,
+    /// The caps on its node's connections of its database and of its user.
+    pub limits: CapLimits,
 }
 
 /// Connections to one node for one (database, user).
@@ -252,6 +297,8 @@ pub struct Pool {
     metrics: PoolMetrics,
     /// Cancelled by [`Pool::close`]: the node must not be used any more.
     closed: CancellationToken,
+    /// The caps this pool's connections count under: its database's and its user's on its node.
+    caps: [Arc<Cap>; 2],
     /// Opening connections for `min_pool_size` failed this many times in a row ...
     fill_failures: std::sync::atomic::AtomicU32,
     /// ... so the next try waits until then (nanoseconds after `born`).
@@ -259,8 +306,8 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(key: PoolKey, parts: PoolParts) -> Arc<Pool> {
-        let PoolParts { target, settings, tuning, metrics } = parts;
+    fn new(key: PoolKey, parts: PoolParts, caps: [Arc<Cap>; 2]) -> Arc<Pool> {
+        let PoolParts { target, settings, tuning, metrics, limits: _ } = parts;
         let workers = settings.workers.max(1);
         let mut shares: Vec<Share> = (0..workers).map(|w| Share::new(share_of(settings.size, workers, w))).collect();
         shares.push(Share::new(settings.reserve_size));
@@ -278,6 +325,7 @@ impl Pool {
             idle: Mutex::new(Idle::new(workers)),
             server_params: Mutex::new(None),
             closed: CancellationToken::new(),
+            caps,
             fill_failures: Default::default(),
             fill_after: AtomicU64::new(0),
         })
@@ -405,7 +453,10 @@ impl Pool {
             Some(conn) if !self.check_due(&conn, now) => conn,
             // Boxed: a check's or a connect's state is large and rare, and
             // would otherwise be part of every client task's size.
-            found => Box::pin(self.checked_or_new(found, owner, here)).await?,
+            found => {
+                let deadline = waited_since.unwrap_or(now) + wait;
+                Box::pin(self.checked_or_new(found, owner, here, deadline)).await?
+            }
         };
         // Only a real wait costs clock reads; a free connection counts as 0.
         self.metrics.checkout_wait.observe(waited_since.map_or(0.0, |since| now.duration_since(since).as_secs_f64()));
@@ -435,34 +486,59 @@ impl Pool {
     /// none: an idle connection that passes its check, or a new one. One
     /// that fails is closed and the next idle one tried, so a connection
     /// broken while idle (a server restart, a killed backend, a network
-    /// cut) costs the client the check's time, never an error.
+    /// cut) costs the client the check's time, never an error. At a cap
+    /// (`max_db_connections`, `max_user_connections`), an idle connection of
+    /// another pool under it is closed to make room, or the lease waits
+    /// (until `deadline`) for a close or for a connection of its own pool.
     async fn checked_or_new(
         &self,
-        mut found: Option<Box<ServerConn>>,
+        mut found: Option<Box<Pooled>>,
         owner: usize,
         here: usize,
-    ) -> Result<Box<ServerConn>, PoolError> {
-        while let Some(mut conn) = found {
-            if !self.check_due(&conn, Instant::now()) {
-                return Ok(conn);
-            }
-            let timeout = self.target.connect_timeout.min(CHECK_TIMEOUT);
-            match conn.check_alive(timeout).await {
-                Ok(()) => return Ok(conn),
-                Err(error) => {
-                    let idle = conn.last_used.elapsed();
-                    tracing::info!(pool = ?self.key, %error, ?idle, "closing an idle server connection that failed its check");
+        deadline: Instant,
+    ) -> Result<Box<Pooled>, PoolError> {
+        loop {
+            while let Some(mut conn) = found {
+                if !self.check_due(&conn, Instant::now()) {
+                    return Ok(conn);
                 }
+                let timeout = self.target.connect_timeout.min(CHECK_TIMEOUT);
+                match conn.check_alive(timeout).await {
+                    Ok(()) => return Ok(conn),
+                    Err(error) => {
+                        let idle = conn.last_used.elapsed();
+                        tracing::info!(pool = ?self.key, %error, ?idle, "closing an idle server connection that failed its check");
+                    }
+                }
+                found = self.take_idle(owner, here, Instant::now());
+            }
+            let full = match self.try_count() {
+                Ok(counted) => return self.connect(counted).await,
+                Err(full) => full,
+            };
+            if !full.close_an_idle(self) {
+                let now = Instant::now();
+                if now >= deadline {
+                    let node = self.key.node.clone();
+                    return Err(PoolError::Capped { cap: full.kind.key(), limit: full.limit(), node });
+                }
+                full.closed_or(CAP_POLL.min(deadline - now)).await;
             }
             found = self.take_idle(owner, here, Instant::now());
         }
-        self.connect().await
     }
 
-    /// Opens a new connection (the caller holds a slot for it).
-    async fn connect(&self) -> Result<Box<ServerConn>, PoolError> {
+    /// Places for one more connection under the pool's caps, or the cap that is full.
+    fn try_count(&self) -> Result<Counted, &Arc<Cap>> {
+        let database = self.caps[0].try_take().ok_or(&self.caps[0])?;
+        let user = self.caps[1].try_take().ok_or(&self.caps[1])?;
+        Ok([database, user])
+    }
+
+    /// Opens a new connection (the caller holds a slot for it, and its places under the caps).
+    async fn connect(&self, counted: Counted) -> Result<Box<Pooled>, PoolError> {
         let conn = match ServerConn::connect(&self.target).await {
-            Ok(conn) => Box::new(conn),
+            Ok(conn) => conn,
             Err(e) => {
                 if matches!(e, BackendError::Login { .. }) {
                     // The configuration or the server needs a look: say so
@@ -473,7 +549,24 @@ impl Pool {
             }
         };
         self.server_params.lock().expect("pool lock").get_or_insert_with(|| conn.startup_params.clone());
-        Ok(conn)
+        Ok(Box::new(Pooled { conn, _counted: counted }))
+    }
+
+    /// Closes the least recently used idle connection, to make room under a
+    /// cap for another pool; whether there was one.
+    fn close_oldest_idle(&self) -> bool {
+        let oldest = {
+            let mut idle = self.idle.lock().expect("pool lock");
+            let lists = idle.lists.iter().enumerate().filter(|(_, list)| !list.is_empty());
+            let Some((i, _)) = lists.min_by_key(|(_, list)| list[0].last_used) else { return false };
+            let oldest = idle.lists[i].remove(0);
+            idle.total -= 1;
+            self.metrics.idle.set(idle.total as i64);
+            oldest
+        };
+        // Closed outside the lock.
+        drop(oldest);
+        true
     }
 
     /// A free slot of another worker for a client that found none of its
@@ -578,7 +671,7 @@ impl Pool {
 
     /// Pops the most recently used healthy idle connection of `owner`'s
     /// share, moved to worker `here` (this one) when it was last used on another.
-    fn take_idle(&self, owner: usize, here: usize, now: Instant) -> Option<Box<ServerConn>> {
+    fn take_idle(&self, owner: usize, here: usize, now: Instant) -> Option<Box<Pooled>> {
         loop {
             let conn = {
                 let mut idle = self.idle.lock().expect("pool lock");
@@ -606,7 +699,7 @@ impl Pool {
 
     /// Puts a clean connection on the idle list of `owner`'s share (whose slot it goes with).
     /// Its slot is still taken: the caller releases it afterwards.
-    fn put_idle(&self, mut conn: Box<ServerConn>, owner: usize, now: Instant) {
+    fn put_idle(&self, mut conn: Box<Pooled>, owner: usize, now: Instant) {
         conn.last_used = now;
         let mut idle = self.idle.lock().expect("pool lock");
         // Checked under the lock that `close` clears, so nothing slips in after it.
@@ -618,7 +711,7 @@ impl Pool {
     }
 
     /// Resets a connection a client left dirty; returns it when it is clean again.
-    async fn reset(&self, mut conn: Box<ServerConn>, discard: bool) -> Option<Box<ServerConn>> {
+    async fn reset(&self, mut conn: Box<Pooled>, discard: bool) -> Option<Box<Pooled>> {
         if conn.tracker().batch_open() {
             // The client left in the middle of an extended-protocol batch:
             // a Sync would commit what it never confirmed. Closing the
@@ -664,7 +757,7 @@ impl Pool {
 /// A checked-out server connection. Dropping it returns the connection.
 #[derive(Debug)]
 pub struct Lease {
-    conn: Option<Box<ServerConn>>,
+    conn: Option<Box<Pooled>>,
     started: Instant,
     /// Counted in the pool's `pinned` gauge while held.
     pinned: bool,
@@ -769,6 +862,9 @@ async fn wait_for_cancels(conn: &ServerConn) -> bool {
 /// How long a connection that a cancel is aimed at waits for it to be done.
 const CANCEL_WAIT: Duration = Duration::from_secs(6);
 
+/// A cap's (node, what, database or user name).
+type CapKey = (String, CapKind, String);
+
 /// The user a pool logs in as, as its credentials came.
 pub type PoolUser = Arc<crate::auth::UserEntry>;
 
@@ -780,6 +876,8 @@ pub struct Pools {
     /// with the user's credentials: `min_pool_size` gives them a pool on
     /// whichever node is the primary, also after it moved.
     primary_pairs: Mutex<HashMap<(String, String), PoolUser, foldhash::fast::RandomState>>,
+    /// The caps by (node, what, database or user name). Locked after `pools`, never before.
+    caps: Mutex<HashMap<CapKey, Arc<Cap>, foldhash::fast::RandomState>>,
 }
 
 impl Pools {
@@ -800,14 +898,8 @@ impl Pools {
         self.primary_pairs.lock().expect("pools lock").remove(&(database.to_owned(), user.to_owned()));
     }
 
-    pub fn get_or_create(
-        &self,
-        (node, database, user): (&str, &str, &str),
-        make: impl FnOnce() -> PoolParts,
-    ) -> Arc<Pool> {
-        let key = PoolKey { node: node.to_owned(), database: database.to_owned(), user: user.to_owned() };
-        let mut pools = self.pools.lock().expect("pools lock");
-        pools.entry(key).or_insert_with_key(|key| Pool::new(key.clone(), make())).clone()
+    pub fn get_or_create(&self, key: (&str, &str, &str), make: impl FnOnce() -> PoolParts) -> Arc<Pool> {
+        self.get_fitting(key, |_| true, make)
     }
 
     /// [`Pools::get_or_create`], retiring the pool there is when `fits` says
@@ -827,9 +919,41 @@ impl Pools {
             }
             pool.retire();
         }
-        let pool = Pool::new(key.clone(), make());
+        let parts = make();
+        let caps = [
+            self.cap(node, CapKind::Database, database, parts.limits.database),
+            self.cap(node, CapKind::User, user, parts.limits.user),
+        ];
+        let pool = Pool::new(key.clone(), parts, caps);
+        pool.caps.iter().for_each(|cap| cap.join(&pool));
         pools.insert(key, pool.clone());
         pool
+    }
+
+    /// The cap on `node`'s connections of a database or user, with `limit` in force.
+    fn cap(&self, node: &str, kind: CapKind, name: &str, limit: usize) -> Arc<Cap> {
+        let mut caps = self.caps.lock().expect("caps lock");
+        let key = (node.to_owned(), kind, name.to_owned());
+        let cap = caps.entry(key).or_insert_with(|| Arc::new(Cap::new(kind, limit)));
+        cap.set_limit(limit);
+        cap.clone()
+    }
+
+    /// Applies a reload's caps (`limit` of each database's and user's) to
+    /// the pools there are; forgets the caps no connection counts under.
+    pub fn set_cap_limits(&self, limit: impl Fn(CapKind, &str) -> usize) {
+        let mut caps = self.caps.lock().expect("caps lock");
+        caps.retain(|_, cap| cap.open() > 0 || Arc::strong_count(cap) > 1);
+        for ((_, kind, name), cap) in caps.iter() {
+            cap.set_limit(limit(*kind, name));
+        }
+    }
+
+    /// The connections open on `node` under the cap of a database or user
+    /// and its limit (0: none), if any pool counts under it.
+    pub fn cap_state(&self, node: &str, kind: CapKind, name: &str) -> Option<(usize, usize)> {
+        let caps = self.caps.lock().expect("caps lock");
+        caps.get(&(node.to_owned(), kind, name.to_owned())).map(|cap| (cap.open(), cap.limit()))
     }
 
     /// Closes and forgets every pool of `node` (its server connections must
@@ -897,7 +1021,7 @@ mod tests {
             idle_timeout: None,
         };
         let metrics = crate::metrics::Metrics::new().pool("pg0", "app", "alice");
-        PoolParts { target, settings, tuning: PoolTuning::default(), metrics }
+        PoolParts { target, settings, tuning: PoolTuning::default(), metrics, limits: CapLimits::default() }
     }
 
     #[test]

@@ -8,8 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::Pool;
-use crate::backend::ServerConn;
+use super::{Pool, Pooled};
 
 /// After a failed attempt to open a connection for `min_pool_size`, the
 /// next waits this long, doubled for every further failure in a row ...
@@ -50,17 +49,22 @@ impl Pool {
     /// (in the worker share with the most room, so each worker gets its
     /// part) and returns the work of opening it: it goes idle in that
     /// share. The slot is held while connecting, so the pool's size holds
-    /// and a client that wants the slot meanwhile gets the connection.
+    /// and a client that wants the slot meanwhile gets the connection. A
+    /// cap that is full, or that clients wait on, leaves the room to them.
     pub fn fill_one(self: &Arc<Self>) -> Option<impl Future<Output = ()> + Send + 'static> {
+        if self.caps.iter().any(|cap| cap.has_waiters()) {
+            return None;
+        }
         let owner = {
             let idle = self.idle.lock().expect("pool lock");
             let room = |w: usize| self.shares[w].permits.available_permits().saturating_sub(idle.lists[w].len());
             (0..self.workers).filter(|&w| room(w) > 0).max_by_key(|&w| room(w))?
         };
         let permit = self.shares[owner].permits.clone().try_acquire_owned().ok()?;
+        let counted = self.try_count().ok()?;
         let pool = self.clone();
         Some(async move {
-            match pool.connect().await {
+            match pool.connect(counted).await {
                 Ok(conn) => {
                     pool.fill_failures.store(0, Ordering::Relaxed);
                     pool.put_idle(conn, owner, Instant::now());
@@ -93,7 +97,7 @@ impl Pool {
             Some(lifetime) if now.saturating_duration_since(self.born) >= lifetime => {}
             _ => return,
         }
-        let mut aged: Vec<Box<ServerConn>> = Vec::new();
+        let mut aged: Vec<Box<Pooled>> = Vec::new();
         {
             let mut idle = self.idle.lock().expect("pool lock");
             for list in &mut idle.lists {

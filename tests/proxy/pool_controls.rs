@@ -1,6 +1,7 @@
 //! PgBouncer's server-side pool controls against the real primary:
 //! `server_lifetime`, `server_check_delay`, `min_pool_size`,
-//! `reserve_pool_size`, and RELOAD changing them without dropping clients.
+//! `reserve_pool_size`, `max_db_connections`, `max_user_connections`, and
+//! RELOAD changing them without dropping clients.
 //! Each test logs in as a role of its own, so that its server connections
 //! can be told apart in `pg_stat_activity` from those of the tests running
 //! beside it.
@@ -10,6 +11,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use pgrelay::localcluster::LocalCluster;
+use pgrelay::pool::CapKind;
 use pgrelay::{App, RunningApp};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -22,7 +24,8 @@ const GRACE: Duration = Duration::from_secs(5);
 /// Every role of these tests logs in with this password.
 const PASSWORD: &str = "pool-controls";
 /// One role per test.
-const ROLES: [&str; 6] = ["pc_lifetime", "pc_reload", "pc_killed", "pc_cut", "pc_min", "pc_reserve"];
+const ROLES: [&str; 8] =
+    ["pc_lifetime", "pc_reload", "pc_killed", "pc_cut", "pc_min", "pc_reserve", "pc_capdb", "pc_capuser"];
 
 /// The cluster, with this module's roles created once per binary.
 fn prepared() -> &'static LocalCluster {
@@ -289,5 +292,95 @@ async fn a_reserve_connection_is_opened_only_after_reserve_pool_timeout() {
     assert!(started.elapsed() >= Duration::from_secs(1), "again only after the timeout");
     holder.batch_execute("commit").await.unwrap();
     assert_eq!(server_pids(&observer, role).await.len(), 2, "never more than pool size + reserve");
+    app.shutdown(GRACE).await;
+}
+
+/// Runs `rounds` queries of `sql` on each client at once; returns the
+/// errors, and the most server connections of `roles` seen together in
+/// pg_stat_activity in samples taken meanwhile (the largest count seen in
+/// two samples in a row: a backend pgrelay closed may take a moment to go).
+async fn load_and_watch(
+    observer: &Client,
+    roles: &[&str],
+    clients: Vec<Client>,
+    rounds: usize,
+    sql: &'static str,
+) -> (Vec<String>, usize) {
+    let load: Vec<_> = clients
+        .into_iter()
+        .map(|client| {
+            tokio::spawn(async move {
+                for _ in 0..rounds {
+                    if let Err(e) = client.simple_query(sql).await {
+                        return Err(relay::message(&e));
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    let mut samples = Vec::new();
+    let started = Instant::now();
+    while !load.iter().all(|task| task.is_finished()) {
+        assert!(started.elapsed() < Duration::from_secs(30), "the load did not finish within 30 s");
+        let mut open = 0;
+        for role in roles {
+            open += server_pids(observer, role).await.len();
+        }
+        samples.push(open);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut errors = Vec::new();
+    for task in load {
+        if let Err(e) = task.await.expect("load task") {
+            errors.push(e);
+        }
+    }
+    let most = samples.windows(2).map(|pair| pair[0].min(pair[1])).max().unwrap_or(0);
+    (errors, most)
+}
+
+#[tokio::test]
+async fn server_connections_stay_within_max_db_connections() {
+    let cluster = prepared();
+    let role = "pc_capdb";
+    let app = start(cluster, "default_pool_size = 4\nmax_db_connections = 2\nquery_wait_timeout = \"20s\"", role).await;
+    let observer = observer(cluster).await;
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        clients.push(connect(&app, role).await);
+    }
+    let (errors, most) = load_and_watch(&observer, &[role], clients, 3, "select pg_sleep(0.1)").await;
+    assert!(errors.is_empty(), "every client is served in time: {errors:?}");
+    assert!(most <= 2, "at most max_db_connections = 2 server connections, saw {most}");
+    assert_eq!(server_pids(&observer, role).await.len(), 2, "the cap was reached, and kept");
+    app.shutdown(GRACE).await;
+}
+
+#[tokio::test]
+async fn max_user_connections_holds_across_the_users_pools() {
+    let cluster = prepared();
+    let role = "pc_capuser";
+    // A second database entry for the same server database: a pool of its own.
+    let user = format!(
+        "\n[[users]]\nname = \"{role}\"\npassword = \"{PASSWORD}\"\nmax_user_connections = 2\n\n[[databases]]\nname = \"app2\"\ndbname = \"app\"\n"
+    );
+    let text = relay::config_toml(cluster, "default_pool_size = 4\nquery_wait_timeout = \"20s\"", &user);
+    let app = relay::start(pgrelay::config::Config::parse(&text).expect("valid config")).await;
+    let observer = observer(cluster).await;
+    let mut clients = Vec::new();
+    for database in ["app", "app2", "app", "app2", "app", "app2"] {
+        let conn = connect_string(app.rw_addr.port(), role, PASSWORD, database);
+        clients.push(relay::connect_with(&conn).await.expect("login").client);
+    }
+    let (errors, most) = load_and_watch(&observer, &[role], clients, 3, "select pg_sleep(0.1)").await;
+    assert!(errors.is_empty(), "both databases' clients are served in time: {errors:?}");
+    assert!(most <= 2, "at most max_user_connections = 2 server connections, saw {most}");
+    let pools = app.context().pools.all();
+    let served: Vec<&str> = pools.iter().filter(|p| p.key.user == role).map(|p| p.key.database.as_str()).collect();
+    assert_eq!(served.len(), 2, "a pool for each database: {served:?}");
+    let node = &pools[0].key.node;
+    let (open, limit) = app.context().pools.cap_state(node, CapKind::User, role).expect("the user's cap");
+    assert!(open <= 2 && limit == 2, "pgrelay's own count: {open} of {limit}");
     app.shutdown(GRACE).await;
 }

@@ -80,6 +80,8 @@ pub fn config_values(config: &Config) -> Vec<(&'static str, String)> {
         ("pool.min_pool_size", pool.min_pool_size.to_string()),
         ("pool.reserve_pool_size", pool.reserve_pool_size.to_string()),
         ("pool.reserve_pool_timeout", optional_duration(pool.reserve_pool_timeout)),
+        ("pool.max_db_connections", pool.max_db_connections.to_string()),
+        ("pool.max_user_connections", pool.max_user_connections.to_string()),
         ("pool.client_login_timeout", duration(pool.client_login_timeout)),
         ("pool.max_message_size", size(pool.max_message_size as u64)),
         (

@@ -305,7 +305,7 @@ pub fn databases_table(ctx: &Context, pools: &[PoolSample]) -> Table {
             num(config.pool.min_pool_size.min(pool_size.get())),
             num(config.pool.reserve_pool_size),
             text(pool_mode_name(config.pool.mode)),
-            num(0),
+            num(crate::app::cap_limit(&config, crate::pool::CapKind::Database, &database.name)),
             num(connections),
             num(paused),
             num(0),
