@@ -179,7 +179,7 @@ fn pool_unchanged(pool: &Pool, old: &Config, new: &Config) -> bool {
     same(node(old, &key.node), node(new, &key.node))
         && same(user(old, &key.user), user(new, &key.user))
         && same(database(old, &key.database), new_database.clone())
-        && new_database.as_ref().is_some_and(|db| pool.settings() == &pool_settings(new, db))
+        && new_database.as_ref().is_some_and(|db| pool.settings() == &pool_settings(new, db, &key.user))
         && old.pool.server_connect_timeout == new.pool.server_connect_timeout
         && old.tls.server == new.tls.server
         && old.pool.max_prepared_statements == new.pool.max_prepared_statements

@@ -33,7 +33,7 @@ impl Context {
                 tls: config.tls.server.clone(),
                 max_prepared: config.pool.max_prepared_statements,
             };
-            let settings = pool_settings(&config, database);
+            let settings = pool_settings(&config, database, &user.name);
             let metrics = self.metrics.pool(&node.name, &database.name, &user.name);
             let limits = CapLimits {
                 database: cap_limit(&config, CapKind::Database, &database.name),
@@ -101,15 +101,51 @@ pub fn pool_tuning(config: &Config) -> PoolTuning {
     }
 }
 
-/// The settings of a pool for `database` under `config`.
-pub fn pool_settings(config: &Config, database: &Database) -> PoolSettings {
+/// The settings of a pool for `database` and `user` under `config`. As in
+/// PgBouncer, the user's own `pool_size` and `pool_mode` win over the
+/// database's, which win over `[pool]`'s (a looked-up user has none).
+pub fn pool_settings(config: &Config, database: &Database, user: &str) -> PoolSettings {
     let pool = &config.pool;
+    let own = config.users.iter().find(|u| u.name == user);
+    let size = own.and_then(|u| u.pool_size).or(database.pool_size).unwrap_or(pool.default_pool_size);
+    let mode = own.and_then(|u| u.pool_mode).or(database.pool_mode).unwrap_or(pool.mode);
     PoolSettings {
-        size: database.pool_size.unwrap_or(pool.default_pool_size).get(),
+        size: size.get(),
         reserve_size: pool.reserve_pool_size,
         workers: pool.workers,
-        mode: pool.mode,
+        mode,
         reset_timeout: pool.server_reset_timeout,
         idle_timeout: pool.server_idle_timeout,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PoolMode;
+
+    #[test]
+    fn a_users_pool_size_and_mode_win_over_its_databases() {
+        let config = Config::parse(
+            "[pool]\ndefault_pool_size = 20\nmode = \"transaction\"\n\n\
+             [[nodes]]\nname = \"pg0\"\nhost = \"127.0.0.1\"\n\n\
+             [[users]]\nname = \"own\"\npassword = \"x\"\npool_size = 2\npool_mode = \"transaction\"\n\n\
+             [[users]]\nname = \"plain\"\npassword = \"x\"\n\n\
+             [[databases]]\nname = \"sized\"\npool_size = 5\npool_mode = \"session\"\n\n\
+             [[databases]]\nname = \"default\"\n",
+        )
+        .expect("valid config");
+        let cases = [
+            ("sized", "own", 2, PoolMode::Transaction),
+            ("sized", "plain", 5, PoolMode::Session),
+            ("sized", "looked_up", 5, PoolMode::Session),
+            ("default", "own", 2, PoolMode::Transaction),
+            ("default", "plain", 20, PoolMode::Transaction),
+        ];
+        for (database, user, size, mode) in cases {
+            let db = config.databases.iter().find(|d| d.name == database).expect("configured");
+            let settings = pool_settings(&config, db, user);
+            assert_eq!((settings.size, settings.mode), (size, mode), "{database} {user}");
+        }
     }
 }

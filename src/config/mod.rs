@@ -247,6 +247,10 @@ pub struct User {
     pub server_password: Option<String>,
     /// Log in to the servers with `[cluster] password` (never implied).
     pub server_password_from_cluster: bool,
+    /// This user's own pool size, which wins over its database's and `[pool]`'s (as in PgBouncer).
+    pub pool_size: Option<NonZeroUsize>,
+    /// This user's own pool mode, which wins over its database's and `[pool]`'s.
+    pub pool_mode: Option<PoolMode>,
     /// This user's own `max_user_connections`, else `[pool]`'s.
     pub max_user_connections: Option<NonZeroUsize>,
 }
@@ -256,6 +260,8 @@ pub struct Database {
     pub name: String,
     pub server_dbname: String,
     pub pool_size: Option<NonZeroUsize>,
+    /// This database's own pool mode, else `[pool]`'s (a user's own wins over it).
+    pub pool_mode: Option<PoolMode>,
     /// This database's own `max_db_connections`, else `[pool]`'s.
     pub max_db_connections: Option<NonZeroUsize>,
 }

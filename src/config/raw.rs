@@ -170,6 +170,8 @@ pub(super) struct RawUser {
     pub server_user: Option<String>,
     pub server_password: Option<String>,
     pub server_password_from_cluster: Option<bool>,
+    pub pool_size: Option<RawInt>,
+    pub pool_mode: Option<String>,
     pub max_user_connections: Option<RawInt>,
 }
 
@@ -179,6 +181,7 @@ pub(super) struct RawDatabase {
     pub name: Option<String>,
     pub dbname: Option<String>,
     pub pool_size: Option<RawInt>,
+    pub pool_mode: Option<String>,
     pub max_db_connections: Option<RawInt>,
 }
 

@@ -165,11 +165,18 @@ fn defaults_from_a_minimal_file() {
         server_user: None,
         server_password: None,
         server_password_from_cluster: false,
+        pool_size: None,
+        pool_mode: None,
         max_user_connections: None,
     };
     assert_eq!(config.users, [user]);
-    let database =
-        Database { name: "app".into(), server_dbname: "app".into(), pool_size: None, max_db_connections: None };
+    let database = Database {
+        name: "app".into(),
+        server_dbname: "app".into(),
+        pool_size: None,
+        pool_mode: None,
+        max_db_connections: None,
+    };
     assert_eq!(config.databases, [database]);
 }
 

@@ -1,7 +1,8 @@
 //! PgBouncer's server-side pool controls against the real primary:
 //! `server_lifetime`, `server_check_delay`, `min_pool_size`,
-//! `reserve_pool_size`, `max_db_connections`, `max_user_connections`, and
-//! RELOAD changing them without dropping clients.
+//! `reserve_pool_size`, `max_db_connections`, `max_user_connections`,
+//! per-user and per-database pool sizes and modes, and RELOAD changing them
+//! without dropping clients.
 //! Each test logs in as a role of its own, so that its server connections
 //! can be told apart in `pg_stat_activity` from those of the tests running
 //! beside it.
@@ -24,8 +25,18 @@ const GRACE: Duration = Duration::from_secs(5);
 /// Every role of these tests logs in with this password.
 const PASSWORD: &str = "pool-controls";
 /// One role per test.
-const ROLES: [&str; 8] =
-    ["pc_lifetime", "pc_reload", "pc_killed", "pc_cut", "pc_min", "pc_reserve", "pc_capdb", "pc_capuser"];
+const ROLES: [&str; 10] = [
+    "pc_lifetime",
+    "pc_reload",
+    "pc_killed",
+    "pc_cut",
+    "pc_min",
+    "pc_reserve",
+    "pc_capdb",
+    "pc_capuser",
+    "pc_usersize",
+    "pc_modes",
+];
 
 /// The cluster, with this module's roles created once per binary.
 fn prepared() -> &'static LocalCluster {
@@ -382,5 +393,70 @@ async fn max_user_connections_holds_across_the_users_pools() {
     let node = &pools[0].key.node;
     let (open, limit) = app.context().pools.cap_state(node, CapKind::User, role).expect("the user's cap");
     assert!(open <= 2 && limit == 2, "pgrelay's own count: {open} of {limit}");
+    app.shutdown(GRACE).await;
+}
+
+#[tokio::test]
+async fn a_users_pool_size_wins_over_its_databases() {
+    let cluster = prepared();
+    let role = "pc_usersize";
+    let entries = format!(
+        "\n[[users]]\nname = \"{role}\"\npassword = \"{PASSWORD}\"\npool_size = 1\n\n\
+         [[databases]]\nname = \"sized\"\ndbname = \"app\"\npool_size = 3\n"
+    );
+    let text = relay::config_toml(cluster, "default_pool_size = 4\nquery_wait_timeout = \"1s\"", &entries);
+    let app = relay::start(pgrelay::config::Config::parse(&text).expect("valid config")).await;
+    let conn = connect_string(app.rw_addr.port(), role, PASSWORD, "sized");
+    let holder = relay::connect_with(&conn).await.expect("login").client;
+    let other = relay::connect_with(&conn).await.expect("login").client;
+    holder.batch_execute("begin; select 1").await.unwrap();
+    let err = other.simple_query("select 1").await.expect_err("the user's one connection is taken");
+    assert!(relay::message(&err).contains("query_wait_timeout"), "{err:?}");
+    holder.batch_execute("commit").await.unwrap();
+    let third = relay::connect_with(&conn).await.expect("login").client;
+    assert_eq!(scalar(&third, "select 1").await, "1", "served once the connection is free");
+    let pools = app.context().pools.all();
+    let pool = pools.iter().find(|p| p.key.user == role).expect("the user's pool");
+    assert_eq!(pool.settings().size, 1, "[[users]] pool_size = 1 over [[databases]] pool_size = 3");
+    app.shutdown(GRACE).await;
+}
+
+#[tokio::test]
+async fn a_databases_pool_mode_takes_effect_and_a_users_wins_over_it() {
+    let cluster = prepared();
+    let role = "pc_modes";
+    let entries = format!(
+        "\n[[users]]\nname = \"{role}\"\npassword = \"{PASSWORD}\"\n\n\
+         [[users]]\nname = \"pc_modes_tx\"\npassword = \"{PASSWORD}\"\nserver_user = \"{role}\"\npool_mode = \"transaction\"\n\n\
+         [[databases]]\nname = \"by_session\"\ndbname = \"app\"\npool_mode = \"session\"\n"
+    );
+    let text = relay::config_toml(cluster, "default_pool_size = 1\nquery_wait_timeout = \"1s\"", &entries);
+    let app = relay::start(pgrelay::config::Config::parse(&text).expect("valid config")).await;
+    // One server connection per pool, and two clients connected at once:
+    // under transaction pooling both use it in turn; under session pooling
+    // the first keeps it, and the second waits in vain.
+    let second_client = |user: &'static str, database: &'static str| {
+        let conn = connect_string(app.rw_addr.port(), user, PASSWORD, database);
+        async move {
+            let first = relay::connect_with(&conn).await.expect("login").client;
+            let second = relay::connect_with(&conn).await.expect("login").client;
+            backend_pid(&first).await;
+            let result = second.simple_query("select pg_backend_pid()").await;
+            (result.map(|_| ()).map_err(|e| relay::message(&e)), first)
+        }
+    };
+    let (served, _first) = second_client(role, "app").await;
+    assert_eq!(served, Ok(()), "[pool] mode = transaction: the connection serves both clients");
+    let (served, _first) = second_client(role, "by_session").await;
+    let error = served.expect_err("[[databases]] pool_mode = session: the first client keeps the connection");
+    assert!(error.contains("query_wait_timeout"), "{error}");
+    let (served, _first) = second_client("pc_modes_tx", "by_session").await;
+    assert_eq!(served, Ok(()), "[[users]] pool_mode = transaction wins over the database's session");
+    let mode = |database: &str, user: &str| {
+        let pools = app.context().pools.all();
+        pools.iter().find(|p| p.key.database == database && p.key.user == user).map(|p| p.mode())
+    };
+    assert_eq!(mode("by_session", role), Some(pgrelay::config::PoolMode::Session));
+    assert_eq!(mode("by_session", "pc_modes_tx"), Some(pgrelay::config::PoolMode::Transaction));
     app.shutdown(GRACE).await;
 }
