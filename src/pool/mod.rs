@@ -455,7 +455,14 @@ impl Pool {
             // would otherwise be part of every client task's size.
             found => {
                 let deadline = waited_since.unwrap_or(now) + wait;
-                Box::pin(self.checked_or_new(found, owner, here, deadline)).await?
+                match Box::pin(self.checked_or_new(found, owner, here, deadline)).await {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // Given back as a lease's slot is, so a client another worker has waiting hears of it.
+                        self.release(permit, owner, holder);
+                        return Err(e);
+                    }
+                }
             }
         };
         // Only a real wait costs clock reads; a free connection counts as 0.

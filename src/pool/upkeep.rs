@@ -60,8 +60,9 @@ impl Pool {
             let room = |w: usize| self.shares[w].permits.available_permits().saturating_sub(idle.lists[w].len());
             (0..self.workers).filter(|&w| room(w) > 0).max_by_key(|&w| room(w))?
         };
-        let permit = self.shares[owner].permits.clone().try_acquire_owned().ok()?;
+        // Counted first: a slot taken and given back without a release would wake no borrower.
         let counted = self.try_count().ok()?;
+        let permit = self.shares[owner].permits.clone().try_acquire_owned().ok()?;
         let pool = self.clone();
         Some(async move {
             match pool.connect(counted).await {

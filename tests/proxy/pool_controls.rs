@@ -25,7 +25,7 @@ const GRACE: Duration = Duration::from_secs(5);
 /// Every role of these tests logs in with this password.
 const PASSWORD: &str = "pool-controls";
 /// One role per test.
-const ROLES: [&str; 10] = [
+const ROLES: [&str; 11] = [
     "pc_lifetime",
     "pc_reload",
     "pc_killed",
@@ -36,6 +36,7 @@ const ROLES: [&str; 10] = [
     "pc_capuser",
     "pc_usersize",
     "pc_modes",
+    "pc_reload_min",
 ];
 
 /// The cluster, with this module's roles created once per binary.
@@ -458,5 +459,34 @@ async fn a_databases_pool_mode_takes_effect_and_a_users_wins_over_it() {
     };
     assert_eq!(mode("by_session", role), Some(pgrelay::config::PoolMode::Session));
     assert_eq!(mode("by_session", "pc_modes_tx"), Some(pgrelay::config::PoolMode::Transaction));
+    app.shutdown(GRACE).await;
+}
+
+#[tokio::test]
+async fn reload_applies_min_pool_size_and_caps_without_dropping_clients() {
+    let cluster = prepared();
+    let role = "pc_reload_min";
+    let file = ConfigFile::new("min", &config_text(cluster, "default_pool_size = 4", role));
+    let app = App::start_from(&file.0).await.expect("pgrelay starts");
+    let observer = observer(cluster).await;
+    let client = connect(&app, role).await;
+    let first = backend_pid(&client).await;
+    let pool = app.context().pools.all().into_iter().find(|p| p.key.user == role).expect("the role's pool");
+    assert_eq!(server_pids(&observer, role).await.len(), 1, "no min_pool_size yet");
+    let reloaded = "default_pool_size = 4\nmin_pool_size = 3\nmax_user_connections = 2\nserver_check_delay = \"0\"";
+    file.write(&config_text(cluster, reloaded, role));
+    let summary = app.context().reload().expect("reload");
+    assert_eq!(summary.pools_retired, 0, "these keys apply to the running pool: {summary:?}");
+    let pids =
+        wait_for_pids(&observer, role, Duration::from_secs(10), "min_pool_size up to the cap", |pids| pids.len() >= 2)
+            .await;
+    assert_eq!(pids.len(), 2, "min_pool_size = 3 stops at max_user_connections = 2: {pids:?}");
+    let limit = app.context().pools.cap_state(&pool.key.node, CapKind::User, role).map(|(_, limit)| limit);
+    assert_eq!(limit, Some(2), "the reloaded cap is in force");
+    let now: i32 = backend_pid(&client).await.parse().unwrap();
+    assert!(pids.contains(&now), "the client kept its session, served by the pool's connections: {now} {pids:?}");
+    assert!(pids.contains(&first.parse().unwrap()), "the connection it had before the reload stays: {pids:?}");
+    let again = app.context().pools.all().into_iter().find(|p| p.key.user == role).expect("the role's pool");
+    assert!(std::sync::Arc::ptr_eq(&pool, &again), "the same pool, not a renewed one");
     app.shutdown(GRACE).await;
 }
