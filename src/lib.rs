@@ -120,6 +120,7 @@ impl App {
                 tracing::warn!(?bound, "not every node answered its first check in time; serving anyway");
             }
         }
+        app::start_janitor(&ctx);
         let (dispatch, workers) = start_workers(&ctx).map_err(StartError::Workers)?;
         ctx.tasks.spawn(frontend::serve(ctx.clone(), rw, ListenerKind::ReadWrite, admin_console, dispatch.clone()));
         ctx.tasks.spawn(frontend::serve(ctx.clone(), ro, ListenerKind::ReadOnly, admin_console, dispatch));

@@ -3,7 +3,9 @@
 //! users, topology view, pools, metrics, tasks), the stop/drain
 //! [`Lifecycle`], the registry of logged-in clients, the cancel keys, the
 //! pre-auth admission counts, the interned client settings and the cache of
-//! encoded welcomes; and pause, resume and reload (`control`).
+//! encoded welcomes; which pool serves a (node, database, user) (`pools`)
+//! and the pools' upkeep in the background (`janitor`); and pause, resume
+//! and reload (`control`).
 //!
 //! Everything here is state that outlives any one connection and is reached
 //! through the `Context`. How a client is read, logged in and served is the
@@ -20,21 +22,24 @@
 mod admin_login;
 mod cancel;
 mod control;
+mod janitor;
 mod lifecycle;
+mod pools;
 mod preauth;
 mod registry;
 mod welcome;
 
 pub use admin_login::{application_name, AdminLogin};
 pub use cancel::CancelRegistry;
+pub use janitor::start_janitor;
 pub use lifecycle::{Lifecycle, StopMode};
+pub use pools::cap_limit;
 pub use preauth::PreAuth;
 pub use registry::{ClientActivity, ClientEntry, ClientRegistry, ClientState, ServerLink};
 pub use welcome::WelcomeCache;
 
 // For the client side only: what one connection holds, and how it is admitted.
 pub(crate) use cancel::CancelHandle;
-pub(crate) use control::pool_settings;
 pub(crate) use preauth::{Admission, Limits, Refusal, Slot, CANCEL_WINDOW};
 pub(crate) use registry::{ClientInfo, Registered};
 

@@ -256,6 +256,21 @@ impl ServerConn {
         self.stream.has_unsolicited_input()
     }
 
+    /// Checks that the idle connection still answers, without running a
+    /// statement: a lone Sync, which PostgreSQL answers with ReadyForQuery
+    /// (idle) and nothing else. Fails when the answer is anything else, or
+    /// does not come within `timeout` (the server or the network is gone).
+    pub async fn check_alive(&mut self, timeout: Duration) -> Result<(), BackendError> {
+        self.send_built(Expect::Sync, Origin::InjectedSetup, wire::put_sync);
+        match tokio::time::timeout(timeout, self.finish_pending()).await {
+            Ok(Ok(None)) if self.is_clean() => Ok(()),
+            Ok(Ok(Some(fields))) => Err(BackendError::Server(fields)),
+            Ok(Ok(None)) => Err(BackendError::Abandoned("the server answered a Sync other than idle")),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(BackendError::Timeout(timeout)),
+        }
+    }
+
     /// Runs pgrelay's own simple queries (ROLLBACK, DISCARD ALL) on a
     /// connection at a sync point and waits until they finish without error.
     pub async fn run_reset(&mut self, queries: &[&str]) -> Result<(), BackendError> {
@@ -471,15 +486,13 @@ impl ServerConn {
     /// This connection, registered with the current worker's reactor: a
     /// connection last used on another worker moves (its socket and TLS
     /// session kept). Only for an idle connection, which nobody polls.
-    pub fn into_this_worker(self: Box<Self>) -> io::Result<Box<Self>> {
+    pub fn moved_to_this_worker(mut self) -> io::Result<ServerConn> {
         let here = crate::worker::current();
-        if self.worker == here {
-            return Ok(self);
+        if self.worker != here {
+            self.stream = self.stream.rebind()?;
+            self.worker = here;
         }
-        let mut conn = *self;
-        conn.stream = conn.stream.rebind()?;
-        conn.worker = here;
-        Ok(Box::new(conn))
+        Ok(self)
     }
 
     /// Bytes queued for the server, not yet written (at least 1 while TLS

@@ -98,6 +98,24 @@ pub struct Pool {
     pub server_connect_timeout: Duration,
     pub server_reset_timeout: Duration,
     pub server_idle_timeout: Option<Duration>,
+    /// A server connection older than this is closed when its lease ends
+    /// (`None`: no limit). A reload applies it to running pools.
+    pub server_lifetime: Option<Duration>,
+    /// An idle connection unused this long is checked before it is leased (zero: always).
+    pub server_check_delay: Duration,
+    /// Server connections each pool keeps open, opened in the background (0: none).
+    pub min_pool_size: usize,
+    /// Extra server connections a pool may open for clients that waited
+    /// `reserve_pool_timeout` (0: none).
+    pub reserve_pool_size: usize,
+    /// `None`: the reserve is not used.
+    pub reserve_pool_timeout: Option<Duration>,
+    /// Server connections to one node for one database, all its users'
+    /// pools together (0: no limit); a database may set its own.
+    pub max_db_connections: usize,
+    /// Server connections to one node for one user, all its databases'
+    /// pools together (0: no limit); a user may set its own.
+    pub max_user_connections: usize,
     pub client_login_timeout: Duration,
     pub max_message_size: usize,
     pub session_state: SessionStatePolicy,
@@ -257,6 +275,12 @@ pub struct User {
     pub server_password: Option<String>,
     /// Log in to the servers with `[cluster] password` (never implied).
     pub server_password_from_cluster: bool,
+    /// This user's own pool size, which wins over its database's and `[pool]`'s (as in PgBouncer).
+    pub pool_size: Option<NonZeroUsize>,
+    /// This user's own pool mode, which wins over its database's and `[pool]`'s.
+    pub pool_mode: Option<PoolMode>,
+    /// This user's own `max_user_connections`, else `[pool]`'s.
+    pub max_user_connections: Option<NonZeroUsize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -264,6 +288,10 @@ pub struct Database {
     pub name: String,
     pub server_dbname: String,
     pub pool_size: Option<NonZeroUsize>,
+    /// This database's own pool mode, else `[pool]`'s (a user's own wins over it).
+    pub pool_mode: Option<PoolMode>,
+    /// This database's own `max_db_connections`, else `[pool]`'s.
+    pub max_db_connections: Option<NonZeroUsize>,
 }
 
 /// A configuration error, rendered with the key (and line) it is about.

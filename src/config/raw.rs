@@ -16,8 +16,12 @@ pub(super) const LISTS: [&str; 3] = ["nodes", "users", "databases"];
 
 /// Keys whose TOML type is an integer, so an environment override's text is
 /// parsed as one. Every other table key takes a string (sizes take either).
-pub(super) const INTEGER_KEYS: [(&str, &str); 14] = [
+pub(super) const INTEGER_KEYS: [(&str, &str); 18] = [
     ("pool", "default_pool_size"),
+    ("pool", "min_pool_size"),
+    ("pool", "reserve_pool_size"),
+    ("pool", "max_db_connections"),
+    ("pool", "max_user_connections"),
     ("pool", "workers"),
     ("pool", "max_client_conn"),
     ("pool", "max_prepared_statements"),
@@ -76,6 +80,13 @@ pub(super) struct RawPool {
     pub server_connect_timeout: Option<RawDuration>,
     pub server_reset_timeout: Option<RawDuration>,
     pub server_idle_timeout: Option<RawDuration>,
+    pub server_lifetime: Option<RawDuration>,
+    pub server_check_delay: Option<RawDuration>,
+    pub min_pool_size: Option<RawInt>,
+    pub reserve_pool_size: Option<RawInt>,
+    pub reserve_pool_timeout: Option<RawDuration>,
+    pub max_db_connections: Option<RawInt>,
+    pub max_user_connections: Option<RawInt>,
     pub client_login_timeout: Option<RawDuration>,
     pub max_message_size: Option<RawSize>,
     pub session_state: Option<String>,
@@ -169,6 +180,9 @@ pub(super) struct RawUser {
     pub server_user: Option<String>,
     pub server_password: Option<String>,
     pub server_password_from_cluster: Option<bool>,
+    pub pool_size: Option<RawInt>,
+    pub pool_mode: Option<String>,
+    pub max_user_connections: Option<RawInt>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,6 +191,8 @@ pub(super) struct RawDatabase {
     pub name: Option<String>,
     pub dbname: Option<String>,
     pub pool_size: Option<RawInt>,
+    pub pool_mode: Option<String>,
+    pub max_db_connections: Option<RawInt>,
 }
 
 /// A TOML integer; its own type so a type error says "an integer", not "i64".

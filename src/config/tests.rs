@@ -114,6 +114,13 @@ fn defaults_from_a_minimal_file() {
         server_connect_timeout: Duration::from_secs(5),
         server_reset_timeout: Duration::from_secs(5),
         server_idle_timeout: Some(Duration::from_secs(600)),
+        server_lifetime: Some(Duration::from_secs(3600)),
+        server_check_delay: Duration::from_secs(30),
+        min_pool_size: 0,
+        reserve_pool_size: 0,
+        reserve_pool_timeout: Some(Duration::from_secs(5)),
+        max_db_connections: 0,
+        max_user_connections: 0,
         client_login_timeout: Duration::from_secs(15),
         max_message_size: 16 << 20,
         session_state: SessionStatePolicy::Pin,
@@ -160,9 +167,19 @@ fn defaults_from_a_minimal_file() {
         server_user: None,
         server_password: None,
         server_password_from_cluster: false,
+        pool_size: None,
+        pool_mode: None,
+        max_user_connections: None,
     };
     assert_eq!(config.users, [user]);
-    assert_eq!(config.databases, [Database { name: "app".into(), server_dbname: "app".into(), pool_size: None }]);
+    let database = Database {
+        name: "app".into(),
+        server_dbname: "app".into(),
+        pool_size: None,
+        pool_mode: None,
+        max_db_connections: None,
+    };
+    assert_eq!(config.databases, [database]);
 }
 
 #[test]
@@ -329,6 +346,13 @@ fn every_table_key_can_be_overridden() {
                 ("server_connect_timeout", "2s"),
                 ("server_reset_timeout", "3s"),
                 ("server_idle_timeout", "off"),
+                ("server_lifetime", "0"),
+                ("server_check_delay", "0"),
+                ("min_pool_size", "2"),
+                ("reserve_pool_size", "3"),
+                ("reserve_pool_timeout", "1s"),
+                ("max_db_connections", "10"),
+                ("max_user_connections", "11"),
                 ("client_login_timeout", "4s"),
                 ("max_message_size", "65536"),
                 ("session_state", "refuse"),

@@ -107,6 +107,12 @@ impl Field {
             .ok_or_else(|| self.error(format!("must be greater than 0 (got {value})")))
     }
 
+    /// A count where 0 is allowed (and usually means none or no limit).
+    fn count(&self, value: Option<i64>, default: usize) -> Result<usize, ConfigError> {
+        let Some(value) = value else { return Ok(default) };
+        usize::try_from(value).map_err(|_| self.error(format!("must not be negative (got {value})")))
+    }
+
     fn choice<T: Copy>(&self, value: Option<&str>, default: T, options: &[(&str, T)]) -> Result<T, ConfigError> {
         choice(value, default, options, |message| self.error(message))
     }
@@ -184,6 +190,14 @@ pub(super) fn pool(raw: &RawPool, locations: &Locations<'_>) -> Result<Pool, Con
             .positive_duration(raw.server_reset_timeout.as_deref(), "5s")?,
         server_idle_timeout: field("server_idle_timeout")
             .optional_duration(raw.server_idle_timeout.as_deref(), "10m")?,
+        server_lifetime: field("server_lifetime").optional_duration(raw.server_lifetime.as_deref(), "1h")?,
+        server_check_delay: field("server_check_delay").duration(raw.server_check_delay.as_deref(), "30s")?,
+        min_pool_size: field("min_pool_size").count(raw.min_pool_size.map(|n| n.0), 0)?,
+        reserve_pool_size: field("reserve_pool_size").count(raw.reserve_pool_size.map(|n| n.0), 0)?,
+        reserve_pool_timeout: field("reserve_pool_timeout")
+            .optional_duration(raw.reserve_pool_timeout.as_deref(), "5s")?,
+        max_db_connections: field("max_db_connections").count(raw.max_db_connections.map(|n| n.0), 0)?,
+        max_user_connections: field("max_user_connections").count(raw.max_user_connections.map(|n| n.0), 0)?,
         client_login_timeout: field("client_login_timeout")
             .positive_duration(raw.client_login_timeout.as_deref(), "15s")?,
         max_message_size: usize::try_from(max_message_size)

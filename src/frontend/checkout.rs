@@ -5,9 +5,8 @@
 use std::sync::Arc;
 
 use super::error::SessionError;
-use crate::app::{pool_settings, Context};
+use crate::app::Context;
 use crate::auth::UserEntry;
-use crate::backend::ServerTarget;
 use crate::cluster::{NodeStatus, Topology, Wait};
 use crate::config::{Database, RoFallback};
 use crate::pool::Pool;
@@ -15,25 +14,7 @@ use crate::router::{self, ListenerKind, RouteError, RouteInput};
 
 /// The pool for (node, database, user), created on first use.
 pub fn pool_for(ctx: &Context, node: &NodeStatus, database: &Database, user: &Arc<UserEntry>) -> Arc<Pool> {
-    // A looked-up user whose password changed gets a new pool: the old one logs in with the old secret.
-    let fits = |pool: &Pool| pool.target().credentials.server.same_secret(&user.server);
-    ctx.pools.get_fitting((&node.name, &database.name, &user.name), fits, || {
-        let config = ctx.config();
-        let target = ServerTarget {
-            node: node.name.clone(),
-            host: node.host.clone(),
-            port: node.port,
-            database: database.server_dbname.clone(),
-            credentials: user.clone(),
-            auth_policy: config.server_auth_policy(&node.name),
-            connect_timeout: config.pool.server_connect_timeout,
-            tls: config.tls.server.clone(),
-            max_prepared: config.pool.max_prepared_statements,
-            tcp: ctx.server_tcp.clone(),
-        };
-        let settings = pool_settings(&config, database);
-        (target, settings, ctx.metrics.pool(&node.name, &database.name, &user.name))
-    })
+    ctx.pool_for(node, database, user)
 }
 
 /// How long to wait before routing again after a server refused a new

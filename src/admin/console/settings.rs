@@ -81,6 +81,13 @@ pub fn config_values(config: &Config) -> Vec<(&'static str, String)> {
         ("pool.server_connect_timeout", duration(pool.server_connect_timeout)),
         ("pool.server_reset_timeout", duration(pool.server_reset_timeout)),
         ("pool.server_idle_timeout", optional_duration(pool.server_idle_timeout)),
+        ("pool.server_lifetime", optional_duration(pool.server_lifetime)),
+        ("pool.server_check_delay", duration(pool.server_check_delay)),
+        ("pool.min_pool_size", pool.min_pool_size.to_string()),
+        ("pool.reserve_pool_size", pool.reserve_pool_size.to_string()),
+        ("pool.reserve_pool_timeout", optional_duration(pool.reserve_pool_timeout)),
+        ("pool.max_db_connections", pool.max_db_connections.to_string()),
+        ("pool.max_user_connections", pool.max_user_connections.to_string()),
         ("pool.client_login_timeout", duration(pool.client_login_timeout)),
         ("pool.max_message_size", size(pool.max_message_size as u64)),
         (

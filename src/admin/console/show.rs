@@ -295,6 +295,7 @@ pub fn databases_table(ctx: &Context, pools: &[PoolSample]) -> Table {
     for database in &config.databases {
         let connections: usize = pools.iter().filter(|p| p.database == database.name).map(|p| p.idle + p.in_use).sum();
         let pool_size = database.pool_size.unwrap_or(config.pool.default_pool_size);
+        let pool_mode = database.pool_mode.unwrap_or(config.pool.mode);
         table.push(vec![
             text(database.name.as_str()),
             primary.map(|node| node.host.clone()),
@@ -302,10 +303,10 @@ pub fn databases_table(ctx: &Context, pools: &[PoolSample]) -> Table {
             text(database.server_dbname.as_str()),
             None,
             num(pool_size),
-            num(0),
-            num(0),
-            text(pool_mode_name(config.pool.mode)),
-            num(0),
+            num(config.pool.min_pool_size.min(pool_size.get())),
+            num(config.pool.reserve_pool_size),
+            text(pool_mode_name(pool_mode)),
+            num(crate::app::cap_limit(&config, crate::pool::CapKind::Database, &database.name)),
             num(connections),
             num(paused),
             num(0),
@@ -340,11 +341,11 @@ pub fn lists_table(ctx: &Context, pools: &[PoolSample], clients: &[ClientSample]
     table
 }
 
-/// SHOW USERS: the configured users (pool_mode NULL: none has its own).
+/// SHOW USERS: the configured users, and the pool mode of their own (NULL: none).
 pub fn users_table(ctx: &Context) -> Table {
     let mut table = Table::new(&[("name", T::Text), ("pool_mode", T::Text)]);
     for user in &ctx.config().users {
-        table.push(vec![text(user.name.as_str()), None]);
+        table.push(vec![text(user.name.as_str()), user.pool_mode.map(|mode| pool_mode_name(mode).to_owned())]);
     }
     table
 }
