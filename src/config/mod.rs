@@ -110,6 +110,26 @@ pub struct Pool {
     /// Threads that accept clients and run their sessions, each with a
     /// runtime of its own (a restart changes it, not a reload).
     pub workers: usize,
+    pub client_timeouts: ClientTimeouts,
+}
+
+/// How long a client may wait in each way before pgrelay acts (`None`: no
+/// limit). A reload applies to each client's next wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClientTimeouts {
+    /// Idle outside a transaction: the client is disconnected (57P05).
+    pub client_idle: Option<Duration>,
+    /// Idle inside a transaction: the client is disconnected (25P03) and
+    /// its transaction rolled back.
+    pub idle_transaction: Option<Duration>,
+    /// A query running: it is cancelled on the server (57014).
+    pub query: Option<Duration>,
+}
+
+impl ClientTimeouts {
+    pub fn any(&self) -> bool {
+        self.client_idle.is_some() || self.idle_transaction.is_some() || self.query.is_some()
+    }
 }
 
 /// Who may use the admin console (database `pgrelay` or `pgbouncer`).

@@ -79,6 +79,10 @@ pub(super) struct RawPool {
     pub max_client_prepared_statements: Option<RawInt>,
     pub shutdown_grace: Option<RawDuration>,
     pub workers: Option<RawInt>,
+    // Client timeouts, PgBouncer's names.
+    pub client_idle_timeout: Option<RawDuration>,
+    pub idle_transaction_timeout: Option<RawDuration>,
+    pub query_timeout: Option<RawDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -10,8 +10,8 @@ use super::locate::{error_at, Locations, Origin};
 use super::raw::{RawAdmin, RawAuth, RawCluster, RawInt, RawListen, RawPool, RawRouting, RawSize};
 use super::units::{listeners_collide, parse_addr, parse_duration, parse_size, size_from_int};
 use super::{
-    Admin, AuthQuery, AuthType, Cluster, ConfigError, Listen, Pool, PoolMode, RequireAuth, RoFallback, Routing,
-    SessionStatePolicy, Source,
+    Admin, AuthQuery, AuthType, ClientTimeouts, Cluster, ConfigError, Listen, Pool, PoolMode, RequireAuth, RoFallback,
+    Routing, SessionStatePolicy, Source,
 };
 
 /// PostgreSQL 15's default is 4096 (`scram_iterations` came in 16); managed
@@ -177,6 +177,12 @@ pub(super) fn pool(raw: &RawPool, locations: &Locations<'_>) -> Result<Pool, Con
             .get(),
         shutdown_grace: field("shutdown_grace").duration(raw.shutdown_grace.as_deref(), "30s")?,
         workers: field("workers").positive(raw.workers.map(|n| n.0), default_workers())?.get(),
+        client_timeouts: ClientTimeouts {
+            client_idle: field("client_idle_timeout").optional_duration(raw.client_idle_timeout.as_deref(), "off")?,
+            idle_transaction: field("idle_transaction_timeout")
+                .optional_duration(raw.idle_transaction_timeout.as_deref(), "off")?,
+            query: field("query_timeout").optional_duration(raw.query_timeout.as_deref(), "off")?,
+        },
     })
 }
 

@@ -89,6 +89,9 @@ pub fn config_values(config: &Config) -> Vec<(&'static str, String)> {
         ("pool.max_client_prepared_statements", pool.max_client_prepared_statements.to_string()),
         ("pool.shutdown_grace", duration(pool.shutdown_grace)),
         ("pool.workers", pool.workers.to_string()),
+        ("pool.client_idle_timeout", optional_duration(pool.client_timeouts.client_idle)),
+        ("pool.idle_transaction_timeout", optional_duration(pool.client_timeouts.idle_transaction)),
+        ("pool.query_timeout", optional_duration(pool.client_timeouts.query)),
         ("routing.max_replica_lag_bytes", size(config.routing.max_replica_lag_bytes)),
         ("routing.max_replica_lag", duration(config.routing.max_replica_lag)),
         (
