@@ -243,6 +243,9 @@ async fn query_timeout_cancels_the_query_and_the_client_carries_on() {
     for _ in 0..3 {
         client.simple_query("select pg_sleep(0.3)").await.expect("in time");
     }
+    let metrics = app.context().metrics.render();
+    let counted = r#"pgrelay_client_timeouts_total{action="cancel",timeout="query_timeout"} 3"#;
+    assert!(metrics.contains(counted), "{counted} in:\n{metrics}");
     app.shutdown(GRACE).await;
 }
 
