@@ -36,6 +36,7 @@ pub struct Metrics {
     transaction_duration: HistogramVec,
     errors: IntCounterVec,
     pinned_clients: IntCounterVec,
+    client_timeouts: IntCounterVec,
     /// Statements pgrelay prepared on a server connection on a client's behalf.
     pub statements_reprepared: IntCounter,
     pub node_up: IntGaugeVec,
@@ -168,6 +169,16 @@ impl Metrics {
                 IntCounterVec::new(
                     opts("pgrelay_pinned_clients_total", "Clients pinned to a server connection by session state."),
                     &["reason"]
+                )
+            ),
+            client_timeouts: register!(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "pgrelay_client_timeouts_total",
+                        "Client timeouts that ran out, by key and what pgrelay did (disconnect, cancel)."
+                    ),
+                    &["timeout", "action"]
                 )
             ),
             statements_reprepared: register!(
@@ -347,6 +358,11 @@ impl Metrics {
     pub fn pinned(&self, reason: &str) {
         self.pinned_clients.with_label_values(&[reason]).inc();
     }
+
+    /// Counts a client timeout that ran out (rare: looked up by label each time).
+    pub fn client_timeout(&self, timeout: ClientTimeout) {
+        self.client_timeouts.with_label_values(&timeout.labels()).inc();
+    }
 }
 
 impl Default for Metrics {
@@ -394,6 +410,28 @@ impl ErrorOrigin {
         match self {
             ErrorOrigin::Server => "server",
             ErrorOrigin::Pgrelay => "pgrelay",
+        }
+    }
+}
+
+/// A client timeout that ran out, and what was done about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientTimeout {
+    ClientIdle,
+    IdleTransaction,
+    /// query_timeout: the query was cancelled on the server.
+    QueryCancelled,
+    /// query_timeout: the cancelled query did not end, and its connection was closed.
+    QueryClosed,
+}
+
+impl ClientTimeout {
+    fn labels(self) -> [&'static str; 2] {
+        match self {
+            ClientTimeout::ClientIdle => ["client_idle_timeout", "disconnect"],
+            ClientTimeout::IdleTransaction => ["idle_transaction_timeout", "disconnect"],
+            ClientTimeout::QueryCancelled => ["query_timeout", "cancel"],
+            ClientTimeout::QueryClosed => ["query_timeout", "disconnect"],
         }
     }
 }

@@ -150,6 +150,9 @@ pub struct Tracker {
     prepared: ServerStatements,
     /// Syncs sent: numbers the extended-protocol batches.
     batches: u64,
+    /// ReadyForQuery messages received (wrapping): advances as each request
+    /// of a pipeline ends.
+    readies: u32,
     /// Shared statements whose description, prepared here, did not match
     /// the one first seen (see `DescribeStatement::shape_of`).
     mismatched: Vec<Arc<str>>,
@@ -170,6 +173,7 @@ impl Tracker {
             prepared: ServerStatements::new(max_prepared),
             undone: Vec::new(),
             batches: 0,
+            readies: 0,
             mismatched: Vec::new(),
         }
     }
@@ -263,6 +267,11 @@ impl Tracker {
     /// were sent: undo them in reverse.
     pub fn take_undone(&mut self) -> Option<Vec<Undone>> {
         (!self.undone.is_empty()).then(|| std::mem::take(&mut self.undone))
+    }
+
+    /// ReadyForQuery messages received so far (wrapping).
+    pub fn readies(&self) -> u32 {
+        self.readies
     }
 
     /// The number of the batch being sent (Syncs sent so far).
@@ -391,6 +400,7 @@ impl Tracker {
         };
         match self.queue.pop_front() {
             Some(Pending::Server { expect: Expect::Sync | Expect::Query, origin }) => {
+                self.readies = self.readies.wrapping_add(1);
                 self.tx = status;
                 self.copy = CopyState::None;
                 self.pop_markers();

@@ -134,6 +134,7 @@ pub struct Pool {
     /// Servers see a client's application_name with its address appended
     /// (PgBouncer's `application_name_add_host`), from its login on.
     pub application_name_add_host: bool,
+    pub client_timeouts: ClientTimeouts,
 }
 
 /// PgBouncer's `tcp_*` socket options. `None` leaves the operating
@@ -156,6 +157,25 @@ pub struct Keepalive {
     pub interval: Option<Duration>,
     /// Unanswered probes after which the connection is dropped (`tcp_keepcnt`).
     pub count: Option<u32>,
+}
+
+/// How long a client may wait in each way before pgrelay acts (`None`: no
+/// limit). A reload applies to each client's next wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClientTimeouts {
+    /// Idle outside a transaction: the client is disconnected (57P05).
+    pub client_idle: Option<Duration>,
+    /// Idle inside a transaction: the client is disconnected (25P03) and
+    /// its transaction rolled back.
+    pub idle_transaction: Option<Duration>,
+    /// A query running: it is cancelled on the server (57014).
+    pub query: Option<Duration>,
+}
+
+impl ClientTimeouts {
+    pub fn any(&self) -> bool {
+        self.client_idle.is_some() || self.idle_transaction.is_some() || self.query.is_some()
+    }
 }
 
 /// Who may use the admin console (database `pgrelay` or `pgbouncer`).

@@ -100,6 +100,10 @@ pub(super) struct RawPool {
     pub tcp_keepcnt: Option<RawInt>,
     pub tcp_user_timeout: Option<RawDuration>,
     pub application_name_add_host: Option<bool>,
+    // Client timeouts, PgBouncer's names.
+    pub client_idle_timeout: Option<RawDuration>,
+    pub idle_transaction_timeout: Option<RawDuration>,
+    pub query_timeout: Option<RawDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -130,6 +130,7 @@ fn defaults_from_a_minimal_file() {
         workers: super::default_workers(),
         tcp: TcpOptions { keepalive: Some(Keepalive::default()), user_timeout: None },
         application_name_add_host: false,
+        client_timeouts: ClientTimeouts { client_idle: None, idle_transaction: None, query: None },
     };
     assert_eq!(config.pool, pool);
     assert_eq!(config.admin, Admin::default());
@@ -238,6 +239,24 @@ fn server_idle_timeout_off() {
         let config = Config::parse(&with(&[&format!("[pool]\nserver_idle_timeout = {text}\n"), &minimal()]));
         assert_eq!(config.expect(text).pool.server_idle_timeout, expected, "{text}");
     }
+}
+
+#[test]
+fn client_timeouts_are_off_unless_set() {
+    let keys = ["client_idle_timeout", "idle_transaction_timeout", "query_timeout"];
+    for (i, key) in keys.iter().enumerate() {
+        for (text, expected) in [("\"0\"", None), ("\"off\"", None), ("\"250ms\"", Some(Duration::from_millis(250)))] {
+            let config = Config::parse(&with(&[&format!("[pool]\n{key} = {text}\n"), &minimal()])).expect(text);
+            let timeouts = config.pool.client_timeouts;
+            let values = [timeouts.client_idle, timeouts.idle_transaction, timeouts.query];
+            for (j, value) in values.iter().enumerate() {
+                assert_eq!(*value, if i == j { expected } else { None }, "{key} = {text}");
+            }
+            assert_eq!(timeouts.any(), expected.is_some());
+        }
+    }
+    let error = Config::parse(&with(&["[pool]\nquery_timeout = 30\n", &minimal()])).expect_err("not a duration");
+    assert!(error.0.contains("query_timeout"), "{}", error.0);
 }
 
 #[test]
@@ -366,6 +385,9 @@ fn every_table_key_can_be_overridden() {
                 ("tcp_keepcnt", "3"),
                 ("tcp_user_timeout", "45s"),
                 ("application_name_add_host", "true"),
+                ("client_idle_timeout", "10m"),
+                ("idle_transaction_timeout", "1m"),
+                ("query_timeout", "30s"),
             ],
         ),
         ("routing", &[("max_replica_lag_bytes", "1kB"), ("max_replica_lag", "1s"), ("ro_fallback", "error")]),

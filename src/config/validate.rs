@@ -10,8 +10,8 @@ use super::locate::{error_at, Locations, Origin};
 use super::raw::{RawAdmin, RawAuth, RawCluster, RawInt, RawListen, RawPool, RawRouting, RawSize};
 use super::units::{listeners_collide, parse_addr, parse_duration, parse_size, size_from_int};
 use super::{
-    Admin, AuthQuery, AuthType, Cluster, ConfigError, Keepalive, Listen, Pool, PoolMode, RequireAuth, RoFallback,
-    Routing, SessionStatePolicy, Source, TcpOptions,
+    Admin, AuthQuery, AuthType, ClientTimeouts, Cluster, ConfigError, Keepalive, Listen, Pool, PoolMode, RequireAuth,
+    RoFallback, Routing, SessionStatePolicy, Source, TcpOptions,
 };
 
 /// PostgreSQL 15's default is 4096 (`scram_iterations` came in 16); managed
@@ -217,6 +217,12 @@ pub(super) fn pool(raw: &RawPool, locations: &Locations<'_>) -> Result<Pool, Con
         workers: field("workers").positive(raw.workers.map(|n| n.0), default_workers())?.get(),
         tcp: tcp(raw, locations)?,
         application_name_add_host: raw.application_name_add_host.unwrap_or(false),
+        client_timeouts: ClientTimeouts {
+            client_idle: field("client_idle_timeout").optional_duration(raw.client_idle_timeout.as_deref(), "off")?,
+            idle_transaction: field("idle_transaction_timeout")
+                .optional_duration(raw.idle_transaction_timeout.as_deref(), "off")?,
+            query: field("query_timeout").optional_duration(raw.query_timeout.as_deref(), "off")?,
+        },
     })
 }
 

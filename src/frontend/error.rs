@@ -50,6 +50,19 @@ pub enum SessionError {
     Login { code: &'static str, message: String },
     #[error("could not look the user up: {0}")]
     UserLookup(#[from] crate::auth::LookupError),
+    #[error("terminating connection due to idle-session timeout (client_idle_timeout = {0:?})")]
+    ClientIdleTimeout(std::time::Duration),
+    #[error(
+        "terminating connection due to idle-in-transaction timeout (idle_transaction_timeout = {0:?}); \
+         the transaction was rolled back"
+    )]
+    IdleTransactionTimeout(std::time::Duration),
+    /// The query was cancelled for query_timeout and did not end.
+    #[error(
+        "query_timeout ({timeout:?}) expired and the query did not end within {waited:?} of being cancelled; \
+         its server connection was closed and the transaction in progress is lost"
+    )]
+    QueryNotCancelled { timeout: std::time::Duration, waited: std::time::Duration },
 }
 
 impl SessionError {
@@ -79,6 +92,12 @@ impl SessionError {
             // PostgreSQL's word for a login it cannot check (as for a failing pg_hba or LDAP lookup).
             SessionError::UserLookup(e) if e.server_refused() => sqlstate::INVALID_AUTHORIZATION,
             SessionError::UserLookup(_) => sqlstate::CONNECTION_FAILURE,
+            // PostgreSQL's own codes for its idle_session_timeout and
+            // idle_in_transaction_session_timeout, which drivers know.
+            SessionError::ClientIdleTimeout(_) => sqlstate::IDLE_SESSION_TIMEOUT,
+            SessionError::IdleTransactionTimeout(_) => sqlstate::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+            // The connection is gone, as when a server connection is lost.
+            SessionError::QueryNotCancelled { .. } => sqlstate::CONNECTION_FAILURE,
         };
         Some(code.to_owned())
     }

@@ -312,6 +312,7 @@ async fn handle_client(
             | SessionError::ServerProtocol(_)
             | SessionError::ServerDesync(_)
             | SessionError::ServerEnded
+            | SessionError::QueryNotCancelled { .. }
             | SessionError::ClientProtocol(_))
     );
     session.drop_lease_after_error(poison);

@@ -22,6 +22,8 @@ pub mod sqlstate {
     pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
     pub const SYNTAX_ERROR: &str = "42601";
     pub const CONFIG_FILE_ERROR: &str = "F0000";
+    pub const IDLE_IN_TRANSACTION_SESSION_TIMEOUT: &str = "25P03";
+    pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -23,5 +23,6 @@ mod protocol;
 mod routing;
 mod server_login;
 mod server_tls;
+mod timeouts;
 mod tools;
 mod workers;

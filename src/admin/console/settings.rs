@@ -108,6 +108,9 @@ pub fn config_values(config: &Config) -> Vec<(&'static str, String)> {
         ("pool.tcp_keepcnt", keepalive.count.unwrap_or(0).to_string()),
         ("pool.tcp_user_timeout", system_default(pool.tcp.user_timeout)),
         ("pool.application_name_add_host", pool.application_name_add_host.to_string()),
+        ("pool.client_idle_timeout", optional_duration(pool.client_timeouts.client_idle)),
+        ("pool.idle_transaction_timeout", optional_duration(pool.client_timeouts.idle_transaction)),
+        ("pool.query_timeout", optional_duration(pool.client_timeouts.query)),
         ("routing.max_replica_lag_bytes", size(config.routing.max_replica_lag_bytes)),
         ("routing.max_replica_lag", duration(config.routing.max_replica_lag)),
         (

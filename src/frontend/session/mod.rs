@@ -16,6 +16,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 mod forward;
 mod relay;
 mod statements;
+mod timeouts;
 
 use super::checkout::{pause_before_retry, pool_for, route_waiting};
 use super::error::SessionError;
@@ -53,6 +54,8 @@ enum Event {
     Shutdown,
     /// The leased connection's pool was closed: its node stopped being the primary.
     Fenced,
+    /// The timer of the client timeouts fired.
+    Timeout,
 }
 
 pub struct Session {
@@ -127,6 +130,12 @@ pub struct Session {
     stopping: bool,
     /// This client's entry in the registry the admin console lists.
     registered: Registered,
+    /// The client timeouts' timer, once the configuration turned one on.
+    watchdog: Option<Box<timeouts::Watchdog>>,
+    /// Reads from the client, and server connections leased, so far
+    /// (wrapping): the timeouts tell a new wait from the last one by them.
+    client_reads: u32,
+    leases: u32,
     /// The connection's span: log events name it as their parent, so the
     /// hot loop never has to enter it.
     span: tracing::Span,
@@ -148,7 +157,7 @@ impl Session {
         let metrics = ctx.metrics.client(&parts.database.name, &parts.user.name, listener.as_str());
         // By the settings as given: an address in application_name changes no statement's meaning.
         let shared_context = ctx.settings.statement_context(&parts.settings);
-        Session {
+        let mut session = Session {
             _connected: GaugeGuard::new(&metrics.connected),
             metrics,
             stop_signal: Signal::new(ctx.lifecycle.draining().clone()),
@@ -156,6 +165,9 @@ impl Session {
             fence: None,
             stopping: false,
             registered,
+            watchdog: None,
+            client_reads: 0,
+            leases: 0,
             span,
             ctx,
             client,
@@ -185,7 +197,9 @@ impl Session {
             parsed_here: Vec::new(),
             pinned: None,
             terminated: false,
-        }
+        };
+        session.start_watchdog_if_needed();
+        session
     }
 
     /// Relays until the client leaves or an error ends the session; returns
@@ -197,6 +211,7 @@ impl Session {
             match self.next_event().await? {
                 Event::ClientRead(0) => return Ok(()),
                 Event::ClientRead(n) => {
+                    self.client_reads = self.client_reads.wrapping_add(1);
                     self.metrics.bytes_received.inc_by(n as u64);
                     if n >= self.client_read_size {
                         self.client_read_size = (self.client_read_size * 2).min(READ_CHUNK);
@@ -214,6 +229,7 @@ impl Session {
                     let node = self.lease.as_ref().map(|l| l.pool().key.node.clone()).unwrap_or_default();
                     return Err(SessionError::NodeFenced { node });
                 }
+                Event::Timeout => self.on_timeout()?,
             }
             self.flush_server()?;
             // Released before the client can see ReadyForQuery: a cancel it
@@ -238,6 +254,7 @@ impl Session {
     fn config(&mut self) -> &Config {
         if self.config.0 != self.ctx.config_generation() {
             self.config = self.ctx.config_snapshot();
+            self.start_watchdog_if_needed();
         }
         &self.config.1
     }
@@ -288,12 +305,14 @@ impl Session {
             let max = self.config().pool.max_message_size + 5;
             self.cbuf.reserve(self.client_read_size.max(Frame::needed(&self.cbuf)).min(max));
         }
+        // After the look at the configuration above: a reload applies from this wait.
+        self.watch();
         if let Some(lease) = &self.lease {
             if !self.fence.as_ref().is_some_and(|(pool, _)| Arc::ptr_eq(pool, lease.pool())) {
                 self.fence = Some((lease.pool().clone(), Signal::new(lease.pool().closed_token())));
             }
         }
-        let Session { ctx, client, cbuf, out, lease, stop_signal, fence, stopping, .. } = self;
+        let Session { ctx, client, cbuf, out, lease, stop_signal, fence, stopping, watchdog, .. } = self;
         let mut server = lease.as_mut().map(|l| l.conn_mut());
         let client_has_out = !out.is_empty() || client.has_buffered_output();
         let event = std::future::poll_fn(|cx| {
@@ -312,6 +331,11 @@ impl Session {
             if let (Some(_), Some((pool, signal))) = (server.as_ref(), fence.as_mut()) {
                 if signal.poll(cx, pool.is_closed()).is_ready() {
                     return Poll::Ready(Ok(Event::Fenced));
+                }
+            }
+            if let Some(watchdog) = watchdog.as_deref_mut() {
+                if watchdog.poll(cx).is_ready() {
+                    return Poll::Ready(Ok(Event::Timeout));
                 }
             }
             Poll::Pending
@@ -434,6 +458,7 @@ impl Session {
             let conn = lease.conn();
             self.cancel.set_target(Some((conn.addr, conn.key, conn.cancels_in_flight.clone())));
             self.lease = Some(lease);
+            self.leases = self.leases.wrapping_add(1);
             return Ok(());
         }
     }
