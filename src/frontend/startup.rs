@@ -183,7 +183,7 @@ async fn find_user(ctx: &Context, name: &str, deadline: tokio::time::Instant) ->
 /// Where users are looked up: the primary, waited for like a write would be.
 async fn primary(ctx: &Context, deadline: tokio::time::Instant) -> Result<LookupTarget, SessionError> {
     let fallback = ctx.config().routing.ro_fallback;
-    let (topology, node) = route_waiting(ctx, ListenerKind::ReadWrite, fallback, deadline).await?;
+    let (topology, node, _) = route_waiting(ctx, ListenerKind::ReadWrite, fallback, deadline).await?;
     let node = &topology.nodes[node];
     Ok(LookupTarget { node: node.name.clone(), host: node.host.clone(), port: node.port })
 }

@@ -83,17 +83,17 @@ fn share_of(size: usize, workers: usize, worker: usize) -> usize {
     size / workers + usize::from(worker < size % workers)
 }
 
-/// Counts a waiting client in its worker's share while it lives.
-struct Waiting<'a>(&'a AtomicUsize);
+/// Counts something (a waiting client, a connection logging in) while it lives.
+struct Counted<'a>(&'a AtomicUsize);
 
-impl<'a> Waiting<'a> {
-    fn new(count: &'a AtomicUsize) -> Waiting<'a> {
+impl<'a> Counted<'a> {
+    fn new(count: &'a AtomicUsize) -> Counted<'a> {
         count.fetch_add(1, Ordering::SeqCst);
-        Waiting(count)
+        Counted(count)
     }
 }
 
-impl Drop for Waiting<'_> {
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
@@ -196,6 +196,11 @@ pub struct Pool {
     /// What the first connection reported at startup; clients see these at login.
     server_params: Mutex<Option<ServerParams>>,
     metrics: PoolMetrics,
+    /// Slots whose connection is logging in, being reset after a client,
+    /// or held back until a cancel aimed at it is done (SHOW POOLS).
+    logging_in: AtomicUsize,
+    resetting: AtomicUsize,
+    being_canceled: AtomicUsize,
     /// Cancelled by [`Pool::close`]: the node must not be used any more.
     closed: CancellationToken,
 }
@@ -212,6 +217,9 @@ impl Pool {
             settings,
             idle: Mutex::new(Idle::new(workers)),
             server_params: Mutex::new(None),
+            logging_in: AtomicUsize::new(0),
+            resetting: AtomicUsize::new(0),
+            being_canceled: AtomicUsize::new(0),
             closed: CancellationToken::new(),
         })
     }
@@ -245,7 +253,15 @@ impl Pool {
         self.metrics.idle.set(0);
     }
 
-    /// Connections leased to clients (or being reset after one) right now.
+    /// Of [`Pool::in_use`]: connections logging in, being reset after a
+    /// client, and held back until a cancel aimed at them is done.
+    pub fn in_transition(&self) -> (usize, usize, usize) {
+        let count = |n: &AtomicUsize| n.load(Ordering::Relaxed);
+        (count(&self.logging_in), count(&self.resetting), count(&self.being_canceled))
+    }
+
+    /// Connections leased to clients (or logging in, being reset, or
+    /// waiting for a cancel) right now.
     pub fn in_use(&self) -> usize {
         let size = |share: &Share| share.size.load(Ordering::Relaxed);
         self.shares.iter().map(|share| size(share).saturating_sub(share.permits.available_permits())).sum()
@@ -281,17 +297,16 @@ impl Pool {
     pub async fn checkout(self: &Arc<Self>, wait: Duration) -> Result<Lease, PoolError> {
         let here = worker::current().min(self.shares.len() - 1);
         // A free slot needs no timer: only a real wait arms one.
-        let (permit, owner, waited_since) = match self.shares[here].permits.clone().try_acquire_owned() {
-            Ok(permit) => (permit, here, None),
+        let (permit, owner, mut waited) = match self.shares[here].permits.clone().try_acquire_owned() {
+            Ok(permit) => (permit, here, false),
             Err(tokio::sync::TryAcquireError::Closed) => return Err(PoolError::Closed),
             Err(tokio::sync::TryAcquireError::NoPermits) => match self.borrow_at_once(here) {
-                Some((permit, owner)) => (permit, owner, None),
+                Some((permit, owner)) => (permit, owner, false),
                 None => {
-                    let since = Instant::now();
                     // Boxed: a timer is large, and only a real wait needs one; inline,
                     // it would be part of every client task's size.
                     match Box::pin(tokio::time::timeout(wait, self.wait_for_slot(here))).await {
-                        Ok(Ok((permit, owner))) => (permit, owner, Some(since)),
+                        Ok(Ok((permit, owner))) => (permit, owner, true),
                         Ok(Err(closed)) => return Err(closed),
                         Err(_) => return Err(PoolError::Timeout(wait)),
                     }
@@ -301,10 +316,11 @@ impl Pool {
         if self.is_closed() {
             return Err(PoolError::Closed);
         }
-        let now = Instant::now();
+        let mut now = Instant::now();
         let conn = match self.take_idle(owner, here, now) {
             Some(conn) => conn,
             None => {
+                let login = Counted::new(&self.logging_in);
                 // Boxed: a connect's state is large and rare, and would
                 // otherwise be part of every client task's size.
                 let conn = match Box::pin(ServerConn::connect(&self.target)).await {
@@ -319,15 +335,18 @@ impl Pool {
                     }
                 };
                 self.server_params.lock().expect("pool lock").get_or_insert_with(|| conn.startup_params.clone());
+                drop(login);
+                // The client waited for the login too.
+                now = Instant::now();
+                waited = true;
                 conn
             }
         };
-        // Only a real wait costs clock reads; a free connection counts as 0.
-        self.metrics.checkout_wait.observe(waited_since.map_or(0.0, |since| now.duration_since(since).as_secs_f64()));
-        self.metrics.transactions.inc();
         self.metrics.active.inc();
         Ok(Lease {
             started: now,
+            waited,
+            idle_since: None,
             pinned: false,
             conn: Some(conn),
             pool: self.clone(),
@@ -365,7 +384,7 @@ impl Pool {
     /// none of its own clients waits (then borrowed).
     async fn wait_for_slot(&self, here: usize) -> Result<(OwnedSemaphorePermit, usize), PoolError> {
         let share = &self.shares[here];
-        let _waiting = Waiting::new(&share.waiting);
+        let _waiting = Counted::new(&share.waiting);
         if self.shares.len() > 1 && share.size.load(Ordering::Relaxed) > 0 {
             let own = tokio::time::timeout(BORROW_DEFERRAL, share.permits.clone().acquire_owned());
             if let Ok(permit) = own.await {
@@ -505,7 +524,13 @@ impl Pool {
 #[derive(Debug)]
 pub struct Lease {
     conn: Option<Box<ServerConn>>,
+    /// When the client got the connection.
     started: Instant,
+    /// Getting it took a wait for a slot, or a new connection's login.
+    waited: bool,
+    /// When the connection's last answer came, if the holder noted it: it
+    /// is idle as of then (saves a clock reading when it goes back).
+    idle_since: Option<Instant>,
     /// Counted in the pool's `pinned` gauge while held.
     pinned: bool,
     pool: Arc<Pool>,
@@ -531,6 +556,28 @@ impl Lease {
         &self.pool
     }
 
+    /// The connection and its pool, borrowed together.
+    pub fn parts_mut(&mut self) -> (&mut ServerConn, &Arc<Pool>) {
+        (self.conn.as_mut().expect("lease holds a connection until dropped"), &self.pool)
+    }
+
+    /// When the client got the connection (after any wait, and after
+    /// logging in a new one).
+    pub fn assigned_at(&self) -> Instant {
+        self.started
+    }
+
+    /// Whether getting it took a wait for a slot or a new connection's
+    /// login; otherwise it was there at once.
+    pub fn waited(&self) -> bool {
+        self.waited
+    }
+
+    /// The connection answered its last request at `at` (its ReadyForQuery).
+    pub fn went_idle_at(&mut self, at: Instant) {
+        self.idle_since = Some(at);
+    }
+
     /// The client keeps this connection until it disconnects (session state).
     pub fn set_pinned(&mut self) {
         if !self.pinned {
@@ -554,8 +601,7 @@ impl Drop for Lease {
     fn drop(&mut self) {
         let metrics = &self.pool.metrics;
         metrics.active.dec();
-        let now = Instant::now();
-        metrics.transaction_duration.observe(now.duration_since(self.started).as_secs_f64());
+        let now = self.idle_since.unwrap_or_else(Instant::now);
         if self.pinned {
             metrics.pinned.dec();
         }
@@ -579,12 +625,22 @@ impl Drop for Lease {
         runtime.spawn(async move {
             // The connection goes back idle (or is closed) before its slot
             // is free, so the pool never has more connections than its size.
-            if cancelled && !wait_for_cancels(&conn).await {
+            let cancels_done = !cancelled || {
+                let _held = Counted::new(&pool.being_canceled);
+                wait_for_cancels(&conn).await
+            };
+            if !cancels_done {
                 // The server never confirmed the cancel: the connection may
                 // still get it, so nobody else may.
                 drop(conn);
-            } else if let Some(conn) = pool.reset(conn, discard).await {
-                pool.put_idle(conn, holder, Instant::now());
+            } else {
+                let reset = {
+                    let _resetting = Counted::new(&pool.resetting);
+                    pool.reset(conn, discard).await
+                };
+                if let Some(conn) = reset {
+                    pool.put_idle(conn, holder, Instant::now());
+                }
             }
             pool.release(permit, owner, holder);
         });

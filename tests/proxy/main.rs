@@ -20,5 +20,6 @@ mod protocol;
 mod routing;
 mod server_login;
 mod server_tls;
+mod stats;
 mod tools;
 mod workers;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use super::table::{num, text, ColumnType as T, Table, Value};
 use crate::app::{ClientState, Context};
 use crate::config::PoolMode;
+use crate::metrics::periods::Figures;
 
 /// SHOW POOLS columns, PgBouncer 1.18.
 pub const POOLS: [(&str, T); 16] = [
@@ -90,8 +91,13 @@ pub struct PoolSample {
     pub user: String,
     pub mode: PoolMode,
     pub idle: usize,
-    /// Leased to clients, or being reset after one.
+    /// Leased to clients, or logging in, being reset or waiting for a cancel.
     pub in_use: usize,
+    /// Of `in_use`: logging in, being reset after a client, held back
+    /// until a cancel aimed at it is done.
+    pub logging_in: usize,
+    pub resetting: usize,
+    pub being_canceled: usize,
 }
 
 /// What one client is doing right now.
@@ -104,17 +110,12 @@ pub struct ClientSample {
     pub since: Instant,
 }
 
-/// One database's traffic since start, summed over its users and nodes.
+/// One database's traffic, summed over its users and nodes: totals since
+/// start, and averages over the last completed `[admin] stats_period`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StatsSample {
-    pub transactions: u64,
-    pub queries: u64,
-    pub bytes_received: u64,
-    pub bytes_sent: u64,
-    /// Server lease time, in microseconds.
-    pub transaction_us: u64,
-    /// Time clients waited for a server, in microseconds.
-    pub wait_us: u64,
+    pub totals: Figures,
+    pub averages: Figures,
 }
 
 pub fn pool_mode_name(mode: PoolMode) -> &'static str {
@@ -128,12 +129,18 @@ pub fn sample_pools(ctx: &Context) -> Vec<PoolSample> {
     ctx.pools
         .all()
         .iter()
-        .map(|pool| PoolSample {
-            database: pool.key.database.clone(),
-            user: pool.key.user.clone(),
-            mode: pool.mode(),
-            idle: pool.idle_count(),
-            in_use: pool.in_use(),
+        .map(|pool| {
+            let (logging_in, resetting, being_canceled) = pool.in_transition();
+            PoolSample {
+                database: pool.key.database.clone(),
+                user: pool.key.user.clone(),
+                mode: pool.mode(),
+                idle: pool.idle_count(),
+                in_use: pool.in_use(),
+                logging_in,
+                resetting,
+                being_canceled,
+            }
         })
         .collect()
 }
@@ -156,8 +163,13 @@ pub fn sample_clients(ctx: &Context) -> Vec<ClientSample> {
 
 /// SHOW POOLS: one row per (database, user) that has a pool or a client.
 /// cl_active counts clients holding a server, cl_waiting those waiting for
-/// one; sv_active counts leased connections, sv_idle idle ones; maxwait
-/// (seconds) and maxwait_us (the microseconds part) are the longest current wait.
+/// one; sv_active counts leased connections, sv_idle idle ones, sv_login
+/// those logging in, sv_tested those being reset after a client (PgBouncer's
+/// server_reset_query), sv_being_canceled those held back until a cancel
+/// aimed at them is done; maxwait (seconds) and maxwait_us (the
+/// microseconds part) are the longest current wait. pgrelay sends a cancel
+/// at once on a connection of its own and runs no server_check_query, so
+/// the other cancel columns and sv_used are 0.
 pub fn pools_table(pools: &[PoolSample], clients: &[ClientSample], default_mode: PoolMode, now: Instant) -> Table {
     #[derive(Default)]
     struct Row {
@@ -165,14 +177,21 @@ pub fn pools_table(pools: &[PoolSample], clients: &[ClientSample], default_mode:
         waiting: usize,
         sv_active: usize,
         sv_idle: usize,
+        sv_login: usize,
+        sv_tested: usize,
+        sv_being_canceled: usize,
         max_wait: Duration,
         mode: Option<PoolMode>,
     }
     let mut rows: BTreeMap<(&str, &str), Row> = BTreeMap::new();
     for pool in pools {
         let row = rows.entry((&pool.database, &pool.user)).or_default();
-        row.sv_active += pool.in_use;
+        let transitions = pool.logging_in + pool.resetting + pool.being_canceled;
+        row.sv_active += pool.in_use.saturating_sub(transitions);
         row.sv_idle += pool.idle;
+        row.sv_login += pool.logging_in;
+        row.sv_tested += pool.resetting;
+        row.sv_being_canceled += pool.being_canceled;
         row.mode = Some(pool.mode);
     }
     for client in clients {
@@ -197,11 +216,11 @@ pub fn pools_table(pools: &[PoolSample], clients: &[ClientSample], default_mode:
             num(0),
             num(row.sv_active),
             num(0),
-            num(0),
+            num(row.sv_being_canceled),
             num(row.sv_idle),
             num(0),
-            num(0),
-            num(0),
+            num(row.sv_tested),
+            num(row.sv_login),
             num(row.max_wait.as_secs()),
             num(row.max_wait.subsec_micros()),
             text(pool_mode_name(row.mode.unwrap_or(default_mode))),
@@ -210,40 +229,30 @@ pub fn pools_table(pools: &[PoolSample], clients: &[ClientSample], default_mode:
     table
 }
 
-/// Every database's counters, from the metrics: totals since start, which
-/// include pools a failover or reload has since closed (their series stay),
-/// so a total never drops.
+/// Every database's figures, from the metrics: totals since start (which
+/// include pools a failover or reload has since closed, so a total never
+/// drops) and the last completed period's averages (zeros until one has
+/// completed, and for a database idle all period).
 pub fn sample_stats(ctx: &Context) -> BTreeMap<String, StatsSample> {
+    let averages = ctx.metrics.stats_averages();
     ctx.metrics
         .database_totals()
         .into_iter()
-        .map(|(database, t)| {
-            let sample = StatsSample {
-                transactions: t.transactions,
-                queries: t.queries,
-                bytes_received: t.bytes_received,
-                bytes_sent: t.bytes_sent,
-                transaction_us: micros(t.transaction_seconds),
-                wait_us: micros(t.wait_seconds),
-            };
-            (database, sample)
+        .map(|(database, totals)| {
+            let averages = averages.get(&database).copied().unwrap_or_default();
+            (database, StatsSample { totals, averages })
         })
         .collect()
 }
 
-fn micros(seconds: f64) -> u64 {
-    (seconds * 1e6).round() as u64
-}
-
-/// SHOW STATS: totals since start per database. pgrelay does not time
-/// single queries (total_query_time is 0) and keeps no per-second rates,
-/// so the avg_* columns are 0: take rates of the totals instead.
+/// SHOW STATS: per database, the totals since start, then the averages
+/// (see `metrics::periods` for their units).
 pub fn stats_table(stats: &BTreeMap<String, StatsSample>) -> Table {
     let mut table = Table::new(&STATS);
     for (database, s) in stats {
         let mut row = vec![text(database.as_str())];
-        row.extend(totals(s));
-        row.extend((0..7).map(|_| num(0)));
+        row.extend(figures(&s.totals));
+        row.extend(figures(&s.averages));
         table.push(row);
     }
     table
@@ -251,35 +260,34 @@ pub fn stats_table(stats: &BTreeMap<String, StatsSample>) -> Table {
 
 /// SHOW STATS_TOTALS: the totals of SHOW STATS.
 pub fn stats_totals_table(stats: &BTreeMap<String, StatsSample>) -> Table {
+    figures_table(stats, |s| &s.totals)
+}
+
+/// SHOW STATS_AVERAGES: the averages of SHOW STATS.
+pub fn stats_averages_table(stats: &BTreeMap<String, StatsSample>) -> Table {
+    figures_table(stats, |s| &s.averages)
+}
+
+fn figures_table(stats: &BTreeMap<String, StatsSample>, part: fn(&StatsSample) -> &Figures) -> Table {
     let mut table = Table::new(&STATS_PARTS);
     for (database, s) in stats {
         let mut row = vec![text(database.as_str())];
-        row.extend(totals(s));
+        row.extend(figures(part(s)));
         table.push(row);
     }
     table
 }
 
-/// SHOW STATS_AVERAGES: always 0, as pgrelay keeps no per-second rates.
-pub fn stats_averages_table(stats: &BTreeMap<String, StatsSample>) -> Table {
-    let mut table = Table::new(&STATS_PARTS);
-    for database in stats.keys() {
-        let mut row = vec![text(database.as_str())];
-        row.extend((0..7).map(|_| num(0)));
-        table.push(row);
-    }
-    table
-}
-
-fn totals(s: &StatsSample) -> [Value; 7] {
+/// A row's seven figures, in PgBouncer's column order.
+fn figures(f: &Figures) -> [Value; 7] {
     [
-        num(s.transactions),
-        num(s.queries),
-        num(s.bytes_received),
-        num(s.bytes_sent),
-        num(s.transaction_us),
-        num(0),
-        num(s.wait_us),
+        num(f.xact_count),
+        num(f.query_count),
+        num(f.bytes_received),
+        num(f.bytes_sent),
+        num(f.xact_time),
+        num(f.query_time),
+        num(f.wait_time),
     ]
 }
 
@@ -325,7 +333,7 @@ pub fn lists_table(ctx: &Context, pools: &[PoolSample], clients: &[ClientSample]
         ("pools", pairs.len()),
         ("free_clients", ctx.client_slots.available_permits()),
         ("used_clients", clients.len()),
-        ("login_clients", 0),
+        ("login_clients", ctx.pre_auth.logging_in()),
         ("free_servers", 0),
         ("used_servers", servers),
         ("dns_names", 0),
