@@ -6,21 +6,32 @@ pub mod console;
 mod http;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub use http::{serve, topology_json, HttpState, MAX_HTTP_CONNECTIONS};
 
 use crate::app::Context;
 
 /// Ends an `[admin] stats_period` every period until pgrelay stops. The
-/// length is read again for each period, so a RELOAD applies from the next.
+/// length in force is looked at every [`STATS_LOOK`] at least, so a RELOAD
+/// that shortens a long period applies within that.
 pub async fn close_stats_periods(ctx: Arc<Context>) {
-    ctx.metrics.close_stats_period(Instant::now());
+    let mut started = Instant::now();
+    ctx.metrics.close_stats_period(started);
     loop {
-        let period = ctx.config().admin.stats_period;
+        let due = started + ctx.config().admin.stats_period;
+        let now = Instant::now();
+        if now >= due {
+            ctx.metrics.close_stats_period(now);
+            started = now;
+            continue;
+        }
         tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(period) => ctx.metrics.close_stats_period(Instant::now()),
+            _ = tokio::time::sleep((due - now).min(STATS_LOOK)) => {}
         }
     }
 }
+
+/// How often the stats_period task looks at the configuration.
+const STATS_LOOK: Duration = Duration::from_secs(1);

@@ -431,3 +431,50 @@ async fn lists_and_config_answer_pgbouncer_exporter() {
     assert_eq!(value("default_pool_size").as_deref(), Some("4"));
     app.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A configuration file that is removed when the test ends.
+struct TempConfig(std::path::PathBuf);
+
+impl TempConfig {
+    fn new(text: &str) -> TempConfig {
+        let unique = format!("pgrelay-stats-{}-{:?}.toml", std::process::id(), Instant::now());
+        let path = std::env::temp_dir().join(unique.replace(|c: char| !c.is_ascii_alphanumeric() && c != '.', "-"));
+        std::fs::write(&path, text).expect("write config");
+        TempConfig(path)
+    }
+}
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn reload_shortens_the_stats_period_without_dropping_anyone() {
+    let text = |period: &str| {
+        relay::config_toml(cluster(), "", "")
+            + &format!("\n[admin]\nadmin_users = [\"app\"]\nstats_period = \"{period}\"\n")
+    };
+    let file = TempConfig::new(&text("1h"));
+    let app = pgrelay::App::start_from(&file.0).await.expect("pgrelay starts from a file");
+    let console = console(&app).await;
+    let client = relay::connect(app.rw_addr).await;
+    for _ in 0..20 {
+        client.simple_query("select 1").await.expect("query");
+    }
+    let xacts_per_second = |row: Vec<(String, u64)>| row[0].1;
+    assert_eq!(xacts_per_second(row(&console, "SHOW STATS_AVERAGES", "app").await), 0, "no period has ended");
+    std::fs::write(&file.0, text("1s")).expect("rewrite config");
+    console.simple_query("RELOAD").await.expect("RELOAD");
+    // The hour-long period ends within a second or two of the reload.
+    let started = Instant::now();
+    let mut averaged = 0;
+    while averaged == 0 && started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        averaged = xacts_per_second(row(&console, "SHOW STATS_AVERAGES", "app").await);
+    }
+    assert!(averaged > 0, "the period ended after the reload");
+    assert_eq!(relay::scalar(&client, "select 40 + 2").await, "42", "the client stayed");
+    app.shutdown(Duration::from_secs(5)).await;
+}
