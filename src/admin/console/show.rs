@@ -9,6 +9,7 @@
 //! running pgrelay first by the `sample_*` functions.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::table::{num, text, ColumnType as T, Table, Value};
@@ -108,6 +109,8 @@ pub struct ClientSample {
     pub state: ClientState,
     /// When it entered `state`.
     pub since: Instant,
+    /// The server connection it holds (address, server pid).
+    pub server: Option<(SocketAddr, u32)>,
 }
 
 /// One database's traffic, summed over its users and nodes: totals since
@@ -156,6 +159,7 @@ pub fn sample_clients(ctx: &Context) -> Vec<ClientSample> {
                 user: client.info.user.clone(),
                 state: activity.state,
                 since: activity.since,
+                server: activity.server.map(|link| (link.addr, link.pid)),
             }
         })
         .collect()
@@ -166,11 +170,19 @@ pub fn sample_clients(ctx: &Context) -> Vec<ClientSample> {
 /// one; sv_active counts leased connections, sv_idle idle ones, sv_login
 /// those logging in, sv_tested those being reset after a client (PgBouncer's
 /// server_reset_query), sv_being_canceled those held back until a cancel
-/// aimed at them is done; maxwait (seconds) and maxwait_us (the
-/// microseconds part) are the longest current wait. pgrelay sends a cancel
-/// at once on a connection of its own and runs no server_check_query, so
-/// the other cancel columns and sv_used are 0.
-pub fn pools_table(pools: &[PoolSample], clients: &[ClientSample], default_mode: PoolMode, now: Instant) -> Table {
+/// aimed at them is done; cl_active_cancel_req and sv_active_cancel count
+/// the cancels being forwarded (each on a connection of its own) to the
+/// connection a client of the pool holds; maxwait (seconds) and maxwait_us
+/// (the microseconds part) are the longest current wait. pgrelay never
+/// queues a cancel and runs no server_check_query, so cl_waiting_cancel_req
+/// and sv_used are 0.
+pub fn pools_table(
+    pools: &[PoolSample],
+    clients: &[ClientSample],
+    cancels: &[(SocketAddr, u32)],
+    default_mode: PoolMode,
+    now: Instant,
+) -> Table {
     #[derive(Default)]
     struct Row {
         active: usize,
@@ -180,6 +192,7 @@ pub fn pools_table(pools: &[PoolSample], clients: &[ClientSample], default_mode:
         sv_login: usize,
         sv_tested: usize,
         sv_being_canceled: usize,
+        cancels: usize,
         max_wait: Duration,
         mode: Option<PoolMode>,
     }
@@ -196,6 +209,9 @@ pub fn pools_table(pools: &[PoolSample], clients: &[ClientSample], default_mode:
     }
     for client in clients {
         let row = rows.entry((&client.database, &client.user)).or_default();
+        if let Some(server) = client.server {
+            row.cancels += cancels.iter().filter(|c| **c == server).count();
+        }
         match client.state {
             ClientState::Idle => {}
             ClientState::Active => row.active += 1,
@@ -212,10 +228,10 @@ pub fn pools_table(pools: &[PoolSample], clients: &[ClientSample], default_mode:
             text(user),
             num(row.active),
             num(row.waiting),
-            num(0),
+            num(row.cancels),
             num(0),
             num(row.sv_active),
-            num(0),
+            num(row.cancels),
             num(row.sv_being_canceled),
             num(row.sv_idle),
             num(0),

@@ -1,3 +1,4 @@
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::command::{parse, Command, ParseError, Show};
@@ -60,7 +61,7 @@ fn pool(database: &str, user: &str, idle: usize, in_use: usize) -> PoolSample {
 }
 
 fn client(database: &str, user: &str, state: ClientState, since: Instant) -> ClientSample {
-    ClientSample { database: database.into(), user: user.into(), state, since }
+    ClientSample { database: database.into(), user: user.into(), state, since, server: None }
 }
 
 #[test]
@@ -69,21 +70,24 @@ fn pools_are_one_row_per_database_and_user_over_every_node() {
     // Of the second pool's 4 slots in use: 1 logging in, 1 being reset, 1 held for a cancel.
     let busy = PoolSample { logging_in: 1, resetting: 1, being_canceled: 1, ..pool("app", "alice", 1, 5) };
     let pools = [pool("app", "alice", 2, 1), busy, pool("app", "bob", 0, 0)];
+    // The active client's server connection has a cancel being forwarded to it.
+    let server: SocketAddr = "127.0.0.1:5432".parse().expect("addr");
+    let cancels = [(server, 77), (server, 78)];
     let clients = [
-        client("app", "alice", ClientState::Active, now),
+        ClientSample { server: Some((server, 77)), ..client("app", "alice", ClientState::Active, now) },
         client("app", "alice", ClientState::Waiting, now - Duration::from_micros(2_500_123)),
         client("app", "alice", ClientState::Waiting, now - Duration::from_millis(10)),
         client("app", "alice", ClientState::Idle, now),
         client("other", "carol", ClientState::Waiting, now),
     ];
-    let table = show::pools_table(&pools, &clients, PoolMode::Session, now);
+    let table = show::pools_table(&pools, &clients, &cancels, PoolMode::Session, now);
     assert_eq!(table.names(), show::POOLS.map(|(name, _)| name));
     let rows: Vec<Vec<&str>> =
         table.rows.iter().map(|r| r.iter().map(|v| v.as_deref().unwrap_or("NULL")).collect()).collect();
     assert_eq!(
         rows,
         [
-            ["app", "alice", "1", "2", "0", "0", "3", "0", "1", "3", "0", "1", "1", "2", "500123", "transaction"],
+            ["app", "alice", "1", "2", "1", "0", "3", "1", "1", "3", "0", "1", "1", "2", "500123", "transaction"],
             ["app", "bob", "0", "0", "0", "0", "0", "0", "0", "0", "0", "0", "0", "0", "0", "transaction"],
             // No pool yet: the configured mode.
             ["other", "carol", "0", "1", "0", "0", "0", "0", "0", "0", "0", "0", "0", "0", "0", "session"],
