@@ -15,7 +15,7 @@ use bytes::{BufMut, BytesMut};
 use criterion::{criterion_group, Criterion, Throughput};
 
 use pgrelay::backend::{Expect, Origin, Tracker, Verdict};
-use pgrelay::cluster::Topology;
+use pgrelay::cluster::{NodeStatus, Topology};
 use pgrelay::config::{Config, RoFallback};
 use pgrelay::router::{route, session_state_effect, ListenerKind, RouteInput};
 use pgrelay::wire::Frame;
@@ -189,11 +189,13 @@ fn bench_route(c: &mut Criterion) {
     let mut group = c.benchmark_group("route");
     let topology = topology();
     for listener in [ListenerKind::ReadWrite, ListenerKind::ReadOnly] {
-        let mut tick = 0usize;
+        let mut turn = 0usize;
+        let load = |node: &NodeStatus| node.port as usize % 2;
         group.bench_function(listener.as_str(), |b| {
             b.iter(|| {
-                tick = tick.wrapping_add(1);
-                route(black_box(RouteInput { listener, tick }), RoFallback::Primary, black_box(&topology))
+                turn = turn.wrapping_add(1);
+                let input = RouteInput { listener, turn, load: &load };
+                route(black_box(input), RoFallback::Primary, black_box(&topology))
             })
         });
     }

@@ -1,6 +1,6 @@
 //! pgrelay: a replication-aware PostgreSQL proxy. Clients connect to a
 //! read-write and a read-only port; transactions go to the primary or
-//! round-robin to replicas over pooled server connections.
+//! to the least busy replica over pooled server connections.
 //!
 //! # Layers
 //!
@@ -120,6 +120,7 @@ impl App {
                 tracing::warn!(?bound, "not every node answered its first check in time; serving anyway");
             }
         }
+        app::start_janitor(&ctx);
         let (dispatch, workers) = start_workers(&ctx).map_err(StartError::Workers)?;
         ctx.tasks.spawn(frontend::serve(ctx.clone(), rw, ListenerKind::ReadWrite, admin_console, dispatch.clone()));
         ctx.tasks.spawn(frontend::serve(ctx.clone(), ro, ListenerKind::ReadOnly, admin_console, dispatch));

@@ -339,6 +339,15 @@ impl Metrics {
         self.split_brain.set(i64::from(topology.split_brain));
     }
 
+    /// Brings `pgrelay_primary_changes_total` up to `changes` (the
+    /// cluster view's count, read at scrape time).
+    pub fn observe_primary_changes(&self, changes: u64) {
+        let counted = self.primary_changes.get();
+        if changes > counted {
+            self.primary_changes.inc_by(changes - counted);
+        }
+    }
+
     pub fn pinned(&self, reason: &str) {
         self.pinned_clients.with_label_values(&[reason]).inc();
     }

@@ -1,6 +1,7 @@
 //! A connection's byte stream, to a client or to a server: plain TCP or TLS
 //! over it, chosen when the connection opens. Two arms of an enum, not a
 //! boxed trait object, so the plain path stays a direct call.
+//! Also the TCP options (`[pool] tcp_*`) every such socket gets.
 
 use std::io;
 use std::net::SocketAddr;
@@ -10,6 +11,8 @@ use std::task::{Context, Poll, Waker};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsStream;
+
+use crate::config::TcpOptions;
 
 #[derive(Debug)]
 pub enum Stream {
@@ -257,4 +260,41 @@ impl AsyncWrite for Stream {
             Stream::Tls(tls) => Pin::new(&mut **tls).poll_shutdown(cx),
         }
     }
+}
+
+/// Sets `[pool]`'s TCP options (keepalive, TCP_USER_TIMEOUT) on a socket
+/// pgrelay accepted or opened. A kernel that refuses one is logged (as a
+/// warning the first time) and the connection goes on without it.
+pub fn set_tcp_options(tcp: &TcpStream, options: &TcpOptions) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if let Err(error) = try_set_tcp_options(tcp, options) {
+        if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::debug!(%error, "could not set the TCP options of [pool] on a socket");
+        } else {
+            tracing::warn!(%error, "could not set the TCP options of [pool] on a socket; connections go on without");
+        }
+    }
+}
+
+fn try_set_tcp_options(tcp: &TcpStream, options: &TcpOptions) -> io::Result<()> {
+    let socket = socket2::SockRef::from(tcp);
+    // Off needs no call: sockets start without keepalive, accepted ones as their listener.
+    if let Some(keepalive) = options.keepalive {
+        let mut params = socket2::TcpKeepalive::new();
+        if let Some(idle) = keepalive.idle {
+            params = params.with_time(idle);
+        }
+        if let Some(interval) = keepalive.interval {
+            params = params.with_interval(interval);
+        }
+        if let Some(count) = keepalive.count {
+            params = params.with_retries(count);
+        }
+        socket.set_tcp_keepalive(&params)?;
+    }
+    #[cfg(target_os = "linux")]
+    if let Some(timeout) = options.user_timeout {
+        socket.set_tcp_user_timeout(Some(timeout))?;
+    }
+    Ok(())
 }

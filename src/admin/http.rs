@@ -111,6 +111,7 @@ fn respond(state: &HttpState, request: &Request<Incoming>) -> Response<Full<Byte
     match request.uri().path() {
         "/metrics" => {
             state.metrics.observe_topology(&state.cluster.load());
+            state.metrics.observe_primary_changes(state.cluster.primary_changes());
             reply(StatusCode::OK, "text/plain; version=0.0.4", state.metrics.render())
         }
         "/livez" => reply(StatusCode::OK, "text/plain", "ok\n".into()),

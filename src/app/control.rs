@@ -5,11 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::pools::{cap_limit, pool_settings, pool_tuning};
 use super::{ClientState, Context};
 use crate::auth::UserDb;
 use crate::cluster::{self, monitor::Generation, Topology};
 use crate::config::{Config, Source};
-use crate::pool::{Pool, PoolSettings};
+use crate::pool::Pool;
 
 /// How often PAUSE looks whether the transactions in flight have ended: at
 /// first often (a switchover waits on it), then less (a pinned client may
@@ -96,8 +97,13 @@ impl Context {
         let new = Arc::new(new);
         self.users.store(Arc::new(users));
         self.store_config(new.clone());
+        self.server_tcp.store(Arc::new(new.pool.tcp));
         self.resize_client_slots(old.pool.max_client_conn, new.pool.max_client_conn);
         summary.pools_retired = self.pools.retire_unless(|pool| pool_unchanged(pool, &old, &new));
+        for pool in self.pools.all() {
+            pool.retune(pool_tuning(&new));
+        }
+        self.pools.set_cap_limits(|kind, name| cap_limit(&new, kind, name));
         if new.nodes != old.nodes
             || new.cluster != old.cluster
             || new.routing != old.routing
@@ -160,18 +166,21 @@ fn pool_unchanged(pool: &Pool, old: &Config, new: &Config) -> bool {
         c.nodes.iter().find(|n| n.name == name).map(|n| (n.host.as_str(), n.port, c.server_auth_policy(name)))
     }
     /// The user's entry, and the cluster password when it logs in with that.
-    fn user<'c>(c: &'c Config, name: &str) -> Option<(&'c crate::config::User, Option<&'c str>)> {
+    fn user<'c>(c: &'c Config, name: &str) -> Option<(crate::config::User, Option<&'c str>)> {
         let user = c.users.iter().find(|u| u.name == name)?;
-        Some((user, user.server_password_from_cluster.then_some(c.cluster.password.as_str())))
+        let cluster_password = user.server_password_from_cluster.then_some(c.cluster.password.as_str());
+        Some((crate::config::User { max_user_connections: None, ..user.clone() }, cluster_password))
     }
-    fn database<'c>(c: &'c Config, name: &str) -> Option<&'c crate::config::Database> {
-        c.databases.iter().find(|d| d.name == name)
+    /// The entry, less what a reload changes in running pools (the caps).
+    fn database(c: &Config, name: &str) -> Option<crate::config::Database> {
+        let database = c.databases.iter().find(|d| d.name == name)?;
+        Some(crate::config::Database { max_db_connections: None, ..database.clone() })
     }
     let new_database = database(new, &key.database);
     same(node(old, &key.node), node(new, &key.node))
         && same(user(old, &key.user), user(new, &key.user))
-        && same(database(old, &key.database), new_database)
-        && new_database.is_some_and(|db| pool.settings() == &pool_settings(new, db))
+        && same(database(old, &key.database), new_database.clone())
+        && new_database.as_ref().is_some_and(|db| pool.settings() == &pool_settings(new, db, &key.user))
         && old.pool.server_connect_timeout == new.pool.server_connect_timeout
         && old.tls.server == new.tls.server
         && old.pool.max_prepared_statements == new.pool.max_prepared_statements
@@ -180,16 +189,4 @@ fn pool_unchanged(pool: &Pool, old: &Config, new: &Config) -> bool {
 /// Present in both, and equal.
 fn same<T: PartialEq>(a: Option<T>, b: Option<T>) -> bool {
     a.is_some() && a == b
-}
-
-/// The settings of a pool for `database` under `config`.
-pub fn pool_settings(config: &Config, database: &crate::config::Database) -> PoolSettings {
-    let pool = &config.pool;
-    PoolSettings {
-        size: database.pool_size.unwrap_or(pool.default_pool_size).get(),
-        workers: pool.workers,
-        mode: pool.mode,
-        reset_timeout: pool.server_reset_timeout,
-        idle_timeout: pool.server_idle_timeout,
-    }
 }

@@ -3,7 +3,9 @@
 //! users, topology view, pools, metrics, tasks), the stop/drain
 //! [`Lifecycle`], the registry of logged-in clients, the cancel keys, the
 //! pre-auth admission counts, the interned client settings and the cache of
-//! encoded welcomes; and pause, resume and reload (`control`).
+//! encoded welcomes; which pool serves a (node, database, user) (`pools`)
+//! and the pools' upkeep in the background (`janitor`); and pause, resume
+//! and reload (`control`).
 //!
 //! Everything here is state that outlives any one connection and is reached
 //! through the `Context`. How a client is read, logged in and served is the
@@ -20,21 +22,24 @@
 mod admin_login;
 mod cancel;
 mod control;
+mod janitor;
 mod lifecycle;
+mod pools;
 mod preauth;
 mod registry;
 mod welcome;
 
 pub use admin_login::{application_name, AdminLogin};
 pub use cancel::CancelRegistry;
+pub use janitor::start_janitor;
 pub use lifecycle::{Lifecycle, StopMode};
+pub use pools::cap_limit;
 pub use preauth::PreAuth;
 pub use registry::{ClientActivity, ClientEntry, ClientRegistry, ClientState, ServerLink};
 pub use welcome::WelcomeCache;
 
 // For the client side only: what one connection holds, and how it is admitted.
 pub(crate) use cancel::CancelHandle;
-pub(crate) use control::pool_settings;
 pub(crate) use preauth::{Admission, Limits, Refusal, Slot, CANCEL_WINDOW};
 pub(crate) use registry::{ClientInfo, Registered};
 
@@ -50,7 +55,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{LookupCounters, UserDb, UserLookup};
 use crate::backend::{StatementContext, StatementRegistry};
 use crate::cluster::ClusterView;
-use crate::config::Config;
+use crate::config::{Config, TcpOptions};
 use crate::metrics::Metrics;
 use crate::pool::Pools;
 
@@ -74,10 +79,11 @@ pub struct Context {
     pub settings: SettingsInterner,
     /// The ParameterStatus messages logins are welcomed with, encoded once.
     pub welcomes: WelcomeCache,
-    /// Round-robin position for reads.
-    pub round_robin: AtomicUsize,
     /// Connections each worker serves right now (see [`WorkerLoad`]).
     pub worker_load: Arc<WorkerLoad>,
+    /// `[pool]`'s TCP options for server connections, shared with every
+    /// pool's target (see `ServerTarget::tcp`); a reload stores new ones.
+    pub server_tcp: Arc<ArcSwap<TcpOptions>>,
     /// One permit per logged-in client (max_client_conn).
     pub client_slots: Arc<Semaphore>,
     /// Connections still logging in (max_pre_auth_conn, max_pre_auth_conn_per_addr).
@@ -109,6 +115,7 @@ impl Context {
         let workers = config.pool.workers;
         Arc::new(Context {
             client_slots: Arc::new(Semaphore::new(config.pool.max_client_conn)),
+            server_tcp: Arc::new(ArcSwap::from_pointee(config.pool.tcp)),
             pre_auth: PreAuth::default(),
             config_generation: 0.into(),
             config: ArcSwap::new(config),
@@ -121,7 +128,6 @@ impl Context {
             statements: StatementRegistry::default(),
             settings: SettingsInterner::default(),
             welcomes: WelcomeCache::default(),
-            round_robin: AtomicUsize::new(0),
             worker_load: Arc::new(WorkerLoad::new(workers)),
             clients: Arc::default(),
             lifecycle: Lifecycle::default(),

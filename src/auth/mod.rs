@@ -290,6 +290,9 @@ pub fn looked_up_user(name: &str, passwd: &str, auth_type: AuthType) -> Option<U
         server_user: None,
         server_password: None,
         server_password_from_cluster: false,
+        pool_size: None,
+        pool_mode: None,
+        max_user_connections: None,
     };
     user_entry(&user, "").ok()
 }

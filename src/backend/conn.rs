@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -17,7 +18,7 @@ use super::stream::{self, TlsError};
 use super::tracker::{Expect, Origin, Synthetic, Tracker, Verdict};
 use super::Statement;
 use crate::auth::server_login::{LoginRefused, ServerLogin};
-use crate::config::{ServerAuthPolicy, ServerTls};
+use crate::config::{ServerAuthPolicy, ServerTls, TcpOptions};
 use crate::stream::Stream;
 use crate::wire::{self, backend as tag, ErrorFields, Frame, WireError};
 
@@ -91,6 +92,9 @@ pub struct ServerTarget {
     pub tls: ServerTls,
     /// Shared statements kept prepared per connection (max_prepared_statements).
     pub max_prepared: usize,
+    /// The TCP options in force, read as each connection opens: a reload
+    /// stores new ones here, so a pool it keeps opens connections with them.
+    pub tcp: Arc<ArcSwap<TcpOptions>>,
 }
 
 /// The server's BackendKeyData, needed to cancel its queries.
@@ -147,6 +151,7 @@ impl ServerConn {
             .map_err(|_| BackendError::ConnectTimeout { addr: addr_text.clone(), timeout: target.connect_timeout })?
             .map_err(|source| BackendError::Connect { addr: addr_text.clone(), source })?;
         tcp.set_nodelay(true)?;
+        crate::stream::set_tcp_options(&tcp, &target.tcp.load());
         let addr = tcp.peer_addr()?;
         let open = async {
             let stream = stream::negotiate(tcp, &target.tls, &target.host)
@@ -249,6 +254,21 @@ impl ServerConn {
     /// something unasked (e.g. FATAL on shutdown) and the connection is unusable.
     pub fn has_unsolicited_input(&mut self) -> bool {
         self.stream.has_unsolicited_input()
+    }
+
+    /// Checks that the idle connection still answers, without running a
+    /// statement: a lone Sync, which PostgreSQL answers with ReadyForQuery
+    /// (idle) and nothing else. Fails when the answer is anything else, or
+    /// does not come within `timeout` (the server or the network is gone).
+    pub async fn check_alive(&mut self, timeout: Duration) -> Result<(), BackendError> {
+        self.send_built(Expect::Sync, Origin::InjectedSetup, wire::put_sync);
+        match tokio::time::timeout(timeout, self.finish_pending()).await {
+            Ok(Ok(None)) if self.is_clean() => Ok(()),
+            Ok(Ok(Some(fields))) => Err(BackendError::Server(fields)),
+            Ok(Ok(None)) => Err(BackendError::Abandoned("the server answered a Sync other than idle")),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(BackendError::Timeout(timeout)),
+        }
     }
 
     /// Runs pgrelay's own simple queries (ROLLBACK, DISCARD ALL) on a
@@ -466,15 +486,13 @@ impl ServerConn {
     /// This connection, registered with the current worker's reactor: a
     /// connection last used on another worker moves (its socket and TLS
     /// session kept). Only for an idle connection, which nobody polls.
-    pub fn into_this_worker(self: Box<Self>) -> io::Result<Box<Self>> {
+    pub fn moved_to_this_worker(mut self) -> io::Result<ServerConn> {
         let here = crate::worker::current();
-        if self.worker == here {
-            return Ok(self);
+        if self.worker != here {
+            self.stream = self.stream.rebind()?;
+            self.worker = here;
         }
-        let mut conn = *self;
-        conn.stream = conn.stream.rebind()?;
-        conn.worker = here;
-        Ok(Box::new(conn))
+        Ok(self)
     }
 
     /// Bytes queued for the server, not yet written (at least 1 while TLS

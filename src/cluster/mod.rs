@@ -12,7 +12,8 @@ pub mod patroni;
 #[cfg(test)]
 mod tests;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -143,6 +144,12 @@ impl Topology {
 
     /// Why no replica may serve reads: one clause per node that is not the primary.
     pub fn read_set_exclusions(&self) -> String {
+        self.excluded_replicas().unwrap_or_else(|| "no replica is in the read set".to_owned())
+    }
+
+    /// The nodes other than the primary kept out of reads, each with its
+    /// reason; `None` when none is.
+    pub fn excluded_replicas(&self) -> Option<String> {
         let reasons: Vec<String> = self
             .nodes
             .iter()
@@ -150,11 +157,7 @@ impl Topology {
             .filter(|(i, _)| Some(*i) != self.primary)
             .filter_map(|(_, n)| n.excluded.as_ref().map(|why| format!("{}: {why}", n.name)))
             .collect();
-        if reasons.is_empty() {
-            "no replica is in the read set".to_owned()
-        } else {
-            reasons.join("; ")
-        }
+        (!reasons.is_empty()).then(|| reasons.join("; "))
     }
 }
 
@@ -174,11 +177,23 @@ pub struct ClusterView {
     current: ArcSwap<Topology>,
     /// Advances whenever routing would decide differently.
     changes: watch::Sender<u64>,
+    /// The last primary seen, by name.
+    last_primary: Mutex<Option<String>>,
+    /// Times the primary was another node than the last one seen (a
+    /// primary that comes back after an outage is no change).
+    primary_changes: AtomicU64,
 }
 
 impl ClusterView {
     pub fn new(initial: Topology) -> ClusterView {
-        ClusterView { current: ArcSwap::from_pointee(initial), changes: watch::Sender::new(0) }
+        // The first primary the monitors confirm is no change, whatever the
+        // configuration said before they looked.
+        ClusterView {
+            current: ArcSwap::from_pointee(initial),
+            changes: watch::Sender::new(0),
+            last_primary: Mutex::new(None),
+            primary_changes: AtomicU64::new(0),
+        }
     }
 
     pub fn load(&self) -> Arc<Topology> {
@@ -190,9 +205,23 @@ impl ClusterView {
         self.current.load().primary
     }
 
+    /// Times the primary changed to another node since pgrelay started.
+    pub fn primary_changes(&self) -> u64 {
+        self.primary_changes.load(Ordering::Relaxed)
+    }
+
     /// Replaces the snapshot; wakes subscribers when routing changed.
     pub fn store(&self, topology: Topology) {
         let routing_changed = !self.current.load().routes_like(&topology);
+        if let Some(primary) = topology.primary.map(|p| &topology.nodes[p].name) {
+            let mut last = self.last_primary.lock().expect("last primary");
+            if last.as_ref() != Some(primary) {
+                if last.is_some() {
+                    self.primary_changes.fetch_add(1, Ordering::Relaxed);
+                }
+                *last = Some(primary.clone());
+            }
+        }
         self.current.store(Arc::new(topology));
         if routing_changed {
             self.changes.send_modify(|version| *version += 1);

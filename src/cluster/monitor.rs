@@ -304,7 +304,8 @@ fn log_change(topology: &Topology) {
         (Some(why), true) => tracing::error!(reason = %why, "split brain: refusing writes"),
         (Some(why), false) => tracing::warn!(reason = %why, ?read_set, "no primary"),
         (None, _) => {
-            tracing::info!(primary, ?read_set, exclusions = %topology.read_set_exclusions(), "topology changed")
+            let excluded = topology.excluded_replicas();
+            tracing::info!(primary, ?read_set, excluded = excluded.as_deref().unwrap_or("none"), "topology changed")
         }
     }
 }

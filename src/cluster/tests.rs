@@ -235,6 +235,26 @@ fn publishes_routing_changes_only() {
     assert_eq!(view.load().primary, None);
 }
 
+#[test]
+fn counts_a_primary_change_only_when_another_node_takes_over() {
+    let pg0_primary = || after(&[vec![primary(1, 0), replica(1, None)]]);
+    let pg1_primary = || after(&[vec![replica(1, None), primary(1, 0)]]);
+    let view = super::ClusterView::new(after(&[vec![down(), down()]]));
+    view.store(pg0_primary());
+    assert_eq!(view.primary_changes(), 0, "the first primary seen is no change");
+    view.store(after(&[vec![down(), replica(1, None)]]));
+    view.store(pg0_primary());
+    assert_eq!(view.primary_changes(), 0, "the same primary back after an outage is no change");
+    view.store(after(&[vec![down(), replica(1, None)]]));
+    view.store(pg1_primary());
+    view.store(pg1_primary());
+    assert_eq!(view.primary_changes(), 1, "pg0 -> (none) -> pg1");
+    view.store(pg0_primary());
+    assert_eq!(view.primary_changes(), 2, "and back");
+    let excluded = view.load().excluded_replicas();
+    assert_eq!(excluded, None, "every replica is in the read set");
+}
+
 #[tokio::test]
 async fn waiters_wake_on_a_new_primary_or_give_up_at_the_deadline() {
     use super::{ClusterView, Wait};

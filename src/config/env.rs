@@ -6,7 +6,7 @@
 use toml_edit::{Item, Table, Value};
 
 use super::locate::Locations;
-use super::raw::{self, INTEGER_KEYS, LIST_KEYS, TABLES};
+use super::raw::{self, BOOL_KEYS, INTEGER_KEYS, LIST_KEYS, TABLES};
 use super::ConfigError;
 
 const PREFIX: &str = "PGRELAY_";
@@ -43,6 +43,15 @@ pub(super) fn overrides(env: impl IntoIterator<Item = (String, String)>) -> Resu
                 .parse::<i64>()
                 .map_err(|_| ConfigError(format!("{var}: [{section}] {key}: expected an integer, got {text:?}")))?;
             Value::from(number)
+        } else if BOOL_KEYS.contains(&(section, key)) {
+            let flag = match text.trim().to_ascii_lowercase().as_str() {
+                "true" => true,
+                "false" => false,
+                _ => {
+                    return Err(ConfigError(format!("{var}: [{section}] {key}: expected true or false, got {text:?}")))
+                }
+            };
+            Value::from(flag)
         } else if LIST_KEYS.contains(&(section, key)) {
             Value::Array(text.split(',').map(str::trim).filter(|s| !s.is_empty()).collect())
         } else {

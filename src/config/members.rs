@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::num::NonZeroUsize;
 
 use super::locate::{error_at, Locations, Origin};
-use super::raw::{RawDatabase, RawNode, RawUser};
+use super::raw::{RawDatabase, RawInt, RawNode, RawUser};
 use super::validate::choice;
-use super::{AuthType, Cluster, ConfigError, Database, Node, RequireAuth, Role, Source, User};
+use super::{AuthType, Cluster, ConfigError, Database, Node, PoolMode, RequireAuth, Role, Source, User};
 
 /// One entry of a list while it is validated: names it in errors.
 struct EntryRef<'a> {
@@ -249,7 +249,23 @@ fn user(raw: RawUser, entry: &EntryRef<'_>, cluster: &Cluster) -> Result<User, C
         server_user: raw.server_user,
         server_password: raw.server_password,
         server_password_from_cluster,
+        pool_size: positive(raw.pool_size, entry, "pool_size")?,
+        pool_mode: pool_mode(raw.pool_mode.as_deref(), entry)?,
+        max_user_connections: positive(raw.max_user_connections, entry, "max_user_connections")?,
     })
+}
+
+/// An entry's own pool mode, when given.
+fn pool_mode(value: Option<&str>, entry: &EntryRef<'_>) -> Result<Option<PoolMode>, ConfigError> {
+    let modes = [("transaction", Some(PoolMode::Transaction)), ("session", Some(PoolMode::Session))];
+    choice(value, None, &modes, |m| entry.key_error("pool_mode", m))
+}
+
+/// An entry's own count that must be above 0 when given (else `[pool]`'s applies).
+fn positive(value: Option<RawInt>, entry: &EntryRef<'_>, key: &str) -> Result<Option<NonZeroUsize>, ConfigError> {
+    let Some(RawInt(value)) = value else { return Ok(None) };
+    let positive = usize::try_from(value).ok().and_then(NonZeroUsize::new);
+    positive.map(Some).ok_or_else(|| entry.key_error(key, format!("must be greater than 0 (got {value})")))
 }
 
 /// Whether `password` can serve `auth_type`. Messages never quote the
@@ -320,16 +336,10 @@ pub(super) fn databases(raws: Vec<RawDatabase>, locations: &Locations<'_>) -> Re
             if server_dbname.is_empty() {
                 return Err(entry.key_error("dbname", "must not be empty (leave it out to use the name)"));
             }
-            let pool_size = match raw.pool_size.map(|n| n.0) {
-                None => None,
-                Some(size) => Some(
-                    usize::try_from(size)
-                        .ok()
-                        .and_then(NonZeroUsize::new)
-                        .ok_or_else(|| entry.key_error("pool_size", format!("must be greater than 0 (got {size})")))?,
-                ),
-            };
-            Ok(Database { name: entry.name.clone(), server_dbname, pool_size })
+            let pool_size = positive(raw.pool_size, entry, "pool_size")?;
+            let pool_mode = pool_mode(raw.pool_mode.as_deref(), entry)?;
+            let max_db_connections = positive(raw.max_db_connections, entry, "max_db_connections")?;
+            Ok(Database { name: entry.name.clone(), server_dbname, pool_size, pool_mode, max_db_connections })
         },
     )
 }

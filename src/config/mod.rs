@@ -98,6 +98,24 @@ pub struct Pool {
     pub server_connect_timeout: Duration,
     pub server_reset_timeout: Duration,
     pub server_idle_timeout: Option<Duration>,
+    /// A server connection older than this is closed when its lease ends
+    /// (`None`: no limit). A reload applies it to running pools.
+    pub server_lifetime: Option<Duration>,
+    /// An idle connection unused this long is checked before it is leased (zero: always).
+    pub server_check_delay: Duration,
+    /// Server connections each pool keeps open, opened in the background (0: none).
+    pub min_pool_size: usize,
+    /// Extra server connections a pool may open for clients that waited
+    /// `reserve_pool_timeout` (0: none).
+    pub reserve_pool_size: usize,
+    /// `None`: the reserve is not used.
+    pub reserve_pool_timeout: Option<Duration>,
+    /// Server connections to one node for one database, all its users'
+    /// pools together (0: no limit); a database may set its own.
+    pub max_db_connections: usize,
+    /// Server connections to one node for one user, all its databases'
+    /// pools together (0: no limit); a user may set its own.
+    pub max_user_connections: usize,
     pub client_login_timeout: Duration,
     pub max_message_size: usize,
     pub session_state: SessionStatePolicy,
@@ -110,6 +128,34 @@ pub struct Pool {
     /// Threads that accept clients and run their sessions, each with a
     /// runtime of its own (a restart changes it, not a reload).
     pub workers: usize,
+    /// Set on every client socket when it is accepted and on every server
+    /// connection when it is opened (a reload changes them for new sockets).
+    pub tcp: TcpOptions,
+    /// Servers see a client's application_name with its address appended
+    /// (PgBouncer's `application_name_add_host`), from its login on.
+    pub application_name_add_host: bool,
+}
+
+/// PgBouncer's `tcp_*` socket options. `None` leaves the operating
+/// system's default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpOptions {
+    /// Keepalive probes on an idle connection; `None`: off (`tcp_keepalive = false`).
+    pub keepalive: Option<Keepalive>,
+    /// `TCP_USER_TIMEOUT` (Linux): how long sent data may stay unacknowledged
+    /// before the connection is dropped.
+    pub user_timeout: Option<Duration>,
+}
+
+/// When keepalive probes are sent, and when a peer that answers none is given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Keepalive {
+    /// Idle time before the first probe (`tcp_keepidle`).
+    pub idle: Option<Duration>,
+    /// Time between probes (`tcp_keepintvl`).
+    pub interval: Option<Duration>,
+    /// Unanswered probes after which the connection is dropped (`tcp_keepcnt`).
+    pub count: Option<u32>,
 }
 
 /// Who may use the admin console (database `pgrelay` or `pgbouncer`), and
@@ -239,6 +285,12 @@ pub struct User {
     pub server_password: Option<String>,
     /// Log in to the servers with `[cluster] password` (never implied).
     pub server_password_from_cluster: bool,
+    /// This user's own pool size, which wins over its database's and `[pool]`'s (as in PgBouncer).
+    pub pool_size: Option<NonZeroUsize>,
+    /// This user's own pool mode, which wins over its database's and `[pool]`'s.
+    pub pool_mode: Option<PoolMode>,
+    /// This user's own `max_user_connections`, else `[pool]`'s.
+    pub max_user_connections: Option<NonZeroUsize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -246,6 +298,10 @@ pub struct Database {
     pub name: String,
     pub server_dbname: String,
     pub pool_size: Option<NonZeroUsize>,
+    /// This database's own pool mode, else `[pool]`'s (a user's own wins over it).
+    pub pool_mode: Option<PoolMode>,
+    /// This database's own `max_db_connections`, else `[pool]`'s.
+    pub max_db_connections: Option<NonZeroUsize>,
 }
 
 /// A configuration error, rendered with the key (and line) it is about.

@@ -16,14 +16,19 @@ pub(super) const LISTS: [&str; 3] = ["nodes", "users", "databases"];
 
 /// Keys whose TOML type is an integer, so an environment override's text is
 /// parsed as one. Every other table key takes a string (sizes take either).
-pub(super) const INTEGER_KEYS: [(&str, &str); 13] = [
+pub(super) const INTEGER_KEYS: [(&str, &str); 18] = [
     ("pool", "default_pool_size"),
+    ("pool", "min_pool_size"),
+    ("pool", "reserve_pool_size"),
+    ("pool", "max_db_connections"),
+    ("pool", "max_user_connections"),
     ("pool", "workers"),
     ("pool", "max_client_conn"),
     ("pool", "max_prepared_statements"),
     ("pool", "max_client_prepared_statements"),
     ("pool", "max_pre_auth_conn"),
     ("pool", "max_pre_auth_conn_per_addr"),
+    ("pool", "tcp_keepcnt"),
     ("cluster", "leave_after_checks"),
     ("cluster", "rejoin_after_checks"),
     ("cluster", "server_scram_max_iterations"),
@@ -31,6 +36,9 @@ pub(super) const INTEGER_KEYS: [(&str, &str); 13] = [
     ("auth", "auth_query_concurrency"),
     ("auth", "auth_query_rate"),
 ];
+
+/// Keys whose TOML type is a boolean; an environment override gives `true` or `false`.
+pub(super) const BOOL_KEYS: [(&str, &str); 2] = [("pool", "tcp_keepalive"), ("pool", "application_name_add_host")];
 
 /// Keys whose TOML type is a list of strings; an environment override gives
 /// them comma-separated.
@@ -72,6 +80,13 @@ pub(super) struct RawPool {
     pub server_connect_timeout: Option<RawDuration>,
     pub server_reset_timeout: Option<RawDuration>,
     pub server_idle_timeout: Option<RawDuration>,
+    pub server_lifetime: Option<RawDuration>,
+    pub server_check_delay: Option<RawDuration>,
+    pub min_pool_size: Option<RawInt>,
+    pub reserve_pool_size: Option<RawInt>,
+    pub reserve_pool_timeout: Option<RawDuration>,
+    pub max_db_connections: Option<RawInt>,
+    pub max_user_connections: Option<RawInt>,
     pub client_login_timeout: Option<RawDuration>,
     pub max_message_size: Option<RawSize>,
     pub session_state: Option<String>,
@@ -79,6 +94,12 @@ pub(super) struct RawPool {
     pub max_client_prepared_statements: Option<RawInt>,
     pub shutdown_grace: Option<RawDuration>,
     pub workers: Option<RawInt>,
+    pub tcp_keepalive: Option<bool>,
+    pub tcp_keepidle: Option<RawDuration>,
+    pub tcp_keepintvl: Option<RawDuration>,
+    pub tcp_keepcnt: Option<RawInt>,
+    pub tcp_user_timeout: Option<RawDuration>,
+    pub application_name_add_host: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -160,6 +181,9 @@ pub(super) struct RawUser {
     pub server_user: Option<String>,
     pub server_password: Option<String>,
     pub server_password_from_cluster: Option<bool>,
+    pub pool_size: Option<RawInt>,
+    pub pool_mode: Option<String>,
+    pub max_user_connections: Option<RawInt>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,6 +192,8 @@ pub(super) struct RawDatabase {
     pub name: Option<String>,
     pub dbname: Option<String>,
     pub pool_size: Option<RawInt>,
+    pub pool_mode: Option<String>,
+    pub max_db_connections: Option<RawInt>,
 }
 
 /// A TOML integer; its own type so a type error says "an integer", not "i64".

@@ -114,6 +114,13 @@ fn defaults_from_a_minimal_file() {
         server_connect_timeout: Duration::from_secs(5),
         server_reset_timeout: Duration::from_secs(5),
         server_idle_timeout: Some(Duration::from_secs(600)),
+        server_lifetime: Some(Duration::from_secs(3600)),
+        server_check_delay: Duration::from_secs(30),
+        min_pool_size: 0,
+        reserve_pool_size: 0,
+        reserve_pool_timeout: Some(Duration::from_secs(5)),
+        max_db_connections: 0,
+        max_user_connections: 0,
         client_login_timeout: Duration::from_secs(15),
         max_message_size: 16 << 20,
         session_state: SessionStatePolicy::Pin,
@@ -121,6 +128,8 @@ fn defaults_from_a_minimal_file() {
         max_client_prepared_statements: 1000,
         shutdown_grace: Duration::from_secs(30),
         workers: super::default_workers(),
+        tcp: TcpOptions { keepalive: Some(Keepalive::default()), user_timeout: None },
+        application_name_add_host: false,
     };
     assert_eq!(config.pool, pool);
     assert_eq!(config.admin, Admin::default());
@@ -158,9 +167,19 @@ fn defaults_from_a_minimal_file() {
         server_user: None,
         server_password: None,
         server_password_from_cluster: false,
+        pool_size: None,
+        pool_mode: None,
+        max_user_connections: None,
     };
     assert_eq!(config.users, [user]);
-    assert_eq!(config.databases, [Database { name: "app".into(), server_dbname: "app".into(), pool_size: None }]);
+    let database = Database {
+        name: "app".into(),
+        server_dbname: "app".into(),
+        pool_size: None,
+        pool_mode: None,
+        max_db_connections: None,
+    };
+    assert_eq!(config.databases, [database]);
 }
 
 #[test]
@@ -329,6 +348,13 @@ fn every_table_key_can_be_overridden() {
                 ("server_connect_timeout", "2s"),
                 ("server_reset_timeout", "3s"),
                 ("server_idle_timeout", "off"),
+                ("server_lifetime", "0"),
+                ("server_check_delay", "0"),
+                ("min_pool_size", "2"),
+                ("reserve_pool_size", "3"),
+                ("reserve_pool_timeout", "1s"),
+                ("max_db_connections", "10"),
+                ("max_user_connections", "11"),
                 ("client_login_timeout", "4s"),
                 ("max_message_size", "65536"),
                 ("session_state", "refuse"),
@@ -336,6 +362,12 @@ fn every_table_key_can_be_overridden() {
                 ("max_client_prepared_statements", "8"),
                 ("shutdown_grace", "5s"),
                 ("workers", "3"),
+                ("tcp_keepalive", "false"),
+                ("tcp_keepidle", "30s"),
+                ("tcp_keepintvl", "10s"),
+                ("tcp_keepcnt", "3"),
+                ("tcp_user_timeout", "45s"),
+                ("application_name_add_host", "true"),
             ],
         ),
         ("routing", &[("max_replica_lag_bytes", "1kB"), ("max_replica_lag", "1s"), ("ro_fallback", "error")]),
@@ -454,6 +486,56 @@ fn cluster_check_keys() {
         let error = parse_with(extra).expect_err(extra);
         assert!(error.contains(want), "{extra}: {error}");
     }
+}
+
+#[test]
+fn tcp_keys() {
+    let parse_with = |extra: &str| {
+        Config::parse(&with(&[&format!("[pool]\n{extra}\n"), &minimal()])).map(|c| c.pool.tcp).map_err(|e| e.0)
+    };
+    let tcp =
+        parse_with("tcp_keepidle = \"2m\"\ntcp_keepintvl = \"15s\"\ntcp_keepcnt = 4\ntcp_user_timeout = \"1500ms\"");
+    let keepalive =
+        Keepalive { idle: Some(Duration::from_secs(120)), interval: Some(Duration::from_secs(15)), count: Some(4) };
+    assert_eq!(tcp, Ok(TcpOptions { keepalive: Some(keepalive), user_timeout: Some(Duration::from_millis(1500)) }));
+    let system_defaults = "tcp_keepidle = \"0\"\ntcp_keepintvl = \"0s\"\ntcp_keepcnt = 0\ntcp_user_timeout = \"0\"";
+    let tcp = parse_with(system_defaults).expect("0 is the system default");
+    assert_eq!(tcp, TcpOptions { keepalive: Some(Keepalive::default()), user_timeout: None });
+    let off = parse_with("tcp_keepalive = false\ntcp_keepidle = \"0\"").expect("0 tunes nothing");
+    assert_eq!(off.keepalive, None);
+    let cases = [
+        ("tcp_keepidle = \"1500ms\"", "[pool] tcp_keepidle: must be a whole number of seconds up to 9h 6m 7s"),
+        ("tcp_keepintvl = \"32768s\"", "[pool] tcp_keepintvl: must be a whole number of seconds"),
+        ("tcp_keepidle = 60", "tcp_keepidle"),
+        ("tcp_keepcnt = 128", "[pool] tcp_keepcnt: must be between 1 and 127, or 0 for the system default"),
+        ("tcp_keepcnt = -1", "[pool] tcp_keepcnt: must be between 1 and 127"),
+        ("tcp_user_timeout = \"1us\"", "[pool] tcp_user_timeout: must be a whole number of milliseconds"),
+        ("tcp_user_timeout = \"soon\"", "or \"0\" for the system default"),
+        ("tcp_keepalive = false\ntcp_keepcnt = 3", "[pool] tcp_keepcnt: has no effect with tcp_keepalive = false"),
+        ("tcp_keepalive = \"yes\"", "tcp_keepalive"),
+    ];
+    for (extra, want) in cases {
+        let error = parse_with(extra).expect_err(extra);
+        assert!(error.contains(want), "{extra}: {error}");
+    }
+    let from_env = parse_env(&minimal(), &[("PGRELAY_POOL_TCP_KEEPALIVE", "FALSE")]).expect("a boolean override");
+    assert_eq!(from_env.pool.tcp.keepalive, None);
+    let error = parse_env(&minimal(), &[("PGRELAY_POOL_TCP_KEEPALIVE", "1")]).expect_err("not a boolean");
+    assert!(error.starts_with("PGRELAY_POOL_TCP_KEEPALIVE: [pool] tcp_keepalive: expected true or false"), "{error}");
+}
+
+#[test]
+fn application_name_add_host_key() {
+    let parse = |pool: &str| {
+        let text = with(&[&format!("[pool]\n{pool}\n"), &minimal()]);
+        Config::parse(&text).map(|c| c.pool.application_name_add_host).map_err(|e| e.0)
+    };
+    assert_eq!(parse(""), Ok(false), "off by default, as in PgBouncer");
+    assert_eq!(parse("application_name_add_host = true"), Ok(true));
+    let error = parse("application_name_add_host = 1").expect_err("not a boolean");
+    assert!(error.contains("application_name_add_host"), "{error}");
+    let from_env = parse_env(&minimal(), &[("PGRELAY_POOL_APPLICATION_NAME_ADD_HOST", "true")]).expect("override");
+    assert!(from_env.pool.application_name_add_host);
 }
 
 /// The Kubernetes example's embedded pgrelay.toml must stay a valid config.

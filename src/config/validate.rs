@@ -10,8 +10,8 @@ use super::locate::{error_at, Locations, Origin};
 use super::raw::{RawAdmin, RawAuth, RawCluster, RawInt, RawListen, RawPool, RawRouting, RawSize};
 use super::units::{listeners_collide, parse_addr, parse_duration, parse_size, size_from_int};
 use super::{
-    Admin, AuthQuery, AuthType, Cluster, ConfigError, Listen, Pool, PoolMode, RequireAuth, RoFallback, Routing,
-    SessionStatePolicy, Source,
+    Admin, AuthQuery, AuthType, Cluster, ConfigError, Keepalive, Listen, Pool, PoolMode, RequireAuth, RoFallback,
+    Routing, SessionStatePolicy, Source, TcpOptions,
 };
 
 /// PostgreSQL 15's default is 4096 (`scram_iterations` came in 16); managed
@@ -24,6 +24,11 @@ pub(super) const DEFAULT_STATS_PERIOD: Duration = Duration::from_secs(60);
 /// zero one would spin the task that closes them).
 const MIN_STATS_PERIOD: Duration = Duration::from_millis(100);
 const MAX_MESSAGE_SIZE: u64 = 1024 * 1024 * 1024;
+/// Linux's limits on TCP_KEEPIDLE / TCP_KEEPINTVL (seconds) and TCP_KEEPCNT.
+const MAX_KEEPALIVE_SECS: u64 = 32_767;
+const MAX_KEEPALIVE_PROBES: i64 = 127;
+/// TCP_USER_TIMEOUT takes milliseconds in a C int.
+const MAX_USER_TIMEOUT_MS: u64 = i32::MAX as u64;
 
 /// One key of a single-table section, for parsing its value and reporting
 /// errors about it.
@@ -65,6 +70,25 @@ impl Field {
         Ok(Some(duration).filter(|d| !d.is_zero()))
     }
 
+    /// A duration handed to the kernel in whole `unit`s, at most `max`;
+    /// `"0"` (the default) leaves the operating system's value.
+    fn os_duration(&self, value: Option<&str>, unit: Duration, max: Duration) -> Result<Option<Duration>, ConfigError> {
+        let Some(text) = value else { return Ok(None) };
+        let duration = parse_duration(text).map_err(|e| self.error(format!("{e}, or \"0\" for the system default")))?;
+        if duration.is_zero() {
+            return Ok(None);
+        }
+        let whole = duration.as_nanos() % unit.as_nanos() == 0;
+        if !whole || duration > max {
+            let unit_name = if unit == Duration::from_secs(1) { "seconds" } else { "milliseconds" };
+            return Err(self.error(format!(
+                "must be a whole number of {unit_name} up to {}, or \"0\" for the system default (got {text:?})",
+                humantime::format_duration(max)
+            )));
+        }
+        Ok(Some(duration))
+    }
+
     fn size(&self, value: Option<&RawSize>, default: &str) -> Result<u64, ConfigError> {
         match value {
             Some(RawSize::Bytes(bytes)) => size_from_int(*bytes),
@@ -86,6 +110,12 @@ impl Field {
             .ok()
             .and_then(NonZeroUsize::new)
             .ok_or_else(|| self.error(format!("must be greater than 0 (got {value})")))
+    }
+
+    /// A count where 0 is allowed (and usually means none or no limit).
+    fn count(&self, value: Option<i64>, default: usize) -> Result<usize, ConfigError> {
+        let Some(value) = value else { return Ok(default) };
+        usize::try_from(value).map_err(|_| self.error(format!("must not be negative (got {value})")))
     }
 
     fn choice<T: Copy>(&self, value: Option<&str>, default: T, options: &[(&str, T)]) -> Result<T, ConfigError> {
@@ -165,6 +195,14 @@ pub(super) fn pool(raw: &RawPool, locations: &Locations<'_>) -> Result<Pool, Con
             .positive_duration(raw.server_reset_timeout.as_deref(), "5s")?,
         server_idle_timeout: field("server_idle_timeout")
             .optional_duration(raw.server_idle_timeout.as_deref(), "10m")?,
+        server_lifetime: field("server_lifetime").optional_duration(raw.server_lifetime.as_deref(), "1h")?,
+        server_check_delay: field("server_check_delay").duration(raw.server_check_delay.as_deref(), "30s")?,
+        min_pool_size: field("min_pool_size").count(raw.min_pool_size.map(|n| n.0), 0)?,
+        reserve_pool_size: field("reserve_pool_size").count(raw.reserve_pool_size.map(|n| n.0), 0)?,
+        reserve_pool_timeout: field("reserve_pool_timeout")
+            .optional_duration(raw.reserve_pool_timeout.as_deref(), "5s")?,
+        max_db_connections: field("max_db_connections").count(raw.max_db_connections.map(|n| n.0), 0)?,
+        max_user_connections: field("max_user_connections").count(raw.max_user_connections.map(|n| n.0), 0)?,
         client_login_timeout: field("client_login_timeout")
             .positive_duration(raw.client_login_timeout.as_deref(), "15s")?,
         max_message_size: usize::try_from(max_message_size)
@@ -182,7 +220,52 @@ pub(super) fn pool(raw: &RawPool, locations: &Locations<'_>) -> Result<Pool, Con
             .get(),
         shutdown_grace: field("shutdown_grace").duration(raw.shutdown_grace.as_deref(), "30s")?,
         workers: field("workers").positive(raw.workers.map(|n| n.0), default_workers())?.get(),
+        tcp: tcp(raw, locations)?,
+        application_name_add_host: raw.application_name_add_host.unwrap_or(false),
     })
+}
+
+/// `tcp_keepalive` (on by default, as in PgBouncer) and the values that tune
+/// it, each "0" or unset for the system default, and `tcp_user_timeout`.
+fn tcp(raw: &RawPool, locations: &Locations<'_>) -> Result<TcpOptions, ConfigError> {
+    let field = |key| Field::new(locations, "pool", key);
+    let (second, millisecond) = (Duration::from_secs(1), Duration::from_millis(1));
+    let keepalive_max = Duration::from_secs(MAX_KEEPALIVE_SECS);
+    let tuning = Keepalive {
+        idle: field("tcp_keepidle").os_duration(raw.tcp_keepidle.as_deref(), second, keepalive_max)?,
+        interval: field("tcp_keepintvl").os_duration(raw.tcp_keepintvl.as_deref(), second, keepalive_max)?,
+        count: match raw.tcp_keepcnt.map(|n| n.0) {
+            None | Some(0) => None,
+            Some(n @ 1..=MAX_KEEPALIVE_PROBES) => Some(n as u32),
+            Some(n) => {
+                return Err(field("tcp_keepcnt").error(format!(
+                    "must be between 1 and {MAX_KEEPALIVE_PROBES}, or 0 for the system default (got {n})"
+                )))
+            }
+        },
+    };
+    let keepalive = match raw.tcp_keepalive.unwrap_or(true) {
+        true => Some(tuning),
+        false => {
+            // A value that tunes keepalive would silently do nothing.
+            let set = [
+                ("tcp_keepidle", tuning.idle.is_some()),
+                ("tcp_keepintvl", tuning.interval.is_some()),
+                ("tcp_keepcnt", tuning.count.is_some()),
+            ];
+            if let Some((key, _)) = set.iter().find(|(_, is_set)| *is_set) {
+                return Err(field(key).error("has no effect with tcp_keepalive = false"));
+            }
+            None
+        }
+    };
+    let user_timeout_max = Duration::from_millis(MAX_USER_TIMEOUT_MS);
+    let user_timeout =
+        field("tcp_user_timeout").os_duration(raw.tcp_user_timeout.as_deref(), millisecond, user_timeout_max)?;
+    if user_timeout.is_some() && !cfg!(target_os = "linux") {
+        return Err(field("tcp_user_timeout").error("is only supported on Linux"));
+    }
+    Ok(TcpOptions { keepalive, user_timeout })
 }
 
 /// `[pool] workers` when the file does not say: the cores this process may

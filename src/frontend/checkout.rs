@@ -5,9 +5,8 @@
 use std::sync::Arc;
 
 use super::error::SessionError;
-use crate::app::{pool_settings, Context};
+use crate::app::Context;
 use crate::auth::UserEntry;
-use crate::backend::ServerTarget;
 use crate::cluster::{NodeStatus, Topology, Wait};
 use crate::config::{Database, RoFallback};
 use crate::pool::Pool;
@@ -15,24 +14,7 @@ use crate::router::{self, ListenerKind, RouteError, RouteInput};
 
 /// The pool for (node, database, user), created on first use.
 pub fn pool_for(ctx: &Context, node: &NodeStatus, database: &Database, user: &Arc<UserEntry>) -> Arc<Pool> {
-    // A looked-up user whose password changed gets a new pool: the old one logs in with the old secret.
-    let fits = |pool: &Pool| pool.target().credentials.server.same_secret(&user.server);
-    ctx.pools.get_fitting((&node.name, &database.name, &user.name), fits, || {
-        let config = ctx.config();
-        let target = ServerTarget {
-            node: node.name.clone(),
-            host: node.host.clone(),
-            port: node.port,
-            database: database.server_dbname.clone(),
-            credentials: user.clone(),
-            auth_policy: config.server_auth_policy(&node.name),
-            connect_timeout: config.pool.server_connect_timeout,
-            tls: config.tls.server.clone(),
-            max_prepared: config.pool.max_prepared_statements,
-        };
-        let settings = pool_settings(&config, database);
-        (target, settings, ctx.metrics.pool(&node.name, &database.name, &user.name))
-    })
+    ctx.pool_for(node, database, user)
 }
 
 /// How long to wait before routing again after a server refused a new
@@ -65,7 +47,8 @@ pub async fn login_server(
         (config.routing.ro_fallback, tokio::time::Instant::now() + config.pool.query_wait_timeout);
     drop(config);
     loop {
-        let (topology, node, _) = route_waiting(ctx, listener, fallback, deadline).await?;
+        let input = RouteInput { listener, turn: rand::random(), load: router::NO_LOAD };
+        let (topology, node, _) = route_waiting(ctx, input, fallback, deadline).await?;
         let pool = pool_for(ctx, &topology.nodes[node], database, user);
         if !lease_needed(&pool) {
             return Ok(LoginServer::Pool(pool));
@@ -81,23 +64,21 @@ pub async fn login_server(
     }
 }
 
-/// Routes a transaction on `listener`. While no primary is known it waits
-/// for the topology to change, until `deadline`; a split brain and a missing
-/// replica under `ro_fallback = "error"` are answered at once. Returns the
-/// topology, the node, and whether it had to wait.
+/// Routes a transaction on `listener` (a read by `turn` and `load`, see
+/// [`RouteInput`]). While no primary is known it waits for the topology to
+/// change, until `deadline`; a split brain and a missing replica under
+/// `ro_fallback = "error"` are answered at once. Returns the topology, the
+/// node, and whether it had to wait.
 pub async fn route_waiting(
     ctx: &Context,
-    listener: ListenerKind,
+    input: RouteInput<'_>,
     fallback: RoFallback,
     deadline: tokio::time::Instant,
 ) -> Result<(Arc<Topology>, usize, bool), SessionError> {
-    let decide = |topology: &Arc<Topology>| {
-        let tick = ctx.round_robin.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        match router::route(RouteInput { listener, tick }, fallback, topology) {
-            Ok(node) => Ok((topology.clone(), node)),
-            Err(e @ RouteError::NoPrimary(_)) => Err(Wait::Retry(e)),
-            Err(e) => Err(Wait::Fail(e)),
-        }
+    let decide = |topology: &Arc<Topology>| match router::route(input, fallback, topology) {
+        Ok(node) => Ok((topology.clone(), node)),
+        Err(e @ RouteError::NoPrimary(_)) => Err(Wait::Retry(e)),
+        Err(e) => Err(Wait::Fail(e)),
     };
     // The common case costs one snapshot load: no subscription, no timer.
     match decide(&ctx.cluster.load()) {

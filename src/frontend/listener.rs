@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::stream::Stream;
+use crate::stream::{set_tcp_options, Stream};
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -69,7 +69,7 @@ pub fn dispatch(workers: usize) -> (Arc<Dispatch>, Vec<mpsc::Receiver<Accepted>>
     (Arc::new(Dispatch { queues }), receivers)
 }
 
-/// Accepts clients on `listener` (on worker 0) until pgrelay drains or
+/// Accepts clients on `listener` (on worker 0, the acceptor) until pgrelay drains or
 /// shuts down; the listening socket closes on return, so new connections
 /// are refused. Each connection the pre-auth caps admit goes to the least
 /// busy worker, through `dispatch` when that is another one. Admin console
@@ -81,7 +81,6 @@ pub async fn serve(
     console: ConsoleHandler,
     dispatch: Arc<Dispatch>,
 ) {
-    let here = crate::worker::current();
     loop {
         let accepted = tokio::select! {
             _ = ctx.lifecycle.draining().cancelled() => return,
@@ -97,28 +96,24 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
+        // The TCP options in force now stay this socket's for its life.
+        set_tcp_options(&stream, &ctx.config().pool.tcp);
         let Some(admitted) = admit(&ctx, &stream, peer, kind) else { continue };
         let worker = ctx.worker_load.least_busy();
         let load = ctx.worker_load.enter(worker);
-        let stream = match dispatch.queues.get(worker.wrapping_sub(1)) {
-            Some(queue) if worker != here => {
-                // The socket leaves this worker's reactor for the other's.
-                let Ok(stream) = stream.into_std() else { continue };
-                match queue.try_send(Accepted { stream, peer, kind, admitted, load }) {
-                    Ok(()) => continue,
-                    Err(full_or_gone) => {
-                        let accepted = full_or_gone.into_inner();
-                        let Ok(stream) = TcpStream::from_std(accepted.stream) else { continue };
-                        drop(accepted.load);
-                        let load = ctx.worker_load.enter(here);
-                        start(&ctx, stream, peer, kind, accepted.admitted, load, console);
-                        continue;
-                    }
-                }
-            }
-            _ => stream,
+        let Some(queue) = worker.checked_sub(1).and_then(|other| dispatch.queues.get(other)) else {
+            start(&ctx, stream, peer, kind, admitted, load, console);
+            continue;
         };
-        start(&ctx, stream, peer, kind, admitted, load, console);
+        // The socket leaves this worker's reactor for the other's.
+        let Ok(stream) = stream.into_std() else { continue };
+        if let Err(full_or_gone) = queue.try_send(Accepted { stream, peer, kind, admitted, load }) {
+            // Served here after all.
+            let Accepted { stream, admitted, load, .. } = full_or_gone.into_inner();
+            drop(load);
+            let Ok(stream) = TcpStream::from_std(stream) else { continue };
+            start(&ctx, stream, peer, kind, admitted, ctx.worker_load.enter(0), console);
+        }
     }
 }
 

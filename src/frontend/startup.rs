@@ -14,8 +14,9 @@ use super::checkout::{login_server, route_waiting, LoginServer};
 use super::error::SessionError;
 use crate::app::{application_name, AdminLogin, Admission, CancelHandle, Context};
 use crate::auth::{AuthError, AuthStep, ClientAuth, LookupTarget, UserEntry};
+use crate::backend::ClientSettings;
 use crate::config::{ClientSslMode, ClientTlsAcceptor, Database, ALPN_POSTGRESQL};
-use crate::router::ListenerKind;
+use crate::router::{self, ListenerKind, RouteInput};
 use crate::stream::{Socket, Stream};
 use crate::wire::{
     self, frontend as tag, sqlstate, StartupPacket, StartupParams, StartupPeek, TxStatus, WireError,
@@ -33,7 +34,12 @@ fn login_error(code: &'static str, message: impl Into<String>) -> SessionError {
 pub struct LoginParts {
     pub user: Arc<crate::auth::UserEntry>,
     pub database: Database,
-    pub settings: Arc<Vec<(String, String)>>,
+    /// The startup settings as the client gave them (shared by every client that gave the same).
+    pub settings: Arc<ClientSettings>,
+    /// What server connections are given for this client: `settings`, or
+    /// under application_name_add_host this client's own copy with its
+    /// address in application_name.
+    pub server_settings: Arc<ClientSettings>,
     pub cancel: CancelHandle,
 }
 
@@ -110,14 +116,24 @@ pub async fn login(
     })?;
     let server_params = server_params(ctx, listener, &user, &database).await?;
     let settings = ctx.settings.intern(settings);
-    let welcome = super::welcome::welcome(ctx, listener, &user, &database, &server_params, &settings).await?;
+    let mut welcome = super::welcome::welcome(ctx, listener, &user, &database, &server_params, &settings).await?;
+    // Read at login: a reload changes it for the clients that log in after it.
+    let server_settings = match ctx.config().pool.application_name_add_host {
+        false => settings.clone(),
+        true => {
+            let peer = client.peer_addr().map_err(SessionError::ClientIo)?;
+            let (named, reported) = super::welcome::with_client_address(&settings, peer, &welcome);
+            welcome = reported;
+            Arc::new(named)
+        }
+    };
     let cancel = ctx.cancels.register();
     let mut out = BytesMut::with_capacity(welcome.len() + 64);
     wire::put_auth_ok(&mut out);
     out.extend_from_slice(&welcome);
     wire::put_backend_key_data(&mut out, cancel.pid, cancel.secret);
     wire::put_ready_for_query(&mut out, TxStatus::Idle);
-    Ok(Login::Client(LoginParts { user, database, settings, cancel }, out))
+    Ok(Login::Client(LoginParts { user, database, settings, server_settings, cancel }, out))
 }
 
 /// What `client_tls_sslmode` asks of a client before it may authenticate:
@@ -183,7 +199,8 @@ async fn find_user(ctx: &Context, name: &str, deadline: tokio::time::Instant) ->
 /// Where users are looked up: the primary, waited for like a write would be.
 async fn primary(ctx: &Context, deadline: tokio::time::Instant) -> Result<LookupTarget, SessionError> {
     let fallback = ctx.config().routing.ro_fallback;
-    let (topology, node, _) = route_waiting(ctx, ListenerKind::ReadWrite, fallback, deadline).await?;
+    let input = RouteInput { listener: ListenerKind::ReadWrite, turn: 0, load: router::NO_LOAD };
+    let (topology, node, _) = route_waiting(ctx, input, fallback, deadline).await?;
     let node = &topology.nodes[node];
     Ok(LookupTarget { node: node.name.clone(), host: node.host.clone(), port: node.port })
 }

@@ -8,10 +8,16 @@
 //! spell differently are asked about: a value equal to the server's own,
 //! and a plain ASCII application_name (reported as given), need no server,
 //! so logins go on without one while every server connection is busy.
+//!
+//! Under `application_name_add_host` a client's application_name carries
+//! its address, for the servers and in its welcome alike; that copy of the
+//! settings is the client's own, never interned or cached, so the shared
+//! sets (and their statements and welcomes) stay one per distinct startup.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::checkout::{login_server, LoginServer};
 use super::error::SessionError;
@@ -21,6 +27,7 @@ use crate::backend::{BackendError, ClientSettings, ServerParams};
 use crate::config::Database;
 use crate::pool::PoolError;
 use crate::router::ListenerKind;
+use crate::wire::{self, Frame};
 
 /// The welcome block for a client with `settings` whose servers report `server`.
 pub async fn welcome(
@@ -55,6 +62,58 @@ fn respelled_by_server(server: &ServerParams, name: &str, value: &str) -> bool {
         && value.len() < 64
         && value.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
     own[..] != *value.as_bytes() && !plain_name
+}
+
+/// PostgreSQL keeps this many bytes of application_name (NAMEDATALEN - 1).
+const MAX_APPLICATION_NAME: usize = 63;
+
+/// PgBouncer's application_name_add_host: `settings` with application_name
+/// `"{name} - {address}:{port}"` (`[v6]:port`; name `app` when the client
+/// gave none), and `welcome` reporting it. Unlike PgBouncer, the name is cut
+/// (not the address) to fit what PostgreSQL keeps, and characters outside
+/// printable ASCII become `?` (the server would rewrite them), so the
+/// server keeps and reports the value exactly as set.
+pub fn with_client_address(
+    settings: &[(String, String)],
+    peer: SocketAddr,
+    welcome: &Bytes,
+) -> (ClientSettings, Bytes) {
+    const NAME: &str = "application_name";
+    let given = settings.iter().find(|(n, _)| n.eq_ignore_ascii_case(NAME)).map(|(_, v)| v.as_str());
+    let mut name: String =
+        given.unwrap_or("app").chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect();
+    let suffix = format!(" - {peer}");
+    name.truncate(MAX_APPLICATION_NAME.saturating_sub(suffix.len()));
+    name.push_str(&suffix);
+    let mut named: ClientSettings = settings.iter().filter(|(n, _)| !n.eq_ignore_ascii_case(NAME)).cloned().collect();
+    let at = named.partition_point(|(n, _)| n.as_str() < NAME);
+    named.insert(at, (NAME.to_owned(), name));
+    let reported = reporting(welcome, NAME, &named[at].1);
+    (named, reported)
+}
+
+/// The welcome `block` with `name` reported as `value` (added at the end
+/// when the servers do not report it).
+fn reporting(block: &[u8], name: &str, value: &str) -> Bytes {
+    let mut out = BytesMut::with_capacity(block.len() + value.len());
+    let mut rest = block;
+    let mut found = false;
+    // The block is pgrelay's own encoding: whole ParameterStatus messages.
+    while let Ok(Some(frame)) = Frame::peek(rest, rest.len()) {
+        let (message, tail) = rest.split_at(frame.total_len);
+        match wire::read_cstr(wire::body(message)) {
+            Some((param, _)) if param.eq_ignore_ascii_case(name.as_bytes()) => {
+                wire::put_parameter_status(&mut out, param, value.as_bytes());
+                found = true;
+            }
+            _ => out.extend_from_slice(message),
+        }
+        rest = tail;
+    }
+    if !found {
+        wire::put_parameter_status(&mut out, name.as_bytes(), value.as_bytes());
+    }
+    out.freeze()
 }
 
 /// Applies `settings` on a server connection of the client's listener and
@@ -99,5 +158,43 @@ mod tests {
         assert!(!respelled_by_server(&server, "application_name", "psql"), "plain ASCII is kept as given");
         assert!(respelled_by_server(&server, "application_name", "caf\u{e9}"));
         assert!(!respelled_by_server(&server, "search_path", "a, b"), "not reported at all");
+    }
+
+    fn block(params: &[(&str, &str)]) -> Bytes {
+        let mut block = BytesMut::new();
+        for (name, value) in params {
+            wire::put_parameter_status(&mut block, name.as_bytes(), value.as_bytes());
+        }
+        block.freeze()
+    }
+
+    fn settings(pairs: &[(&str, &str)]) -> ClientSettings {
+        pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn the_client_address_is_appended_as_pgbouncer_does() {
+        let welcome = block(&[("DateStyle", "ISO, MDY"), ("application_name", "psql"), ("TimeZone", "UTC")]);
+        let given = settings(&[("Application_Name", "psql"), ("TimeZone", "UTC"), ("search_path", "s")]);
+        let (named, reported) = with_client_address(&given, "10.0.0.5:51234".parse().unwrap(), &welcome);
+        let expected =
+            settings(&[("TimeZone", "UTC"), ("application_name", "psql - 10.0.0.5:51234"), ("search_path", "s")]);
+        assert_eq!(named, expected, "one application_name, in order");
+        let name = "psql - 10.0.0.5:51234";
+        assert_eq!(reported, block(&[("DateStyle", "ISO, MDY"), ("application_name", name), ("TimeZone", "UTC")]));
+
+        let (named, _) = with_client_address(&[], "[2001:db8::7]:5000".parse().unwrap(), &welcome);
+        assert_eq!(named, settings(&[("application_name", "app - [2001:db8::7]:5000")]), "no name given: app");
+    }
+
+    #[test]
+    fn a_long_name_is_cut_and_the_address_kept() {
+        let peer: SocketAddr = "192.168.100.200:65535".parse().unwrap();
+        let long = format!("caf\u{e9}-{}", "x".repeat(80));
+        let (named, reported) = with_client_address(&settings(&[("application_name", &long)]), peer, &block(&[]));
+        let value = &named[0].1;
+        assert_eq!(value.len(), MAX_APPLICATION_NAME, "{value}");
+        assert!(value.starts_with("caf?-xxx") && value.ends_with("xx - 192.168.100.200:65535"), "{value}");
+        assert_eq!(reported, block(&[("application_name", value)]), "added when the servers do not report it");
     }
 }

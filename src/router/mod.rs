@@ -10,7 +10,7 @@ pub use sql::{
     classify, prepared_command, session_state_effect, Opaque, PreparedCommand, SessionStateEffect, SqlEffects,
 };
 
-use crate::cluster::Topology;
+use crate::cluster::{NodeStatus, Topology};
 use crate::config::RoFallback;
 
 /// Which port the client came in on.
@@ -30,12 +30,28 @@ impl ListenerKind {
 }
 
 /// What the router needs to know about the request.
-#[derive(Debug, Clone, Copy)]
-pub struct RouteInput {
+#[derive(Clone, Copy)]
+pub struct RouteInput<'a> {
     pub listener: ListenerKind,
-    /// A counter that advances per routed transaction, for round-robin.
-    pub tick: usize,
+    /// Where a read starts looking among the replicas: each client keeps its
+    /// own turn (from a random start, advanced per read it routes), so one
+    /// client's reads take the replicas in turn and nothing another client
+    /// does, on either port, moves it.
+    pub turn: usize,
+    /// Transactions in progress on a node for this client's pool (0 when
+    /// not known): a read goes to the least busy replica, the first of
+    /// equals from `turn`.
+    pub load: &'a (dyn Fn(&NodeStatus) -> usize + Sync),
 }
+
+impl std::fmt::Debug for RouteInput<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteInput").field("listener", &self.listener).field("turn", &self.turn).finish()
+    }
+}
+
+/// For a [`RouteInput`] that knows no node's load.
+pub const NO_LOAD: &(dyn Fn(&NodeStatus) -> usize + Sync) = &|_| 0;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
@@ -60,9 +76,7 @@ pub fn route(input: RouteInput, fallback: RoFallback, topology: &Topology) -> Re
     };
     match input.listener {
         ListenerKind::ReadWrite => primary(),
-        ListenerKind::ReadOnly if !topology.read_set.is_empty() => {
-            Ok(topology.read_set[input.tick % topology.read_set.len()])
-        }
+        ListenerKind::ReadOnly if !topology.read_set.is_empty() => Ok(least_busy_replica(input, topology)),
         ListenerKind::ReadOnly => match fallback {
             RoFallback::Primary => primary(),
             RoFallback::Error => {
@@ -70,4 +84,20 @@ pub fn route(input: RouteInput, fallback: RoFallback, topology: &Topology) -> Re
             }
         },
     }
+}
+
+/// The replica of the (non-empty) read set with the fewest transactions in
+/// progress, the first of equals counting from the client's turn.
+fn least_busy_replica(input: RouteInput, topology: &Topology) -> usize {
+    let replicas = &topology.read_set;
+    let start = input.turn % replicas.len();
+    let mut best = (usize::MAX, replicas[start]);
+    for i in (start..replicas.len()).chain(0..start) {
+        let node = replicas[i];
+        let load = (input.load)(&topology.nodes[node]);
+        if load < best.0 {
+            best = (load, node);
+        }
+    }
+    best.1
 }

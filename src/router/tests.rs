@@ -46,7 +46,7 @@ fn routes_by_listener() {
         (&t_no_primary, ListenerKind::ReadOnly, 3, RoFallback::Primary, Ok(2)),
     ];
     for (topology, listener, tick, fallback, expected) in cases {
-        let got = route(RouteInput { listener: *listener, tick: *tick }, *fallback, topology);
+        let got = route(RouteInput { listener: *listener, turn: *tick, load: NO_LOAD }, *fallback, topology);
         match (expected, got) {
             (Ok(want), Ok(node)) => assert_eq!(*want, node, "{listener:?} tick {tick}"),
             (Err(want), Err(e)) => assert!(e.to_string().contains(want), "{e}"),
@@ -65,9 +65,9 @@ fn explains_refusals() {
     split.primary = None;
     split.split_brain = true;
     split.no_primary_reason = Some("split brain: pg0 and pg1".into());
-    let ro = RouteInput { listener: ListenerKind::ReadOnly, tick: 0 };
-    let rw = RouteInput { listener: ListenerKind::ReadWrite, tick: 0 };
-    type Case<'a> = (&'a Topology, RouteInput, RoFallback, Result<usize, RouteError>);
+    let ro = RouteInput { listener: ListenerKind::ReadOnly, turn: 0, load: NO_LOAD };
+    let rw = RouteInput { listener: ListenerKind::ReadWrite, turn: 0, load: NO_LOAD };
+    type Case<'a> = (&'a Topology, RouteInput<'a>, RoFallback, Result<usize, RouteError>);
     let cases: &[Case] = &[
         (
             &lagging,
@@ -88,4 +88,30 @@ fn explains_refusals() {
     }
     let message = route(rw, RoFallback::Primary, &split).expect_err("split brain").to_string();
     assert_eq!(message, "no primary available: split brain: pg0 and pg1");
+}
+
+#[test]
+fn reads_go_to_the_least_busy_replica_and_take_turns_among_equals() {
+    let r = Some(Role::Replica);
+    let t = topology(&[Some(Role::Primary), r, r, r], &[1, 2, 3]);
+    let read = |turn, load: &(dyn Fn(&NodeStatus) -> usize + Sync)| {
+        route(RouteInput { listener: ListenerKind::ReadOnly, turn, load }, RoFallback::Primary, &t).unwrap()
+    };
+    // Equal loads: the turn decides, so a client's reads go round.
+    let picks: Vec<usize> = (7..13).map(|turn| read(turn, NO_LOAD)).collect();
+    assert_eq!(picks, [2, 3, 1, 2, 3, 1]);
+    // pg2 is busiest, pg1 and pg3 are equal: pg3 from turn 2, else pg1 first.
+    let loads = |n: &NodeStatus| match n.name.as_str() {
+        "pg2" => 5,
+        _ => 1,
+    };
+    assert_eq!(read(2, &loads), 3);
+    assert_eq!(read(0, &loads), 1);
+    assert_eq!(read(1, &loads), 3, "from pg2 on, pg3 is the first of the least busy");
+    // One idle replica wins whatever the turn.
+    let idle_pg3 = |n: &NodeStatus| usize::from(n.name != "pg3") * 4;
+    assert!((0..6).all(|turn| read(turn, &idle_pg3) == 3));
+    // The primary is never a read target while replicas are in the read set,
+    // however busy they are.
+    assert!((0..6).all(|turn| read(turn, &|_| 1000) != 0));
 }

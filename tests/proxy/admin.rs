@@ -306,6 +306,26 @@ async fn reload_applies_a_good_file_and_refuses_a_broken_one() {
 }
 
 #[tokio::test]
+async fn show_config_lists_the_tcp_options_and_application_name_add_host() {
+    let extra = "tcp_keepidle = \"5m\"\ntcp_keepcnt = 3\napplication_name_add_host = true";
+    let app = relay::start(Config::parse(&config_text(extra)).expect("valid config")).await;
+    let console = admin(&app).await;
+    let (_, rows) = show(&console, "SHOW CONFIG").await;
+    let expected = [
+        ["pool.tcp_keepalive", "true", "true", "yes"],
+        ["pool.tcp_keepidle", "5m", "0", "yes"],
+        ["pool.tcp_keepintvl", "0", "0", "yes"],
+        ["pool.tcp_keepcnt", "3", "0", "yes"],
+        ["pool.tcp_user_timeout", "0", "0", "yes"],
+        ["pool.application_name_add_host", "true", "false", "yes"],
+    ];
+    for row in expected {
+        assert!(rows.iter().any(|r| r == &row), "SHOW CONFIG has no row {row:?}");
+    }
+    app.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
 async fn shutdown_asks_for_an_immediate_stop() {
     let app = start_app().await;
     let console = admin(&app).await;

@@ -8,21 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::support::cluster;
 use crate::support::relay;
 
-/// A bounded HTTP/1.1 GET; returns (status, body).
-pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let request = format!("GET {path} HTTP/1.1\r\nHost: pgrelay\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        response
-    };
-    let response = tokio::time::timeout(Duration::from_secs(5), exchange).await.expect("HTTP answer within 5 s");
-    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, body)
-}
+pub use crate::support::relay::http_get as get;
 
 #[tokio::test]
 async fn health_topology_and_metrics_endpoints() {
@@ -41,7 +27,7 @@ async fn health_topology_and_metrics_endpoints() {
     assert_eq!(nodes[0]["port"], cluster.primary().port);
     let (status, body) = get(app.http_addr, "/metrics").await;
     assert_eq!(status, 200);
-    assert!(body.contains("# TYPE pgrelay_primary_changes_total counter"), "{body}");
+    assert!(body.contains("pgrelay_primary_changes_total 0"), "a static primary never changes: {body}");
     assert!(body.contains(r#"pgrelay_node_is_primary{node="pg0"} 1"#), "{body}");
     assert!(body.contains(r#"pgrelay_node_in_read_set{node="pg2"} 1"#), "{body}");
     assert!(body.contains("pgrelay_split_brain 0"), "{body}");

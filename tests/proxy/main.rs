@@ -7,13 +7,16 @@
 mod support;
 
 mod admin;
+mod application_name;
 mod auth;
 mod auth_query;
 mod bad_input;
 mod cancel;
 mod client_tls;
 mod http;
+mod keepalive;
 mod login;
+mod pool_controls;
 mod pooling;
 mod prepared;
 mod protocol;

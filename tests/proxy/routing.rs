@@ -1,4 +1,5 @@
-//! Where transactions go: :rw to the primary, :ro round-robin over the replicas.
+//! Where transactions go: :rw to the primary, :ro to the least busy replica,
+//! each client's reads taking the replicas in turn among equals.
 
 use std::collections::HashMap;
 
@@ -25,9 +26,55 @@ async fn rw_port_reaches_the_primary_and_ro_port_the_replicas() {
     let replica_ports: Vec<String> = cluster.replicas().iter().map(|r| r.port.to_string()).collect();
     assert_eq!(seen.len(), 2, "reads should spread over both replicas: {seen:?}");
     for port in &replica_ports {
-        // Every transaction advances the round-robin: 10 alternate evenly.
+        // A client's reads take the replicas in turn: 10 alternate evenly.
         assert!(seen.get(port).copied().unwrap_or(0) >= 4, "replica {port} got too few reads: {seen:?}");
     }
+    app.shutdown(std::time::Duration::from_secs(5)).await;
+}
+
+/// The replica port that served a read on `ro`.
+async fn replica_of(ro: &tokio_postgres::Client) -> String {
+    scalar(ro, "select inet_server_port()::text").await
+}
+
+#[tokio::test]
+async fn reads_alternate_whatever_the_client_does_on_the_rw_port() {
+    let cluster = cluster();
+    let app = relay::start_default(cluster, "").await;
+    let (rw, ro) = (relay::connect(app.rw_addr).await, relay::connect(app.ro_addr).await);
+    let other_ro = relay::connect(app.ro_addr).await;
+    // The commonest web pattern: a write, then a read; and two reads of
+    // another client in between. Neither moves this client's turn (a turn
+    // shared by all routing sent every such read to the same replica).
+    let mut reads = Vec::new();
+    for _ in 0..16 {
+        scalar(&rw, "select pg_current_wal_lsn()::text").await;
+        reads.push(replica_of(&ro).await);
+        replica_of(&other_ro).await;
+        replica_of(&other_ro).await;
+    }
+    let on_first = reads.iter().filter(|port| **port == cluster.replicas()[0].port.to_string()).count();
+    assert_eq!(on_first, 8, "16 reads alternate over the two replicas: {reads:?}");
+    assert!(reads.windows(2).all(|pair| pair[0] != pair[1]), "one replica, then the other: {reads:?}");
+    app.shutdown(std::time::Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_read_goes_to_the_replica_with_fewer_transactions_in_progress() {
+    let cluster = cluster();
+    let app = relay::start_default(cluster, "").await;
+    let (holder, reader) = (relay::connect(app.ro_addr).await, relay::connect(app.ro_addr).await);
+    // The reader has used both replicas' pools, so it knows how busy each is.
+    let used: std::collections::HashSet<String> = [replica_of(&reader).await, replica_of(&reader).await].into();
+    assert_eq!(used.len(), 2, "{used:?}");
+    holder.batch_execute("begin; select 1").await.expect("a transaction stays open on one replica");
+    let busy = replica_of(&holder).await;
+    for _ in 0..10 {
+        assert_ne!(replica_of(&reader).await, busy, "reads avoid the replica with a transaction in progress");
+    }
+    holder.batch_execute("commit").await.expect("commit");
+    let after: std::collections::HashSet<String> = [replica_of(&reader).await, replica_of(&reader).await].into();
+    assert_eq!(after.len(), 2, "both replicas serve reads again: {after:?}");
     app.shutdown(std::time::Duration::from_secs(5)).await;
 }
 

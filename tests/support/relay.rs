@@ -266,3 +266,26 @@ pub mod msg {
         buf.put_u32(4);
     }
 }
+
+/// A bounded HTTP/1.1 GET of pgrelay's HTTP listener; returns (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: pgrelay\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    };
+    let response = tokio::time::timeout(Duration::from_secs(5), exchange).await.expect("HTTP answer within 5 s");
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the sample `series` (a metric name with its labels, as
+/// /metrics prints it) in a /metrics scrape; `None` when it is absent.
+pub async fn metric(addr: SocketAddr, series: &str) -> Option<f64> {
+    let (_, body) = http_get(addr, "/metrics").await;
+    body.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}

@@ -78,6 +78,8 @@ async fn unplanned_failover_under_load() {
     .await;
     let idle = relay::connect(app.rw_addr).await;
     assert_eq!(scalar(&idle, "select inet_server_port()").await, pg0.port.to_string());
+    let changes = "pgrelay_primary_changes_total";
+    assert_eq!(relay::metric(app.http_addr, changes).await, Some(0.0), "no change before the failover");
 
     let load = Arc::new(Load::default());
     let writers: Vec<_> = (0..WRITERS).map(|_| tokio::spawn(writer(app.rw_addr, load.clone()))).collect();
@@ -140,5 +142,6 @@ async fn unplanned_failover_under_load() {
     assert_eq!(scalar(&idle, "select inet_server_port()").await, pg1.port.to_string());
     let topology = app.context().cluster.load();
     assert_eq!(topology.primary, Some(1), "{topology:?}");
+    assert_eq!(relay::metric(app.http_addr, changes).await, Some(1.0), "pg0 -> pg1 is one change");
     app.shutdown(Duration::from_secs(5)).await;
 }

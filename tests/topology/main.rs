@@ -12,6 +12,7 @@ mod common;
 mod connect_retry;
 mod failover;
 mod lag;
+mod min_pool_size;
 mod patroni;
 mod replicas;
 mod split_brain;

@@ -125,5 +125,7 @@ async fn planned_switchover_without_client_errors() {
     assert!(missing.is_empty(), "acknowledged but missing on pg1: {missing:?}");
     assert_eq!(attempted, acked.len(), "every attempted transaction was acknowledged");
     assert_eq!(ctx.cluster.load().primary, Some(1));
+    let changes = relay::metric(app.http_addr, "pgrelay_primary_changes_total").await;
+    assert_eq!(changes, Some(1.0), "the switchover is one change of primary");
     app.shutdown(Duration::from_secs(5)).await;
 }

@@ -47,6 +47,11 @@ fn optional_duration(d: Option<Duration>) -> String {
     d.map_or_else(|| "off".to_owned(), duration)
 }
 
+/// A value handed to the kernel; "0" leaves the system's own.
+fn system_default(d: Option<Duration>) -> String {
+    d.map_or_else(|| "0".to_owned(), duration)
+}
+
 /// Bytes in the largest unit that divides them evenly, as the config file takes them.
 fn size(bytes: u64) -> String {
     const UNITS: [(&str, u64); 4] = [("TB", 1 << 40), ("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)];
@@ -60,6 +65,7 @@ fn size(bytes: u64) -> String {
 /// value written the way the config file takes it. Passwords are left out.
 pub fn config_values(config: &Config) -> Vec<(&'static str, String)> {
     let pool = &config.pool;
+    let keepalive = pool.tcp.keepalive.unwrap_or_default();
     let list = |names: &[String]| names.join(",");
     let mut values = vec![
         ("listen.rw", config.listen.rw.to_string()),
@@ -75,6 +81,13 @@ pub fn config_values(config: &Config) -> Vec<(&'static str, String)> {
         ("pool.server_connect_timeout", duration(pool.server_connect_timeout)),
         ("pool.server_reset_timeout", duration(pool.server_reset_timeout)),
         ("pool.server_idle_timeout", optional_duration(pool.server_idle_timeout)),
+        ("pool.server_lifetime", optional_duration(pool.server_lifetime)),
+        ("pool.server_check_delay", duration(pool.server_check_delay)),
+        ("pool.min_pool_size", pool.min_pool_size.to_string()),
+        ("pool.reserve_pool_size", pool.reserve_pool_size.to_string()),
+        ("pool.reserve_pool_timeout", optional_duration(pool.reserve_pool_timeout)),
+        ("pool.max_db_connections", pool.max_db_connections.to_string()),
+        ("pool.max_user_connections", pool.max_user_connections.to_string()),
         ("pool.client_login_timeout", duration(pool.client_login_timeout)),
         ("pool.max_message_size", size(pool.max_message_size as u64)),
         (
@@ -89,6 +102,12 @@ pub fn config_values(config: &Config) -> Vec<(&'static str, String)> {
         ("pool.max_client_prepared_statements", pool.max_client_prepared_statements.to_string()),
         ("pool.shutdown_grace", duration(pool.shutdown_grace)),
         ("pool.workers", pool.workers.to_string()),
+        ("pool.tcp_keepalive", pool.tcp.keepalive.is_some().to_string()),
+        ("pool.tcp_keepidle", system_default(keepalive.idle)),
+        ("pool.tcp_keepintvl", system_default(keepalive.interval)),
+        ("pool.tcp_keepcnt", keepalive.count.unwrap_or(0).to_string()),
+        ("pool.tcp_user_timeout", system_default(pool.tcp.user_timeout)),
+        ("pool.application_name_add_host", pool.application_name_add_host.to_string()),
         ("routing.max_replica_lag_bytes", size(config.routing.max_replica_lag_bytes)),
         ("routing.max_replica_lag", duration(config.routing.max_replica_lag)),
         (

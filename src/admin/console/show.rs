@@ -92,12 +92,14 @@ pub struct PoolSample {
     pub user: String,
     pub mode: PoolMode,
     pub idle: usize,
-    /// Leased to clients, or logging in, being reset or waiting for a cancel.
+    /// Of `idle`: unused for server_check_delay, to be checked before use.
+    pub due_check: usize,
+    /// Leased to clients, or logging in, being checked or reset, or waiting for a cancel.
     pub in_use: usize,
-    /// Of `in_use`: logging in, being reset after a client, held back
-    /// until a cancel aimed at it is done.
+    /// Of `in_use`: logging in, being checked or reset after a client, held
+    /// back until a cancel aimed at it is done.
     pub logging_in: usize,
-    pub resetting: usize,
+    pub testing: usize,
     pub being_canceled: usize,
 }
 
@@ -129,19 +131,21 @@ pub fn pool_mode_name(mode: PoolMode) -> &'static str {
 }
 
 pub fn sample_pools(ctx: &Context) -> Vec<PoolSample> {
+    let now = Instant::now();
     ctx.pools
         .all()
         .iter()
         .map(|pool| {
-            let (logging_in, resetting, being_canceled) = pool.in_transition();
+            let (logging_in, testing, being_canceled) = pool.in_transition();
             PoolSample {
                 database: pool.key.database.clone(),
                 user: pool.key.user.clone(),
                 mode: pool.mode(),
                 idle: pool.idle_count(),
+                due_check: pool.idle_due_check(now),
                 in_use: pool.in_use(),
                 logging_in,
-                resetting,
+                testing,
                 being_canceled,
             }
         })
@@ -167,15 +171,16 @@ pub fn sample_clients(ctx: &Context) -> Vec<ClientSample> {
 
 /// SHOW POOLS: one row per (database, user) that has a pool or a client.
 /// cl_active counts clients holding a server, cl_waiting those waiting for
-/// one; sv_active counts leased connections, sv_idle idle ones, sv_login
-/// those logging in, sv_tested those being reset after a client (PgBouncer's
-/// server_reset_query), sv_being_canceled those held back until a cancel
-/// aimed at them is done; cl_active_cancel_req and sv_active_cancel count
+/// one; sv_active counts leased connections, sv_idle idle ones and sv_used
+/// those idle for server_check_delay (checked before their next lease),
+/// sv_login those logging in, sv_tested those being checked or reset after a
+/// client (PgBouncer's server_check_query and server_reset_query),
+/// sv_being_canceled those held back until a cancel aimed at them is done;
+/// cl_active_cancel_req and sv_active_cancel count
 /// the cancels being forwarded (each on a connection of its own) to the
 /// connection a client of the pool holds; maxwait (seconds) and maxwait_us
 /// (the microseconds part) are the longest current wait. pgrelay never
-/// queues a cancel and runs no server_check_query, so cl_waiting_cancel_req
-/// and sv_used are 0.
+/// queues a cancel: cl_waiting_cancel_req is 0.
 pub fn pools_table(
     pools: &[PoolSample],
     clients: &[ClientSample],
@@ -189,6 +194,7 @@ pub fn pools_table(
         waiting: usize,
         sv_active: usize,
         sv_idle: usize,
+        sv_used: usize,
         sv_login: usize,
         sv_tested: usize,
         sv_being_canceled: usize,
@@ -199,11 +205,12 @@ pub fn pools_table(
     let mut rows: BTreeMap<(&str, &str), Row> = BTreeMap::new();
     for pool in pools {
         let row = rows.entry((&pool.database, &pool.user)).or_default();
-        let transitions = pool.logging_in + pool.resetting + pool.being_canceled;
+        let transitions = pool.logging_in + pool.testing + pool.being_canceled;
         row.sv_active += pool.in_use.saturating_sub(transitions);
-        row.sv_idle += pool.idle;
+        row.sv_idle += pool.idle.saturating_sub(pool.due_check);
+        row.sv_used += pool.due_check;
         row.sv_login += pool.logging_in;
-        row.sv_tested += pool.resetting;
+        row.sv_tested += pool.testing;
         row.sv_being_canceled += pool.being_canceled;
         row.mode = Some(pool.mode);
     }
@@ -234,7 +241,7 @@ pub fn pools_table(
             num(row.cancels),
             num(row.sv_being_canceled),
             num(row.sv_idle),
-            num(0),
+            num(row.sv_used),
             num(row.sv_tested),
             num(row.sv_login),
             num(row.max_wait.as_secs()),
@@ -319,6 +326,7 @@ pub fn databases_table(ctx: &Context, pools: &[PoolSample]) -> Table {
     for database in &config.databases {
         let connections: usize = pools.iter().filter(|p| p.database == database.name).map(|p| p.idle + p.in_use).sum();
         let pool_size = database.pool_size.unwrap_or(config.pool.default_pool_size);
+        let pool_mode = database.pool_mode.unwrap_or(config.pool.mode);
         table.push(vec![
             text(database.name.as_str()),
             primary.map(|node| node.host.clone()),
@@ -326,10 +334,10 @@ pub fn databases_table(ctx: &Context, pools: &[PoolSample]) -> Table {
             text(database.server_dbname.as_str()),
             None,
             num(pool_size),
-            num(0),
-            num(0),
-            text(pool_mode_name(config.pool.mode)),
-            num(0),
+            num(config.pool.min_pool_size.min(pool_size.get())),
+            num(config.pool.reserve_pool_size),
+            text(pool_mode_name(pool_mode)),
+            num(crate::app::cap_limit(&config, crate::pool::CapKind::Database, &database.name)),
             num(connections),
             num(paused),
             num(0),
@@ -364,11 +372,11 @@ pub fn lists_table(ctx: &Context, pools: &[PoolSample], clients: &[ClientSample]
     table
 }
 
-/// SHOW USERS: the configured users (pool_mode NULL: none has its own).
+/// SHOW USERS: the configured users, and the pool mode of their own (NULL: none).
 pub fn users_table(ctx: &Context) -> Table {
     let mut table = Table::new(&[("name", T::Text), ("pool_mode", T::Text)]);
     for user in &ctx.config().users {
-        table.push(vec![text(user.name.as_str()), None]);
+        table.push(vec![text(user.name.as_str()), user.pool_mode.map(|mode| pool_mode_name(mode).to_owned())]);
     }
     table
 }

@@ -53,9 +53,10 @@ fn pool(database: &str, user: &str, idle: usize, in_use: usize) -> PoolSample {
         user: user.into(),
         mode: PoolMode::Transaction,
         idle,
+        due_check: 0,
         in_use,
         logging_in: 0,
-        resetting: 0,
+        testing: 0,
         being_canceled: 0,
     }
 }
@@ -67,8 +68,9 @@ fn client(database: &str, user: &str, state: ClientState, since: Instant) -> Cli
 #[test]
 fn pools_are_one_row_per_database_and_user_over_every_node() {
     let now = Instant::now();
-    // Of the second pool's 4 slots in use: 1 logging in, 1 being reset, 1 held for a cancel.
-    let busy = PoolSample { logging_in: 1, resetting: 1, being_canceled: 1, ..pool("app", "alice", 1, 5) };
+    // Of the second pool's 5 slots in use: 1 logging in, 1 being reset, 1 held
+    // for a cancel; of its 2 idle connections, 1 is due a check.
+    let busy = PoolSample { logging_in: 1, testing: 1, being_canceled: 1, due_check: 1, ..pool("app", "alice", 2, 5) };
     let pools = [pool("app", "alice", 2, 1), busy, pool("app", "bob", 0, 0)];
     // The active client's server connection has a cancel being forwarded to it.
     let server: SocketAddr = "127.0.0.1:5432".parse().expect("addr");
@@ -87,7 +89,7 @@ fn pools_are_one_row_per_database_and_user_over_every_node() {
     assert_eq!(
         rows,
         [
-            ["app", "alice", "1", "2", "1", "0", "3", "1", "1", "3", "0", "1", "1", "2", "500123", "transaction"],
+            ["app", "alice", "1", "2", "1", "0", "3", "1", "1", "3", "1", "1", "1", "2", "500123", "transaction"],
             ["app", "bob", "0", "0", "0", "0", "0", "0", "0", "0", "0", "0", "0", "0", "0", "transaction"],
             // No pool yet: the configured mode.
             ["other", "carol", "0", "1", "0", "0", "0", "0", "0", "0", "0", "0", "0", "0", "0", "session"],

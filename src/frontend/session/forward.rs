@@ -250,7 +250,10 @@ impl Session {
             }
         }
         let config = self.config();
-        if config.pool.session_state == SessionStatePolicy::Refuse && config.pool.mode == PoolMode::Transaction {
+        let (refuse, default_mode) = (config.pool.session_state == SessionStatePolicy::Refuse, config.pool.mode);
+        // The pool's own mode: a database or user may have its own.
+        let mode = self.lease.as_ref().map_or(default_mode, |lease| lease.pool().mode());
+        if refuse && mode == PoolMode::Transaction {
             return self.refuse_query(effect);
         }
         self.pin(effect);

@@ -30,7 +30,7 @@ use crate::cluster::NodeStatus;
 use crate::config::{Config, Database, PoolMode};
 use crate::metrics::{ClientMetrics, GaugeGuard};
 use crate::pool::{Lease, Pool, PoolError};
-use crate::router::{ListenerKind, SessionStateEffect};
+use crate::router::{ListenerKind, RouteInput, SessionStateEffect};
 use crate::stream::Stream;
 use crate::wire::Frame;
 
@@ -63,6 +63,8 @@ pub struct Session {
     listener: ListenerKind,
     user: Arc<UserEntry>,
     database: Database,
+    /// What server connections are given for this client (its startup
+    /// settings, under application_name_add_host with its address).
     settings: Arc<Vec<(String, String)>>,
     cancel: CancelHandle,
     /// The configuration this session last looked at, with its generation.
@@ -76,6 +78,8 @@ pub struct Session {
     lease: Option<Lease>,
     /// Pools this session has used, by node name.
     pools: Vec<Arc<Pool>>,
+    /// Where this client's next read starts among the replicas (see `RouteInput::turn`).
+    read_turn: usize,
     statements: ClientStatements,
     /// Private copies of shared statements, by the shared one's server name,
     /// for a client whose settings differ from its context's.
@@ -149,6 +153,7 @@ impl Session {
         registered: Registered,
     ) -> Session {
         let metrics = ctx.metrics.client(&parts.database.name, &parts.user.name, listener.as_str());
+        // By the settings as given: an address in application_name changes no statement's meaning.
         let shared_context = ctx.settings.statement_context(&parts.settings);
         Session {
             _connected: GaugeGuard::new(&metrics.connected),
@@ -164,13 +169,14 @@ impl Session {
             listener,
             user: parts.user,
             database: parts.database,
-            settings: parts.settings,
+            settings: parts.server_settings,
             cancel: parts.cancel,
             cbuf,
             client_read_size: FIRST_CLIENT_READ,
             out: BytesMut::new(),
             lease: None,
             pools: Vec::new(),
+            read_turn: rand::random(),
             statements: ClientStatements::default(),
             unnamed: UnnamedStatement::default(),
             private_copies: Default::default(),
@@ -409,9 +415,15 @@ impl Session {
                 (config.pool.query_wait_timeout, config.routing.ro_fallback)
             };
             let deadline = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + wait);
-            let (topology, node, routed_after_waiting) =
-                route_waiting(&self.ctx, self.listener, fallback, deadline).await?;
+            let pools = &self.pools;
+            // In progress on a node's pool, as far as this session knows the pool.
+            let load = |node: &NodeStatus| {
+                pools.iter().find(|p| p.key.node == node.name).map_or(0, |p| p.metrics().active.get().max(0) as usize)
+            };
+            let input = RouteInput { listener: self.listener, turn: self.read_turn, load: &load };
+            let (topology, node, routed_after_waiting) = route_waiting(&self.ctx, input, fallback, deadline).await?;
             held |= routed_after_waiting;
+            self.read_turn = self.read_turn.wrapping_add(1);
             let pool = self.pool_for_node(&topology.nodes[node]);
             let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
             let waiting = GaugeGuard::new(&self.metrics.waiting);
