@@ -131,6 +131,7 @@ impl App {
             header_timeout: ctx.config().listen.http_header_timeout,
         });
         ctx.tasks.spawn(admin::serve(http, http_state, ctx.shutdown.clone(), ctx.tasks.clone()));
+        ctx.tasks.spawn(admin::close_stats_periods(ctx.clone()));
         let worker_count = ctx.config().pool.workers;
         tracing::info!(rw = %rw_addr, ro = %ro_addr, http = %http_addr, workers = worker_count, "pgrelay listening");
         Ok(RunningApp { rw_addr, ro_addr, http_addr, ctx, workers })

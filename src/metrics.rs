@@ -3,17 +3,20 @@
 //! ([`PoolMetrics`] per pool, [`ClientMetrics`] per login); nothing is looked
 //! up by name per message. Label values are bounded: node, database and user
 //! come from the configuration, SQLSTATE classes are two characters.
+//! Each pool's queries, transactions and waits are counted per worker
+//! ([`traffic`]); SHOW STATS' averages are kept by [`periods`].
 
-use std::sync::{Mutex, OnceLock};
+pub mod periods;
+pub mod traffic;
 
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
-};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
-/// Buckets for waits and transaction times: 100 µs to 30 s.
-const SECONDS_BUCKETS: &[f64] =
-    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+use periods::{Figures, Periods, Snapshot};
+use traffic::{PoolTraffic, TrafficFamilies, TrafficTotals};
+
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -29,11 +32,11 @@ pub struct Metrics {
     client_bytes_received: IntCounterVec,
     client_bytes_sent: IntCounterVec,
     server_connections: IntGaugeVec,
-    transactions: IntCounterVec,
-    queries: IntCounterVec,
     server_moves: IntCounterVec,
-    checkout_wait: HistogramVec,
-    transaction_duration: HistogramVec,
+    /// Each pool's queries, transactions and waits.
+    traffic: TrafficFamilies,
+    /// The last completed `[admin] stats_period`, for SHOW STATS' averages.
+    periods: Mutex<Periods>,
     errors: IntCounterVec,
     pinned_clients: IntCounterVec,
     client_timeouts: IntCounterVec,
@@ -60,10 +63,6 @@ fn opts(name: &str, help: &str) -> Opts {
     Opts::new(name, help)
 }
 
-fn seconds(name: &str, help: &str) -> HistogramOpts {
-    HistogramOpts::new(name, help).buckets(SECONDS_BUCKETS.to_vec())
-}
-
 /// Registers each collector, failing only on a programming error (a name used twice).
 macro_rules! register {
     ($registry:expr, $metric:expr) => {{
@@ -77,9 +76,19 @@ const POOL: &[&str] = &["node", "database", "user"];
 const CLIENT: &[&str] = &["database", "user"];
 
 impl Metrics {
+    /// Metrics for one worker (tests).
     pub fn new() -> Metrics {
+        Metrics::with_workers(1)
+    }
+
+    /// Metrics whose per-pool traffic counters keep a shard per worker.
+    pub fn with_workers(workers: usize) -> Metrics {
         let r = Registry::new();
+        let traffic = TrafficFamilies::new(workers);
+        r.register(Box::new(traffic.clone())).expect("metric registered once");
         Metrics {
+            traffic,
+            periods: Mutex::default(),
             clients: register!(
                 r,
                 IntGaugeVec::new(
@@ -116,40 +125,12 @@ impl Metrics {
                     &["node", "database", "user", "state"]
                 )
             ),
-            transactions: register!(
-                r,
-                IntCounterVec::new(
-                    opts("pgrelay_transactions_total", "Transactions run (server connection leases)."),
-                    POOL
-                )
-            ),
-            queries: register!(
-                r,
-                IntCounterVec::new(opts("pgrelay_queries_total", "Queries sent (Query and Execute messages)."), POOL)
-            ),
             server_moves: register!(
                 r,
                 IntCounterVec::new(
                     opts(
                         "pgrelay_server_connection_moves_total",
                         "Idle server connections moved from one worker to another to be leased there ([pool] workers)."
-                    ),
-                    POOL
-                )
-            ),
-            checkout_wait: register!(
-                r,
-                HistogramVec::new(
-                    seconds("pgrelay_checkout_wait_seconds", "Time a client waited for a server connection."),
-                    POOL
-                )
-            ),
-            transaction_duration: register!(
-                r,
-                HistogramVec::new(
-                    seconds(
-                        "pgrelay_transaction_duration_seconds",
-                        "Time a server connection was leased for one transaction."
                     ),
                     POOL
                 )
@@ -268,37 +249,60 @@ impl Metrics {
             idle: state("idle"),
             active: state("active"),
             pinned: state("pinned"),
-            transactions: self.transactions.with_label_values(&labels),
-            queries: self.queries.with_label_values(&labels),
             moves: self.server_moves.with_label_values(&labels),
-            checkout_wait: self.checkout_wait.with_label_values(&labels),
-            transaction_duration: self.transaction_duration.with_label_values(&labels),
+            traffic: self.traffic.pool(node, database, user),
         }
     }
 
-    /// Per-database totals of the pool and client counters (SHOW STATS),
-    /// read from the series that exist: reading creates none.
-    pub fn database_totals(&self) -> std::collections::BTreeMap<String, DatabaseTotals> {
+    /// Each database's totals since start (SHOW STATS), summed over its
+    /// users and nodes, from the series that exist: reading creates none.
+    /// Pools a failover or reload has closed are included (their series
+    /// stay), so a total never drops.
+    pub fn database_totals(&self) -> BTreeMap<String, Figures> {
+        let mut traffic: BTreeMap<String, TrafficTotals> = BTreeMap::new();
+        for (labels, totals) in self.traffic.totals() {
+            traffic.entry(labels.database).or_default().add(&totals);
+        }
+        let mut figures: BTreeMap<String, Figures> = traffic
+            .into_iter()
+            .map(|(database, t)| {
+                let f = Figures {
+                    xact_count: t.transactions.count,
+                    query_count: t.queries.count,
+                    xact_time: t.transactions.sum_us,
+                    query_time: t.queries.sum_us,
+                    wait_time: t.waits.sum_us,
+                    ..Figures::default()
+                };
+                (database, f)
+            })
+            .collect();
         use prometheus::core::Collector;
-        let mut totals: std::collections::BTreeMap<String, DatabaseTotals> = Default::default();
-        let mut add = |collector: &dyn Collector, apply: &dyn Fn(&mut DatabaseTotals, &prometheus::proto::Metric)| {
-            for family in collector.collect() {
+        let mut add_bytes = |counters: &IntCounterVec, apply: fn(&mut Figures, u64)| {
+            for family in counters.collect() {
                 for metric in family.get_metric() {
-                    let database = metric.get_label().iter().find(|l| l.name() == "database");
-                    if let Some(database) = database {
-                        apply(totals.entry(database.value().to_owned()).or_default(), metric);
+                    if let Some(database) = metric.get_label().iter().find(|l| l.name() == "database") {
+                        let entry = figures.entry(database.value().to_owned()).or_default();
+                        apply(entry, metric.get_counter().get_value() as u64);
                     }
                 }
             }
         };
-        let count = |m: &prometheus::proto::Metric| m.get_counter().get_value() as u64;
-        add(&self.transactions, &|t, m| t.transactions += count(m));
-        add(&self.queries, &|t, m| t.queries += count(m));
-        add(&self.client_bytes_received, &|t, m| t.bytes_received += count(m));
-        add(&self.client_bytes_sent, &|t, m| t.bytes_sent += count(m));
-        add(&self.transaction_duration, &|t, m| t.transaction_seconds += m.get_histogram().get_sample_sum());
-        add(&self.checkout_wait, &|t, m| t.wait_seconds += m.get_histogram().get_sample_sum());
-        totals
+        add_bytes(&self.client_bytes_received, |f, n| f.bytes_received += n);
+        add_bytes(&self.client_bytes_sent, |f, n| f.bytes_sent += n);
+        figures
+    }
+
+    /// Ends a `[admin] stats_period` now: SHOW STATS' averages are those of
+    /// the period that ends here until the next one ends.
+    pub fn close_stats_period(&self, now: Instant) {
+        let snapshot = Snapshot { at: now, totals: self.database_totals() };
+        self.periods.lock().expect("metrics lock").close(snapshot);
+    }
+
+    /// Each database's averages over the last completed stats_period.
+    pub fn stats_averages(&self) -> BTreeMap<String, Figures> {
+        self.periods.lock().expect("metrics lock").averages()
     }
 
     pub fn client(&self, database: &str, user: &str, listener: &'static str) -> ClientMetrics {
@@ -442,12 +446,10 @@ pub struct PoolMetrics {
     pub idle: IntGauge,
     pub active: IntGauge,
     pub pinned: IntGauge,
-    pub transactions: IntCounter,
-    pub queries: IntCounter,
     /// Idle server connections moved to another worker to be leased there.
     pub moves: IntCounter,
-    pub checkout_wait: Histogram,
-    pub transaction_duration: Histogram,
+    /// Queries, transactions and waits for a server connection.
+    pub traffic: Arc<PoolTraffic>,
 }
 
 /// Holds a gauge up by one while it lives.
@@ -467,19 +469,6 @@ impl Drop for GaugeGuard {
     }
 }
 
-/// One database's counters summed over users and nodes.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct DatabaseTotals {
-    pub transactions: u64,
-    pub queries: u64,
-    pub bytes_received: u64,
-    pub bytes_sent: u64,
-    /// Server lease time.
-    pub transaction_seconds: f64,
-    /// Time clients waited for a server connection.
-    pub wait_seconds: f64,
-}
-
 /// One logged-in client's handles.
 #[derive(Debug, Clone)]
 pub struct ClientMetrics {
@@ -497,13 +486,13 @@ mod tests {
     fn renders_registered_metrics_with_bounded_labels() {
         let metrics = Metrics::new();
         let pool = metrics.pool("pg0", "app", "alice");
-        pool.transactions.inc_by(3);
-        pool.checkout_wait.observe(0.002);
+        pool.moves.inc_by(3);
+        pool.traffic.wait(std::time::Duration::from_millis(2));
         metrics.error(b"28P01", ErrorOrigin::Pgrelay);
         metrics.error(b"\xff\xff000", ErrorOrigin::Server);
         metrics.login(LoginResult::AuthFailed);
         let text = metrics.render();
-        assert!(text.contains(r#"pgrelay_transactions_total{database="app",node="pg0",user="alice"} 3"#), "{text}");
+        assert!(text.contains(r#"pgrelay_server_connection_moves_total{database="app",node="pg0",user="alice"} 3"#));
         assert!(text.contains(r#"pgrelay_checkout_wait_seconds_count{database="app",node="pg0",user="alice"} 1"#));
         assert!(text.contains(r#"pgrelay_errors_total{class="28",origin="pgrelay"} 1"#));
         assert!(text.contains(r#"pgrelay_errors_total{class="??",origin="server"} 1"#));

@@ -43,6 +43,9 @@ struct Target {
 #[derive(Debug, Default)]
 pub struct CancelRegistry {
     slots: Mutex<HashMap<u32, Arc<Slot>, foldhash::fast::RandomState>>,
+    /// The server connections (address, server pid) cancels are being
+    /// forwarded to right now, one entry per cancel (SHOW POOLS).
+    forwarding: Mutex<Vec<(SocketAddr, u32)>>,
 }
 
 /// A client's registration; unregisters on drop.
@@ -88,6 +91,28 @@ impl Aimed {
     }
 }
 
+/// A cancel listed in [`CancelRegistry::forwarding`] while it lives.
+struct Forwarding<'a> {
+    registry: &'a CancelRegistry,
+    target: (SocketAddr, u32),
+}
+
+impl<'a> Forwarding<'a> {
+    fn new(registry: &'a CancelRegistry, target: (SocketAddr, u32)) -> Forwarding<'a> {
+        registry.forwarding.lock().expect("cancel lock").push(target);
+        Forwarding { registry, target }
+    }
+}
+
+impl Drop for Forwarding<'_> {
+    fn drop(&mut self) {
+        let mut forwarding = self.registry.forwarding.lock().expect("cancel lock");
+        if let Some(i) = forwarding.iter().position(|t| *t == self.target) {
+            forwarding.swap_remove(i);
+        }
+    }
+}
+
 /// A cancel under way on a server connection; uncounted on drop.
 struct InFlight(Arc<AtomicUsize>);
 
@@ -119,9 +144,18 @@ impl CancelRegistry {
     /// still is by the time the request could be sent.
     pub async fn cancel(&self, pid: u32, secret: u32) {
         match self.aim(pid, secret) {
-            Some(aimed) => forward(aimed).await,
+            Some(aimed) => {
+                let _listed = Forwarding::new(self, (aimed.addr, aimed.key.pid));
+                forward(aimed).await
+            }
             None => tracing::debug!(pid, "cancel request for an unknown key or an idle client ignored"),
         }
+    }
+
+    /// The server connections (address, server pid) cancels are being
+    /// forwarded to right now, one entry per cancel.
+    pub fn forwarding(&self) -> Vec<(SocketAddr, u32)> {
+        self.forwarding.lock().expect("cancel lock").clone()
     }
 
     /// What a cancel read now is aimed at.
@@ -233,6 +267,26 @@ mod tests {
         assert!(registry.aim(handle.pid, handle.secret).unwrap().is_current());
     }
 
+    #[tokio::test]
+    async fn a_cancel_is_listed_while_it_is_forwarded() {
+        let registry = Arc::new(CancelRegistry::default());
+        let handle = registry.register();
+        // A server that takes the cancel and does not close at once.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        handle.set_target(target(addr));
+        let cancel = tokio::spawn({
+            let registry = registry.clone();
+            let (pid, secret) = (handle.pid, handle.secret);
+            async move { registry.cancel(pid, secret).await }
+        });
+        let (stream, _) = listener.accept().await.unwrap();
+        assert_eq!(registry.forwarding(), [(addr, KEY.pid)]);
+        drop(stream);
+        cancel.await.unwrap();
+        assert!(registry.forwarding().is_empty());
+    }
+
     /// A stand-in server: returns the bytes one connection sent before closing.
     async fn fake_server() -> (SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -255,6 +309,7 @@ mod tests {
         handle.set_target(target(addr));
         registry.cancel(handle.pid, handle.secret).await;
         assert_eq!(received.await.unwrap(), wire::cancel_request(KEY.pid, KEY.secret));
+        assert!(registry.forwarding().is_empty(), "listed only while being forwarded");
 
         // Read during one lease, forwarded after it ended: the server hears nothing.
         let (addr, received) = fake_server().await;

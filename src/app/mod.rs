@@ -109,7 +109,7 @@ impl Context {
         config_path: Option<PathBuf>,
     ) -> Arc<Context> {
         let shutdown = CancellationToken::new();
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with_workers(config.pool.workers));
         let tasks = TaskTracker::new();
         let users = users.with_lookup(user_lookup(&config, &metrics, &tasks, &shutdown));
         let workers = config.pool.workers;

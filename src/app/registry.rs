@@ -59,10 +59,11 @@ impl ClientEntry {
         self.activity.lock().expect("client lock").clone()
     }
 
-    pub fn set_waiting(&self) {
+    /// The client waits for a server connection since `since`.
+    pub fn set_waiting(&self, since: Instant) {
         let mut activity = self.activity.lock().expect("client lock");
         activity.state = ClientState::Waiting;
-        activity.since = Instant::now();
+        activity.since = since;
     }
 
     pub fn set_active(&self, server: ServerLink) {
@@ -171,7 +172,7 @@ mod tests {
         };
         let alice = registry.register(new("alice"));
         let bob = registry.register(new("bob"));
-        alice.set_waiting();
+        alice.set_waiting(Instant::now());
         assert_eq!(alice.activity().state, ClientState::Waiting);
         let names: Vec<String> = registry.snapshot().iter().map(|c| c.info.user.clone()).collect();
         assert_eq!(names, ["alice", "bob"]);

@@ -130,6 +130,30 @@ fn injected_requests_are_swallowed_and_client_ones_relayed() {
 }
 
 #[test]
+fn ready_for_query_owed_to_the_client_ignores_pgrelay_s_own() {
+    let mut t = Tracker::new(200);
+    let mut out = BytesMut::new();
+    assert!(!t.client_ready_owed());
+    send(&mut t, Expect::Query, Origin::InjectedSetup);
+    assert!(!t.client_ready_owed(), "the settings pgrelay applies");
+    extended(&mut t, Origin::Client);
+    extended(&mut t, Origin::Client);
+    send(&mut t, Expect::Query, Origin::InjectedQuiet);
+    feed(&mut t, &mut out, "C ZI 1 2 D C ZI");
+    assert!(t.client_ready_owed(), "the second batch");
+    // A COPY FROM STDIN drops the Syncs pipelined behind it: none is owed for them.
+    feed(&mut t, &mut out, "1 2 D C ZI");
+    assert!(!t.client_ready_owed(), "only pgrelay's own query is left");
+    feed(&mut t, &mut out, "C ZI");
+    send(&mut t, Expect::Query, Origin::Client);
+    send(&mut t, Expect::Sync, Origin::Client);
+    feed(&mut t, &mut out, "G");
+    assert!(t.client_ready_owed(), "the COPY's own");
+    feed(&mut t, &mut out, "C ZI");
+    assert!(!t.client_ready_owed(), "the Sync behind the COPY went unanswered");
+}
+
+#[test]
 fn a_failed_setup_query_is_reported() {
     let mut t = Tracker::new(200);
     let mut out = BytesMut::new();

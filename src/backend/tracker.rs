@@ -368,6 +368,15 @@ impl Tracker {
         self.queue.is_empty() && !self.batch_open && self.copy == CopyState::None && !self.skipping_until_sync
     }
 
+    /// Whether the server still owes a ReadyForQuery that goes to the client
+    /// (pgrelay's own requests' do not). Stops at the first such request:
+    /// the next one the client sent, near the front of the queue.
+    pub fn client_ready_owed(&self) -> bool {
+        self.queue.iter().any(|p| {
+            matches!(p, Pending::Server { expect: Expect::Sync | Expect::Query, origin } if *origin == Origin::Client)
+        })
+    }
+
     /// ReadyForQuery answers still owed by the server.
     pub fn pending_ready(&self) -> usize {
         self.queue.iter().filter(|p| matches!(p, Pending::Server { expect: Expect::Sync | Expect::Query, .. })).count()

@@ -178,13 +178,23 @@ impl ClientTimeouts {
     }
 }
 
-/// Who may use the admin console (database `pgrelay` or `pgbouncer`).
-#[derive(Debug, Clone, PartialEq, Default)]
+/// Who may use the admin console (database `pgrelay` or `pgbouncer`), and
+/// what its statistics average over.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Admin {
     /// May run every command.
     pub admin_users: Vec<String>,
     /// May run SHOW commands only.
     pub stats_users: Vec<String>,
+    /// SHOW STATS' averages cover the last completed period of this length
+    /// (PgBouncer's `stats_period`).
+    pub stats_period: Duration,
+}
+
+impl Default for Admin {
+    fn default() -> Admin {
+        Admin { admin_users: Vec::new(), stats_users: Vec::new(), stats_period: validate::DEFAULT_STATS_PERIOD }
+    }
 }
 
 /// How users that `[[users]]` does not list are looked up on the primary

@@ -111,6 +111,7 @@ pub(super) struct RawPool {
 pub(super) struct RawAdmin {
     pub admin_users: Option<Vec<String>>,
     pub stats_users: Option<Vec<String>>,
+    pub stats_period: Option<RawDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -212,8 +212,10 @@ fn explicit_values_are_used() {
         "[[nodes]]\nname = \"b\"\nhost = \"db2\"\nrole = \"replica\"\n",
         "[[users]]\nname = \"t\"\nauth_type = \"trust\"\nserver_user = \"u\"\nserver_password = \"p\"\n",
         "[[databases]]\nname = \"app\"\ndbname = \"app_prod\"\npool_size = 3\n",
+        "[admin]\nstats_period = \"15s\"\n",
     ]);
     let config = Config::parse(&text).expect("parses");
+    assert_eq!(config.admin.stats_period, Duration::from_secs(15));
     assert_eq!((config.pool.mode, config.pool.session_state), (PoolMode::Session, SessionStatePolicy::Refuse));
     assert_eq!(config.pool.max_message_size, 65536);
     assert_eq!(config.routing.ro_fallback, RoFallback::Error);
@@ -405,7 +407,7 @@ fn every_table_key_can_be_overridden() {
                 ("server_scram_max_iterations", "5000"),
             ],
         ),
-        ("admin", &[("admin_users", "ops"), ("stats_users", "monitor, exporter")]),
+        ("admin", &[("admin_users", "ops"), ("stats_users", "monitor, exporter"), ("stats_period", "10s")]),
     ];
     for (section, keys) in values {
         let listed: BTreeSet<&str> = keys.iter().map(|(key, _)| *key).collect();

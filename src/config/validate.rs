@@ -18,6 +18,11 @@ use super::{
 /// services ask for up to a few tens of thousands.
 const DEFAULT_SCRAM_MAX_ITERATIONS: u32 = 100_000;
 const MIN_MESSAGE_SIZE: u64 = 64 * 1024;
+/// PgBouncer's `stats_period` default.
+pub(super) const DEFAULT_STATS_PERIOD: Duration = Duration::from_secs(60);
+/// Shorter periods average over too few transactions to mean much (and a
+/// zero one would spin the task that closes them).
+const MIN_STATS_PERIOD: Duration = Duration::from_millis(100);
 const MAX_MESSAGE_SIZE: u64 = 1024 * 1024 * 1024;
 /// Linux's limits on TCP_KEEPIDLE / TCP_KEEPINTVL (seconds) and TCP_KEEPCNT.
 const MAX_KEEPALIVE_SECS: u64 = 32_767;
@@ -283,7 +288,16 @@ pub(super) fn admin(raw: RawAdmin, locations: &Locations<'_>) -> Result<Admin, C
             None => Ok(names),
         }
     };
-    Ok(Admin { admin_users: list("admin_users", raw.admin_users)?, stats_users: list("stats_users", raw.stats_users)? })
+    let period = Field::new(locations, "admin", "stats_period");
+    let stats_period = period.duration(raw.stats_period.as_deref(), "60s")?;
+    if stats_period < MIN_STATS_PERIOD {
+        return Err(period.error(format!("must be at least 100ms (got {stats_period:?})")));
+    }
+    Ok(Admin {
+        admin_users: list("admin_users", raw.admin_users)?,
+        stats_users: list("stats_users", raw.stats_users)?,
+        stats_period,
+    })
 }
 
 pub(super) fn routing(raw: &RawRouting, locations: &Locations<'_>) -> Result<Routing, ConfigError> {

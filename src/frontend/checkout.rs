@@ -48,7 +48,7 @@ pub async fn login_server(
     drop(config);
     loop {
         let input = RouteInput { listener, turn: rand::random(), load: router::NO_LOAD };
-        let (topology, node) = route_waiting(ctx, input, fallback, deadline).await?;
+        let (topology, node, _) = route_waiting(ctx, input, fallback, deadline).await?;
         let pool = pool_for(ctx, &topology.nodes[node], database, user);
         if !lease_needed(&pool) {
             return Ok(LoginServer::Pool(pool));
@@ -67,13 +67,14 @@ pub async fn login_server(
 /// Routes a transaction on `listener` (a read by `turn` and `load`, see
 /// [`RouteInput`]). While no primary is known it waits for the topology to
 /// change, until `deadline`; a split brain and a missing replica under
-/// `ro_fallback = "error"` are answered at once.
+/// `ro_fallback = "error"` are answered at once. Returns the topology, the
+/// node, and whether it had to wait.
 pub async fn route_waiting(
     ctx: &Context,
     input: RouteInput<'_>,
     fallback: RoFallback,
     deadline: tokio::time::Instant,
-) -> Result<(Arc<Topology>, usize), SessionError> {
+) -> Result<(Arc<Topology>, usize, bool), SessionError> {
     let decide = |topology: &Arc<Topology>| match router::route(input, fallback, topology) {
         Ok(node) => Ok((topology.clone(), node)),
         Err(e @ RouteError::NoPrimary(_)) => Err(Wait::Retry(e)),
@@ -81,13 +82,16 @@ pub async fn route_waiting(
     };
     // The common case costs one snapshot load: no subscription, no timer.
     match decide(&ctx.cluster.load()) {
-        Ok(routed) => return Ok(routed),
+        Ok((topology, node)) => return Ok((topology, node, false)),
         Err(Wait::Fail(e)) => return Err(e.into()),
         Err(Wait::Retry(_)) => {}
     }
     tokio::select! {
         _ = ctx.shutdown.cancelled() => Err(SessionError::Shutdown),
         // Boxed: only a client that waits for a primary needs this state.
-        routed = Box::pin(ctx.cluster.wait_for(deadline, decide)) => Ok(routed?),
+        routed = Box::pin(ctx.cluster.wait_for(deadline, decide)) => {
+            let (topology, node) = routed?;
+            Ok((topology, node, true))
+        }
     }
 }

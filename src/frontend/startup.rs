@@ -200,7 +200,7 @@ async fn find_user(ctx: &Context, name: &str, deadline: tokio::time::Instant) ->
 async fn primary(ctx: &Context, deadline: tokio::time::Instant) -> Result<LookupTarget, SessionError> {
     let fallback = ctx.config().routing.ro_fallback;
     let input = RouteInput { listener: ListenerKind::ReadWrite, turn: 0, load: router::NO_LOAD };
-    let (topology, node) = route_waiting(ctx, input, fallback, deadline).await?;
+    let (topology, node, _) = route_waiting(ctx, input, fallback, deadline).await?;
     let node = &topology.nodes[node];
     Ok(LookupTarget { node: node.name.clone(), host: node.host.clone(), port: node.port })
 }

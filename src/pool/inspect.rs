@@ -1,5 +1,5 @@
 //! Read-only views of a pool's server connections, for the admin console's
-//! SHOW SERVERS. Nothing here changes a pool.
+//! SHOW SERVERS and SHOW POOLS. Nothing here changes a pool.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -37,5 +37,13 @@ impl Pool {
             .collect();
         idle.sort_by_key(|server| server.last_used);
         idle
+    }
+
+    /// Idle connections unused for `server_check_delay` or longer at `now`:
+    /// each is checked before it is leased (PgBouncer's `sv_used`).
+    pub fn idle_due_check(&self, now: Instant) -> usize {
+        let delay = self.tuning.check_delay();
+        let idle = self.idle.lock().expect("pool lock");
+        idle.iter().filter(|conn| now.saturating_duration_since(conn.last_used) >= delay).count()
     }
 }

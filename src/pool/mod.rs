@@ -159,6 +159,23 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// Counts a slot's connection as logging in, being checked or reset, or
+/// held back for a cancel (SHOW POOLS) while it lives.
+struct Busy<'a>(&'a AtomicUsize);
+
+impl<'a> Busy<'a> {
+    fn new(count: &'a AtomicUsize) -> Busy<'a> {
+        count.fetch_add(1, Ordering::Relaxed);
+        Busy(count)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A pool's idle connections: one list per worker's share, each ordered by last
 /// use (pushed at the end, taken from the end, so expired ones are at the
 /// front), and their total.
@@ -295,6 +312,11 @@ pub struct Pool {
     /// What the first connection reported at startup; clients see these at login.
     server_params: Mutex<Option<ServerParams>>,
     metrics: PoolMetrics,
+    /// Slots whose connection is logging in, being checked or reset, or
+    /// held back until a cancel aimed at it is done (SHOW POOLS).
+    logging_in: AtomicUsize,
+    testing: AtomicUsize,
+    being_canceled: AtomicUsize,
     /// Cancelled by [`Pool::close`]: the node must not be used any more.
     closed: CancellationToken,
     /// The caps this pool's connections count under: its database's and its user's on its node.
@@ -324,6 +346,9 @@ impl Pool {
             settings,
             idle: Mutex::new(Idle::new(workers)),
             server_params: Mutex::new(None),
+            logging_in: AtomicUsize::new(0),
+            testing: AtomicUsize::new(0),
+            being_canceled: AtomicUsize::new(0),
             closed: CancellationToken::new(),
             caps,
             fill_failures: Default::default(),
@@ -360,8 +385,16 @@ impl Pool {
         self.metrics.idle.set(0);
     }
 
-    /// Connections leased to clients (or being reset after one) right now,
-    /// reserve ones included.
+    /// Of [`Pool::in_use`]: connections logging in, being checked
+    /// (`server_check_delay`) or reset after a client, and held back until a
+    /// cancel aimed at them is done.
+    pub fn in_transition(&self) -> (usize, usize, usize) {
+        let count = |n: &AtomicUsize| n.load(Ordering::Relaxed);
+        (count(&self.logging_in), count(&self.testing), count(&self.being_canceled))
+    }
+
+    /// Connections leased to clients (or logging in, being checked or reset,
+    /// or waiting for a cancel) right now, reserve ones included.
     pub fn in_use(&self) -> usize {
         let size = |share: &Share| share.size.load(Ordering::Relaxed);
         self.shares.iter().map(|share| size(share).saturating_sub(share.permits.available_permits())).sum()
@@ -448,7 +481,8 @@ impl Pool {
         if self.is_closed() {
             return Err(PoolError::Closed);
         }
-        let now = Instant::now();
+        let mut now = Instant::now();
+        let mut waited = waited_since.is_some();
         let conn = match self.take_idle(owner, here, now) {
             Some(conn) if !self.check_due(&conn, now) => conn,
             // Boxed: a check's or a connect's state is large and rare, and
@@ -456,7 +490,11 @@ impl Pool {
             found => {
                 let deadline = waited_since.unwrap_or(now) + wait;
                 match Box::pin(self.checked_or_new(found, owner, here, deadline)).await {
-                    Ok(conn) => conn,
+                    Ok(conn) => {
+                        // The client waited for the check or the login too.
+                        (now, waited) = (Instant::now(), true);
+                        conn
+                    }
                     Err(e) => {
                         // Given back as a lease's slot is, so a client another worker has waiting hears of it.
                         self.release(permit, owner, holder);
@@ -465,12 +503,11 @@ impl Pool {
                 }
             }
         };
-        // Only a real wait costs clock reads; a free connection counts as 0.
-        self.metrics.checkout_wait.observe(waited_since.map_or(0.0, |since| now.duration_since(since).as_secs_f64()));
-        self.metrics.transactions.inc();
         self.metrics.active.inc();
         Ok(Lease {
             started: now,
+            waited,
+            idle_since: None,
             pinned: false,
             conn: Some(conn),
             pool: self.clone(),
@@ -510,6 +547,7 @@ impl Pool {
                     return Ok(conn);
                 }
                 let timeout = self.target.connect_timeout.min(CHECK_TIMEOUT);
+                let _testing = Busy::new(&self.testing);
                 match conn.check_alive(timeout).await {
                     Ok(()) => return Ok(conn),
                     Err(error) => {
@@ -544,6 +582,7 @@ impl Pool {
 
     /// Opens a new connection (the caller holds a slot for it, and its places under the caps).
     async fn connect(&self, counted: Counted) -> Result<Box<Pooled>, PoolError> {
+        let _login = Busy::new(&self.logging_in);
         let conn = match ServerConn::connect(&self.target).await {
             Ok(conn) => conn,
             Err(e) => {
@@ -765,7 +804,13 @@ impl Pool {
 #[derive(Debug)]
 pub struct Lease {
     conn: Option<Box<Pooled>>,
+    /// When the client got the connection.
     started: Instant,
+    /// Getting it took a wait for a slot, a check or a new connection's login.
+    waited: bool,
+    /// When the connection's last answer came, if the holder noted it: it
+    /// is idle as of then (saves a clock reading when it goes back).
+    idle_since: Option<Instant>,
     /// Counted in the pool's `pinned` gauge while held.
     pinned: bool,
     pool: Arc<Pool>,
@@ -792,6 +837,29 @@ impl Lease {
         &self.pool
     }
 
+    /// The connection and its pool, borrowed together.
+    pub fn parts_mut(&mut self) -> (&mut ServerConn, &Arc<Pool>) {
+        let conn: &mut ServerConn = self.conn.as_mut().expect("lease holds a connection until dropped");
+        (conn, &self.pool)
+    }
+
+    /// When the client got the connection (after any wait, check, and
+    /// login of a new one).
+    pub fn assigned_at(&self) -> Instant {
+        self.started
+    }
+
+    /// Whether getting it took a wait for a slot, a check or a new
+    /// connection's login; otherwise it was there at once.
+    pub fn waited(&self) -> bool {
+        self.waited
+    }
+
+    /// The connection answered its last request at `at` (its ReadyForQuery).
+    pub fn went_idle_at(&mut self, at: Instant) {
+        self.idle_since = Some(at);
+    }
+
     /// The client keeps this connection until it disconnects (session state).
     pub fn set_pinned(&mut self) {
         if !self.pinned {
@@ -815,8 +883,7 @@ impl Drop for Lease {
     fn drop(&mut self) {
         let metrics = &self.pool.metrics;
         metrics.active.dec();
-        let now = Instant::now();
-        metrics.transaction_duration.observe(now.duration_since(self.started).as_secs_f64());
+        let now = self.idle_since.unwrap_or_else(Instant::now);
         if self.pinned {
             metrics.pinned.dec();
         }
@@ -842,12 +909,22 @@ impl Drop for Lease {
         runtime.spawn(async move {
             // The connection goes back idle (or is closed) before its slot
             // is free, so the pool never has more connections than its size.
-            if cancelled && !wait_for_cancels(&conn).await {
+            let cancels_done = !cancelled || {
+                let _held = Busy::new(&pool.being_canceled);
+                wait_for_cancels(&conn).await
+            };
+            if !cancels_done {
                 // The server never confirmed the cancel: the connection may
                 // still get it, so nobody else may.
                 drop(conn);
-            } else if let Some(conn) = pool.reset(conn, discard).await {
-                pool.put_idle(conn, holder, Instant::now());
+            } else {
+                let reset = {
+                    let _testing = Busy::new(&pool.testing);
+                    pool.reset(conn, discard).await
+                };
+                if let Some(conn) = reset {
+                    pool.put_idle(conn, holder, Instant::now());
+                }
             }
             pool.release(permit, owner, holder);
         });

@@ -23,6 +23,7 @@ mod protocol;
 mod routing;
 mod server_login;
 mod server_tls;
+mod stats;
 mod timeouts;
 mod tools;
 mod workers;

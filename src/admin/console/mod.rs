@@ -238,7 +238,7 @@ impl Console {
         let clients = show::sample_clients(ctx);
         let clock = connections::Clock::new(now, SystemTime::now());
         match what {
-            Show::Pools => show::pools_table(&pools, &clients, ctx.config().pool.mode, now),
+            Show::Pools => show::pools_table(&pools, &clients, &ctx.cancels.forwarding(), ctx.config().pool.mode, now),
             Show::Stats => show::stats_table(&show::sample_stats(ctx)),
             Show::StatsTotals => show::stats_totals_table(&show::sample_stats(ctx)),
             Show::StatsAverages => show::stats_averages_table(&show::sample_stats(ctx)),

@@ -139,6 +139,7 @@ pub fn config_values(config: &Config) -> Vec<(&'static str, String)> {
         ("cluster.server_scram_max_iterations", config.cluster.server_scram_max_iterations.to_string()),
         ("admin.admin_users", list(&config.admin.admin_users)),
         ("admin.stats_users", list(&config.admin.stats_users)),
+        ("admin.stats_period", duration(config.admin.stats_period)),
     ];
     let path = |p: &Option<std::path::PathBuf>| p.as_ref().map_or_else(String::new, |p| p.display().to_string());
     let client = &config.tls.client;
@@ -182,9 +183,11 @@ pub fn config_values(config: &Config) -> Vec<(&'static str, String)> {
 }
 
 /// SHOW CONFIG. Every key but the listen addresses takes effect on RELOAD.
+/// Keys PgBouncer has with the same meaning are listed again under
+/// PgBouncer's name, in its format (see [`pgbouncer_name`]).
 pub fn config_table(config: &Config) -> Table {
     let defaults = Config::parse(DEFAULTS_TOML).map(|c| config_values(&c)).unwrap_or_default();
-    let mut table = Table::new(&CONFIG);
+    let mut rows = Vec::new();
     for (key, value) in config_values(config) {
         // check_timeout defaults to check_interval, whatever that is.
         let default = match key {
@@ -192,9 +195,87 @@ pub fn config_table(config: &Config) -> Table {
             _ => defaults.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()),
         };
         let changeable = if key.starts_with("listen.") || key == "pool.workers" { "no" } else { "yes" };
-        table.push(vec![text(key), text(value), default, text(changeable)]);
+        rows.push((key, value, default, changeable));
+    }
+    let mut table = Table::new(&CONFIG);
+    for (key, value, default, changeable) in &rows {
+        table.push(vec![text(*key), text(value.as_str()), default.clone(), text(*changeable)]);
+    }
+    for (key, value, default, changeable) in &rows {
+        if let Some(name) = pgbouncer_name(key) {
+            let default = default.as_deref().map(pgbouncer_value);
+            table.push(vec![text(name), text(pgbouncer_value(value)), default, text(*changeable)]);
+        }
     }
     table
+}
+
+/// PgBouncer's keys (1.18, and 1.21's max_prepared_statements) that pgrelay
+/// may have under the same name and with the same meaning, in any section.
+const PGBOUNCER_KEYS: [&str; 38] = [
+    "max_client_conn",
+    "default_pool_size",
+    "min_pool_size",
+    "reserve_pool_size",
+    "reserve_pool_timeout",
+    "max_db_connections",
+    "max_user_connections",
+    "max_prepared_statements",
+    "query_timeout",
+    "query_wait_timeout",
+    "client_idle_timeout",
+    "client_login_timeout",
+    "idle_transaction_timeout",
+    "server_lifetime",
+    "server_idle_timeout",
+    "server_connect_timeout",
+    "server_reset_query",
+    "server_check_delay",
+    "server_check_query",
+    "tcp_keepalive",
+    "tcp_keepcnt",
+    "tcp_keepidle",
+    "tcp_keepintvl",
+    "tcp_user_timeout",
+    "application_name_add_host",
+    "stats_period",
+    "admin_users",
+    "stats_users",
+    "auth_user",
+    "auth_query",
+    "client_tls_sslmode",
+    "client_tls_ca_file",
+    "client_tls_cert_file",
+    "client_tls_key_file",
+    "server_tls_sslmode",
+    "server_tls_ca_file",
+    "server_tls_cert_file",
+    "server_tls_key_file",
+];
+
+/// PgBouncer's name for a pgrelay key (`pool.max_client_conn` ->
+/// `max_client_conn`), so tools that look keys up by PgBouncer's names find
+/// them: pgbouncer_exporter reads max_client_conn and max_user_connections.
+fn pgbouncer_name(key: &str) -> Option<&'static str> {
+    if key == "pool.mode" {
+        return Some("pool_mode");
+    }
+    let (_, name) = key.split_once('.')?;
+    PGBOUNCER_KEYS.iter().copied().find(|k| *k == name)
+}
+
+/// A value as PgBouncer shows it: durations in seconds, off and on as 0 and 1.
+fn pgbouncer_value(value: &str) -> String {
+    match value {
+        "off" => return "0".to_owned(),
+        "on" => return "1".to_owned(),
+        _ => {}
+    }
+    match humantime::parse_duration(value) {
+        Ok(d) if d.subsec_nanos() == 0 => d.as_secs().to_string(),
+        Ok(d) => format!("{:.3}", d.as_secs_f64()).trim_end_matches('0').to_owned(),
+        Err(_) => value.to_owned(),
+    }
 }
 
 /// SHOW NODES: every configured node with its role (primary, replica, or

@@ -9,11 +9,13 @@
 //! running pgrelay first by the `sample_*` functions.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::table::{num, text, ColumnType as T, Table, Value};
 use crate::app::{ClientState, Context};
 use crate::config::PoolMode;
+use crate::metrics::periods::Figures;
 
 /// SHOW POOLS columns, PgBouncer 1.18.
 pub const POOLS: [(&str, T); 16] = [
@@ -90,8 +92,15 @@ pub struct PoolSample {
     pub user: String,
     pub mode: PoolMode,
     pub idle: usize,
-    /// Leased to clients, or being reset after one.
+    /// Of `idle`: unused for server_check_delay, to be checked before use.
+    pub due_check: usize,
+    /// Leased to clients, or logging in, being checked or reset, or waiting for a cancel.
     pub in_use: usize,
+    /// Of `in_use`: logging in, being checked or reset after a client, held
+    /// back until a cancel aimed at it is done.
+    pub logging_in: usize,
+    pub testing: usize,
+    pub being_canceled: usize,
 }
 
 /// What one client is doing right now.
@@ -102,19 +111,16 @@ pub struct ClientSample {
     pub state: ClientState,
     /// When it entered `state`.
     pub since: Instant,
+    /// The server connection it holds (address, server pid).
+    pub server: Option<(SocketAddr, u32)>,
 }
 
-/// One database's traffic since start, summed over its users and nodes.
+/// One database's traffic, summed over its users and nodes: totals since
+/// start, and averages over the last completed `[admin] stats_period`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StatsSample {
-    pub transactions: u64,
-    pub queries: u64,
-    pub bytes_received: u64,
-    pub bytes_sent: u64,
-    /// Server lease time, in microseconds.
-    pub transaction_us: u64,
-    /// Time clients waited for a server, in microseconds.
-    pub wait_us: u64,
+    pub totals: Figures,
+    pub averages: Figures,
 }
 
 pub fn pool_mode_name(mode: PoolMode) -> &'static str {
@@ -125,15 +131,23 @@ pub fn pool_mode_name(mode: PoolMode) -> &'static str {
 }
 
 pub fn sample_pools(ctx: &Context) -> Vec<PoolSample> {
+    let now = Instant::now();
     ctx.pools
         .all()
         .iter()
-        .map(|pool| PoolSample {
-            database: pool.key.database.clone(),
-            user: pool.key.user.clone(),
-            mode: pool.mode(),
-            idle: pool.idle_count(),
-            in_use: pool.in_use(),
+        .map(|pool| {
+            let (logging_in, testing, being_canceled) = pool.in_transition();
+            PoolSample {
+                database: pool.key.database.clone(),
+                user: pool.key.user.clone(),
+                mode: pool.mode(),
+                idle: pool.idle_count(),
+                due_check: pool.idle_due_check(now),
+                in_use: pool.in_use(),
+                logging_in,
+                testing,
+                being_canceled,
+            }
         })
         .collect()
 }
@@ -149,6 +163,7 @@ pub fn sample_clients(ctx: &Context) -> Vec<ClientSample> {
                 user: client.info.user.clone(),
                 state: activity.state,
                 since: activity.since,
+                server: activity.server.map(|link| (link.addr, link.pid)),
             }
         })
         .collect()
@@ -156,27 +171,54 @@ pub fn sample_clients(ctx: &Context) -> Vec<ClientSample> {
 
 /// SHOW POOLS: one row per (database, user) that has a pool or a client.
 /// cl_active counts clients holding a server, cl_waiting those waiting for
-/// one; sv_active counts leased connections, sv_idle idle ones; maxwait
-/// (seconds) and maxwait_us (the microseconds part) are the longest current wait.
-pub fn pools_table(pools: &[PoolSample], clients: &[ClientSample], default_mode: PoolMode, now: Instant) -> Table {
+/// one; sv_active counts leased connections, sv_idle idle ones and sv_used
+/// those idle for server_check_delay (checked before their next lease),
+/// sv_login those logging in, sv_tested those being checked or reset after a
+/// client (PgBouncer's server_check_query and server_reset_query),
+/// sv_being_canceled those held back until a cancel aimed at them is done;
+/// cl_active_cancel_req and sv_active_cancel count
+/// the cancels being forwarded (each on a connection of its own) to the
+/// connection a client of the pool holds; maxwait (seconds) and maxwait_us
+/// (the microseconds part) are the longest current wait. pgrelay never
+/// queues a cancel: cl_waiting_cancel_req is 0.
+pub fn pools_table(
+    pools: &[PoolSample],
+    clients: &[ClientSample],
+    cancels: &[(SocketAddr, u32)],
+    default_mode: PoolMode,
+    now: Instant,
+) -> Table {
     #[derive(Default)]
     struct Row {
         active: usize,
         waiting: usize,
         sv_active: usize,
         sv_idle: usize,
+        sv_used: usize,
+        sv_login: usize,
+        sv_tested: usize,
+        sv_being_canceled: usize,
+        cancels: usize,
         max_wait: Duration,
         mode: Option<PoolMode>,
     }
     let mut rows: BTreeMap<(&str, &str), Row> = BTreeMap::new();
     for pool in pools {
         let row = rows.entry((&pool.database, &pool.user)).or_default();
-        row.sv_active += pool.in_use;
-        row.sv_idle += pool.idle;
+        let transitions = pool.logging_in + pool.testing + pool.being_canceled;
+        row.sv_active += pool.in_use.saturating_sub(transitions);
+        row.sv_idle += pool.idle.saturating_sub(pool.due_check);
+        row.sv_used += pool.due_check;
+        row.sv_login += pool.logging_in;
+        row.sv_tested += pool.testing;
+        row.sv_being_canceled += pool.being_canceled;
         row.mode = Some(pool.mode);
     }
     for client in clients {
         let row = rows.entry((&client.database, &client.user)).or_default();
+        if let Some(server) = client.server {
+            row.cancels += cancels.iter().filter(|c| **c == server).count();
+        }
         match client.state {
             ClientState::Idle => {}
             ClientState::Active => row.active += 1,
@@ -193,15 +235,15 @@ pub fn pools_table(pools: &[PoolSample], clients: &[ClientSample], default_mode:
             text(user),
             num(row.active),
             num(row.waiting),
-            num(0),
+            num(row.cancels),
             num(0),
             num(row.sv_active),
-            num(0),
-            num(0),
+            num(row.cancels),
+            num(row.sv_being_canceled),
             num(row.sv_idle),
-            num(0),
-            num(0),
-            num(0),
+            num(row.sv_used),
+            num(row.sv_tested),
+            num(row.sv_login),
             num(row.max_wait.as_secs()),
             num(row.max_wait.subsec_micros()),
             text(pool_mode_name(row.mode.unwrap_or(default_mode))),
@@ -210,40 +252,30 @@ pub fn pools_table(pools: &[PoolSample], clients: &[ClientSample], default_mode:
     table
 }
 
-/// Every database's counters, from the metrics: totals since start, which
-/// include pools a failover or reload has since closed (their series stay),
-/// so a total never drops.
+/// Every database's figures, from the metrics: totals since start (which
+/// include pools a failover or reload has since closed, so a total never
+/// drops) and the last completed period's averages (zeros until one has
+/// completed, and for a database idle all period).
 pub fn sample_stats(ctx: &Context) -> BTreeMap<String, StatsSample> {
+    let averages = ctx.metrics.stats_averages();
     ctx.metrics
         .database_totals()
         .into_iter()
-        .map(|(database, t)| {
-            let sample = StatsSample {
-                transactions: t.transactions,
-                queries: t.queries,
-                bytes_received: t.bytes_received,
-                bytes_sent: t.bytes_sent,
-                transaction_us: micros(t.transaction_seconds),
-                wait_us: micros(t.wait_seconds),
-            };
-            (database, sample)
+        .map(|(database, totals)| {
+            let averages = averages.get(&database).copied().unwrap_or_default();
+            (database, StatsSample { totals, averages })
         })
         .collect()
 }
 
-fn micros(seconds: f64) -> u64 {
-    (seconds * 1e6).round() as u64
-}
-
-/// SHOW STATS: totals since start per database. pgrelay does not time
-/// single queries (total_query_time is 0) and keeps no per-second rates,
-/// so the avg_* columns are 0: take rates of the totals instead.
+/// SHOW STATS: per database, the totals since start, then the averages
+/// (see `metrics::periods` for their units).
 pub fn stats_table(stats: &BTreeMap<String, StatsSample>) -> Table {
     let mut table = Table::new(&STATS);
     for (database, s) in stats {
         let mut row = vec![text(database.as_str())];
-        row.extend(totals(s));
-        row.extend((0..7).map(|_| num(0)));
+        row.extend(figures(&s.totals));
+        row.extend(figures(&s.averages));
         table.push(row);
     }
     table
@@ -251,35 +283,34 @@ pub fn stats_table(stats: &BTreeMap<String, StatsSample>) -> Table {
 
 /// SHOW STATS_TOTALS: the totals of SHOW STATS.
 pub fn stats_totals_table(stats: &BTreeMap<String, StatsSample>) -> Table {
+    figures_table(stats, |s| &s.totals)
+}
+
+/// SHOW STATS_AVERAGES: the averages of SHOW STATS.
+pub fn stats_averages_table(stats: &BTreeMap<String, StatsSample>) -> Table {
+    figures_table(stats, |s| &s.averages)
+}
+
+fn figures_table(stats: &BTreeMap<String, StatsSample>, part: fn(&StatsSample) -> &Figures) -> Table {
     let mut table = Table::new(&STATS_PARTS);
     for (database, s) in stats {
         let mut row = vec![text(database.as_str())];
-        row.extend(totals(s));
+        row.extend(figures(part(s)));
         table.push(row);
     }
     table
 }
 
-/// SHOW STATS_AVERAGES: always 0, as pgrelay keeps no per-second rates.
-pub fn stats_averages_table(stats: &BTreeMap<String, StatsSample>) -> Table {
-    let mut table = Table::new(&STATS_PARTS);
-    for database in stats.keys() {
-        let mut row = vec![text(database.as_str())];
-        row.extend((0..7).map(|_| num(0)));
-        table.push(row);
-    }
-    table
-}
-
-fn totals(s: &StatsSample) -> [Value; 7] {
+/// A row's seven figures, in PgBouncer's column order.
+fn figures(f: &Figures) -> [Value; 7] {
     [
-        num(s.transactions),
-        num(s.queries),
-        num(s.bytes_received),
-        num(s.bytes_sent),
-        num(s.transaction_us),
-        num(0),
-        num(s.wait_us),
+        num(f.xact_count),
+        num(f.query_count),
+        num(f.bytes_received),
+        num(f.bytes_sent),
+        num(f.xact_time),
+        num(f.query_time),
+        num(f.wait_time),
     ]
 }
 
@@ -326,7 +357,7 @@ pub fn lists_table(ctx: &Context, pools: &[PoolSample], clients: &[ClientSample]
         ("pools", pairs.len()),
         ("free_clients", ctx.client_slots.available_permits()),
         ("used_clients", clients.len()),
-        ("login_clients", 0),
+        ("login_clients", ctx.pre_auth.logging_in()),
         ("free_servers", 0),
         ("used_servers", servers),
         ("dns_names", 0),

@@ -1,3 +1,4 @@
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::command::{parse, Command, ParseError, Show};
@@ -5,6 +6,7 @@ use super::settings;
 use super::show::{self, ClientSample, PoolSample, StatsSample};
 use crate::app::{ClientState, StopMode};
 use crate::config::{Config, PoolMode};
+use crate::metrics::periods::Figures;
 
 #[test]
 fn commands_parse_case_insensitively_with_trailing_semicolons() {
@@ -46,32 +48,48 @@ fn only_controls_need_admin_rights() {
 }
 
 fn pool(database: &str, user: &str, idle: usize, in_use: usize) -> PoolSample {
-    PoolSample { database: database.into(), user: user.into(), mode: PoolMode::Transaction, idle, in_use }
+    PoolSample {
+        database: database.into(),
+        user: user.into(),
+        mode: PoolMode::Transaction,
+        idle,
+        due_check: 0,
+        in_use,
+        logging_in: 0,
+        testing: 0,
+        being_canceled: 0,
+    }
 }
 
 fn client(database: &str, user: &str, state: ClientState, since: Instant) -> ClientSample {
-    ClientSample { database: database.into(), user: user.into(), state, since }
+    ClientSample { database: database.into(), user: user.into(), state, since, server: None }
 }
 
 #[test]
 fn pools_are_one_row_per_database_and_user_over_every_node() {
     let now = Instant::now();
-    let pools = [pool("app", "alice", 2, 1), pool("app", "alice", 1, 2), pool("app", "bob", 0, 0)];
+    // Of the second pool's 5 slots in use: 1 logging in, 1 being reset, 1 held
+    // for a cancel; of its 2 idle connections, 1 is due a check.
+    let busy = PoolSample { logging_in: 1, testing: 1, being_canceled: 1, due_check: 1, ..pool("app", "alice", 2, 5) };
+    let pools = [pool("app", "alice", 2, 1), busy, pool("app", "bob", 0, 0)];
+    // The active client's server connection has a cancel being forwarded to it.
+    let server: SocketAddr = "127.0.0.1:5432".parse().expect("addr");
+    let cancels = [(server, 77), (server, 78)];
     let clients = [
-        client("app", "alice", ClientState::Active, now),
+        ClientSample { server: Some((server, 77)), ..client("app", "alice", ClientState::Active, now) },
         client("app", "alice", ClientState::Waiting, now - Duration::from_micros(2_500_123)),
         client("app", "alice", ClientState::Waiting, now - Duration::from_millis(10)),
         client("app", "alice", ClientState::Idle, now),
         client("other", "carol", ClientState::Waiting, now),
     ];
-    let table = show::pools_table(&pools, &clients, PoolMode::Session, now);
+    let table = show::pools_table(&pools, &clients, &cancels, PoolMode::Session, now);
     assert_eq!(table.names(), show::POOLS.map(|(name, _)| name));
     let rows: Vec<Vec<&str>> =
         table.rows.iter().map(|r| r.iter().map(|v| v.as_deref().unwrap_or("NULL")).collect()).collect();
     assert_eq!(
         rows,
         [
-            ["app", "alice", "1", "2", "0", "0", "3", "0", "0", "3", "0", "0", "0", "2", "500123", "transaction"],
+            ["app", "alice", "1", "2", "1", "0", "3", "1", "1", "3", "1", "1", "1", "2", "500123", "transaction"],
             ["app", "bob", "0", "0", "0", "0", "0", "0", "0", "0", "0", "0", "0", "0", "0", "transaction"],
             // No pool yet: the configured mode.
             ["other", "carol", "0", "1", "0", "0", "0", "0", "0", "0", "0", "0", "0", "0", "0", "session"],
@@ -80,27 +98,35 @@ fn pools_are_one_row_per_database_and_user_over_every_node() {
 }
 
 #[test]
-fn stats_have_totals_and_zero_averages() {
-    let stats = [(
-        "app".to_owned(),
-        StatsSample {
-            transactions: 7,
-            queries: 9,
-            bytes_received: 100,
-            bytes_sent: 200,
-            transaction_us: 1234,
-            wait_us: 56,
-        },
-    )]
-    .into_iter()
-    .collect();
+fn stats_have_totals_then_averages_in_pgbouncer_order() {
+    let totals = Figures {
+        xact_count: 7,
+        query_count: 9,
+        bytes_received: 100,
+        bytes_sent: 200,
+        xact_time: 1234,
+        query_time: 987,
+        wait_time: 56,
+    };
+    let averages = Figures {
+        xact_count: 1,
+        query_count: 2,
+        bytes_received: 3,
+        bytes_sent: 4,
+        xact_time: 5,
+        query_time: 6,
+        wait_time: 7,
+    };
+    let stats = [("app".to_owned(), StatsSample { totals, averages })].into_iter().collect();
     let table = show::stats_table(&stats);
     assert_eq!(table.names(), show::STATS.map(|(name, _)| name));
     let row: Vec<&str> = table.rows[0].iter().map(|v| v.as_deref().unwrap_or("NULL")).collect();
-    assert_eq!(row, ["app", "7", "9", "100", "200", "1234", "0", "56", "0", "0", "0", "0", "0", "0", "0"]);
+    assert_eq!(row, ["app", "7", "9", "100", "200", "1234", "987", "56", "1", "2", "3", "4", "5", "6", "7"]);
     let totals = show::stats_totals_table(&stats);
-    assert_eq!(totals.rows[0].len(), 8);
-    assert_eq!(totals.rows[0][1].as_deref(), Some("7"));
+    assert_eq!(totals.names(), show::STATS_PARTS.map(|(name, _)| name));
+    assert_eq!(totals.rows[0].iter().map(|v| v.as_deref().unwrap_or("")).collect::<Vec<_>>()[1..], row[1..8]);
+    let averages = show::stats_averages_table(&stats);
+    assert_eq!(averages.rows[0].iter().map(|v| v.as_deref().unwrap_or("")).collect::<Vec<_>>()[1..], row[8..]);
 }
 
 fn config(extra: &str) -> Config {
@@ -133,6 +159,15 @@ fn config_lists_every_setting_with_its_default_and_no_password() {
     assert_eq!(find("tls.client_tls_sslmode")[1..3], ["disable", "disable"]);
     assert_eq!(find("tls.client_tls_cert_file")[1], "");
     assert_eq!(find("auth.auth_user")[1..3], ["", ""]);
+    assert_eq!(find("admin.stats_period")[1..], ["1m", "1m", "yes"]);
+    // Again under PgBouncer's names, in its format (what pgbouncer_exporter looks up).
+    assert_eq!(find("max_client_conn"), ["max_client_conn", "1000", "1000", "yes"]);
+    assert_eq!(find("default_pool_size")[1..3], ["7", "20"]);
+    assert_eq!(find("pool_mode")[1], "transaction");
+    assert_eq!(find("query_wait_timeout")[1..3], ["30", "30"]);
+    assert_eq!(find("server_idle_timeout")[1..3], ["0", "600"], "off is 0");
+    assert_eq!(find("stats_period")[1..3], ["60", "60"]);
+    assert!(table.rows.iter().all(|r| r[0].as_deref() != Some("workers")), "not a PgBouncer key");
     let everything = format!("{:?}", table.rows);
     assert!(!everything.contains("secret-pw") && !everything.contains("cluster-pw"), "{everything}");
     assert!(!everything.contains("password"), "{everything}");

@@ -104,6 +104,8 @@ fn invalid_values_name_their_key_and_line() {
         ("[cluster]\nuser = \"\"\n", "[cluster] user: must not be empty"),
         ("[listen]\nhttp = \"localhost:9930\"\n", "[listen] http: invalid address \"localhost:9930\""),
         ("[listen]\nhttp_header_timeout = \"0s\"\n", "[listen] http_header_timeout: must be greater than 0"),
+        ("[admin]\nstats_period = \"50ms\"\n", "[admin] stats_period: must be at least 100ms (got 50ms)"),
+        ("[admin]\nstats_period = \"a minute\"\n", "[admin] stats_period: invalid duration \"a minute\""),
     ];
     for (head, expected) in cases {
         assert_error(&base(head), Some(2), &[expected]);

@@ -3,6 +3,7 @@
 //! answer it is owed.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::{Session, HIGH_WATER};
 use crate::backend::{Expect, Origin, ServerConn, Statement};
@@ -203,11 +204,9 @@ impl Session {
     fn forward_client_message(&mut self, msg_tag: u8, msg: &[u8], named: Named) -> Result<(), SessionError> {
         let body = wire::body(msg);
         tracing::trace!(parent: &self.span, tag = %char::from(msg_tag), len = msg.len(), "client message");
-        if matches!(msg_tag, tag::QUERY | tag::EXECUTE) {
-            if let Some(lease) = &self.lease {
-                lease.pool().metrics().queries.inc();
-            }
-        }
+        // With a server leased, everything the client sends reaches it (what
+        // pgrelay refuses is raised by the server, in order): a query begins.
+        self.timing.sending(Instant::now);
         match msg_tag {
             tag::QUERY => self.forward_query(msg, body)?,
             tag::PARSE => self.forward_parse(msg, body)?,

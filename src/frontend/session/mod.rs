@@ -5,6 +5,7 @@
 //! full socket buffer can stall the other.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use std::pin::Pin;
@@ -17,6 +18,7 @@ mod forward;
 mod relay;
 mod statements;
 mod timeouts;
+mod timing;
 
 use super::checkout::{pause_before_retry, pool_for, route_waiting};
 use super::error::SessionError;
@@ -120,6 +122,11 @@ pub struct Session {
     stalled: bool,
     /// Why this client keeps its server connection until it disconnects.
     pinned: Option<SessionStateEffect>,
+    /// The query and transaction in flight, timed for the statistics.
+    timing: timing::Timing,
+    /// When the last transaction on the leased connection ended: it goes
+    /// back to the pool as idle since then.
+    idle_since: Option<Instant>,
     terminated: bool,
     /// Fires when pgrelay starts draining, then (once seen) when it shuts down.
     stop_signal: Signal,
@@ -196,6 +203,8 @@ impl Session {
             drops_pending: false,
             parsed_here: Vec::new(),
             pinned: None,
+            timing: timing::Timing::default(),
+            idle_since: None,
             terminated: false,
         };
         session.start_watchdog_if_needed();
@@ -393,6 +402,9 @@ impl Session {
             // The cancel target goes first: a cancel under way is then
             // counted on the connection before the lease ends (see cancel.rs).
             self.cancel.set_target(None);
+            if let (Some(lease), Some(at)) = (self.lease.as_mut(), self.idle_since.take()) {
+                lease.went_idle_at(at);
+            }
             self.lease = None;
             self.settings_changed = false;
             self.unnamed.on_lease = false;
@@ -403,10 +415,18 @@ impl Session {
     /// Routes the next transaction and leases a connection for it, all
     /// within query_wait_timeout (see [`route_waiting`]).
     async fn acquire(&mut self) -> Result<(), SessionError> {
-        self.registered.set_waiting();
+        // The client's request begins here (a query, in the statistics),
+        // and so does its wait for a server connection.
+        let asked_at = Instant::now();
+        self.idle_since = None;
+        self.timing.sending(|| asked_at);
+        self.registered.set_waiting(asked_at);
         let mut deadline = None;
+        // Something made the client wait: PAUSE, no primary yet, a retry.
+        let mut held = false;
         loop {
             if self.ctx.lifecycle.is_paused() {
+                held = true;
                 // Held by PAUSE; query_wait_timeout counts from RESUME on.
                 let _waiting = GaugeGuard::new(&self.metrics.waiting);
                 tokio::select! {
@@ -425,7 +445,8 @@ impl Session {
                 pools.iter().find(|p| p.key.node == node.name).map_or(0, |p| p.metrics().active.get().max(0) as usize)
             };
             let input = RouteInput { listener: self.listener, turn: self.read_turn, load: &load };
-            let (topology, node) = route_waiting(&self.ctx, input, fallback, deadline).await?;
+            let (topology, node, routed_after_waiting) = route_waiting(&self.ctx, input, fallback, deadline).await?;
+            held |= routed_after_waiting;
             self.read_turn = self.read_turn.wrapping_add(1);
             let pool = self.pool_for_node(&topology.nodes[node]);
             let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -434,9 +455,13 @@ impl Session {
             drop(waiting);
             let mut lease = match checkout {
                 // Fenced while waiting: route again.
-                Err(PoolError::Closed) => continue,
+                Err(PoolError::Closed) => {
+                    held = true;
+                    continue;
+                }
                 Err(PoolError::Connect(e)) if e.is_transient() && tokio::time::Instant::now() < deadline => {
                     tracing::debug!(parent: &self.span, error = %e, "no server connection yet; routing again");
+                    held = true;
                     pause_before_retry(deadline).await;
                     continue;
                 }
@@ -444,6 +469,7 @@ impl Session {
             };
             // The primary may have moved while the checkout waited.
             if self.listener == ListenerKind::ReadWrite && self.ctx.cluster.primary() != Some(node) {
+                held = true;
                 continue;
             }
             let conn = lease.conn();
@@ -451,9 +477,17 @@ impl Session {
             self.registered.set_active(link);
             // Checked after the client shows as active, so PAUSE either waits for it or it sees the pause.
             if self.ctx.lifecycle.is_paused() {
-                self.registered.set_waiting();
+                self.registered.set_waiting(asked_at);
+                held = true;
                 continue;
             }
+            // A connection there at once is no wait (and no clock reading);
+            // PAUSE, routing, a slot and a new connection's login are.
+            let waited = match held || lease.waited() {
+                true => lease.assigned_at().saturating_duration_since(asked_at),
+                false => std::time::Duration::ZERO,
+            };
+            lease.pool().metrics().traffic.wait(waited);
             lease.conn_mut().apply_settings(&self.settings);
             let conn = lease.conn();
             self.cancel.set_target(Some((conn.addr, conn.key, conn.cancels_in_flight.clone())));

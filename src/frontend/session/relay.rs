@@ -4,13 +4,15 @@
 //! data stream through once their header is read, so a client that reads
 //! slowly never makes pgrelay hold a whole large message.
 
+use std::time::Instant;
+
 use bytes::Buf;
 
 use super::{statements, Session, READ_CHUNK};
 use crate::backend::Verdict;
 use crate::frontend::error::SessionError;
 use crate::metrics::ErrorOrigin;
-use crate::wire::{self, backend as tag, ErrorFields, Frame};
+use crate::wire::{self, backend as tag, ErrorFields, Frame, TxStatus};
 
 /// Server messages are trusted up to PostgreSQL's own 1 GB field limit.
 const MAX_SERVER_MESSAGE: usize = 1 << 30;
@@ -21,7 +23,7 @@ impl Session {
     pub(super) fn handle_server_messages(&mut self) -> Result<(), SessionError> {
         let span = &self.span;
         let Some(lease) = self.lease.as_mut() else { return Ok(()) };
-        let conn = lease.conn_mut();
+        let (conn, pool) = lease.parts_mut();
         // Taken out while its messages are handled (a move, no copy).
         let mut rbuf = std::mem::take(&mut conn.rbuf);
         let mut consumed = 0;
@@ -67,6 +69,19 @@ impl Session {
                     tag::COMMAND_COMPLETE => {
                         self.out.extend_from_slice(msg);
                         statements::on_command_complete(&mut self.statements, &mut self.unnamed, &msg[5..]);
+                    }
+                    tag::READY_FOR_QUERY => {
+                        self.out.extend_from_slice(msg);
+                        let tracker = conn.tracker();
+                        let idle = tracker.tx_status() == TxStatus::Idle;
+                        if let Some(ended) = self.timing.ready(idle, || tracker.client_ready_owed(), Instant::now) {
+                            let traffic = &pool.metrics().traffic;
+                            traffic.query(ended.query);
+                            if let Some(transaction) = ended.transaction {
+                                traffic.transaction(transaction);
+                                self.idle_since = Some(ended.at);
+                            }
+                        }
                     }
                     tag::NOTIFICATION_RESPONSE if msg.len() >= 9 && msg[5..9] == conn.key.pid.to_be_bytes() => {
                         // The client knows its connection by pgrelay's pid, not the server's.
