@@ -182,8 +182,8 @@ pub struct ProxySettings {
     /// PgBouncer's does by default, instead of its default `prefer`. Left
     /// out otherwise, so builds from before the `[tls]` section still run.
     pub server_tls_disable: bool,
-    /// pgrelay's `[pool] workers`; written only when not 1, so builds from
-    /// before the key still run the workers = 1 rows.
+    /// pgrelay's `[pool] workers`, always written: its default is the
+    /// number of cores.
     pub workers: usize,
 }
 
@@ -230,7 +230,7 @@ impl Pgrelay {
              [cluster]\nsource = \"static\"\nuser = \"postgres\"\npassword = \"\"\n",
             s.pool_size,
             s.max_client_conn,
-            if s.workers == 1 { String::new() } else { format!("workers = {}\n", s.workers) },
+            format!("workers = {}\n", s.workers),
         );
         for (i, (name, port)) in nodes.iter().enumerate() {
             let role = if i == 0 { "primary" } else { "replica" };
