@@ -226,11 +226,11 @@ impl Pgrelay {
         let mut conf = format!(
             "[listen]\nrw = \"127.0.0.1:{rw}\"\nro = \"127.0.0.1:{ro}\"\nhttp = \"127.0.0.1:{http}\"\n\n\
              [pool]\nmode = \"transaction\"\ndefault_pool_size = {}\nmax_client_conn = {}\n\
-             max_pre_auth_conn_per_addr = 256\n{}\n\
+             max_pre_auth_conn_per_addr = 256\nworkers = {}\n\n\
              [cluster]\nsource = \"static\"\nuser = \"postgres\"\npassword = \"\"\n",
             s.pool_size,
             s.max_client_conn,
-            format!("workers = {}\n", s.workers),
+            s.workers,
         );
         for (i, (name, port)) in nodes.iter().enumerate() {
             let role = if i == 0 { "primary" } else { "replica" };
