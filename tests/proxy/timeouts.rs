@@ -339,6 +339,19 @@ async fn a_query_that_ignores_its_cancel_costs_its_server_connection_not_the_poo
     app.shutdown(GRACE).await;
 }
 
+/// A trust client whose socket takes 64 kB at most before it reads.
+async fn slow_reader(addr: SocketAddr) -> Raw {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(64 * 1024).expect("SO_RCVBUF");
+    let stream = socket.connect(addr).await.expect("connect");
+    let mut raw = Raw { stream, buf: BytesMut::new() };
+    let mut out = BytesMut::new();
+    wire::put_startup_message(&mut out, [(&b"user"[..], b"app_trust".as_slice()), (b"database", b"app")]);
+    raw.send(&out).await;
+    assert_eq!(raw.until_ready().await.last().map(|m| m.0), Some(b'Z'), "logged in");
+    raw
+}
+
 /// `app` may use the admin console.
 fn config_text(pool_extra: &str) -> String {
     relay::config_toml(cluster(), pool_extra, "") + "\n[admin]\nadmin_users = [\"app\"]\n"
@@ -418,13 +431,23 @@ async fn a_client_streaming_copy_or_reading_slowly_is_not_idle() {
     let answer = run(&mut raw, "select count(*) from tmo_copy").await;
     assert_eq!(answer[1].1[6..], b"6"[..], "{answer:?}");
 
-    // 5 MB of rows, not read for 1.2 s: pgrelay holds back, the client is not idle.
-    let answer_size = 5000;
-    raw.send(&query(&format!("select repeat('x', 1000) from generate_series(1, {answer_size})"))).await;
+    // 32 MB of rows, not read for 1.2 s, by a client with a small receive
+    // buffer: more than the sockets between the server and the client
+    // hold, so pgrelay holds the rest back and the client is not idle.
+    let mut slow = slow_reader(app.rw_addr).await;
+    let rows = 32_000;
+    slow.send(&query(&format!("select repeat('x', 1000) from generate_series(1, {rows})"))).await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let answer = raw.until_ready().await;
-    assert_eq!(answer.len(), answer_size + 3, "every row, then C and Z");
-    assert_eq!(tags(&run(&mut raw, "select 1").await), "T D C Z");
+    assert_eq!(pool(&app, "app_trust").in_use(), 1, "the server is still sending: the test holds");
+    let mut received = 0;
+    while let Some((tag, _)) = slow.recv().await {
+        received += 1;
+        if tag == b'Z' {
+            break;
+        }
+    }
+    assert_eq!(received, rows + 3, "every row, then C and Z");
+    assert_eq!(tags(&run(&mut slow, "select 1").await), "T D C Z");
     app.shutdown(GRACE).await;
 }
 
