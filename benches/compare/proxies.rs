@@ -228,9 +228,7 @@ impl Pgrelay {
              [pool]\nmode = \"transaction\"\ndefault_pool_size = {}\nmax_client_conn = {}\n\
              max_pre_auth_conn_per_addr = 256\nworkers = {}\n\n\
              [cluster]\nsource = \"static\"\nuser = \"postgres\"\npassword = \"\"\n",
-            s.pool_size,
-            s.max_client_conn,
-            s.workers,
+            s.pool_size, s.max_client_conn, s.workers,
         );
         for (i, (name, port)) in nodes.iter().enumerate() {
             let role = if i == 0 { "primary" } else { "replica" };
