@@ -269,27 +269,9 @@ async fn pause_holds_queries_until_resume() {
     app.shutdown(Duration::from_secs(5)).await;
 }
 
-/// A config file in the temp directory, removed on drop.
-struct TempConfig(std::path::PathBuf);
-
-impl TempConfig {
-    fn new(text: &str) -> TempConfig {
-        let unique = format!("pgrelay-admin-{}-{:?}.toml", std::process::id(), std::time::Instant::now());
-        let path = std::env::temp_dir().join(unique.replace(|c: char| !c.is_ascii_alphanumeric() && c != '.', "-"));
-        std::fs::write(&path, text).expect("write config");
-        TempConfig(path)
-    }
-}
-
-impl Drop for TempConfig {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 #[tokio::test]
 async fn reload_applies_a_good_file_and_refuses_a_broken_one() {
-    let file = TempConfig::new(&config_text(""));
+    let file = relay::TempConfig::new(&config_text(""));
     let app = App::start_from(&file.0).await.expect("pgrelay starts from a file");
     let console = admin(&app).await;
     let client = relay::connect(app.rw_addr).await;

@@ -432,31 +432,13 @@ async fn lists_and_config_answer_pgbouncer_exporter() {
     app.shutdown(Duration::from_secs(5)).await;
 }
 
-/// A configuration file that is removed when the test ends.
-struct TempConfig(std::path::PathBuf);
-
-impl TempConfig {
-    fn new(text: &str) -> TempConfig {
-        let unique = format!("pgrelay-stats-{}-{:?}.toml", std::process::id(), Instant::now());
-        let path = std::env::temp_dir().join(unique.replace(|c: char| !c.is_ascii_alphanumeric() && c != '.', "-"));
-        std::fs::write(&path, text).expect("write config");
-        TempConfig(path)
-    }
-}
-
-impl Drop for TempConfig {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 #[tokio::test]
 async fn reload_shortens_the_stats_period_without_dropping_anyone() {
     let text = |period: &str| {
         relay::config_toml(cluster(), "", "")
             + &format!("\n[admin]\nadmin_users = [\"app\"]\nstats_period = \"{period}\"\n")
     };
-    let file = TempConfig::new(&text("1h"));
+    let file = relay::TempConfig::new(&text("1h"));
     let app = pgrelay::App::start_from(&file.0).await.expect("pgrelay starts from a file");
     let console = console(&app).await;
     let client = relay::connect(app.rw_addr).await;

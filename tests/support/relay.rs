@@ -289,3 +289,21 @@ pub async fn metric(addr: SocketAddr, series: &str) -> Option<f64> {
     let (_, body) = http_get(addr, "/metrics").await;
     body.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
+
+/// A config file in the temporary directory, removed on drop.
+pub struct TempConfig(pub std::path::PathBuf);
+
+impl TempConfig {
+    pub fn new(text: &str) -> TempConfig {
+        let unique = format!("pgrelay-test-{}-{:?}.toml", std::process::id(), std::time::Instant::now());
+        let path = std::env::temp_dir().join(unique.replace(|c: char| !c.is_ascii_alphanumeric() && c != '.', "-"));
+        std::fs::write(&path, text).expect("write config");
+        TempConfig(path)
+    }
+}
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
