@@ -143,36 +143,21 @@ fn lifetime_turn(lifetime: Duration, size: usize, since_last: Option<Duration>) 
     since_last.is_none_or(|since| since >= gap)
 }
 
-/// Counts a waiting client in its worker's share (or a cap) while it lives.
-struct Waiting<'a>(&'a AtomicUsize);
+/// Counts one of something in `count` while it lives: a client waiting in
+/// its worker's share (or at a cap), or a slot's connection logging in,
+/// being checked or reset, or held back for a cancel (SHOW POOLS).
+struct Tally<'a>(&'a AtomicUsize);
 
-impl<'a> Waiting<'a> {
-    fn new(count: &'a AtomicUsize) -> Waiting<'a> {
+impl<'a> Tally<'a> {
+    fn new(count: &'a AtomicUsize) -> Tally<'a> {
         count.fetch_add(1, Ordering::SeqCst);
-        Waiting(count)
+        Tally(count)
     }
 }
 
-impl Drop for Waiting<'_> {
+impl Drop for Tally<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Counts a slot's connection as logging in, being checked or reset, or
-/// held back for a cancel (SHOW POOLS) while it lives.
-struct Busy<'a>(&'a AtomicUsize);
-
-impl<'a> Busy<'a> {
-    fn new(count: &'a AtomicUsize) -> Busy<'a> {
-        count.fetch_add(1, Ordering::Relaxed);
-        Busy(count)
-    }
-}
-
-impl Drop for Busy<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -547,7 +532,7 @@ impl Pool {
                     return Ok(conn);
                 }
                 let timeout = self.target.connect_timeout.min(CHECK_TIMEOUT);
-                let _testing = Busy::new(&self.testing);
+                let _testing = Tally::new(&self.testing);
                 match conn.check_alive(timeout).await {
                     Ok(()) => return Ok(conn),
                     Err(error) => {
@@ -582,7 +567,7 @@ impl Pool {
 
     /// Opens a new connection (the caller holds a slot for it, and its places under the caps).
     async fn connect(&self, counted: Counted) -> Result<Box<Pooled>, PoolError> {
-        let _login = Busy::new(&self.logging_in);
+        let _login = Tally::new(&self.logging_in);
         let conn = match ServerConn::connect(&self.target).await {
             Ok(conn) => conn,
             Err(e) => {
@@ -641,7 +626,7 @@ impl Pool {
     /// none of its own clients waits (then borrowed).
     async fn wait_for_slot(&self, here: usize) -> Result<(OwnedSemaphorePermit, usize), PoolError> {
         let share = &self.shares[here];
-        let _waiting = Waiting::new(&share.waiting);
+        let _waiting = Tally::new(&share.waiting);
         if self.workers > 1 && share.size.load(Ordering::Relaxed) > 0 {
             let own = tokio::time::timeout(BORROW_DEFERRAL, share.permits.clone().acquire_owned());
             if let Ok(permit) = own.await {
@@ -910,7 +895,7 @@ impl Drop for Lease {
             // The connection goes back idle (or is closed) before its slot
             // is free, so the pool never has more connections than its size.
             let cancels_done = !cancelled || {
-                let _held = Busy::new(&pool.being_canceled);
+                let _held = Tally::new(&pool.being_canceled);
                 wait_for_cancels(&conn).await
             };
             if !cancels_done {
@@ -919,7 +904,7 @@ impl Drop for Lease {
                 drop(conn);
             } else {
                 let reset = {
-                    let _testing = Busy::new(&pool.testing);
+                    let _testing = Tally::new(&pool.testing);
                     pool.reset(conn, discard).await
                 };
                 if let Some(conn) = reset {
