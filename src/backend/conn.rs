@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use super::server_statements::Presence;
 use super::stream::{self, TlsError};
 use super::tracker::{Expect, Origin, Synthetic, Tracker, Verdict};
+use super::txeffect::TxEffect;
 use super::Statement;
 use crate::auth::server_login::{LoginRefused, ServerLogin};
 use crate::config::{ServerAuthPolicy, ServerTls, TcpOptions};
@@ -346,6 +347,18 @@ impl ServerConn {
     #[inline]
     pub fn send(&mut self, msg: &[u8], expect: Expect, origin: Origin) {
         self.send_built(expect, origin, |b| b.extend_from_slice(msg));
+    }
+
+    /// Queues the client's message that runs statements (a Query,
+    /// FunctionCall or Execute), with what they do to the transaction.
+    #[inline]
+    pub fn send_running(&mut self, msg: &[u8], expect: Expect, effect: TxEffect) {
+        if self.tracker.client_copy_open() {
+            self.end_open_copy();
+        }
+        if self.tracker.sent_with(expect, Origin::Client, effect).is_ok() {
+            self.wbuf.extend_from_slice(msg);
+        }
     }
 
     /// Queues a message pgrelay builds, recording the answer it is owed.

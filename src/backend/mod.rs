@@ -8,9 +8,11 @@ mod stream;
 #[cfg(test)]
 mod tests;
 pub mod tracker;
+pub mod txeffect;
 
 pub use conn::{BackendError, BackendKey, ClientSettings, ServerConn, ServerParams, ServerTarget};
 pub use server_statements::ServerStatements;
 pub use statements::{Statement, StatementContext, StatementRegistry};
 pub use stream::TlsError;
-pub use tracker::{CopyInterleaved, CopyState, Expect, Origin, Synthetic, Tracker, Undone, Verdict};
+pub use tracker::{CopyInterleaved, CopyState, Expect, InFlight, Origin, Synthetic, Tracker, Undone, Verdict};
+pub use txeffect::{StatementKind, TxEffect};

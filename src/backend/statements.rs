@@ -18,6 +18,8 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use bytes::Bytes;
 
+use super::txeffect::TxEffect;
+
 /// Clients with the same context may share statements.
 pub type StatementContext = u64;
 
@@ -43,6 +45,8 @@ pub struct Statement {
     shape: OnceLock<(u8, Bytes)>,
     /// The ParameterDescription message the server first gave it.
     parameters: OnceLock<Bytes>,
+    /// What running it does to the transaction, read from its text once.
+    tx_effect: OnceLock<TxEffect>,
     /// The registry it is listed in, to unlist it when the last client lets go.
     registry: Weak<Entries>,
 }
@@ -51,6 +55,12 @@ impl Statement {
     /// The Parse body after the name: query text and parameter types.
     pub fn definition(&self) -> &Bytes {
         &self.key.definition
+    }
+
+    /// What running it does to the transaction: `read` from its definition
+    /// the first time.
+    pub fn tx_effect(&self, read: impl FnOnce(&[u8]) -> TxEffect) -> TxEffect {
+        *self.tx_effect.get_or_init(|| read(&self.key.definition))
     }
 
     pub fn is_validated(&self) -> bool {
@@ -139,6 +149,7 @@ impl StatementRegistry {
             validated: AtomicBool::new(false),
             shape: OnceLock::new(),
             parameters: OnceLock::new(),
+            tx_effect: OnceLock::new(),
             registry: Arc::downgrade(&self.entries),
         });
         entries.insert(key, Arc::downgrade(&stmt));
@@ -166,6 +177,7 @@ impl StatementRegistry {
             validated: AtomicBool::new(true),
             shape: OnceLock::from((msg_tag, Bytes::copy_from_slice(shape))),
             parameters: OnceLock::new(),
+            tx_effect: OnceLock::new(),
             registry: Arc::downgrade(&self.entries),
         });
         entries.insert(original.key.clone(), Arc::downgrade(&stmt));

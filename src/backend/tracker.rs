@@ -17,6 +17,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::server_statements::{Presence, ServerStatements};
+use super::txeffect::TxEffect;
 use super::Statement;
 use crate::wire::{self, backend as tag, TxStatus};
 
@@ -93,8 +94,16 @@ pub enum Synthetic {
 
 #[derive(Debug)]
 enum Pending {
-    Server { expect: Expect, origin: Origin },
+    Server { expect: Expect, origin: Origin, effect: TxEffect },
     Synthetic(Synthetic),
+}
+
+/// A request in flight, as [`Tracker::in_flight`] lists it.
+#[derive(Debug)]
+pub struct InFlight<'a> {
+    pub expect: &'a Expect,
+    pub origin: Origin,
+    pub effect: TxEffect,
 }
 
 /// A client's statement command that the server did not run.
@@ -181,6 +190,16 @@ impl Tracker {
     /// Records a request written to the server. Refuses (before anything is
     /// written) a request whose answer cannot be predicted.
     pub fn sent(&mut self, expect: Expect, origin: Origin) -> Result<(), CopyInterleaved> {
+        // A client's statements pgrelay did not read may do anything.
+        let effect = match (&expect, origin) {
+            (Expect::Query | Expect::Execute, Origin::Client) => TxEffect::UNKNOWN,
+            _ => TxEffect::NONE,
+        };
+        self.sent_with(expect, origin, effect)
+    }
+
+    /// [`Tracker::sent`], with what the request does to the transaction.
+    pub fn sent_with(&mut self, expect: Expect, origin: Origin, effect: TxEffect) -> Result<(), CopyInterleaved> {
         if self.client_copy_open() && !matches!(expect, Expect::CopyData | Expect::CopyEnd | Expect::Flush) {
             return Err(CopyInterleaved);
         }
@@ -211,7 +230,7 @@ impl Tracker {
                 }
             }
         }
-        self.queue.push_back(Pending::Server { expect, origin });
+        self.queue.push_back(Pending::Server { expect, origin, effect });
         Ok(())
     }
 
@@ -358,6 +377,15 @@ impl Tracker {
         self.skipping_until_sync
     }
 
+    /// The requests still owed an answer, in the order they were sent
+    /// (pgrelay's own answers are left out). Read when a server is lost.
+    pub fn in_flight(&self) -> impl Iterator<Item = InFlight<'_>> {
+        self.queue.iter().filter_map(|p| match p {
+            Pending::Server { expect, origin, effect } => Some(InFlight { expect, origin: *origin, effect: *effect }),
+            Pending::Synthetic(_) => None,
+        })
+    }
+
     /// Answers are still owed for something sent.
     pub fn has_outstanding(&self) -> bool {
         !self.queue.is_empty()
@@ -373,7 +401,7 @@ impl Tracker {
     /// the next one the client sent, near the front of the queue.
     pub fn client_ready_owed(&self) -> bool {
         self.queue.iter().any(|p| {
-            matches!(p, Pending::Server { expect: Expect::Sync | Expect::Query, origin } if *origin == Origin::Client)
+            matches!(p, Pending::Server { expect: Expect::Sync | Expect::Query, origin, .. } if *origin == Origin::Client)
         })
     }
 
@@ -408,7 +436,7 @@ impl Tracker {
             return Verdict::Desync("malformed ReadyForQuery");
         };
         match self.queue.pop_front() {
-            Some(Pending::Server { expect: Expect::Sync | Expect::Query, origin }) => {
+            Some(Pending::Server { expect: Expect::Sync | Expect::Query, origin, .. }) => {
                 self.readies = self.readies.wrapping_add(1);
                 self.tx = status;
                 self.copy = CopyState::None;
@@ -420,7 +448,7 @@ impl Tracker {
     }
 
     fn on_reply(&mut self, msg_tag: u8, body: &[u8]) -> Verdict {
-        let Some(Pending::Server { expect, origin }) = self.queue.front_mut() else {
+        let Some(Pending::Server { expect, origin, .. }) = self.queue.front_mut() else {
             return Verdict::Desync("a server message with nothing outstanding");
         };
         let verdict = verdict_for(*origin);
@@ -549,7 +577,7 @@ impl Tracker {
             }
             // A simple query ends with ReadyForQuery after its error; an
             // error at Sync (a failed commit) is followed by ReadyForQuery.
-            Some(Pending::Server { expect: Expect::Query | Expect::Sync, origin }) => {
+            Some(Pending::Server { expect: Expect::Query | Expect::Sync, origin, .. }) => {
                 let origin = *origin;
                 if self.queue.front().is_some_and(|p| matches!(p, Pending::Server { expect: Expect::Query, .. })) {
                     // The rest of the query's text is not run: its COPY data is dropped.
@@ -557,12 +585,12 @@ impl Tracker {
                 }
                 return error_verdict(origin);
             }
-            Some(Pending::Server { expect: Expect::Bind { statement: Some(stmt) }, origin }) => {
+            Some(Pending::Server { expect: Expect::Bind { statement: Some(stmt) }, origin, .. }) => {
                 (is_stale_plan(body).then(|| stmt.clone()), *origin)
             }
-            Some(Pending::Server { expect: Expect::DescribeStatement { shape_of: Some(stmt), .. }, origin }) => {
-                (is_stale_plan(body).then(|| stmt.clone()), *origin)
-            }
+            Some(Pending::Server {
+                expect: Expect::DescribeStatement { shape_of: Some(stmt), .. }, origin, ..
+            }) => (is_stale_plan(body).then(|| stmt.clone()), *origin),
             Some(Pending::Server { origin, .. }) => (None, *origin),
         };
         if let Some(stmt) = stale {

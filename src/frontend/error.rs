@@ -35,6 +35,24 @@ pub enum SessionError {
     ServerEnded,
     #[error("server connection to {node} closed unexpectedly; the transaction in progress is lost")]
     ServerClosed { node: String },
+    /// The server sent the FATAL error it sends as it goes away (shutdown,
+    /// crash, recovery); pgrelay did not relay it.
+    #[error("the server {node} ended the connection: {}", .fields.message)]
+    ServerGone { node: String, fields: ErrorFields },
+    /// The server connection was lost with session state the client relies on.
+    #[error(
+        "the server connection to {node} was lost ({cause}), and with it this client's session state ({state}); \
+         reconnect to go on"
+    )]
+    PinnedStateLost { node: String, state: &'static str, cause: String },
+    /// A client in a block lost with its server sent what pgrelay cannot
+    /// answer as a server would (a transaction-control statement in extended
+    /// protocol, or one followed by more statements in one Query).
+    #[error(
+        "this client's transaction block was lost with its server connection, and pgrelay cannot answer this \
+         request as a server would; send ROLLBACK alone to end the block"
+    )]
+    LostBlockUnanswerable,
     #[error(
         "server connections to {node} were closed because it is no longer the primary (failover or split brain); \
          the transaction in progress is lost"
@@ -78,9 +96,12 @@ impl SessionError {
                 return Some(fields.code.clone())
             }
             SessionError::Pool(_) => sqlstate::CONNECTION_FAILURE,
-            SessionError::ServerIo(_) | SessionError::ServerClosed { .. } | SessionError::NodeFenced { .. } => {
-                sqlstate::CONNECTION_FAILURE
-            }
+            SessionError::ServerIo(_)
+            | SessionError::ServerClosed { .. }
+            | SessionError::NodeFenced { .. }
+            | SessionError::PinnedStateLost { .. }
+            | SessionError::LostBlockUnanswerable => sqlstate::CONNECTION_FAILURE,
+            SessionError::ServerGone { fields, .. } => return Some(fields.code.clone()),
             SessionError::ServerProtocol(_) => sqlstate::PROTOCOL_VIOLATION,
             SessionError::ServerDesync(_) => sqlstate::PROTOCOL_VIOLATION,
             SessionError::SetupFailed(fields) if !fields.code.is_empty() => return Some(fields.code.clone()),

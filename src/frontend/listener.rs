@@ -312,6 +312,8 @@ async fn handle_client(
             | SessionError::ServerProtocol(_)
             | SessionError::ServerDesync(_)
             | SessionError::ServerEnded
+            | SessionError::ServerGone { .. }
+            | SessionError::PinnedStateLost { .. }
             | SessionError::QueryNotCancelled { .. }
             | SessionError::ClientProtocol(_))
     );

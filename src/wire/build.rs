@@ -24,6 +24,10 @@ pub mod sqlstate {
     pub const CONFIG_FILE_ERROR: &str = "F0000";
     pub const IDLE_IN_TRANSACTION_SESSION_TIMEOUT: &str = "25P03";
     pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
+    pub const CRASH_SHUTDOWN: &str = "57P02";
+    pub const SERIALIZATION_FAILURE: &str = "40001";
+    pub const TRANSACTION_RESOLUTION_UNKNOWN: &str = "08007";
+    pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

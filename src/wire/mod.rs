@@ -217,6 +217,14 @@ pub fn is_fatal_error(body: &[u8]) -> bool {
     matches!(error_field(body, b'V').or_else(|| error_field(body, b'S')), Some(b"FATAL" | b"PANIC"))
 }
 
+/// Whether an ErrorResponse body is the FATAL a server sends as it goes
+/// away or refuses to go on (shutdown, crash, recovery, lost connection):
+/// what it says ends the server connection, not the client's transaction's
+/// fate.
+pub fn is_server_going_away(body: &[u8]) -> bool {
+    is_fatal_error(body) && matches!(error_code(body), Some(b"57P01" | b"57P02" | b"57P03" | b"08006"))
+}
+
 /// Splits the first complete message off `bytes` (used where messages are
 /// handled one at a time, e.g. during startup).
 pub fn split_message(buf: &mut bytes::BytesMut, max_len: usize) -> Result<Option<Bytes>, WireError> {

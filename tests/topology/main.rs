@@ -16,4 +16,5 @@ mod min_pool_size;
 mod patroni;
 mod replicas;
 mod split_brain;
+mod survive;
 mod switchover;

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Session, HIGH_WATER};
-use crate::backend::{Expect, Origin, ServerConn, Statement};
+use super::{lost, Session, HIGH_WATER};
+use crate::backend::{Expect, Origin, ServerConn, Statement, StatementKind, TxEffect};
 use crate::config::{PoolMode, SessionStatePolicy};
 use crate::frontend::error::SessionError;
 use crate::router::{self, PreparedCommand, SessionStateEffect};
@@ -20,6 +20,13 @@ impl Session {
         // Stops while the client's output is full: it is not reading.
         while self.out.len() < HIGH_WATER {
             let Some(frame) = Frame::peek(&self.cbuf, max)? else { break };
+            if self.lost.is_some() {
+                self.handle_in_lost_block(frame.tag, frame.total_len)?;
+                if self.terminated {
+                    return Ok(());
+                }
+                continue;
+            }
             // The client statement a Bind or Describe names, looked up once.
             let named = self.named_statement(frame.tag, frame.total_len);
             let waits = self.must_wait(frame.tag, frame.total_len, &named);
@@ -59,6 +66,18 @@ impl Session {
             if self.lease.as_ref().is_some_and(|l| l.conn().pending_write() >= HIGH_WATER) {
                 self.flush_server()?;
             }
+        }
+        Ok(())
+    }
+
+    /// A message of a client whose block was lost with its server (see `lost`).
+    fn handle_in_lost_block(&mut self, msg_tag: u8, len: usize) -> Result<(), SessionError> {
+        let msg = self.cbuf.split_to(len);
+        if msg_tag == tag::TERMINATE {
+            self.terminated = true;
+        } else if !self.discard_until_sync || msg_tag == tag::SYNC {
+            self.discard_until_sync = false;
+            self.answer_in_lost_block(msg_tag, &msg)?;
         }
         Ok(())
     }
@@ -169,7 +188,7 @@ impl Session {
     /// commands that concern only the client's own statements. Besides saving
     /// a round trip, this keeps a client that prepares synchronously from
     /// waiting for a connection that its own other connections hold.
-    fn answer_without_server(&mut self, msg_tag: u8, msg: &[u8]) -> Result<bool, SessionError> {
+    pub(super) fn answer_without_server(&mut self, msg_tag: u8, msg: &[u8]) -> Result<bool, SessionError> {
         let body = wire::body(msg);
         match msg_tag {
             tag::SYNC => {
@@ -213,12 +232,17 @@ impl Session {
             tag::BIND => self.forward_bind(msg, body, named)?,
             tag::DESCRIBE => self.forward_describe(msg, body, named)?,
             tag::CLOSE => self.forward_close(msg, body)?,
-            tag::EXECUTE => self.send(msg, Expect::Execute),
+            tag::EXECUTE => {
+                // The unnamed portal runs the statement last bound to it.
+                let portal_unnamed = body.first() == Some(&0);
+                let effect = if portal_unnamed { self.bound_effect } else { TxEffect::UNKNOWN };
+                self.conn().send_running(msg, Expect::Execute, effect)
+            }
             tag::SYNC => {
                 self.parsed_here.clear();
                 self.send(msg, Expect::Sync);
             }
-            tag::FUNCTION_CALL => self.send(msg, Expect::Query),
+            tag::FUNCTION_CALL => self.conn().send_running(msg, Expect::Query, TxEffect::of(StatementKind::Other)),
             tag::FLUSH => self.send(msg, Expect::Flush),
             tag::COPY_DATA => self.send(msg, Expect::CopyData),
             tag::COPY_DONE | tag::COPY_FAIL => self.send(msg, Expect::CopyEnd),
@@ -232,7 +256,7 @@ impl Session {
         let effects = router::classify(sql);
         self.note_settings_change(effects.changes_settings);
         let Some(effect) = effects.session_state else {
-            self.send(msg, Expect::Query);
+            self.conn().send_running(msg, Expect::Query, lost::query_effect(sql));
             return Ok(());
         };
         if matches!(effect, SessionStateEffect::Deallocate | SessionStateEffect::Discard) {
@@ -260,7 +284,7 @@ impl Session {
         if effect.may_deallocate() {
             self.conn().statements_uncertain();
         }
-        self.send(msg, Expect::Query);
+        self.conn().send_running(msg, Expect::Query, lost::query_effect(sql));
         if effect.may_reset_settings() {
             self.restore_reset_settings();
         }

@@ -15,6 +15,7 @@ use tokio_util::io::poll_read_buf;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 mod forward;
+mod lost;
 mod relay;
 mod statements;
 mod timeouts;
@@ -26,7 +27,7 @@ use super::prepared::ClientStatements;
 use super::startup::LoginParts;
 use crate::app::{CancelHandle, Context, Registered, ServerLink, StopMode};
 use crate::auth::UserEntry;
-use crate::backend::{ServerConn, StatementContext};
+use crate::backend::{ServerConn, StatementContext, TxEffect};
 use crate::cluster::NodeStatus;
 use crate::config::{Config, Database, PoolMode};
 use crate::metrics::{ClientMetrics, GaugeGuard};
@@ -122,6 +123,13 @@ pub struct Session {
     stalled: bool,
     /// Why this client keeps its server connection until it disconnects.
     pinned: Option<SessionStateEffect>,
+    /// The client's transaction block was lost with its server connection:
+    /// pgrelay answers it until the client ends the block.
+    lost: Option<lost::LostBlock>,
+    /// Client messages held back for a lost server's answers are to be read again.
+    recheck_input: bool,
+    /// What the statement bound to the unnamed portal does to the transaction.
+    bound_effect: TxEffect,
     /// The query and transaction in flight, timed for the statistics.
     timing: timing::Timing,
     /// When the last transaction on the leased connection ended: it goes
@@ -203,6 +211,9 @@ impl Session {
             drops_pending: false,
             parsed_here: Vec::new(),
             pinned: None,
+            lost: None,
+            recheck_input: false,
+            bound_effect: TxEffect::UNKNOWN,
             timing: timing::Timing::default(),
             idle_since: None,
             terminated: false,
@@ -215,48 +226,64 @@ impl Session {
     /// the error for the caller to report.
     pub async fn run(&mut self) -> Result<(), SessionError> {
         // Messages that arrived together with the last login message.
-        self.handle_client_messages().await?;
+        if let Err(error) = self.handle_client_messages().await {
+            self.outlive(error)?;
+        }
         while !self.terminated {
-            match self.next_event().await? {
-                Event::ClientRead(0) => return Ok(()),
-                Event::ClientRead(n) => {
-                    self.client_reads = self.client_reads.wrapping_add(1);
-                    self.metrics.bytes_received.inc_by(n as u64);
-                    if n >= self.client_read_size {
-                        self.client_read_size = (self.client_read_size * 2).min(READ_CHUNK);
-                    }
-                    self.handle_client_messages().await?
-                }
-                Event::ServerRead => self.handle_server_messages()?,
-                Event::Writable => {}
-                Event::Drain => {
-                    self.stopping = true;
-                    self.stop_signal = Signal::new(self.ctx.shutdown.clone());
-                }
-                Event::Shutdown => return Err(SessionError::Shutdown),
-                Event::Fenced => {
-                    let node = self.lease.as_ref().map(|l| l.pool().key.node.clone()).unwrap_or_default();
-                    return Err(SessionError::NodeFenced { node });
-                }
-                Event::Timeout => self.on_timeout()?,
-            }
-            self.flush_server()?;
-            // Released before the client can see ReadyForQuery: a cancel it
-            // sends next (handled on any worker) must find no server.
-            self.release_if_idle();
-            self.flush_client()?;
-            // Messages held back while the client's output was full.
-            if self.out.len() < HIGH_WATER && Frame::peek(&self.cbuf, usize::MAX).is_ok_and(|f| f.is_some()) {
-                self.handle_client_messages().await?;
-                self.flush_server()?;
-                self.release_if_idle();
-                self.flush_client()?;
-            }
-            if self.stopping && self.at_boundary() {
-                return Err(SessionError::Shutdown);
+            match self.turn().await {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                // The server connection was lost: the client carries on if it can.
+                Err(error) => self.outlive(error)?,
             }
         }
         Ok(())
+    }
+
+    /// Waits for one event and handles it; true when the client left.
+    async fn turn(&mut self) -> Result<bool, SessionError> {
+        if std::mem::take(&mut self.recheck_input) {
+            self.handle_client_messages().await?;
+        }
+        match self.next_event().await? {
+            Event::ClientRead(0) => return Ok(true),
+            Event::ClientRead(n) => {
+                self.client_reads = self.client_reads.wrapping_add(1);
+                self.metrics.bytes_received.inc_by(n as u64);
+                if n >= self.client_read_size {
+                    self.client_read_size = (self.client_read_size * 2).min(READ_CHUNK);
+                }
+                self.handle_client_messages().await?
+            }
+            Event::ServerRead => self.handle_server_messages()?,
+            Event::Writable => {}
+            Event::Drain => {
+                self.stopping = true;
+                self.stop_signal = Signal::new(self.ctx.shutdown.clone());
+            }
+            Event::Shutdown => return Err(SessionError::Shutdown),
+            Event::Fenced => {
+                let node = self.lease.as_ref().map(|l| l.pool().key.node.clone()).unwrap_or_default();
+                return Err(SessionError::NodeFenced { node });
+            }
+            Event::Timeout => self.on_timeout()?,
+        }
+        self.flush_server()?;
+        // Released before the client can see ReadyForQuery: a cancel it
+        // sends next (handled on any worker) must find no server.
+        self.release_if_idle();
+        self.flush_client()?;
+        // Messages held back while the client's output was full.
+        if self.out.len() < HIGH_WATER && Frame::peek(&self.cbuf, usize::MAX).is_ok_and(|f| f.is_some()) {
+            self.handle_client_messages().await?;
+            self.flush_server()?;
+            self.release_if_idle();
+            self.flush_client()?;
+        }
+        if self.stopping && self.at_boundary() {
+            return Err(SessionError::Shutdown);
+        }
+        Ok(false)
     }
 
     /// The configuration in force: this session's snapshot, renewed after a reload.
@@ -548,6 +575,8 @@ struct UnnamedStatement {
     definition: Option<Vec<u8>>,
     /// It exists on the leased connection.
     on_lease: bool,
+    /// What running it does to the transaction.
+    effect: TxEffect,
 }
 
 /// A cancellation signal the relay loop looks at only when a cheap flag

@@ -56,6 +56,11 @@ impl Session {
                 Err(e) => break Err(SessionError::ServerProtocol(e)),
             };
             let msg = &rest[..frame.total_len];
+            if frame.tag == tag::ERROR_RESPONSE && wire::is_server_going_away(&msg[5..]) {
+                // Not relayed: the session decides what the client is told (see `lost`).
+                let fields = ErrorFields::parse(&msg[5..]);
+                break Err(SessionError::ServerGone { node: pool.key.node.clone(), fields });
+            }
             let verdict = conn.on_server_message(frame.tag, &msg[5..]);
             tracing::trace!(parent: span, tag = %char::from(frame.tag), ?verdict, "server message");
             match verdict {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::forward::{sql_of, Named};
-use super::{Session, UnnamedStatement};
-use crate::backend::{Expect, Origin, Statement, Synthetic, Undone};
+use super::{lost, Session, UnnamedStatement};
+use crate::backend::{Expect, Origin, Statement, Synthetic, TxEffect, Undone};
 use crate::frontend::error::SessionError;
 use crate::frontend::prepared::ClientStatements;
 use crate::router::{self, PreparedCommand, SessionStateEffect};
@@ -92,6 +92,7 @@ impl Session {
                 }
                 None => self.unnamed.definition = Some(definition.to_vec()),
             }
+            self.unnamed.effect = lost::statement_effect(sql_of(definition));
             self.unnamed.on_lease = true;
             {
                 self.send(msg, Expect::Parse { registers: None, client_name: None });
@@ -165,8 +166,12 @@ impl Session {
     pub(super) fn forward_bind(&mut self, msg: &[u8], body: &[u8], named: Named) -> Result<(), SessionError> {
         let (portal, rest) = wire::read_cstr(body).ok_or(WireError::Malformed("Bind"))?;
         let (name, params) = wire::read_cstr(rest).ok_or(WireError::Malformed("Bind"))?;
+        let portal_unnamed = portal.is_empty();
         if name.is_empty() {
             self.ensure_unnamed()?;
+            if portal_unnamed {
+                self.bound_effect = self.unnamed.effect;
+            }
             {
                 self.send(msg, Expect::Bind { statement: None });
                 return Ok(());
@@ -175,6 +180,9 @@ impl Session {
         let stmt = match self.known_statement(name, named)? {
             Known::Statement(stmt) => stmt,
             Known::Forward => {
+                if portal_unnamed {
+                    self.bound_effect = TxEffect::UNKNOWN;
+                }
                 self.send(msg, Expect::Bind { statement: None });
                 return Ok(());
             }
@@ -183,6 +191,9 @@ impl Session {
                 return self.raise_in_batch(FEATURE_NOT_SUPPORTED, "cached plan must not change result type")
             }
         };
+        if portal_unnamed {
+            self.bound_effect = stmt.tx_effect(|definition| lost::statement_effect(sql_of(definition)));
+        }
         let conn = self.conn();
         conn.send_built(Expect::Bind { statement: Some(stmt.clone()) }, Origin::Client, |b| {
             wire::put_bind_renamed(b, portal, stmt.server_name.as_bytes(), params)

@@ -1,0 +1,194 @@
+//! Client connections that outlive the loss of their server: the primary
+//! killed (`pg_ctl -m immediate`) and a replica promoted, or a backend
+//! terminated by the server. Each client keeps its pgrelay connection and
+//! hears the truth about its transaction: 40001 when nothing in flight
+//! could have committed, 08007 when a COMMIT or an autocommit statement
+//! was in flight; a client pinned by session state is closed as before.
+//! The in-flight windows are held open on purpose (a `pg_sleep`, a COMMIT
+//! waiting for a synchronous standby that does not exist) and observed in
+//! pg_stat_activity before the server is lost.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use pgrelay::localcluster::{LocalCluster, NodeHandle, StopMode};
+use tokio_postgres::Client;
+
+use crate::common::{self, blocking, config, psql, read_set, wait_topology};
+use crate::support::relay::{self, msg, scalar, sqlstate, tags, Raw};
+
+const IN_FLIGHT: Duration = Duration::from_secs(15);
+
+/// Waits until `n` statements of user `user` on `node` are running (or a
+/// COMMIT waits for its synchronous standby) whose text matches `like`.
+async fn wait_running(cluster: &LocalCluster, node: &NodeHandle, user: &str, like: &str, n: usize) {
+    let sql = format!(
+        "select count(*) from pg_stat_activity where usename = '{user}' and state = 'active' and query ilike '{like}'"
+    );
+    common::wait_for(&format!("{n} statements like {like} running"), IN_FLIGHT, || {
+        let count: usize = psql(cluster, node, &sql).trim().parse().expect("a count");
+        (count >= n).then_some(())
+    })
+    .await;
+}
+
+async fn port_of(client: &Client) -> u16 {
+    scalar(client, "select inet_server_port()").await.parse().expect("a port")
+}
+
+/// Runs `sql` (one statement, extended protocol) on a shared client in the background.
+fn in_background(client: &Arc<Client>, sql: &'static str) -> tokio::task::JoinHandle<Result<(), String>> {
+    let client = client.clone();
+    tokio::spawn(async move {
+        match sql.starts_with("commit") {
+            true => client.simple_query(sql).await.map(drop),
+            false => client.query(sql, &[]).await.map(drop),
+        }
+        .map_err(|e| sqlstate(&e))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_outlive_an_unplanned_failover() {
+    let _serial = common::serial().await;
+    let cluster = common::start_cluster();
+    let (pg0, pg1) = (cluster.primary(), &cluster.replicas()[0]);
+    psql(&cluster, pg0, "create table survive_t (id int primary key, v int); grant all on survive_t to public");
+    psql(&cluster, pg0, "insert into survive_t values (1, 0), (2, 0), (3, 0)");
+    // A COMMIT with synchronous_commit = on waits for this standby, which never comes.
+    psql(&cluster, pg0, "alter system set synchronous_standby_names = 'nobody'");
+    psql(&cluster, pg0, "select pg_reload_conf()");
+    let mut settings = config(&cluster, "", "query_wait_timeout = \"15s\"");
+    // Five clients hold a server connection at once.
+    settings.pool.default_pool_size = std::num::NonZeroUsize::new(8).expect("8");
+    let app = relay::start(settings).await;
+    wait_topology(&app, "primary and both replicas", Duration::from_secs(5), |t| {
+        t.primary == Some(0) && read_set(t) == ["pg1", "pg2"]
+    })
+    .await;
+    let rw = app.rw_addr;
+
+    let connect = || async { Arc::new(relay::connect(rw).await) };
+    let (mid, committing, autocommit, idle, idle_in_block, pinned) =
+        (connect().await, connect().await, connect().await, connect().await, connect().await, connect().await);
+    assert_eq!(port_of(&idle).await, pg0.port);
+    // A statement in flight in a block.
+    mid.batch_execute("begin; update survive_t set v = v + 1 where id = 1").await.expect("begin");
+    let mid_sleep = in_background(&mid, "select pg_sleep(60)");
+    // A COMMIT in flight, held by the missing synchronous standby.
+    committing
+        .batch_execute("begin; set local synchronous_commit = on; update survive_t set v = v + 1 where id = 2")
+        .await
+        .expect("begin");
+    let commit = in_background(&committing, "commit");
+    // An autocommit statement in flight.
+    let auto_sleep = in_background(&autocommit, "select pg_sleep(61)");
+    // A block open with nothing in flight.
+    idle_in_block.batch_execute("begin; update survive_t set v = v + 1 where id = 3").await.expect("begin");
+    // Pinned by a session setting.
+    pinned.batch_execute("set application_name = 'pinned'").await.expect("set");
+    assert_eq!(port_of(&pinned).await, pg0.port);
+
+    wait_running(&cluster, pg0, "app", "select pg_sleep(6%", 2).await;
+    wait_running(&cluster, pg0, "app", "commit", 1).await;
+    blocking(|| cluster.stop(pg0, StopMode::Immediate)).expect("kill the primary");
+
+    // Each in-flight request is answered at once, before any new primary exists.
+    let answered = |task| common::bounded("an answer to the request in flight", Duration::from_secs(5), task);
+    assert_eq!(answered(mid_sleep).await.expect("task"), Err("40001".to_owned()), "in a block");
+    assert_eq!(answered(commit).await.expect("task"), Err("08007".to_owned()), "COMMIT in flight");
+    assert_eq!(answered(auto_sleep).await.expect("task"), Err("08007".to_owned()), "autocommit in flight");
+
+    // Until its ROLLBACK the client is in a failed block, answered by pgrelay.
+    let refused = mid.simple_query("select 1").await.expect_err("refused in the failed block");
+    assert_eq!(sqlstate(&refused), "25P02");
+    mid.batch_execute("rollback").await.expect("the ROLLBACK is answered without a server");
+
+    blocking(|| cluster.promote(pg1)).expect("promote pg1");
+    // The same connection objects carry on, on the new primary.
+    let next = |client: Arc<Client>| async move {
+        common::bounded("a transaction on the new primary", Duration::from_secs(20), port_of(&client)).await
+    };
+    assert_eq!(next(mid.clone()).await, pg1.port, "after its ROLLBACK");
+    assert_eq!(next(committing.clone()).await, pg1.port, "after the unknown COMMIT");
+    assert_eq!(next(autocommit.clone()).await, pg1.port, "after the unknown autocommit statement");
+    assert_eq!(next(idle.clone()).await, pg1.port, "idle: no error at all");
+    // The block lost while idle: its next statement hears of the loss.
+    let lost = idle_in_block.simple_query("select 1").await.expect_err("the lost block");
+    assert_eq!(sqlstate(&lost), "40001", "{}", relay::message(&lost));
+    idle_in_block.batch_execute("rollback").await.expect("rollback");
+    assert_eq!(next(idle_in_block.clone()).await, pg1.port);
+    // A transaction in a block commits on the new primary.
+    mid.batch_execute("begin; update survive_t set v = v + 10 where id = 1; commit").await.expect("a new block");
+    assert_eq!(scalar(&mid, "select v from survive_t where id = 1").await, "10", "the lost update never committed");
+
+    // The pinned client's session state died with pg0: its connection ends.
+    let gone = pinned.simple_query("select 1").await.expect_err("the pinned client is closed");
+    assert!(pinned.is_closed(), "{gone}");
+    app.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Pipelined requests behind one that a terminated backend never answered:
+/// each gets the answer a server gives in a failed block, in order, and
+/// another client of the same pool sees only its own answers throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_at_a_lost_server_get_their_own_answers_in_order() {
+    let _serial = common::serial().await;
+    let cluster = common::start_cluster();
+    let pg0 = cluster.primary();
+    let app = relay::start(config(&cluster, "", "")).await;
+    let rw: SocketAddr = app.rw_addr;
+    let other = relay::connect(rw).await;
+    assert_eq!(scalar(&other, "select 'other'").await, "other");
+
+    let (mut raw, _) = Raw::login(rw, &[]).await;
+    let mut out = BytesMut::new();
+    pgrelay::wire::put_query(&mut out, "begin");
+    msg::parse(&mut out, "", "select pg_sleep(60)");
+    msg::bind_execute(&mut out, "");
+    pgrelay::wire::put_sync(&mut out);
+    msg::parse(&mut out, "", "select 2");
+    msg::bind_execute(&mut out, "");
+    pgrelay::wire::put_sync(&mut out);
+    pgrelay::wire::put_query(&mut out, "rollback");
+    raw.send(&out).await;
+    let begun = raw.until_ready().await;
+    assert_eq!(tags(&begun), "C Z");
+    wait_running(&cluster, pg0, "app_trust", "select pg_sleep(60)", 1).await;
+    let terminated = psql(
+        &cluster,
+        pg0,
+        "select pg_terminate_backend(pid) from pg_stat_activity where query = 'select pg_sleep(60)'",
+    );
+    assert_eq!(terminated.trim(), "t");
+
+    // The batch in flight: its error (the Parse and Bind answers may or may
+    // not have left the server before it went), then ReadyForQuery 'E'.
+    let first = raw.until_ready().await;
+    let first_tags = tags(&first);
+    let last_error = first.iter().rev().find(|(t, _)| *t == b'E').map(|(_, body)| relay::error_fields(body));
+    assert!(first_tags.ends_with("E Z"), "{first_tags}: {last_error:?}");
+    let (code, message) = relay::error_fields(&first[first.len() - 2].1);
+    assert_eq!(code, "40001", "{message}");
+    assert_eq!(&first[first.len() - 1].1[..], b"E");
+    // The next batch: refused as in any failed block.
+    let second = raw.until_ready().await;
+    assert_eq!(tags(&second), "E Z");
+    assert_eq!(relay::error_fields(&second[0].1).0, "25P02");
+    // The pipelined ROLLBACK ends the block.
+    let third = raw.until_ready().await;
+    assert_eq!(tags(&third), "C Z");
+    assert_eq!(&third[1].1[..], b"I");
+
+    // The client carries on with a new server connection; the other client
+    // never saw anything of it.
+    let mut out = BytesMut::new();
+    pgrelay::wire::put_query(&mut out, "select 3");
+    raw.send(&out).await;
+    let fourth = raw.until_ready().await;
+    assert_eq!(tags(&fourth), "T D C Z");
+    assert_eq!(scalar(&other, "select 'other'").await, "other");
+    app.shutdown(Duration::from_secs(5)).await;
+}
