@@ -192,3 +192,80 @@ async fn pipelined_requests_at_a_lost_server_get_their_own_answers_in_order() {
     assert_eq!(scalar(&other, "select 'other'").await, "other");
     app.shutdown(Duration::from_secs(5)).await;
 }
+
+/// pgbench, its clients as pgbench runs them, on the process's PATH.
+fn pgbench(port: u16, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("pgbench")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs([("PGHOST", "127.0.0.1"), ("PGUSER", "app"), ("PGPASSWORD", "app"), ("PGDATABASE", "app")])
+        .env("PGPORT", port.to_string())
+        .env("PGSSLMODE", "disable")
+        .args(args)
+        .output()
+        .expect("pgbench runs")
+}
+
+/// Kills the primary `dead` (`pg_ctl -m immediate`), promotes `next`, and
+/// waits until pgrelay routes writes to it.
+async fn fail_over(cluster: &LocalCluster, app: &pgrelay::RunningApp, dead: &NodeHandle, next: (usize, &NodeHandle)) {
+    blocking(|| cluster.stop(dead, StopMode::Immediate)).expect("kill the primary");
+    blocking(|| cluster.promote(next.1)).expect("promote");
+    wait_topology(app, "pgrelay routes to the promoted node", Duration::from_secs(10), |t| t.primary == Some(next.0))
+        .await;
+}
+
+/// pgbench (tpcb-like, `--max-tries`) through :5432 across two unplanned
+/// failovers. A client whose transaction could not have committed gets
+/// 40001 and retries; one whose COMMIT (END) was in flight gets 08007,
+/// which pgbench 15 does not retry: it aborts that client. Every abort must
+/// be such an 08007, and pgbench must go on writing on the last primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_carries_on_across_repeated_unplanned_failovers() {
+    let _serial = common::serial().await;
+    let cluster = common::start_cluster();
+    let (pg0, pg1, pg2) = (cluster.primary(), &cluster.replicas()[0], &cluster.replicas()[1]);
+    let app = relay::start(config(&cluster, "", "query_wait_timeout = \"15s\"")).await;
+    wait_topology(&app, "primary and both replicas", Duration::from_secs(5), |t| {
+        t.primary == Some(0) && read_set(t) == ["pg1", "pg2"]
+    })
+    .await;
+    let rw = app.rw_addr.port();
+    let init = blocking(|| pgbench(rw, &["-i", "-s", "1", "-q"]));
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    psql(&cluster, pg0, "checkpoint");
+
+    let run = tokio::task::spawn_blocking(move || {
+        pgbench(rw, &["-n", "-c", "4", "-j", "1", "-T", "16", "--max-tries=0", "--verbose-errors", "-r"])
+    });
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    fail_over(&cluster, &app, pg0, (1, pg1)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    fail_over(&cluster, &app, pg1, (2, pg2)).await;
+    let last_promoted = psql(&cluster, pg2, "select now()");
+    let output = common::bounded("pgbench ends", Duration::from_secs(60), run).await.expect("pgbench");
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+
+    let aborted: Vec<&str> = stderr.lines().filter(|l| l.contains("aborted")).collect();
+    let unknown = stderr.lines().filter(|l| l.contains("whether it committed is unknown")).count();
+    let retried_lost = stderr.lines().filter(|l| l.contains("the transaction was rolled back and may be retried")).count();
+    let written_after = psql(
+        &cluster,
+        pg2,
+        &format!("select count(*) from pgbench_history where mtime > '{}'", last_promoted.trim()),
+    );
+    println!(
+        "pgbench across 2 unplanned failovers: {retried_lost} transactions answered 40001 and retried, \
+         {unknown} answered 08007 (COMMIT in flight), {} clients aborted; {} transactions written on the \
+         last primary after its promotion\n{stdout}\n{}",
+        aborted.len(),
+        written_after.trim(),
+        stderr.lines().filter(|l| !l.contains("may be retried")).collect::<Vec<_>>().join("\n"),
+    );
+    assert!(retried_lost >= 1, "a failover caught no transaction in flight:\n{stderr}");
+    // Each abort is a client told that its COMMIT's fate is unknown, none anything else.
+    assert_eq!(aborted.len(), unknown, "{stderr}");
+    assert!(aborted.len() < 4, "every client aborted:\n{stdout}\n{stderr}");
+    assert!(written_after.trim().parse::<u64>().expect("a count") > 0, "no write after the last promotion");
+    app.shutdown(Duration::from_secs(5)).await;
+}
