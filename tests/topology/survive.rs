@@ -248,12 +248,10 @@ async fn pgbench_carries_on_across_repeated_unplanned_failovers() {
 
     let aborted: Vec<&str> = stderr.lines().filter(|l| l.contains("aborted")).collect();
     let unknown = stderr.lines().filter(|l| l.contains("whether it committed is unknown")).count();
-    let retried_lost = stderr.lines().filter(|l| l.contains("the transaction was rolled back and may be retried")).count();
-    let written_after = psql(
-        &cluster,
-        pg2,
-        &format!("select count(*) from pgbench_history where mtime > '{}'", last_promoted.trim()),
-    );
+    let retried_lost =
+        stderr.lines().filter(|l| l.contains("the transaction was rolled back and may be retried")).count();
+    let written_after =
+        psql(&cluster, pg2, &format!("select count(*) from pgbench_history where mtime > '{}'", last_promoted.trim()));
     println!(
         "pgbench across 2 unplanned failovers: {retried_lost} transactions answered 40001 and retried, \
          {unknown} answered 08007 (COMMIT in flight), {} clients aborted; {} transactions written on the \

@@ -68,7 +68,7 @@ fn what_cannot_be_split_for_certain_is_unknown() {
         assert_eq!(effect(sql), TxEffect::UNKNOWN, "{sql}");
     }
     // A parameter or a name with `$` starts no dollar quote.
-    assert_eq!(effect("SELECT $1; SELECT a$b$ FROM t").from(TxStatus::InTransaction).may_commit, false);
+    assert!(!effect("SELECT $1; SELECT a$b$ FROM t").from(TxStatus::InTransaction).may_commit);
 }
 
 fn unit(effect: TxEffect, simple: bool) -> Unit {
