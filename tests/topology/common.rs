@@ -181,3 +181,29 @@ impl Load {
         !client.is_closed()
     }
 }
+
+/// A client whose block was open on `node` when pgrelay fenced it: once its
+/// server connection there is gone, the client's next request gets 40001
+/// (naming the node and `cause`) and ReadyForQuery 'E', and its ROLLBACK is
+/// answered; the connection stays.
+pub async fn lost_block_is_reported(cluster: &LocalCluster, node: &NodeHandle, client: &mut relay::Raw, cause: &str) {
+    let open =
+        "select count(*) from pg_stat_activity where usename = 'app_trust' and state like 'idle in transaction%'";
+    wait_for("the fenced connection closes", Duration::from_secs(5), || {
+        (psql(cluster, node, open) == "0").then_some(())
+    })
+    .await;
+    let mut query = bytes::BytesMut::new();
+    pgrelay::wire::put_query(&mut query, "select 1");
+    client.send(&query).await;
+    let answer = client.until_ready().await;
+    assert_eq!(relay::tags(&answer), "E Z");
+    let (code, text) = relay::error_fields(&answer[0].1);
+    assert_eq!(code, "40001", "{text}");
+    assert!(text.contains(&node.name) && text.contains(cause), "{text}");
+    assert_eq!(&answer[1].1[..], b"E");
+    let mut rollback = bytes::BytesMut::new();
+    pgrelay::wire::put_query(&mut rollback, "rollback");
+    client.send(&rollback).await;
+    assert_eq!(relay::tags(&client.until_ready().await), "C Z");
+}
