@@ -246,8 +246,8 @@ async fn pgbench_carries_on_across_repeated_unplanned_failovers() {
     let output = common::bounded("pgbench ends", Duration::from_secs(60), run).await.expect("pgbench");
     let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
 
-    let aborted: Vec<&str> = stderr.lines().filter(|l| l.contains("aborted")).collect();
-    let unknown = stderr.lines().filter(|l| l.contains("whether it committed is unknown")).count();
+    let aborted: Vec<&str> = stderr.lines().filter(|l| l.contains("aborted in command")).collect();
+    let unknown = aborted.iter().filter(|l| l.contains("whether it committed is unknown")).count();
     let retried_lost =
         stderr.lines().filter(|l| l.contains("the transaction was rolled back and may be retried")).count();
     let written_after =
