@@ -9,9 +9,8 @@ use memchr::{memchr, memmem};
 
 use crate::backend::{StatementKind, TxEffect};
 
-/// What the statements of a simple Query's text (up to its NUL) do.
+/// What the statements of a simple Query's text (without its NUL) do.
 pub fn query_effect(sql: &[u8]) -> TxEffect {
-    let sql = memchr(0, sql).map_or(sql, |nul| &sql[..nul]);
     match memchr(b';', sql) {
         Some(at) if !sql[at + 1..].iter().all(u8::is_ascii_whitespace) => statements_effect(sql),
         _ => effect_of(statement_kind(sql)),
@@ -26,6 +25,9 @@ pub fn statement_effect(sql: &[u8]) -> TxEffect {
 /// The kind of the one statement in `sql`, or None when its first words
 /// leave it open (`COMMIT AND CHAIN`).
 pub fn statement_kind(sql: &[u8]) -> Option<StatementKind> {
+    if !may_control_transactions(sql) {
+        return Some(StatementKind::Other);
+    }
     let Some((first, at)) = next_word(sql, 0) else { return Some(StatementKind::Other) };
     let word = |w: &[u8]| first.eq_ignore_ascii_case(w);
     if word(b"begin") || word(b"start") {
@@ -54,6 +56,21 @@ pub fn statement_kind(sql: &[u8]) -> Option<StatementKind> {
         Some(w) if w.eq_ignore_ascii_case(b"prepared") => Some(StatementKind::Other),
         Some(w) if w.eq_ignore_ascii_case(b"and") => None,
         _ => Some(ends),
+    }
+}
+
+/// False when the first word is certainly none of BEGIN, START, COMMIT,
+/// END, PREPARE, ROLLBACK, ABORT: a look at its first two letters, which
+/// settles nearly every statement (SELECT, INSERT, UPDATE, SET, ...).
+fn may_control_transactions(sql: &[u8]) -> bool {
+    let Some(start) = sql.iter().position(|b| !b.is_ascii_whitespace()) else { return false };
+    let second = sql.get(start + 1).map_or(0, u8::to_ascii_lowercase);
+    match sql[start].to_ascii_lowercase() {
+        // A comment first: read on.
+        b'-' | b'/' => true,
+        b's' => second == b't',
+        b'a' | b'b' | b'c' | b'e' | b'p' | b'r' => true,
+        _ => false,
     }
 }
 

@@ -34,6 +34,9 @@ fn first_words_say_what_a_statement_does_to_the_transaction() {
         ("(SELECT 1)", Some(Other)),
         ("", Some(Other)),
         ("SELECT 'commit'", Some(Other)),
+        ("STARTS", Some(Other)),
+        ("set x = 1", Some(Other)),
+        ("  \n", Some(Other)),
     ];
     for (sql, expected) in table {
         assert_eq!(kind(sql), *expected, "{sql}");
