@@ -212,7 +212,7 @@ impl Session {
             parsed_here: Vec::new(),
             pinned: None,
             lost: None,
-            recheck_input: false,
+            recheck_input: true,
             bound_effect: TxEffect::UNKNOWN,
             timing: timing::Timing::default(),
             idle_since: None,
@@ -225,65 +225,65 @@ impl Session {
     /// Relays until the client leaves or an error ends the session; returns
     /// the error for the caller to report.
     pub async fn run(&mut self) -> Result<(), SessionError> {
-        // Messages that arrived together with the last login message.
-        if let Err(error) = self.handle_client_messages().await {
-            self.outlive(error)?;
+        // A step's value; when it failed because the server connection was
+        // lost and the client can carry on without it (see `lost`), the next turn.
+        macro_rules! step {
+            ($result:expr) => {
+                match $result {
+                    Ok(value) => value,
+                    Err(error) => {
+                        self.outlive(error)?;
+                        continue;
+                    }
+                }
+            };
         }
         while !self.terminated {
-            match self.turn().await {
-                Ok(true) => return Ok(()),
-                Ok(false) => {}
-                // The server connection was lost: the client carries on if it can.
-                Err(error) => self.outlive(error)?,
+            // Messages that arrived together with the last login message, or
+            // held back for a lost server's answers.
+            if std::mem::take(&mut self.recheck_input) {
+                step!(self.handle_client_messages().await);
+            }
+            match step!(self.next_event().await) {
+                Event::ClientRead(0) => return Ok(()),
+                Event::ClientRead(n) => {
+                    self.client_reads = self.client_reads.wrapping_add(1);
+                    self.metrics.bytes_received.inc_by(n as u64);
+                    if n >= self.client_read_size {
+                        self.client_read_size = (self.client_read_size * 2).min(READ_CHUNK);
+                    }
+                    step!(self.handle_client_messages().await)
+                }
+                Event::ServerRead => step!(self.handle_server_messages()),
+                Event::Writable => {}
+                Event::Drain => {
+                    self.stopping = true;
+                    self.stop_signal = Signal::new(self.ctx.shutdown.clone());
+                }
+                Event::Shutdown => return Err(SessionError::Shutdown),
+                Event::Fenced => {
+                    let node = self.lease.as_ref().map(|l| l.pool().key.node.clone()).unwrap_or_default();
+                    step!(Err(SessionError::NodeFenced { node }))
+                }
+                Event::Timeout => step!(self.on_timeout()),
+            }
+            step!(self.flush_server());
+            // Released before the client can see ReadyForQuery: a cancel it
+            // sends next (handled on any worker) must find no server.
+            self.release_if_idle();
+            step!(self.flush_client());
+            // Messages held back while the client's output was full.
+            if self.out.len() < HIGH_WATER && Frame::peek(&self.cbuf, usize::MAX).is_ok_and(|f| f.is_some()) {
+                step!(self.handle_client_messages().await);
+                step!(self.flush_server());
+                self.release_if_idle();
+                step!(self.flush_client());
+            }
+            if self.stopping && self.at_boundary() {
+                return Err(SessionError::Shutdown);
             }
         }
         Ok(())
-    }
-
-    /// Waits for one event and handles it; true when the client left.
-    async fn turn(&mut self) -> Result<bool, SessionError> {
-        if std::mem::take(&mut self.recheck_input) {
-            self.handle_client_messages().await?;
-        }
-        match self.next_event().await? {
-            Event::ClientRead(0) => return Ok(true),
-            Event::ClientRead(n) => {
-                self.client_reads = self.client_reads.wrapping_add(1);
-                self.metrics.bytes_received.inc_by(n as u64);
-                if n >= self.client_read_size {
-                    self.client_read_size = (self.client_read_size * 2).min(READ_CHUNK);
-                }
-                self.handle_client_messages().await?
-            }
-            Event::ServerRead => self.handle_server_messages()?,
-            Event::Writable => {}
-            Event::Drain => {
-                self.stopping = true;
-                self.stop_signal = Signal::new(self.ctx.shutdown.clone());
-            }
-            Event::Shutdown => return Err(SessionError::Shutdown),
-            Event::Fenced => {
-                let node = self.lease.as_ref().map(|l| l.pool().key.node.clone()).unwrap_or_default();
-                return Err(SessionError::NodeFenced { node });
-            }
-            Event::Timeout => self.on_timeout()?,
-        }
-        self.flush_server()?;
-        // Released before the client can see ReadyForQuery: a cancel it
-        // sends next (handled on any worker) must find no server.
-        self.release_if_idle();
-        self.flush_client()?;
-        // Messages held back while the client's output was full.
-        if self.out.len() < HIGH_WATER && Frame::peek(&self.cbuf, usize::MAX).is_ok_and(|f| f.is_some()) {
-            self.handle_client_messages().await?;
-            self.flush_server()?;
-            self.release_if_idle();
-            self.flush_client()?;
-        }
-        if self.stopping && self.at_boundary() {
-            return Err(SessionError::Shutdown);
-        }
-        Ok(false)
     }
 
     /// The configuration in force: this session's snapshot, renewed after a reload.
