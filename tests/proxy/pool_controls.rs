@@ -132,8 +132,9 @@ async fn server_lifetime_replaces_a_connection_when_its_transaction_ends() {
     let observer = observer(cluster).await;
     let client = connect(&app, role).await;
     let first = backend_pid(&client).await;
-    // A transaction that outlives server_lifetime keeps its connection to its end.
-    client.batch_execute("begin; select pg_sleep(1.2)").await.unwrap();
+    // A transaction that outlives server_lifetime keeps its connection to its
+    // end (the janitor, a few times a second, marks the connection as old).
+    client.batch_execute("begin; select pg_sleep(1.5)").await.unwrap();
     assert_eq!(backend_pid(&client).await, first, "the same server connection until the transaction ends");
     client.batch_execute("commit").await.unwrap();
     let second = backend_pid(&client).await;
@@ -194,7 +195,7 @@ async fn a_connection_cut_off_while_idle_is_replaced_after_its_check_times_out()
     let role = "pc_cut";
     let primary = cluster.primary().port;
     let cut = Cutter::start(primary).await;
-    let text = config_text(cluster, "default_pool_size = 1\nserver_check_delay = \"0\"", role);
+    let text = config_text(cluster, "default_pool_size = 1\nserver_check_delay = \"300ms\"", role);
     let direct = format!("port = {primary}\nrole = \"primary\"");
     assert!(text.contains(&direct), "the primary's entry: {text}");
     let text = text.replace(&direct, &format!("port = {}\nrole = \"primary\"", cut.port));
@@ -202,8 +203,11 @@ async fn a_connection_cut_off_while_idle_is_replaced_after_its_check_times_out()
     let client = connect(&app, role).await;
     let first = backend_pid(&client).await;
     assert_eq!(backend_pid(&client).await, first, "reused while it answers");
-    // The network between pgrelay and the server goes silent: no FIN, no RST, no answer.
+    // The network between pgrelay and the server goes silent: no FIN, no RST,
+    // no answer; and the connection stays idle past server_check_delay (and
+    // the janitor's next look at it).
     cut.cut();
+    tokio::time::sleep(Duration::from_millis(800)).await;
     let started = Instant::now();
     let second = backend_pid(&client).await;
     assert_ne!(second, first, "a new server connection");
