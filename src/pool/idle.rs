@@ -36,14 +36,14 @@ impl Idle {
     /// The most recently used connection of `worker`'s list that has not
     /// expired and has nothing unasked-for to read; the others are closed.
     /// Expired connections stay usable while the pool would otherwise keep
-    /// fewer than `floor` idle (`min_pool_size`).
+    /// fewer than `floor()` idle (`min_pool_size`; asked only then).
     #[inline]
     pub(super) fn pop_healthy(
         &mut self,
         worker: usize,
         now: Instant,
         timeout: Option<Duration>,
-        floor: usize,
+        floor: impl Fn() -> usize,
     ) -> Option<Box<Pooled>> {
         let total = self.total;
         let list = self.list(worker);
@@ -53,7 +53,7 @@ impl Idle {
             // Idle connections left, this one included.
             let left = total - popped;
             popped += 1;
-            let expired = timeout.is_some_and(|t| now.saturating_duration_since(conn.last_used) > t) && left > floor;
+            let expired = timeout.is_some_and(|t| now.saturating_duration_since(conn.last_used) > t) && left > floor();
             if !expired && !conn.has_unsolicited_input() {
                 found = Some(conn);
                 break;
@@ -64,7 +64,7 @@ impl Idle {
     }
 
     /// Adds `conn` to `owner`'s list, closing that list's expired ones (but
-    /// keeping `floor` idle connections in the pool).
+    /// keeping `floor()` idle connections in the pool; asked only then).
     #[inline]
     pub(super) fn push(
         &mut self,
@@ -72,14 +72,16 @@ impl Idle {
         owner: usize,
         now: Instant,
         timeout: Option<Duration>,
-        floor: usize,
+        floor: impl FnOnce() -> usize,
     ) {
         let total = self.total;
         let list = self.list(owner);
         let mut expired = 0;
         if let Some(timeout) = timeout {
             expired = list.iter().take_while(|c| now.duration_since(c.last_used) > timeout).count();
-            expired = expired.min((total + 1).saturating_sub(floor));
+            if expired > 0 {
+                expired = expired.min((total + 1).saturating_sub(floor()));
+            }
             if expired > 0 {
                 list.drain(..expired);
             }

@@ -57,16 +57,18 @@ use tuning::Tunables;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
-    #[error("no server connection available within query_wait_timeout ({0:?})")]
-    Timeout(Duration),
+    /// Nothing came free in time; `cap` names the cap on the node's
+    /// connections of the database or user that stayed reached, if one did.
+    #[error("no server connection available within query_wait_timeout ({wait:?}){}", reached(cap))]
+    Timeout { wait: Duration, cap: Option<(&'static str, usize)> },
     #[error("{0}")]
     Connect(#[from] BackendError),
     #[error("pool is closed")]
     Closed,
-    /// The cap on the node's connections of the database or user stayed
-    /// reached for the whole of query_wait_timeout.
-    #[error("no server connection available within query_wait_timeout: {cap} = {limit} reached on node {node}")]
-    Capped { cap: &'static str, limit: usize, node: String },
+}
+
+fn reached(cap: &Option<(&'static str, usize)>) -> String {
+    cap.map(|(key, limit)| format!(": {key} = {limit} reached")).unwrap_or_default()
 }
 
 /// A server connection of a pool, counted under the pool's caps
@@ -76,7 +78,8 @@ pub(crate) struct Pooled {
     conn: ServerConn,
     /// When it was opened, in nanoseconds after its pool was made (see `Pool::retire_before`).
     born: u64,
-    /// The janitor found it idle for `server_check_delay`: it is checked before it is leased.
+    /// The janitor found it idle for `server_check_delay`: it is checked
+    /// before it is leased (and the mark cleared when it passes).
     check_due: bool,
     _counted: Counted,
 }
@@ -419,7 +422,7 @@ impl Pool {
                         Ok(Ok((permit, owner))) if owner == self.workers => (permit, owner, owner, Some(since)),
                         Ok(Ok((permit, owner))) => (permit, owner, here, Some(since)),
                         Ok(Err(closed)) => return Err(closed),
-                        Err(_) => return Err(PoolError::Timeout(wait)),
+                        Err(_) => return Err(PoolError::Timeout { wait, cap: None }),
                     }
                 }
             },
@@ -434,8 +437,8 @@ impl Pool {
             // Boxed: a check's or a connect's state is large and rare, and
             // would otherwise be part of every client task's size.
             found => {
-                let deadline = waited_since.unwrap_or(now) + wait;
-                match Box::pin(self.checked_or_new(found, owner, here, deadline)).await {
+                let since = waited_since.unwrap_or(now);
+                match Box::pin(self.checked_or_new(found, owner, here, (since, wait))).await {
                     Ok(conn) => {
                         // The client waited for the check or the login too.
                         (now, waited) = (Instant::now(), true);
@@ -579,7 +582,7 @@ impl Pool {
         loop {
             let conn = {
                 let mut idle = self.idle.lock().expect("pool lock");
-                let found = idle.pop_healthy(owner, now, self.settings.idle_timeout, self.idle_floor(0));
+                let found = idle.pop_healthy(owner, now, self.settings.idle_timeout, || self.idle_floor(0));
                 self.metrics.idle.set(idle.total as i64);
                 found?
             };
@@ -605,13 +608,12 @@ impl Pool {
     /// Its slot is still taken: the caller releases it afterwards.
     fn put_idle(&self, mut conn: Box<Pooled>, owner: usize, now: Instant) {
         conn.last_used = now;
-        conn.check_due = false;
         let mut idle = self.idle.lock().expect("pool lock");
         // Checked under the lock that `close` clears, so nothing slips in after it.
         if self.is_closed() {
             return;
         }
-        idle.push(conn, owner, now, self.settings.idle_timeout, self.idle_floor(1));
+        idle.push(conn, owner, now, self.settings.idle_timeout, || self.idle_floor(1));
         self.metrics.idle.set(idle.total as i64);
     }
 

@@ -27,14 +27,15 @@ impl Pool {
     /// cut) costs the client the check's time, never an error. At a cap
     /// (`max_db_connections`, `max_user_connections`), an idle connection of
     /// another pool under it is closed to make room, or the lease waits
-    /// (until `deadline`) for a close or for a connection of its own pool.
+    /// (`wait` from `since` in all) for a close or for a connection of its own pool.
     pub(super) async fn checked_or_new(
         &self,
         mut found: Option<Box<Pooled>>,
         owner: usize,
         here: usize,
-        deadline: Instant,
+        (since, wait): (Instant, Duration),
     ) -> Result<Box<Pooled>, PoolError> {
+        let deadline = since + wait;
         loop {
             while let Some(mut conn) = found {
                 if !self.check_due(&conn) {
@@ -43,7 +44,10 @@ impl Pool {
                 let timeout = self.target.connect_timeout.min(CHECK_TIMEOUT);
                 let _testing = Busy::new(&self.testing);
                 match conn.check_alive(timeout).await {
-                    Ok(()) => return Ok(conn),
+                    Ok(()) => {
+                        conn.check_due = false;
+                        return Ok(conn);
+                    }
                     Err(error) => {
                         let idle = conn.last_used.elapsed();
                         tracing::info!(pool = ?self.key, %error, ?idle, "closing an idle server connection that failed its check");
@@ -58,8 +62,7 @@ impl Pool {
             if !full.close_an_idle(self) {
                 let now = Instant::now();
                 if now >= deadline {
-                    let node = self.key.node.clone();
-                    return Err(PoolError::Capped { cap: full.kind.key(), limit: full.limit(), node });
+                    return Err(PoolError::Timeout { wait, cap: Some((full.kind.key(), full.limit())) });
                 }
                 full.closed_or(CAP_POLL.min(deadline - now)).await;
             }

@@ -25,7 +25,7 @@ const GRACE: Duration = Duration::from_secs(5);
 /// Every role of these tests logs in with this password.
 const PASSWORD: &str = "pool-controls";
 /// One role per test.
-const ROLES: [&str; 11] = [
+const ROLES: [&str; 12] = [
     "pc_lifetime",
     "pc_reload",
     "pc_killed",
@@ -37,6 +37,7 @@ const ROLES: [&str; 11] = [
     "pc_usersize",
     "pc_modes",
     "pc_reload_min",
+    "pc_capwait",
 ];
 
 /// The cluster, with this module's roles created once per binary.
@@ -492,5 +493,22 @@ async fn reload_applies_min_pool_size_and_caps_without_dropping_clients() {
     assert!(pids.contains(&first.parse().unwrap()), "the connection it had before the reload stays: {pids:?}");
     let again = app.context().pools.all().into_iter().find(|p| p.key.user == role).expect("the role's pool");
     assert!(std::sync::Arc::ptr_eq(&pool, &again), "the same pool, not a renewed one");
+    app.shutdown(GRACE).await;
+}
+
+#[tokio::test]
+async fn a_client_that_waits_in_vain_at_a_cap_is_told_which() {
+    let cluster = prepared();
+    let role = "pc_capwait";
+    let pool = "default_pool_size = 4\nmax_db_connections = 1\nquery_wait_timeout = \"1s\"";
+    let app = start(cluster, pool, role).await;
+    let holder = connect(&app, role).await;
+    holder.batch_execute("begin").await.unwrap();
+    let waiter = connect(&app, role).await;
+    let err = waiter.simple_query("select 1").await.expect_err("the one connection the cap allows is taken");
+    assert_eq!(relay::sqlstate(&err), "08006", "{err:?}");
+    let message = relay::message(&err);
+    assert!(message.contains("max_db_connections = 1 reached"), "{message}");
+    holder.batch_execute("commit").await.unwrap();
     app.shutdown(GRACE).await;
 }
