@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::Notify;
 
-use super::{Pool, Waiting};
+use super::{Pool, Tally};
 
 /// What a cap is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -115,7 +115,7 @@ impl Cap {
         let closed = self.closed.notified();
         tokio::pin!(closed);
         closed.as_mut().enable();
-        let _waiting = Waiting::new(&self.waiting);
+        let _waiting = Tally::new(&self.waiting);
         tokio::select! {
             _ = closed => {}
             _ = tokio::time::sleep(poll) => {}

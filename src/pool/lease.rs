@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::{Busy, Pool, Pooled};
+use super::{Pool, Pooled, Tally};
 use crate::backend::ServerConn;
 use crate::config::PoolMode;
 
@@ -121,7 +121,7 @@ impl Drop for Lease {
             // The connection goes back idle (or is closed) before its slot
             // is free, so the pool never has more connections than its size.
             let cancels_done = !cancelled || {
-                let _held = Busy::new(&pool.being_canceled);
+                let _held = Tally::new(&pool.being_canceled);
                 wait_for_cancels(&conn).await
             };
             if !cancels_done {
@@ -130,7 +130,7 @@ impl Drop for Lease {
                 drop(conn);
             } else {
                 let reset = {
-                    let _testing = Busy::new(&pool.testing);
+                    let _testing = Tally::new(&pool.testing);
                     pool.reset(conn, discard).await
                 };
                 if let Some(conn) = reset {

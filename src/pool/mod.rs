@@ -148,34 +148,19 @@ fn lifetime_turn(lifetime: Duration, size: usize, since_last: Option<Duration>) 
     since_last.is_none_or(|since| since >= gap)
 }
 
-/// Counts a slot's connection as logging in, being checked or reset, or
-/// held back for a cancel (SHOW POOLS) while it lives.
-struct Busy<'a>(&'a AtomicUsize);
+/// Counts one of something in `count` while it lives: a client waiting in
+/// its worker's share (or at a cap), or a slot's connection logging in,
+/// being checked or reset, or held back for a cancel (SHOW POOLS).
+struct Tally<'a>(&'a AtomicUsize);
 
-impl<'a> Busy<'a> {
-    fn new(count: &'a AtomicUsize) -> Busy<'a> {
-        count.fetch_add(1, Ordering::Relaxed);
-        Busy(count)
-    }
-}
-
-impl Drop for Busy<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Counts a waiting client in its worker's share (or a cap) while it lives.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn new(count: &'a AtomicUsize) -> Waiting<'a> {
+impl<'a> Tally<'a> {
+    fn new(count: &'a AtomicUsize) -> Tally<'a> {
         count.fetch_add(1, Ordering::SeqCst);
-        Waiting(count)
+        Tally(count)
     }
 }
 
-impl Drop for Waiting<'_> {
+impl Drop for Tally<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
@@ -502,7 +487,7 @@ impl Pool {
     /// none of its own clients waits (then borrowed).
     async fn wait_for_slot(&self, here: usize) -> Result<(OwnedSemaphorePermit, usize), PoolError> {
         let share = &self.shares[here];
-        let _waiting = Waiting::new(&share.waiting);
+        let _waiting = Tally::new(&share.waiting);
         if self.workers > 1 && share.size.load(Ordering::Relaxed) > 0 {
             let own = tokio::time::timeout(BORROW_DEFERRAL, share.permits.clone().acquire_owned());
             if let Ok(permit) = own.await {

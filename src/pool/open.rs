@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::caps::{Cap, Counted};
-use super::{Busy, Pool, PoolError, Pooled};
+use super::{Pool, PoolError, Pooled, Tally};
 use crate::backend::{BackendError, ServerConn};
 
 /// The longest an idle connection's check (`server_check_delay`) may take
@@ -42,7 +42,7 @@ impl Pool {
                     return Ok(conn);
                 }
                 let timeout = self.target.connect_timeout.min(CHECK_TIMEOUT);
-                let _testing = Busy::new(&self.testing);
+                let _testing = Tally::new(&self.testing);
                 match conn.check_alive(timeout).await {
                     Ok(()) => {
                         conn.check_due = false;
@@ -79,7 +79,7 @@ impl Pool {
 
     /// Opens a new connection (the caller holds a slot for it, and its places under the caps).
     pub(super) async fn connect(&self, counted: Counted) -> Result<Box<Pooled>, PoolError> {
-        let _login = Busy::new(&self.logging_in);
+        let _login = Tally::new(&self.logging_in);
         let conn = match ServerConn::connect(&self.target).await {
             Ok(conn) => conn,
             Err(e) => {
