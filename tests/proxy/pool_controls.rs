@@ -25,7 +25,7 @@ const GRACE: Duration = Duration::from_secs(5);
 /// Every role of these tests logs in with this password.
 const PASSWORD: &str = "pool-controls";
 /// One role per test.
-const ROLES: [&str; 11] = [
+const ROLES: [&str; 12] = [
     "pc_lifetime",
     "pc_reload",
     "pc_killed",
@@ -37,6 +37,7 @@ const ROLES: [&str; 11] = [
     "pc_usersize",
     "pc_modes",
     "pc_reload_min",
+    "pc_capwait",
 ];
 
 /// The cluster, with this module's roles created once per binary.
@@ -132,8 +133,9 @@ async fn server_lifetime_replaces_a_connection_when_its_transaction_ends() {
     let observer = observer(cluster).await;
     let client = connect(&app, role).await;
     let first = backend_pid(&client).await;
-    // A transaction that outlives server_lifetime keeps its connection to its end.
-    client.batch_execute("begin; select pg_sleep(1.2)").await.unwrap();
+    // A transaction that outlives server_lifetime keeps its connection to its
+    // end (the janitor, a few times a second, marks the connection as old).
+    client.batch_execute("begin; select pg_sleep(1.5)").await.unwrap();
     assert_eq!(backend_pid(&client).await, first, "the same server connection until the transaction ends");
     client.batch_execute("commit").await.unwrap();
     let second = backend_pid(&client).await;
@@ -194,7 +196,7 @@ async fn a_connection_cut_off_while_idle_is_replaced_after_its_check_times_out()
     let role = "pc_cut";
     let primary = cluster.primary().port;
     let cut = Cutter::start(primary).await;
-    let text = config_text(cluster, "default_pool_size = 1\nserver_check_delay = \"0\"", role);
+    let text = config_text(cluster, "default_pool_size = 1\nserver_check_delay = \"300ms\"", role);
     let direct = format!("port = {primary}\nrole = \"primary\"");
     assert!(text.contains(&direct), "the primary's entry: {text}");
     let text = text.replace(&direct, &format!("port = {}\nrole = \"primary\"", cut.port));
@@ -202,8 +204,11 @@ async fn a_connection_cut_off_while_idle_is_replaced_after_its_check_times_out()
     let client = connect(&app, role).await;
     let first = backend_pid(&client).await;
     assert_eq!(backend_pid(&client).await, first, "reused while it answers");
-    // The network between pgrelay and the server goes silent: no FIN, no RST, no answer.
+    // The network between pgrelay and the server goes silent: no FIN, no RST,
+    // no answer; and the connection stays idle past server_check_delay (and
+    // the janitor's next look at it).
     cut.cut();
+    tokio::time::sleep(Duration::from_millis(800)).await;
     let started = Instant::now();
     let second = backend_pid(&client).await;
     assert_ne!(second, first, "a new server connection");
@@ -488,5 +493,22 @@ async fn reload_applies_min_pool_size_and_caps_without_dropping_clients() {
     assert!(pids.contains(&first.parse().unwrap()), "the connection it had before the reload stays: {pids:?}");
     let again = app.context().pools.all().into_iter().find(|p| p.key.user == role).expect("the role's pool");
     assert!(std::sync::Arc::ptr_eq(&pool, &again), "the same pool, not a renewed one");
+    app.shutdown(GRACE).await;
+}
+
+#[tokio::test]
+async fn a_client_that_waits_in_vain_at_a_cap_is_told_which() {
+    let cluster = prepared();
+    let role = "pc_capwait";
+    let pool = "default_pool_size = 4\nmax_db_connections = 1\nquery_wait_timeout = \"1s\"";
+    let app = start(cluster, pool, role).await;
+    let holder = connect(&app, role).await;
+    holder.batch_execute("begin").await.unwrap();
+    let waiter = connect(&app, role).await;
+    let err = waiter.simple_query("select 1").await.expect_err("the one connection the cap allows is taken");
+    assert_eq!(relay::sqlstate(&err), "08006", "{err:?}");
+    let message = relay::message(&err);
+    assert!(message.contains("max_db_connections = 1 reached"), "{message}");
+    holder.batch_execute("commit").await.unwrap();
     app.shutdown(GRACE).await;
 }
