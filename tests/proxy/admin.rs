@@ -275,10 +275,10 @@ async fn reload_applies_a_good_file_and_refuses_a_broken_one() {
     let app = App::start_from(&file.0).await.expect("pgrelay starts from a file");
     let console = admin(&app).await;
     let client = relay::connect(app.rw_addr).await;
-    std::fs::write(&file.0, config_text("default_pool_size = 6")).expect("rewrite config");
+    file.write(&config_text("default_pool_size = 6"));
     console.simple_query("RELOAD").await.expect("RELOAD of a valid file");
     assert_eq!(cell(&console, "SHOW CONFIG", &["pool.default_pool_size"], "value").await.as_deref(), Some("6"));
-    std::fs::write(&file.0, "[pool\n").expect("break config");
+    file.write("[pool\n");
     let error = console.simple_query("RELOAD;").await.expect_err("RELOAD of a broken file");
     assert_eq!(relay::sqlstate(&error), "F0000", "{}", relay::message(&error));
     assert!(relay::message(&error).contains(&file.0.display().to_string()), "{}", relay::message(&error));
