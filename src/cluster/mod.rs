@@ -203,13 +203,13 @@ impl Topology {
     }
 
     /// Whether routing would decide differently between the two snapshots
-    /// (lag figures alone do not count).
+    /// (lag figures alone do not count; sync states do, for `prefer`).
     pub fn routes_like(&self, other: &Topology) -> bool {
         self.primary == other.primary
             && self.read_set == other.read_set
             && self.no_primary_reason == other.no_primary_reason
             && self.split_brain == other.split_brain
-            && self.nodes.iter().zip(&other.nodes).all(|(a, b)| a.role == b.role)
+            && self.nodes.iter().zip(&other.nodes).all(|(a, b)| a.role == b.role && a.sync_state == b.sync_state)
     }
 
     /// Why no replica may serve reads: one clause per node that is not the primary.
