@@ -37,12 +37,14 @@ async fn sync_standby_is_identified_preferred_and_read_your_writes_under_remote_
     // pgrelay starts after the reload took effect, so every server connection it opens has it.
     common::wait_for("the primary applies remote_apply and names pg1 synchronous", BOUND, || {
         let setting = psql(&cluster, pg0, "show synchronous_commit");
-        let sync = psql(
-            &cluster,
-            pg0,
-            "select string_agg(application_name || '=' || sync_state, ',' order by 1) from pg_stat_replication",
-        );
-        (setting.trim() == "remote_apply" && sync.trim() == "pg1=sync,pg2=async").then_some(())
+        let states = "select string_agg(application_name || '=' || sync_state, ',' order by application_name) \
+                      from pg_stat_replication";
+        let sync = psql(&cluster, pg0, states);
+        let ready = setting.trim() == "remote_apply" && sync.trim() == "pg1=sync,pg2=async";
+        if !ready {
+            println!("waiting: synchronous_commit = {setting:?}, pg_stat_replication: {sync:?}");
+        }
+        ready.then_some(())
     })
     .await;
 
