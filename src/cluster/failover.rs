@@ -219,33 +219,10 @@ fn see_new_primary(outage: &mut Outage, next: Option<&str>, now: Stamp) -> bool 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::NodeStatus;
 
     /// pg0..pg2 with `roles` (None: unreachable) and `primary`.
     fn topology(roles: [Option<Role>; 3], primary: Option<usize>) -> Topology {
-        let nodes = roles
-            .iter()
-            .enumerate()
-            .map(|(i, role)| NodeStatus {
-                name: format!("pg{i}"),
-                host: "127.0.0.1".into(),
-                port: 6000 + i as u16,
-                role: *role,
-                lag_bytes: None,
-                lag: None,
-                excluded: None,
-                application_name: format!("pg{i}"),
-                sync_state: super::super::SyncState::Unknown,
-            })
-            .collect();
-        Topology {
-            nodes,
-            primary,
-            read_set: Vec::new(),
-            no_primary_reason: None,
-            split_brain: false,
-            synchronous_standby_names: None,
-        }
+        Topology::with_roles(&roles, primary, &[])
     }
 
     const P: Option<Role> = Some(Role::Primary);

@@ -231,6 +231,36 @@ impl Topology {
     }
 }
 
+#[cfg(test)]
+impl Topology {
+    /// Nodes pg0, pg1, ... on ports 6000 and up with `roles`, nothing else known.
+    pub(crate) fn with_roles(roles: &[Option<Role>], primary: Option<usize>, read_set: &[usize]) -> Topology {
+        let nodes = roles
+            .iter()
+            .enumerate()
+            .map(|(i, role)| NodeStatus {
+                name: format!("pg{i}"),
+                host: "127.0.0.1".into(),
+                port: 6000 + i as u16,
+                role: *role,
+                lag_bytes: None,
+                lag: None,
+                excluded: None,
+                application_name: format!("pg{i}"),
+                sync_state: SyncState::Unknown,
+            })
+            .collect();
+        Topology {
+            nodes,
+            primary,
+            read_set: read_set.to_vec(),
+            no_primary_reason: primary.is_none().then(|| "down".into()),
+            split_brain: false,
+            synchronous_standby_names: None,
+        }
+    }
+}
+
 /// What [`ClusterView::wait_for`] does after a snapshot did not do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Wait<E> {

@@ -3,30 +3,7 @@ use crate::cluster::{NodeStatus, SyncState, Topology};
 use crate::config::{Prefer, Role};
 
 fn topology(roles: &[Option<Role>], read_set: &[usize]) -> Topology {
-    let nodes = roles
-        .iter()
-        .enumerate()
-        .map(|(i, role)| NodeStatus {
-            name: format!("pg{i}"),
-            host: "127.0.0.1".into(),
-            port: 6000 + i as u16,
-            role: *role,
-            lag_bytes: None,
-            lag: None,
-            excluded: None,
-            application_name: format!("pg{i}"),
-            sync_state: SyncState::Unknown,
-        })
-        .collect::<Vec<_>>();
-    let primary = roles.iter().position(|r| *r == Some(Role::Primary));
-    Topology {
-        nodes,
-        primary,
-        read_set: read_set.to_vec(),
-        no_primary_reason: primary.is_none().then(|| "down".into()),
-        split_brain: false,
-        synchronous_standby_names: None,
-    }
+    Topology::with_roles(roles, roles.iter().position(|r| *r == Some(Role::Primary)), read_set)
 }
 
 #[test]
