@@ -19,7 +19,8 @@ const KEPT_PERIODS: usize = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailoverKind {
     /// It stopped answering its checks (a crash, a network cut, or a stop
-    /// before a replica was promoted: pgrelay cannot tell those apart).
+    /// before a replica was promoted, as `patronictl switchover` does:
+    /// pgrelay cannot tell those apart).
     Unplanned,
     /// It was still answering: seen back in recovery (demoted), or another
     /// node was elected while it ran (Patroni moved the leader key).
