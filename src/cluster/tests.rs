@@ -431,6 +431,10 @@ fn a_reload_keeps_what_is_known_about_unchanged_nodes() {
     assert_eq!(rebased.read_set, [0], "pg2 keeps serving reads; the new pg3 waits for a check");
     assert_eq!(rebased.nodes[1].excluded.as_deref(), Some("not checked yet"));
     assert_eq!(rebased.nodes[0], known.nodes[2]);
+    // A new application_name applies at once (the next monitors match by it).
+    let renamed = crate::config::Node { application_name: "member-2".into(), ..node("pg2", 6002) };
+    let rebased = known.rebased(&[renamed]);
+    assert_eq!((rebased.nodes[0].application_name.as_str(), rebased.read_set.as_slice()), ("member-2", &[0][..]));
 
     // A node that kept its name but moved is a new node.
     let moved = known.rebased(&[node("pg0", 7000), node("pg2", 6002)]);
