@@ -28,7 +28,8 @@ const CLIENTS: &str = "type|user|database|state|addr|port|local_addr|local_port|
 const DATABASES: &str = "name|host|port|database|force_user|pool_size|min_pool_size|reserve_pool|pool_mode|\
                          max_connections|current_connections|paused|disabled";
 const CONFIG: &str = "key|value|default|changeable";
-const NODES: &str = "name|host|port|role|reachable|lag_bytes|lag_seconds|in_read_set|excluded_reason";
+const NODES: &str =
+    "name|host|port|role|reachable|lag_bytes|lag_seconds|in_read_set|excluded_reason|sync_state|application_name";
 
 /// `app` may run everything, `app_md5` only SHOW; `app_trust` neither.
 const ADMIN_SECTION: &str = "\n[admin]\nadmin_users = [\"app\"]\nstats_users = [\"app_md5\"]\n";

@@ -17,3 +17,4 @@ mod patroni;
 mod replicas;
 mod split_brain;
 mod switchover;
+mod sync;
