@@ -16,7 +16,7 @@ use criterion::{criterion_group, Criterion, Throughput};
 
 use pgrelay::backend::{Expect, Origin, Tracker, Verdict};
 use pgrelay::cluster::{NodeStatus, Topology};
-use pgrelay::config::{Config, RoFallback};
+use pgrelay::config::{Config, Prefer, RoFallback};
 use pgrelay::router::{route, session_state_effect, ListenerKind, RouteInput};
 use pgrelay::wire::Frame;
 
@@ -194,7 +194,7 @@ fn bench_route(c: &mut Criterion) {
         group.bench_function(listener.as_str(), |b| {
             b.iter(|| {
                 turn = turn.wrapping_add(1);
-                let input = RouteInput { listener, turn, load: &load };
+                let input = RouteInput { listener, turn, load: &load, prefer: Prefer::Any };
                 route(black_box(input), RoFallback::Primary, black_box(&topology))
             })
         });

@@ -6,6 +6,7 @@
 //! Each pool's queries, transactions and waits are counted per worker
 //! ([`traffic`]); SHOW STATS' averages are kept by [`periods`].
 
+pub mod failovers;
 pub mod periods;
 pub mod traffic;
 
@@ -47,7 +48,11 @@ pub struct Metrics {
     pub node_in_read_set: IntGaugeVec,
     pub node_lag_bytes: IntGaugeVec,
     pub node_lag_seconds: prometheus::GaugeVec,
+    /// Each replica's sync_state on the primary, as a number (see its help).
+    pub node_sync_state: IntGaugeVec,
     pub primary_changes: IntCounter,
+    /// Periods without a writable primary, and failovers by kind.
+    pub failovers: failovers::FailoverMetrics,
     pub split_brain: IntGauge,
     pub config_reloads: IntCounterVec,
     /// `[auth]` user lookups by result: found, not_found, error, and
@@ -195,9 +200,24 @@ impl Metrics {
                     &["node"]
                 )
             ),
+            node_sync_state: register!(
+                r,
+                IntGaugeVec::new(
+                    opts(
+                        "pgrelay_node_sync_state",
+                        "The replica's sync_state on the primary: 4 sync, 3 quorum, 2 potential, 1 async, 0 unknown \
+                         (or the node is no replica)."
+                    ),
+                    &["node"]
+                )
+            ),
             primary_changes: register!(
                 r,
                 IntCounter::with_opts(opts("pgrelay_primary_changes_total", "Times the primary changed."))
+            ),
+            failovers: failovers::FailoverMetrics::register(
+                &r,
+                &crate::cluster::failover::FailoverKind::ALL.map(|kind| kind.as_str()),
             ),
             split_brain: register!(
                 r,
@@ -346,6 +366,11 @@ impl Metrics {
             let lag_bytes = node.lag_bytes.map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX));
             self.node_lag_bytes.with_label_values(&name).set(lag_bytes);
             self.node_lag_seconds.with_label_values(&name).set(node.lag.map_or(0.0, |d| d.as_secs_f64()));
+            let sync_state = match node.role {
+                Some(crate::config::Role::Replica) => i64::from(node.sync_state.rank()),
+                _ => 0,
+            };
+            self.node_sync_state.with_label_values(&name).set(sync_state);
         }
         self.split_brain.set(i64::from(topology.split_brain));
     }

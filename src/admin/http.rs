@@ -23,8 +23,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::failover::{FailoverClock, Outage, Stamp};
 use crate::cluster::{ClusterView, Topology};
 use crate::config::Role;
+use crate::metrics::failovers::FailoverFigures;
 use crate::metrics::Metrics;
 
 /// What the endpoints read.
@@ -112,6 +114,7 @@ fn respond(state: &HttpState, request: &Request<Incoming>) -> Response<Full<Byte
         "/metrics" => {
             state.metrics.observe_topology(&state.cluster.load());
             state.metrics.observe_primary_changes(state.cluster.primary_changes());
+            state.metrics.failovers.update(&failover_figures(&state.cluster.failovers()));
             reply(StatusCode::OK, "text/plain; version=0.0.4", state.metrics.render())
         }
         "/livez" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
@@ -120,7 +123,9 @@ fn respond(state: &HttpState, request: &Request<Incoming>) -> Response<Full<Byte
             Err(reason) => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {reason}\n")),
         },
         "/topology" => {
-            let body = serde_json::to_string_pretty(&topology_json(&state.cluster.load())).expect("JSON value");
+            let mut topology = topology_json(&state.cluster.load());
+            topology["last_failover"] = state.cluster.failovers().latest().map_or(Value::Null, outage_json);
+            let body = serde_json::to_string_pretty(&topology).expect("JSON value");
             reply(StatusCode::OK, "application/json", body + "\n")
         }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics /livez /readyz /topology\n".into()),
@@ -157,6 +162,8 @@ pub fn topology_json(topology: &Topology) -> Value {
                 "lag_bytes": node.lag_bytes,
                 "lag_seconds": node.lag.map(|d| d.as_secs_f64()),
                 "excluded": node.excluded,
+                "application_name": node.application_name,
+                "sync_state": (node.role == Some(Role::Replica)).then(|| node.sync_state.as_str()),
             })
         })
         .collect();
@@ -164,6 +171,44 @@ pub fn topology_json(topology: &Topology) -> Value {
         "primary": topology.primary.map(|i| topology.nodes[i].name.clone()),
         "no_primary_reason": topology.no_primary_reason,
         "split_brain": topology.split_brain,
+        "synchronous_standby_names": topology.synchronous_standby_names,
         "nodes": nodes,
+    })
+}
+
+/// The clock's figures as the metrics take them.
+fn failover_figures(clock: &FailoverClock) -> FailoverFigures {
+    let (periods, recent) = clock.periods();
+    FailoverFigures {
+        periods,
+        recent: recent.collect(),
+        current: clock.current(std::time::Instant::now()),
+        failovers: clock.failovers().map(|(kind, count)| (kind.as_str(), count)).collect(),
+    }
+}
+
+/// The open or last period without a writable primary: each step with its
+/// time (RFC 3339, UTC) and its distance in seconds from the period's start
+/// (the old primary's last successful check).
+pub fn outage_json(outage: &Outage) -> Value {
+    let start = outage.last_seen;
+    let step = |stamp: Option<Stamp>| match stamp {
+        Some(stamp) => json!({
+            "at": humantime::format_rfc3339_millis(stamp.wall).to_string(),
+            "seconds": stamp.at.saturating_duration_since(start.at).as_secs_f64(),
+        }),
+        None => Value::Null,
+    };
+    json!({
+        "kind": outage.kind.as_str(),
+        "lost_primary": outage.lost_primary,
+        "new_primary": outage.new_primary.as_ref().map(|(name, _)| name),
+        "primary_changed": outage.changed_primary(),
+        "last_seen_as_primary": step(Some(start)),
+        "lost": step(Some(outage.lost_at)),
+        "new_primary_seen": step(outage.new_primary.as_ref().map(|(_, seen)| *seen)),
+        "first_write_routed": step(outage.first_write),
+        "ongoing": outage.first_write.is_none(),
+        "unavailable_seconds": outage.duration(std::time::Instant::now()).as_secs_f64(),
     })
 }

@@ -1,8 +1,9 @@
 //! The pools' upkeep in the background, PgBouncer's janitor: a few times a
 //! second it gives every (database, user) that has had a pool on the
 //! primary a pool on the current one (`min_pool_size`, also right after a
-//! failover), opens connections up to `min_pool_size` in every pool, and
-//! closes idle connections past `server_lifetime`. It rests while pgrelay
+//! failover), opens connections up to `min_pool_size` in every pool,
+//! marks the connections past `server_lifetime` (closing the idle ones) and
+//! the idle ones due a check (`server_check_delay`). It rests while pgrelay
 //! is paused or draining.
 
 use std::sync::Arc;
@@ -47,7 +48,7 @@ fn upkeep(ctx: &Arc<Context>, opening: &Arc<Semaphore>) {
     }
     let now = Instant::now();
     for pool in ctx.pools.all() {
-        pool.close_aged_idle(now);
+        pool.tend(now);
         for _ in 0..pool.fill_wanted(now) {
             let Ok(permit) = opening.clone().try_acquire_owned() else { return };
             let Some(open) = pool.fill_one() else { break };

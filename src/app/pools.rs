@@ -19,6 +19,9 @@ impl Context {
         let fits = |pool: &Pool| pool.target().credentials.server.same_secret(&user.server);
         self.pools.get_fitting((&node.name, &database.name, &user.name), fits, || {
             let config = self.config();
+            // The database as configured now: a client that logged in before
+            // a reload must not make the pool with the entry it logged in with.
+            let database = config.databases.iter().find(|d| d.name == database.name).unwrap_or(database);
             if node.role == Some(Role::Primary) {
                 self.pools.remember_primary_pair(&database.name, user);
             }

@@ -12,11 +12,11 @@ use std::fmt;
 use std::time::Duration;
 
 use super::patroni::PatroniView;
-use super::{NodeStatus, Topology};
+use super::{NodeStatus, SyncState, Topology};
 use crate::config::Role;
 
 /// What one check of a node saw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Probe {
     pub in_recovery: bool,
     /// `pg_current_wal_lsn()` on a primary, `pg_last_wal_replay_lsn()` on a replica.
@@ -25,6 +25,11 @@ pub struct Probe {
     pub replay_micros: Option<i64>,
     /// The server's `now()`, microseconds since the Unix epoch.
     pub now_micros: i64,
+    /// `pg_stat_replication` (application_name, sync_state): the standbys
+    /// streaming from this node; empty on a replica without cascading ones.
+    pub standbys: Vec<(String, SyncState)>,
+    /// This node's `synchronous_standby_names`.
+    pub synchronous_standby_names: String,
 }
 
 /// The latest result of checking one node.
@@ -138,6 +143,14 @@ pub fn measure_lag(replica: &Probe, primary: &Probe) -> Lag {
         _ => Some(Duration::ZERO),
     };
     Lag { bytes: Some(bytes), time }
+}
+
+/// What the primary says of the standby streaming as `application_name`.
+/// Two walsenders under one name (a standby reconnecting) count as the
+/// most synchronous of them, as PostgreSQL itself picks among equals.
+pub fn sync_state(application_name: &str, primary: &Probe) -> SyncState {
+    let listed = primary.standbys.iter().filter(|(name, _)| name == application_name).map(|(_, state)| *state);
+    listed.max_by_key(|state| state.rank()).unwrap_or(SyncState::Unknown)
 }
 
 /// Why a node may not serve reads, as of one check.
@@ -293,10 +306,10 @@ impl ClusterState {
     pub fn observe(&mut self, node: usize, observation: Observation) {
         self.observations[node] = observation;
         let primary = match self.election() {
-            Election::Primary(p) => self.observations[p].probe().copied(),
+            Election::Primary(p) => self.observations[p].probe(),
             _ => None,
         };
-        let verdict = check_replica(&self.observations[node], primary.as_ref(), self.limits);
+        let verdict = check_replica(&self.observations[node], primary, self.limits);
         self.membership[node] = self.membership[node].next(verdict.is_ok(), self.hysteresis);
         self.last_check[node] = verdict;
     }
@@ -323,7 +336,8 @@ impl ClusterState {
             Election::NoPrimary(why) => (Some(why.clone()), false),
             Election::SplitBrain(claimants) => (Some(split_brain_reason(&self.names, claimants)), true),
         };
-        Topology { nodes, primary, read_set, no_primary_reason, split_brain }
+        let synchronous_standby_names = primary_probe.map(|p| p.synchronous_standby_names.clone());
+        Topology { nodes, primary, read_set, no_primary_reason, split_brain, synchronous_standby_names }
     }
 
     fn node_status(
@@ -356,7 +370,11 @@ impl ClusterState {
                 (Membership::Unknown, Ok(())) => Some(Exclusion::NotChecked.to_string()),
             }
         };
-        NodeStatus { role, lag_bytes: lag.bytes, lag: lag.time, excluded, ..base.clone() }
+        let sync_state = match (probe, primary_probe) {
+            (Some(replica), Some(primary)) if replica.in_recovery => sync_state(&base.application_name, primary),
+            _ => SyncState::Unknown,
+        };
+        NodeStatus { role, lag_bytes: lag.bytes, lag: lag.time, excluded, sync_state, ..base.clone() }
     }
 }
 

@@ -7,12 +7,13 @@
 //! Patroni's leader key (`patroni`) decides the primary on top of that.
 
 pub mod decide;
+pub mod failover;
 pub mod monitor;
 pub mod patroni;
 #[cfg(test)]
 mod tests;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::config::{Config, Role};
+use failover::{FailoverClock, Stamp};
 
 /// One node's address and what is known about it.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +37,10 @@ pub struct NodeStatus {
     pub lag: Option<Duration>,
     /// Why a node that is not the primary is not in the read set.
     pub excluded: Option<String>,
+    /// The name the primary lists this standby under (`[[nodes]] application_name`).
+    pub application_name: String,
+    /// This standby's `sync_state` on the primary.
+    pub sync_state: SyncState,
 }
 
 impl NodeStatus {
@@ -47,7 +53,67 @@ impl NodeStatus {
             lag_bytes: None,
             lag: None,
             excluded: None,
+            application_name: node.application_name.clone(),
+            sync_state: SyncState::Unknown,
         }
+    }
+}
+
+/// A standby's `pg_stat_replication.sync_state` as the primary reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncState {
+    /// A synchronous standby (`FIRST n` or a plain list in `synchronous_standby_names`).
+    Sync,
+    /// A candidate of `ANY n (...)`: a commit waits for n of them.
+    Quorum,
+    /// Listed, and would become synchronous if a synchronous one left.
+    Potential,
+    Async,
+    /// Not listed by the primary (not streaming, no primary known, the
+    /// monitor user may not read it), or the node is the primary.
+    Unknown,
+}
+
+impl SyncState {
+    pub fn parse(text: &str) -> SyncState {
+        match text {
+            "sync" => SyncState::Sync,
+            "quorum" => SyncState::Quorum,
+            "potential" => SyncState::Potential,
+            "async" => SyncState::Async,
+            _ => SyncState::Unknown,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncState::Sync => "sync",
+            SyncState::Quorum => "quorum",
+            SyncState::Potential => "potential",
+            SyncState::Async => "async",
+            SyncState::Unknown => "unknown",
+        }
+    }
+
+    /// How synchronous: 4 sync, 3 quorum, 2 potential, 1 async, 0 unknown.
+    pub fn rank(self) -> u8 {
+        match self {
+            SyncState::Sync => 4,
+            SyncState::Quorum => 3,
+            SyncState::Potential => 2,
+            SyncState::Async => 1,
+            SyncState::Unknown => 0,
+        }
+    }
+
+    /// A commit on the primary waits for this standby (alone or in a quorum).
+    pub fn is_synchronous(self) -> bool {
+        matches!(self, SyncState::Sync | SyncState::Quorum)
+    }
+
+    /// A commit on the primary does not wait for this standby now.
+    pub fn is_asynchronous(self) -> bool {
+        matches!(self, SyncState::Async | SyncState::Potential)
     }
 }
 
@@ -63,6 +129,8 @@ pub struct Topology {
     pub no_primary_reason: Option<String>,
     /// Two or more nodes claim to be the primary: writes are refused, not delayed.
     pub split_brain: bool,
+    /// The primary's `synchronous_standby_names`, once it has been checked.
+    pub synchronous_standby_names: Option<String>,
 }
 
 impl Topology {
@@ -72,7 +140,7 @@ impl Topology {
         let primary = nodes.iter().position(|n| n.role == Some(Role::Primary));
         let read_set = (0..nodes.len()).filter(|&i| nodes[i].role == Some(Role::Replica)).collect();
         let no_primary_reason = primary.is_none().then(|| "no node has role = \"primary\"".to_owned());
-        Topology { nodes, primary, read_set, no_primary_reason, split_brain: false }
+        Topology { nodes, primary, read_set, no_primary_reason, split_brain: false, synchronous_standby_names: None }
     }
 
     /// The topology before any monitor has reported: nothing is known yet.
@@ -88,6 +156,7 @@ impl Topology {
             read_set: Vec::new(),
             no_primary_reason: Some("no node has been checked yet".to_owned()),
             split_brain: false,
+            synchronous_standby_names: None,
         }
     }
 
@@ -106,7 +175,7 @@ impl Topology {
                         if self.primary == Some(old) {
                             primary = Some(i);
                         }
-                        self.nodes[old].clone()
+                        NodeStatus { application_name: node.application_name.clone(), ..self.nodes[old].clone() }
                     }
                     None => NodeStatus {
                         role: None,
@@ -129,17 +198,18 @@ impl Topology {
             read_set,
             no_primary_reason,
             split_brain: self.split_brain && primary.is_none(),
+            synchronous_standby_names: primary.and(self.synchronous_standby_names.clone()),
         }
     }
 
     /// Whether routing would decide differently between the two snapshots
-    /// (lag figures alone do not count).
+    /// (lag figures alone do not count; sync states do, for `prefer`).
     pub fn routes_like(&self, other: &Topology) -> bool {
         self.primary == other.primary
             && self.read_set == other.read_set
             && self.no_primary_reason == other.no_primary_reason
             && self.split_brain == other.split_brain
-            && self.nodes.iter().zip(&other.nodes).all(|(a, b)| a.role == b.role)
+            && self.nodes.iter().zip(&other.nodes).all(|(a, b)| a.role == b.role && a.sync_state == b.sync_state)
     }
 
     /// Why no replica may serve reads: one clause per node that is not the primary.
@@ -158,6 +228,36 @@ impl Topology {
             .filter_map(|(_, n)| n.excluded.as_ref().map(|why| format!("{}: {why}", n.name)))
             .collect();
         (!reasons.is_empty()).then(|| reasons.join("; "))
+    }
+}
+
+#[cfg(test)]
+impl Topology {
+    /// Nodes pg0, pg1, ... on ports 6000 and up with `roles`, nothing else known.
+    pub(crate) fn with_roles(roles: &[Option<Role>], primary: Option<usize>, read_set: &[usize]) -> Topology {
+        let nodes = roles
+            .iter()
+            .enumerate()
+            .map(|(i, role)| NodeStatus {
+                name: format!("pg{i}"),
+                host: "127.0.0.1".into(),
+                port: 6000 + i as u16,
+                role: *role,
+                lag_bytes: None,
+                lag: None,
+                excluded: None,
+                application_name: format!("pg{i}"),
+                sync_state: SyncState::Unknown,
+            })
+            .collect();
+        Topology {
+            nodes,
+            primary,
+            read_set: read_set.to_vec(),
+            no_primary_reason: primary.is_none().then(|| "down".into()),
+            split_brain: false,
+            synchronous_standby_names: None,
+        }
     }
 }
 
@@ -182,6 +282,11 @@ pub struct ClusterView {
     /// Times the primary was another node than the last one seen (a
     /// primary that comes back after an outage is no change).
     primary_changes: AtomicU64,
+    /// Periods without a writable primary, and failovers.
+    failovers: Mutex<FailoverClock>,
+    /// Mirrors the clock's `awaiting_first_write`, so a read-write checkout
+    /// pays one atomic load for the "first write" hook.
+    awaiting_first_write: AtomicBool,
 }
 
 impl ClusterView {
@@ -193,6 +298,8 @@ impl ClusterView {
             changes: watch::Sender::new(0),
             last_primary: Mutex::new(None),
             primary_changes: AtomicU64::new(0),
+            failovers: Mutex::default(),
+            awaiting_first_write: AtomicBool::new(false),
         }
     }
 
@@ -222,9 +329,49 @@ impl ClusterView {
                 *last = Some(primary.clone());
             }
         }
+        self.update_failovers(|clock| clock.on_topology(&topology, Stamp::now()));
         self.current.store(Arc::new(topology));
         if routing_changed {
             self.changes.send_modify(|version| *version += 1);
+        }
+    }
+
+    /// Runs `update` on the failover clock, keeping the hook's flag in step.
+    fn update_failovers<T>(&self, update: impl FnOnce(&mut FailoverClock) -> T) -> T {
+        let mut clock = self.failovers.lock().expect("failover clock");
+        let result = update(&mut clock);
+        self.awaiting_first_write.store(clock.awaiting_first_write(), Ordering::Relaxed);
+        result
+    }
+
+    /// The failover clock as of now, for the metrics and `/topology`.
+    pub fn failovers(&self) -> FailoverClock {
+        self.failovers.lock().expect("failover clock").clone()
+    }
+
+    /// A monitor's check found `node` out of recovery: the latest sign of the primary.
+    pub fn primary_checked(&self, node: &str) {
+        self.update_failovers(|clock| clock.on_primary_checked(node, Stamp::now()));
+    }
+
+    /// Whether a period without a writable primary is open: then a
+    /// read-write transaction watches for its server's acceptance, to
+    /// report it with [`ClusterView::first_write`]. One relaxed load.
+    pub fn awaiting_first_write(&self) -> bool {
+        self.awaiting_first_write.load(Ordering::Relaxed)
+    }
+
+    /// A transaction routed to `node` (an index into the current snapshot)
+    /// was accepted by its server: ends the open period if `node` is the
+    /// primary that took over.
+    pub fn first_write(&self, node: usize) {
+        let topology = self.load();
+        if topology.primary != Some(node) {
+            return;
+        }
+        let name = &topology.nodes[node].name;
+        if self.update_failovers(|clock| clock.on_first_write(name, Stamp::now())) {
+            tracing::info!(primary = %name, "first write accepted by the new primary: writes are available again");
         }
     }
 

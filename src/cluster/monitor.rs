@@ -18,15 +18,20 @@ use tracing::Instrument as _;
 
 use super::decide::{ClusterState, Fencer, Hysteresis, LagLimits, Observation, Probe};
 use super::patroni::{self, PatroniView};
-use super::{ClusterView, Topology};
+use super::{ClusterView, SyncState, Topology};
 use crate::config::{connect_tokio_postgres, Config, Source};
 
 /// What a monitor asks each node. LSNs as byte positions (`lsn - '0/0'`),
 /// timestamps as microseconds since the epoch, so no date types are needed.
+/// The standbys streaming from the node come as one JSON array, so the list
+/// is one consistent read of `pg_stat_replication` (its sync_state is NULL
+/// to a user without pg_read_all_stats: such standbys read as unknown).
 const CHECK_SQL: &str = "select pg_is_in_recovery(), \
      (case when pg_is_in_recovery() then pg_last_wal_replay_lsn() else pg_current_wal_lsn() end - '0/0'::pg_lsn)::int8, \
      (extract(epoch from pg_last_xact_replay_timestamp()) * 1000000)::int8, \
-     (extract(epoch from now()) * 1000000)::int8";
+     (extract(epoch from now()) * 1000000)::int8, \
+     (select coalesce(json_agg(json_build_array(application_name, sync_state)), '[]') from pg_stat_replication)::text, \
+     current_setting('synchronous_standby_names')";
 
 /// The database the monitors log in to.
 const MONITOR_DATABASE: &str = "postgres";
@@ -42,6 +47,8 @@ enum CheckError {
     Timeout(Duration),
     #[error("negative WAL position")]
     BadLsn,
+    #[error("unexpected pg_stat_replication list: {0}")]
+    Standbys(#[from] serde_json::Error),
 }
 
 /// What the pollers tell the coordinator.
@@ -230,11 +237,17 @@ async fn check(
     // Kept only after a successful query; a cancelled check reconnects.
     *client = Some(live);
     let lsn: Option<i64> = row.try_get(1)?;
+    let standbys: Vec<(Option<String>, Option<String>)> = serde_json::from_str(row.try_get(4)?)?;
     Ok(Probe {
         in_recovery: row.try_get(0)?,
         wal_lsn: lsn.map(u64::try_from).transpose().map_err(|_| CheckError::BadLsn)?,
         replay_micros: row.try_get(2)?,
         now_micros: row.try_get(3)?,
+        standbys: standbys
+            .into_iter()
+            .filter_map(|(name, state)| Some((name?, SyncState::parse(state.as_deref().unwrap_or("")))))
+            .collect(),
+        synchronous_standby_names: row.try_get(5)?,
     })
 }
 
@@ -260,7 +273,15 @@ impl Coordinator {
                 },
             };
             match report {
-                Report::Node(node, observation) => self.state.observe(node, observation),
+                Report::Node(node, observation) => {
+                    // A node out of recovery answered: if it is the primary, its latest sign of life.
+                    if matches!(&observation, Observation::Up(probe) if !probe.in_recovery) {
+                        if let Some(status) = self.view.load().nodes.get(node) {
+                            self.view.primary_checked(&status.name);
+                        }
+                    }
+                    self.state.observe(node, observation)
+                }
                 Report::Patroni(answer) => self.state.observe_patroni(answer),
             }
             if let Some(until) = self.hold_until {

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use super::decide::*;
-use super::{NodeStatus, Topology};
+use super::{NodeStatus, SyncState, Topology};
 use crate::config::Role;
 
 const MB: u64 = 1 << 20;
@@ -24,13 +24,22 @@ fn base(n: usize) -> Vec<NodeStatus> {
             lag_bytes: None,
             lag: None,
             excluded: None,
+            application_name: format!("pg{i}"),
+            sync_state: SyncState::Unknown,
         })
         .collect()
 }
 
 /// A primary at `lsn` whose clock reads `now` seconds.
 fn primary(lsn: u64, now: i64) -> Observation {
-    Observation::Up(Probe { in_recovery: false, wal_lsn: Some(lsn), replay_micros: None, now_micros: now * 1_000_000 })
+    Observation::Up(Probe {
+        in_recovery: false,
+        wal_lsn: Some(lsn),
+        replay_micros: None,
+        now_micros: now * 1_000_000,
+        standbys: Vec::new(),
+        synchronous_standby_names: String::new(),
+    })
 }
 
 /// A replica that replayed up to `lsn`, last at `replayed` seconds.
@@ -40,6 +49,8 @@ fn replica(lsn: u64, replayed: Option<i64>) -> Observation {
         wal_lsn: Some(lsn),
         replay_micros: replayed.map(|s| s * 1_000_000),
         now_micros: 0,
+        standbys: Vec::new(),
+        synchronous_standby_names: String::new(),
     })
 }
 
@@ -92,18 +103,18 @@ fn checks_replicas_with_reasons() {
         Observation::Up(p) => p,
         _ => unreachable!(),
     };
-    let cases: Vec<(Observation, Option<Probe>, Result<(), &str>)> = vec![
-        (replica(10 * MB, Some(0)), Some(p), Ok(())),
-        (replica(9 * MB + 1, Some(999)), Some(p), Ok(())),
-        (replica(8 * MB, Some(999)), Some(p), Err("lag 2097152 bytes > max_replica_lag_bytes (1048576 bytes)")),
-        (replica(10 * MB - 1, Some(985)), Some(p), Err("lag 15.0s > max_replica_lag (10.0s)")),
+    let cases: Vec<(Observation, Option<&Probe>, Result<(), &str>)> = vec![
+        (replica(10 * MB, Some(0)), Some(&p), Ok(())),
+        (replica(9 * MB + 1, Some(999)), Some(&p), Ok(())),
+        (replica(8 * MB, Some(999)), Some(&p), Err("lag 2097152 bytes > max_replica_lag_bytes (1048576 bytes)")),
+        (replica(10 * MB - 1, Some(985)), Some(&p), Err("lag 15.0s > max_replica_lag (10.0s)")),
         (replica(0, Some(0)), None, Ok(())),
-        (down(), Some(p), Err("unreachable (connection refused)")),
-        (primary(1, 0), Some(p), Err("not in recovery")),
-        (Observation::Unchecked, Some(p), Err("not checked yet")),
+        (down(), Some(&p), Err("unreachable (connection refused)")),
+        (primary(1, 0), Some(&p), Err("not in recovery")),
+        (Observation::Unchecked, Some(&p), Err("not checked yet")),
     ];
     for (observation, primary, want) in cases {
-        let got = check_replica(&observation, primary.as_ref(), LIMITS).map_err(|e| e.to_string());
+        let got = check_replica(&observation, primary, LIMITS).map_err(|e| e.to_string());
         assert_eq!(got, want.map_err(str::to_owned), "{observation:?}");
     }
 }
@@ -412,6 +423,7 @@ fn a_reload_keeps_what_is_known_about_unchanged_nodes() {
         role: None,
         patroni: None,
         server_require_auth: crate::config::RequireAuth::DEFAULT,
+        application_name: name.into(),
     };
     // pg1 is removed, pg2 kept, pg3 added; pg0 (the primary) moves to the end.
     let rebased = known.rebased(&[node("pg2", 6002), node("pg3", 6003), node("pg0", 6000)]);
@@ -419,9 +431,46 @@ fn a_reload_keeps_what_is_known_about_unchanged_nodes() {
     assert_eq!(rebased.read_set, [0], "pg2 keeps serving reads; the new pg3 waits for a check");
     assert_eq!(rebased.nodes[1].excluded.as_deref(), Some("not checked yet"));
     assert_eq!(rebased.nodes[0], known.nodes[2]);
+    // A new application_name applies at once (the next monitors match by it).
+    let renamed = crate::config::Node { application_name: "member-2".into(), ..node("pg2", 6002) };
+    let rebased = known.rebased(&[renamed]);
+    assert_eq!((rebased.nodes[0].application_name.as_str(), rebased.read_set.as_slice()), ("member-2", &[0][..]));
 
     // A node that kept its name but moved is a new node.
     let moved = known.rebased(&[node("pg0", 7000), node("pg2", 6002)]);
     assert_eq!(moved.primary, None);
     assert!(moved.no_primary_reason.is_some());
+}
+
+#[test]
+fn replicas_take_their_sync_state_from_the_primary_by_application_name() {
+    let Observation::Up(mut p) = primary(MB, 100) else { unreachable!() };
+    p.synchronous_standby_names = "FIRST 1 (pg2, other)".into();
+    // pg1 streams twice (an old walsender not yet gone): the most synchronous counts.
+    p.standbys = vec![
+        ("pg1".into(), SyncState::Async),
+        ("pg2".into(), SyncState::Sync),
+        ("pg1".into(), SyncState::Potential),
+        ("stranger".into(), SyncState::Quorum),
+    ];
+    let t = after(&[vec![Observation::Up(p.clone()), replica(MB, None), replica(MB, None)]]);
+    let states: Vec<SyncState> = t.nodes.iter().map(|n| n.sync_state).collect();
+    assert_eq!(states, [SyncState::Unknown, SyncState::Potential, SyncState::Sync]);
+    assert_eq!(t.synchronous_standby_names.as_deref(), Some("FIRST 1 (pg2, other)"));
+
+    // A node matched by its own application_name, not by its name.
+    let mut renamed = base(3);
+    renamed[1].application_name = "stranger".into();
+    let mut state = ClusterState::new(names(3), RULE, LIMITS);
+    for (i, o) in [Observation::Up(p), replica(MB, None), down()].into_iter().enumerate() {
+        state.observe(i, o);
+    }
+    let t = state.topology(&renamed);
+    let states: Vec<SyncState> = t.nodes.iter().map(|n| n.sync_state).collect();
+    assert_eq!(states, [SyncState::Unknown, SyncState::Quorum, SyncState::Unknown], "pg2 is unreachable");
+
+    // Without a primary nobody is synchronous to anything.
+    let t = after(&[vec![down(), replica(MB, None), replica(MB, None)]]);
+    assert!(t.nodes.iter().all(|n| n.sync_state == SyncState::Unknown));
+    assert_eq!(t.synchronous_standby_names, None);
 }

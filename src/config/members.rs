@@ -162,7 +162,14 @@ fn node(raw: RawNode, entry: &EntryRef<'_>, cluster: &Cluster) -> Result<Node, C
         Some(text) => RequireAuth::parse(text).map_err(|e| entry.key_error("server_require_auth", e))?,
         None => cluster.server_require_auth,
     };
-    Ok(Node { name: entry.name.clone(), host, port, role, patroni, server_require_auth })
+    let application_name = match raw.application_name {
+        Some(name) if name.is_empty() || name.len() >= 64 => {
+            return Err(entry.key_error("application_name", "must be 1 to 63 bytes, as PostgreSQL keeps it"));
+        }
+        Some(name) => name,
+        None => entry.name.clone(),
+    };
+    Ok(Node { name: entry.name.clone(), host, port, role, patroni, server_require_auth, application_name })
 }
 
 fn check_patroni(url: Option<String>, entry: &EntryRef<'_>, source: Source) -> Result<Option<String>, ConfigError> {

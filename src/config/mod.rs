@@ -227,11 +227,25 @@ pub enum RoFallback {
     Error,
 }
 
+/// Which standbys reads go to first (`[routing] prefer`), by their
+/// `sync_state` on the primary; the others take reads when none of those
+/// is in the read set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefer {
+    /// Every replica in the read set alike (the default).
+    Any,
+    /// Synchronous standbys (`sync` or `quorum`).
+    Sync,
+    /// Asynchronous standbys (`async` or `potential`), to keep reads off the synchronous ones.
+    Async,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Routing {
     pub max_replica_lag_bytes: u64,
     pub max_replica_lag: Duration,
     pub ro_fallback: RoFallback,
+    pub prefer: Prefer,
 }
 
 /// Who says which node is the primary (`[cluster] source`).
@@ -278,6 +292,9 @@ pub struct Node {
     pub patroni: Option<String>,
     /// The node's own `server_require_auth`, else `[cluster]`'s.
     pub server_require_auth: RequireAuth,
+    /// The name this node streams under as a standby (its
+    /// `pg_stat_replication.application_name` on the primary); default: `name`.
+    pub application_name: String,
 }
 
 /// How pgrelay logs in to one node: what the node may ask for, and how much

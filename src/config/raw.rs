@@ -149,6 +149,7 @@ pub(super) struct RawRouting {
     pub max_replica_lag_bytes: Option<RawSize>,
     pub max_replica_lag: Option<RawDuration>,
     pub ro_fallback: Option<String>,
+    pub prefer: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -174,6 +175,7 @@ pub(super) struct RawNode {
     pub role: Option<String>,
     pub patroni: Option<String>,
     pub server_require_auth: Option<String>,
+    pub application_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -57,6 +57,7 @@ fn example_file_parses() {
         role: None,
         patroni: None,
         server_require_auth: RequireAuth::DEFAULT,
+        application_name: name.into(),
     };
     assert_eq!(config.nodes, [node("pg0", 6432), node("pg1", 6433), node("pg2", 6434)]);
     assert_eq!(config.users[0].name, "app");
@@ -138,6 +139,7 @@ fn defaults_from_a_minimal_file() {
         max_replica_lag_bytes: 16 << 20,
         max_replica_lag: Duration::from_secs(10),
         ro_fallback: RoFallback::Primary,
+        prefer: Prefer::Any,
     };
     assert_eq!(config.routing, routing);
     let cluster = Cluster {
@@ -159,6 +161,7 @@ fn defaults_from_a_minimal_file() {
         role: None,
         patroni: None,
         server_require_auth: RequireAuth::DEFAULT,
+        application_name: "pg0".into(),
     };
     assert_eq!(config.nodes, [node]);
     let user = User {
@@ -392,7 +395,15 @@ fn every_table_key_can_be_overridden() {
                 ("query_timeout", "30s"),
             ],
         ),
-        ("routing", &[("max_replica_lag_bytes", "1kB"), ("max_replica_lag", "1s"), ("ro_fallback", "error")]),
+        (
+            "routing",
+            &[
+                ("max_replica_lag_bytes", "1kB"),
+                ("max_replica_lag", "1s"),
+                ("ro_fallback", "error"),
+                ("prefer", "sync"),
+            ],
+        ),
         (
             "cluster",
             &[

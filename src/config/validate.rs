@@ -10,8 +10,8 @@ use super::locate::{error_at, Locations, Origin};
 use super::raw::{RawAdmin, RawAuth, RawCluster, RawInt, RawListen, RawPool, RawRouting, RawSize};
 use super::units::{listeners_collide, parse_addr, parse_duration, parse_size, size_from_int};
 use super::{
-    Admin, AuthQuery, AuthType, ClientTimeouts, Cluster, ConfigError, Keepalive, Listen, Pool, PoolMode, RequireAuth,
-    RoFallback, Routing, SessionStatePolicy, Source, TcpOptions,
+    Admin, AuthQuery, AuthType, ClientTimeouts, Cluster, ConfigError, Keepalive, Listen, Pool, PoolMode, Prefer,
+    RequireAuth, RoFallback, Routing, SessionStatePolicy, Source, TcpOptions,
 };
 
 /// PostgreSQL 15's default is 4096 (`scram_iterations` came in 16); managed
@@ -303,10 +303,12 @@ pub(super) fn admin(raw: RawAdmin, locations: &Locations<'_>) -> Result<Admin, C
 pub(super) fn routing(raw: &RawRouting, locations: &Locations<'_>) -> Result<Routing, ConfigError> {
     let field = |key| Field::new(locations, "routing", key);
     let fallbacks = [("primary", RoFallback::Primary), ("error", RoFallback::Error)];
+    let preferences = [("any", Prefer::Any), ("sync", Prefer::Sync), ("async", Prefer::Async)];
     Ok(Routing {
         max_replica_lag_bytes: field("max_replica_lag_bytes").size(raw.max_replica_lag_bytes.as_ref(), "16MB")?,
         max_replica_lag: field("max_replica_lag").duration(raw.max_replica_lag.as_deref(), "10s")?,
         ro_fallback: field("ro_fallback").choice(raw.ro_fallback.as_deref(), RoFallback::Primary, &fallbacks)?,
+        prefer: field("prefer").choice(raw.prefer.as_deref(), Prefer::Any, &preferences)?,
     })
 }
 

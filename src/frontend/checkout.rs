@@ -43,11 +43,14 @@ pub async fn login_server(
     lease_needed: impl Fn(&Pool) -> bool,
 ) -> Result<LoginServer, SessionError> {
     let config = ctx.config();
-    let (fallback, deadline) =
-        (config.routing.ro_fallback, tokio::time::Instant::now() + config.pool.query_wait_timeout);
+    let (fallback, prefer, deadline) = (
+        config.routing.ro_fallback,
+        config.routing.prefer,
+        tokio::time::Instant::now() + config.pool.query_wait_timeout,
+    );
     drop(config);
     loop {
-        let input = RouteInput { listener, turn: rand::random(), load: router::NO_LOAD };
+        let input = RouteInput { listener, turn: rand::random(), load: router::NO_LOAD, prefer };
         let (topology, node, _) = route_waiting(ctx, input, fallback, deadline).await?;
         let pool = pool_for(ctx, &topology.nodes[node], database, user);
         if !lease_needed(&pool) {

@@ -15,7 +15,7 @@ use super::error::SessionError;
 use crate::app::{application_name, AdminLogin, Admission, CancelHandle, Context};
 use crate::auth::{AuthError, AuthStep, ClientAuth, LookupTarget, UserEntry};
 use crate::backend::ClientSettings;
-use crate::config::{ClientSslMode, ClientTlsAcceptor, Database, ALPN_POSTGRESQL};
+use crate::config::{ClientSslMode, ClientTlsAcceptor, Database, Prefer, ALPN_POSTGRESQL};
 use crate::router::{self, ListenerKind, RouteInput};
 use crate::stream::{Socket, Stream};
 use crate::wire::{
@@ -199,7 +199,7 @@ async fn find_user(ctx: &Context, name: &str, deadline: tokio::time::Instant) ->
 /// Where users are looked up: the primary, waited for like a write would be.
 async fn primary(ctx: &Context, deadline: tokio::time::Instant) -> Result<LookupTarget, SessionError> {
     let fallback = ctx.config().routing.ro_fallback;
-    let input = RouteInput { listener: ListenerKind::ReadWrite, turn: 0, load: router::NO_LOAD };
+    let input = RouteInput { listener: ListenerKind::ReadWrite, turn: 0, load: router::NO_LOAD, prefer: Prefer::Any };
     let (topology, node, _) = route_waiting(ctx, input, fallback, deadline).await?;
     let node = &topology.nodes[node];
     Ok(LookupTarget { node: node.name.clone(), host: node.host.clone(), port: node.port })

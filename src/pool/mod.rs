@@ -16,13 +16,24 @@
 //! clients other workers have waiting. So the size holds for the whole
 //! process and nobody waits longer than `BORROW_DEFERRAL` while a slot is
 //! free anywhere.
+//!
+//! PgBouncer's pool controls live beside: the reserve (`reserve_pool_size`)
+//! is one more share, of no worker, that a client may use after waiting
+//! `reserve_pool_timeout`; `open` checks idle connections
+//! (`server_check_delay`) and opens new ones within the caps
+//! (`max_db_connections`, `max_user_connections`, in `caps`); `upkeep` is
+//! what the janitor does between leases (`min_pool_size`, and the marks
+//! that make `server_lifetime` and `server_check_delay` one comparison on
+//! the forwarding path); `tuning` holds what a reload changes in place.
 
 mod caps;
+mod idle;
 mod inspect;
+mod lease;
+mod open;
+mod registry;
 mod tuning;
 mod upkeep;
-
-use std::collections::HashMap;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,21 +49,26 @@ use crate::metrics::PoolMetrics;
 use crate::worker;
 use caps::{Cap, Counted};
 pub use caps::{CapKind, CapLimits};
+use idle::Idle;
+pub use lease::Lease;
+pub use registry::{PoolUser, Pools};
 pub use tuning::PoolTuning;
 use tuning::Tunables;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
-    #[error("no server connection available within query_wait_timeout ({0:?})")]
-    Timeout(Duration),
+    /// Nothing came free in time; `cap` names the cap on the node's
+    /// connections of the database or user that stayed reached, if one did.
+    #[error("no server connection available within query_wait_timeout ({wait:?}){}", reached(cap))]
+    Timeout { wait: Duration, cap: Option<(&'static str, usize)> },
     #[error("{0}")]
     Connect(#[from] BackendError),
     #[error("pool is closed")]
     Closed,
-    /// The cap on the node's connections of the database or user stayed
-    /// reached for the whole of query_wait_timeout.
-    #[error("no server connection available within query_wait_timeout: {cap} = {limit} reached on node {node}")]
-    Capped { cap: &'static str, limit: usize, node: String },
+}
+
+fn reached(cap: &Option<(&'static str, usize)>) -> String {
+    cap.map(|(key, limit)| format!(": {key} = {limit} reached")).unwrap_or_default()
 }
 
 /// A server connection of a pool, counted under the pool's caps
@@ -60,6 +76,11 @@ pub enum PoolError {
 #[derive(Debug)]
 pub(crate) struct Pooled {
     conn: ServerConn,
+    /// When it was opened, in nanoseconds after its pool was made (see `Pool::retire_before`).
+    born: u64,
+    /// The janitor found it idle for `server_check_delay`: it is checked
+    /// before it is leased (and the mark cleared when it passes).
+    check_due: bool,
     _counted: Counted,
 }
 
@@ -82,17 +103,10 @@ impl Pooled {
     /// This connection, registered with the current worker's reactor (see
     /// [`ServerConn::moved_to_this_worker`]).
     fn into_this_worker(self: Box<Self>) -> std::io::Result<Box<Self>> {
-        let Pooled { conn, _counted } = *self;
-        Ok(Box::new(Pooled { conn: conn.moved_to_this_worker()?, _counted }))
+        let Pooled { conn, born, check_due, _counted } = *self;
+        Ok(Box::new(Pooled { conn: conn.moved_to_this_worker()?, born, check_due, _counted }))
     }
 }
-
-/// One worker's idle connections. Boxed: a connection changes hands twice
-/// per transaction, and moving a pointer is cheaper than copying the
-/// connection's few hundred bytes (callgrind: ~900 fewer instructions per
-/// transaction).
-#[allow(clippy::vec_box)]
-type IdleList = Vec<Box<Pooled>>;
 
 /// One worker's share of a pool's size: slots (permits) its clients take
 /// first, and how many of its clients wait for one.
@@ -119,15 +133,6 @@ impl Share {
 /// moved and moved back, which cost a quarter of a move per transaction
 /// (and 15 % more CPU per transaction) on the read-only port's replica pools.
 const BORROW_DEFERRAL: Duration = Duration::from_millis(1);
-
-/// The longest an idle connection's check (`server_check_delay`) may take
-/// (or `server_connect_timeout`, when shorter): a healthy server answers a
-/// Sync at once, and a connection that does not is replaced by a new one.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// How often a checkout waiting for room under a cap looks again for an
-/// idle connection to close or to take, besides waking at every close.
-const CAP_POLL: Duration = Duration::from_millis(10);
 
 /// Worker `worker`'s share of `size` slots among `workers`: an even split,
 /// the first workers taking one more of what does not divide.
@@ -158,85 +163,6 @@ impl<'a> Tally<'a> {
 impl Drop for Tally<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// A pool's idle connections: one list per worker's share, each ordered by last
-/// use (pushed at the end, taken from the end, so expired ones are at the
-/// front), and their total.
-#[derive(Debug)]
-struct Idle {
-    lists: Vec<IdleList>,
-    total: usize,
-}
-
-impl Idle {
-    /// One list per worker, and one for the reserve (the last).
-    fn new(workers: usize) -> Idle {
-        Idle { lists: (0..workers.max(1) + 1).map(|_| Vec::new()).collect(), total: 0 }
-    }
-
-    #[inline]
-    fn list(&mut self, worker: usize) -> &mut IdleList {
-        let last = self.lists.len() - 1;
-        &mut self.lists[worker.min(last)]
-    }
-
-    /// The most recently used connection of `worker`'s list that has not
-    /// expired and has nothing unasked-for to read; the others are closed.
-    /// Expired connections stay usable while the pool would otherwise keep
-    /// fewer than `floor` idle (`min_pool_size`).
-    #[inline]
-    fn pop_healthy(
-        &mut self,
-        worker: usize,
-        now: Instant,
-        timeout: Option<Duration>,
-        floor: usize,
-    ) -> Option<Box<Pooled>> {
-        let total = self.total;
-        let list = self.list(worker);
-        let mut popped = 0;
-        let mut found = None;
-        while let Some(mut conn) = list.pop() {
-            // Idle connections left, this one included.
-            let left = total - popped;
-            popped += 1;
-            let expired = timeout.is_some_and(|t| now.saturating_duration_since(conn.last_used) > t) && left > floor;
-            if !expired && !conn.has_unsolicited_input() {
-                found = Some(conn);
-                break;
-            }
-        }
-        self.total -= popped;
-        found
-    }
-
-    /// Adds `conn` to `owner`'s list, closing that list's expired ones (but
-    /// keeping `floor` idle connections in the pool).
-    #[inline]
-    fn push(&mut self, conn: Box<Pooled>, owner: usize, now: Instant, timeout: Option<Duration>, floor: usize) {
-        let total = self.total;
-        let list = self.list(owner);
-        let mut expired = 0;
-        if let Some(timeout) = timeout {
-            expired = list.iter().take_while(|c| now.duration_since(c.last_used) > timeout).count();
-            expired = expired.min((total + 1).saturating_sub(floor));
-            if expired > 0 {
-                list.drain(..expired);
-            }
-        }
-        list.push(conn);
-        self.total = self.total + 1 - expired;
-    }
-
-    fn clear(&mut self) {
-        self.lists.iter_mut().for_each(Vec::clear);
-        self.total = 0;
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &Box<Pooled>> {
-        self.lists.iter().flatten()
     }
 }
 
@@ -279,8 +205,13 @@ pub struct Pool {
     settings: PoolSettings,
     /// What a reload changes without retiring the pool.
     tuning: Tunables,
-    /// When the pool was made: the origin of `lifetime_closed`.
+    /// When the pool was made: the origin of `lifetime_closed`, `retire_before` and `Pooled::born`.
     born: Instant,
+    /// Connections opened before this (nanoseconds after `born`) have
+    /// outlived `server_lifetime`; 0 while none can have. Kept by the
+    /// janitor a few times a second (and at a reload), so that a lease's
+    /// end tells an old connection with one load and one comparison.
+    retire_before: AtomicU64,
     /// When (nanoseconds after `born`) a connection was last closed for
     /// its age (`server_lifetime`), or `u64::MAX`: see [`Pool::lifetime_over`].
     lifetime_closed: AtomicU64,
@@ -325,6 +256,7 @@ impl Pool {
             tuning: Tunables::new(tuning),
             born: Instant::now(),
             lifetime_closed: AtomicU64::new(u64::MAX),
+            retire_before: AtomicU64::new(0),
             shares,
             workers,
             spare: Notify::new(),
@@ -397,21 +329,38 @@ impl Pool {
     /// Applies a reload's [`PoolTuning`] from the next lease on.
     pub fn retune(&self, tuning: PoolTuning) {
         self.tuning.store(tuning);
+        self.age_connections(Instant::now());
     }
 
-    /// Whether `conn` has outlived `server_lifetime` and is to be closed
-    /// now. As PgBouncer does, such closes are spaced at least
-    /// `server_lifetime / pool size` apart, so that connections opened
-    /// together (a burst, a failover) are not all replaced at once; a
-    /// connection whose turn has not come yet serves on meanwhile. A `true`
-    /// takes the turn: act on it.
+    /// Moves `retire_before` to `now` less `server_lifetime` (the janitor
+    /// calls it every round).
+    pub(crate) fn age_connections(&self, now: Instant) {
+        let before = self.tuning.lifetime().map_or(0, |lifetime| {
+            let lifetime = u64::try_from(lifetime.as_nanos()).unwrap_or(u64::MAX);
+            self.nanos_since_born(now).saturating_sub(lifetime)
+        });
+        self.retire_before.store(before, Ordering::Relaxed);
+    }
+
+    fn nanos_since_born(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.born).as_nanos()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// Whether `conn` has outlived `server_lifetime` (as of the janitor's
+    /// last round) and is to be closed now. As PgBouncer does, such closes
+    /// are spaced at least `server_lifetime / pool size` apart, so that
+    /// connections opened together (a burst, a failover) are not all
+    /// replaced at once; a connection whose turn has not come yet serves on
+    /// meanwhile. A `true` takes the turn: act on it.
     #[inline]
-    fn lifetime_over(&self, conn: &ServerConn, now: Instant) -> bool {
+    fn lifetime_over(&self, conn: &Pooled, now: Instant) -> bool {
+        conn.born < self.retire_before.load(Ordering::Relaxed) && self.lifetime_turn_now(now)
+    }
+
+    #[cold]
+    fn lifetime_turn_now(&self, now: Instant) -> bool {
         let Some(lifetime) = self.tuning.lifetime() else { return false };
-        if now.saturating_duration_since(conn.created) < lifetime {
-            return false;
-        }
-        let now = u64::try_from(now.saturating_duration_since(self.born).as_nanos()).unwrap_or(u64::MAX - 1);
+        let now = self.nanos_since_born(now);
         let last = self.lifetime_closed.load(Ordering::Relaxed);
         let since_last = (last != u64::MAX).then(|| Duration::from_nanos(now.saturating_sub(last)));
         lifetime_turn(lifetime, self.settings.size, since_last)
@@ -458,7 +407,7 @@ impl Pool {
                         Ok(Ok((permit, owner))) if owner == self.workers => (permit, owner, owner, Some(since)),
                         Ok(Ok((permit, owner))) => (permit, owner, here, Some(since)),
                         Ok(Err(closed)) => return Err(closed),
-                        Err(_) => return Err(PoolError::Timeout(wait)),
+                        Err(_) => return Err(PoolError::Timeout { wait, cap: None }),
                     }
                 }
             },
@@ -469,12 +418,12 @@ impl Pool {
         let mut now = Instant::now();
         let mut waited = waited_since.is_some();
         let conn = match self.take_idle(owner, here, now) {
-            Some(conn) if !self.check_due(&conn, now) => conn,
+            Some(conn) if !self.check_due(&conn) => conn,
             // Boxed: a check's or a connect's state is large and rare, and
             // would otherwise be part of every client task's size.
             found => {
-                let deadline = waited_since.unwrap_or(now) + wait;
-                match Box::pin(self.checked_or_new(found, owner, here, deadline)).await {
+                let since = waited_since.unwrap_or(now);
+                match Box::pin(self.checked_or_new(found, owner, here, (since, wait))).await {
                     Ok(conn) => {
                         // The client waited for the check or the login too.
                         (now, waited) = (Instant::now(), true);
@@ -504,100 +453,12 @@ impl Pool {
         })
     }
 
-    /// Whether an idle connection unused since `conn.last_used` is to be
-    /// checked before it is leased (`server_check_delay`).
+    /// Whether an idle connection is to be checked before it is leased
+    /// (`server_check_delay`): always with a delay of 0, else when the
+    /// janitor found it idle that long.
     #[inline]
-    fn check_due(&self, conn: &ServerConn, now: Instant) -> bool {
-        now.saturating_duration_since(conn.last_used) >= self.tuning.check_delay()
-    }
-
-    /// A connection for a lease that found `found` idle (due a check) or
-    /// none: an idle connection that passes its check, or a new one. One
-    /// that fails is closed and the next idle one tried, so a connection
-    /// broken while idle (a server restart, a killed backend, a network
-    /// cut) costs the client the check's time, never an error. At a cap
-    /// (`max_db_connections`, `max_user_connections`), an idle connection of
-    /// another pool under it is closed to make room, or the lease waits
-    /// (until `deadline`) for a close or for a connection of its own pool.
-    async fn checked_or_new(
-        &self,
-        mut found: Option<Box<Pooled>>,
-        owner: usize,
-        here: usize,
-        deadline: Instant,
-    ) -> Result<Box<Pooled>, PoolError> {
-        loop {
-            while let Some(mut conn) = found {
-                if !self.check_due(&conn, Instant::now()) {
-                    return Ok(conn);
-                }
-                let timeout = self.target.connect_timeout.min(CHECK_TIMEOUT);
-                let _testing = Tally::new(&self.testing);
-                match conn.check_alive(timeout).await {
-                    Ok(()) => return Ok(conn),
-                    Err(error) => {
-                        let idle = conn.last_used.elapsed();
-                        tracing::info!(pool = ?self.key, %error, ?idle, "closing an idle server connection that failed its check");
-                    }
-                }
-                found = self.take_idle(owner, here, Instant::now());
-            }
-            let full = match self.try_count() {
-                Ok(counted) => return self.connect(counted).await,
-                Err(full) => full,
-            };
-            if !full.close_an_idle(self) {
-                let now = Instant::now();
-                if now >= deadline {
-                    let node = self.key.node.clone();
-                    return Err(PoolError::Capped { cap: full.kind.key(), limit: full.limit(), node });
-                }
-                full.closed_or(CAP_POLL.min(deadline - now)).await;
-            }
-            found = self.take_idle(owner, here, Instant::now());
-        }
-    }
-
-    /// Places for one more connection under the pool's caps, or the cap that is full.
-    fn try_count(&self) -> Result<Counted, &Arc<Cap>> {
-        let database = self.caps[0].try_take().ok_or(&self.caps[0])?;
-        let user = self.caps[1].try_take().ok_or(&self.caps[1])?;
-        Ok([database, user])
-    }
-
-    /// Opens a new connection (the caller holds a slot for it, and its places under the caps).
-    async fn connect(&self, counted: Counted) -> Result<Box<Pooled>, PoolError> {
-        let _login = Tally::new(&self.logging_in);
-        let conn = match ServerConn::connect(&self.target).await {
-            Ok(conn) => conn,
-            Err(e) => {
-                if matches!(e, BackendError::Login { .. }) {
-                    // The configuration or the server needs a look: say so
-                    // louder than the client's own error line.
-                    tracing::warn!(pool = ?self.key, error = %e, "server login refused");
-                }
-                return Err(e.into());
-            }
-        };
-        self.server_params.lock().expect("pool lock").get_or_insert_with(|| conn.startup_params.clone());
-        Ok(Box::new(Pooled { conn, _counted: counted }))
-    }
-
-    /// Closes the least recently used idle connection, to make room under a
-    /// cap for another pool; whether there was one.
-    fn close_oldest_idle(&self) -> bool {
-        let oldest = {
-            let mut idle = self.idle.lock().expect("pool lock");
-            let lists = idle.lists.iter().enumerate().filter(|(_, list)| !list.is_empty());
-            let Some((i, _)) = lists.min_by_key(|(_, list)| list[0].last_used) else { return false };
-            let oldest = idle.lists[i].remove(0);
-            idle.total -= 1;
-            self.metrics.idle.set(idle.total as i64);
-            oldest
-        };
-        // Closed outside the lock.
-        drop(oldest);
-        true
+    fn check_due(&self, conn: &Pooled) -> bool {
+        conn.check_due || self.tuning.check_always()
     }
 
     /// A free slot of another worker for a client that found none of its
@@ -706,7 +567,7 @@ impl Pool {
         loop {
             let conn = {
                 let mut idle = self.idle.lock().expect("pool lock");
-                let found = idle.pop_healthy(owner, now, self.settings.idle_timeout, self.idle_floor(0));
+                let found = idle.pop_healthy(owner, now, self.settings.idle_timeout, || self.idle_floor(0));
                 self.metrics.idle.set(idle.total as i64);
                 found?
             };
@@ -737,7 +598,7 @@ impl Pool {
         if self.is_closed() {
             return;
         }
-        idle.push(conn, owner, now, self.settings.idle_timeout, self.idle_floor(1));
+        idle.push(conn, owner, now, self.settings.idle_timeout, || self.idle_floor(1));
         self.metrics.idle.set(idle.total as i64);
     }
 
@@ -782,284 +643,6 @@ impl Pool {
                 None
             }
         }
-    }
-}
-
-/// A checked-out server connection. Dropping it returns the connection.
-#[derive(Debug)]
-pub struct Lease {
-    conn: Option<Box<Pooled>>,
-    /// When the client got the connection.
-    started: Instant,
-    /// Getting it took a wait for a slot, a check or a new connection's login.
-    waited: bool,
-    /// When the connection's last answer came, if the holder noted it: it
-    /// is idle as of then (saves a clock reading when it goes back).
-    idle_since: Option<Instant>,
-    /// Counted in the pool's `pinned` gauge while held.
-    pinned: bool,
-    pool: Arc<Pool>,
-    permit: Option<OwnedSemaphorePermit>,
-    /// The worker whose share the slot (permit) came from ...
-    owner: usize,
-    /// ... and the one whose client holds it, whose share it joins; for a
-    /// slot of the reserve, both are the reserve (it stays there).
-    holder: usize,
-    discard: bool,
-    poisoned: bool,
-}
-
-impl Lease {
-    pub fn conn(&self) -> &ServerConn {
-        self.conn.as_ref().expect("lease holds a connection until dropped")
-    }
-
-    pub fn conn_mut(&mut self) -> &mut ServerConn {
-        self.conn.as_mut().expect("lease holds a connection until dropped")
-    }
-
-    pub fn pool(&self) -> &Arc<Pool> {
-        &self.pool
-    }
-
-    /// The connection and its pool, borrowed together.
-    pub fn parts_mut(&mut self) -> (&mut ServerConn, &Arc<Pool>) {
-        let conn: &mut ServerConn = self.conn.as_mut().expect("lease holds a connection until dropped");
-        (conn, &self.pool)
-    }
-
-    /// When the client got the connection (after any wait, check, and
-    /// login of a new one).
-    pub fn assigned_at(&self) -> Instant {
-        self.started
-    }
-
-    /// Whether getting it took a wait for a slot, a check or a new
-    /// connection's login; otherwise it was there at once.
-    pub fn waited(&self) -> bool {
-        self.waited
-    }
-
-    /// The connection answered its last request at `at` (its ReadyForQuery).
-    pub fn went_idle_at(&mut self, at: Instant) {
-        self.idle_since = Some(at);
-    }
-
-    /// The client keeps this connection until it disconnects (session state).
-    pub fn set_pinned(&mut self) {
-        if !self.pinned {
-            self.pinned = true;
-            self.pool.metrics.pinned.inc();
-        }
-    }
-
-    /// The client left session state behind: DISCARD ALL before reuse.
-    pub fn require_discard(&mut self) {
-        self.discard = true;
-    }
-
-    /// The connection must not be reused at all.
-    pub fn poison(&mut self) {
-        self.poisoned = true;
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        let metrics = &self.pool.metrics;
-        metrics.active.dec();
-        let now = self.idle_since.unwrap_or_else(Instant::now);
-        if self.pinned {
-            metrics.pinned.dec();
-        }
-        let (Some(conn), Some(permit)) = (self.conn.take(), self.permit.take()) else { return };
-        let (pool, owner, holder) = (&self.pool, self.owner, self.holder);
-        // Closed rather than reset when past server_lifetime: never in the
-        // middle of a transaction, since a lease ends only between them.
-        if self.poisoned || pool.is_closed() || pool.lifetime_over(&conn, now) {
-            drop(conn);
-            return pool.release(permit, owner, holder);
-        }
-        let discard = self.discard || pool.settings.mode == PoolMode::Session;
-        let cancelled = conn.cancels_in_flight.load(std::sync::atomic::Ordering::Acquire) > 0;
-        if conn.is_clean() && !discard && !cancelled {
-            pool.put_idle(conn, holder, now);
-            return pool.release(permit, owner, holder);
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            drop(conn);
-            return pool.release(permit, owner, holder);
-        };
-        let pool = pool.clone();
-        runtime.spawn(async move {
-            // The connection goes back idle (or is closed) before its slot
-            // is free, so the pool never has more connections than its size.
-            let cancels_done = !cancelled || {
-                let _held = Tally::new(&pool.being_canceled);
-                wait_for_cancels(&conn).await
-            };
-            if !cancels_done {
-                // The server never confirmed the cancel: the connection may
-                // still get it, so nobody else may.
-                drop(conn);
-            } else {
-                let reset = {
-                    let _testing = Tally::new(&pool.testing);
-                    pool.reset(conn, discard).await
-                };
-                if let Some(conn) = reset {
-                    pool.put_idle(conn, holder, Instant::now());
-                }
-            }
-            pool.release(permit, owner, holder);
-        });
-    }
-}
-
-/// Waits (bounded) until no cancel request aimed at `conn` is under way.
-async fn wait_for_cancels(conn: &ServerConn) -> bool {
-    const STEP: Duration = Duration::from_millis(2);
-    for _ in 0..(CANCEL_WAIT.as_millis() / STEP.as_millis()) {
-        if conn.cancels_in_flight.load(std::sync::atomic::Ordering::Acquire) == 0 {
-            return true;
-        }
-        tokio::time::sleep(STEP).await;
-    }
-    false
-}
-
-/// How long a connection that a cancel is aimed at waits for it to be done.
-const CANCEL_WAIT: Duration = Duration::from_secs(6);
-
-/// A cap's (node, what, database or user name).
-type CapKey = (String, CapKind, String);
-
-/// The user a pool logs in as, as its credentials came.
-pub type PoolUser = Arc<crate::auth::UserEntry>;
-
-/// All pools, created on first use.
-#[derive(Debug, Default)]
-pub struct Pools {
-    pools: Mutex<HashMap<PoolKey, Arc<Pool>, foldhash::fast::RandomState>>,
-    /// The (database, user) pairs that have had a pool on the primary,
-    /// with the user's credentials: `min_pool_size` gives them a pool on
-    /// whichever node is the primary, also after it moved.
-    primary_pairs: Mutex<HashMap<(String, String), PoolUser, foldhash::fast::RandomState>>,
-    /// The caps by (node, what, database or user name). Locked after `pools`, never before.
-    caps: Mutex<HashMap<CapKey, Arc<Cap>, foldhash::fast::RandomState>>,
-}
-
-impl Pools {
-    /// Notes that `database` and `user` had a pool on the primary.
-    pub fn remember_primary_pair(&self, database: &str, user: &PoolUser) {
-        let mut pairs = self.primary_pairs.lock().expect("pools lock");
-        pairs.insert((database.to_owned(), user.name.clone()), user.clone());
-    }
-
-    /// Every (database, user) that has had a pool on the primary.
-    pub fn primary_pairs(&self) -> Vec<(String, PoolUser)> {
-        let pairs = self.primary_pairs.lock().expect("pools lock");
-        pairs.iter().map(|((database, _), user)| (database.clone(), user.clone())).collect()
-    }
-
-    /// Forgets a pair whose database or user is gone from the configuration.
-    pub fn forget_primary_pair(&self, database: &str, user: &str) {
-        self.primary_pairs.lock().expect("pools lock").remove(&(database.to_owned(), user.to_owned()));
-    }
-
-    pub fn get_or_create(&self, key: (&str, &str, &str), make: impl FnOnce() -> PoolParts) -> Arc<Pool> {
-        self.get_fitting(key, |_| true, make)
-    }
-
-    /// [`Pools::get_or_create`], retiring the pool there is when `fits` says
-    /// it no longer serves (its credentials changed) and creating another.
-    pub fn get_fitting(
-        &self,
-        key: (&str, &str, &str),
-        fits: impl FnOnce(&Pool) -> bool,
-        make: impl FnOnce() -> PoolParts,
-    ) -> Arc<Pool> {
-        let (node, database, user) = key;
-        let key = PoolKey { node: node.to_owned(), database: database.to_owned(), user: user.to_owned() };
-        let mut pools = self.pools.lock().expect("pools lock");
-        if let Some(pool) = pools.get(&key) {
-            if fits(pool) {
-                return pool.clone();
-            }
-            pool.retire();
-        }
-        let parts = make();
-        let caps = [
-            self.cap(node, CapKind::Database, database, parts.limits.database),
-            self.cap(node, CapKind::User, user, parts.limits.user),
-        ];
-        let pool = Pool::new(key.clone(), parts, caps);
-        pool.caps.iter().for_each(|cap| cap.join(&pool));
-        pools.insert(key, pool.clone());
-        pool
-    }
-
-    /// The cap on `node`'s connections of a database or user, with `limit` in force.
-    fn cap(&self, node: &str, kind: CapKind, name: &str, limit: usize) -> Arc<Cap> {
-        let mut caps = self.caps.lock().expect("caps lock");
-        let key = (node.to_owned(), kind, name.to_owned());
-        let cap = caps.entry(key).or_insert_with(|| Arc::new(Cap::new(kind, limit)));
-        cap.set_limit(limit);
-        cap.clone()
-    }
-
-    /// Applies a reload's caps (`limit` of each database's and user's) to
-    /// the pools there are; forgets the caps no connection counts under.
-    pub fn set_cap_limits(&self, limit: impl Fn(CapKind, &str) -> usize) {
-        let mut caps = self.caps.lock().expect("caps lock");
-        caps.retain(|_, cap| cap.open() > 0 || Arc::strong_count(cap) > 1);
-        for ((_, kind, name), cap) in caps.iter() {
-            cap.set_limit(limit(*kind, name));
-        }
-    }
-
-    /// The connections open on `node` under the cap of a database or user
-    /// and its limit (0: none), if any pool counts under it.
-    pub fn cap_state(&self, node: &str, kind: CapKind, name: &str) -> Option<(usize, usize)> {
-        let caps = self.caps.lock().expect("caps lock");
-        caps.get(&(node.to_owned(), kind, name.to_owned())).map(|cap| (cap.open(), cap.limit()))
-    }
-
-    /// Closes and forgets every pool of `node` (its server connections must
-    /// not be used any more); the next use creates fresh pools.
-    pub fn close_node(&self, node: &str) {
-        let mut pools = self.pools.lock().expect("pools lock");
-        pools.retain(|key, pool| {
-            if key.node == node {
-                pool.close();
-            }
-            key.node != node
-        });
-    }
-
-    /// Retires and forgets every pool for which `keep` says no.
-    pub fn retire_unless(&self, mut keep: impl FnMut(&Pool) -> bool) -> usize {
-        let mut pools = self.pools.lock().expect("pools lock");
-        let before = pools.len();
-        pools.retain(|_, pool| {
-            let kept = keep(pool);
-            if !kept {
-                pool.retire();
-            }
-            kept
-        });
-        before - pools.len()
-    }
-
-    pub fn all(&self) -> Vec<Arc<Pool>> {
-        self.pools.lock().expect("pools lock").values().cloned().collect()
-    }
-
-    /// What any server of this (database, user) reported at startup: the
-    /// nodes of one cluster report the same values.
-    pub fn server_params_for(&self, database: &str, user: &str) -> Option<ServerParams> {
-        let pools = self.pools.lock().expect("pools lock");
-        pools.iter().filter(|(k, _)| k.database == database && k.user == user).find_map(|(_, p)| p.server_params())
     }
 }
 

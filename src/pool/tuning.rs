@@ -1,6 +1,6 @@
 //! The settings a reload changes in a running pool without retiring it
-//! (`server_lifetime`, ...): read on the forwarding path, so they are kept
-//! in atomics, one relaxed load each.
+//! (`server_lifetime`, ...): read on the forwarding path or by the janitor,
+//! so they are kept in atomics, one relaxed load each.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -86,9 +86,14 @@ impl Tunables {
         from_nanos(self.lifetime.load(Ordering::Relaxed))
     }
 
-    #[inline]
     pub(super) fn check_delay(&self) -> Duration {
         Duration::from_nanos(self.check_delay.load(Ordering::Relaxed))
+    }
+
+    /// `server_check_delay = 0`: every lease checks its connection first.
+    #[inline]
+    pub(super) fn check_always(&self) -> bool {
+        self.check_delay.load(Ordering::Relaxed) == 0
     }
 
     #[inline]

@@ -1,7 +1,7 @@
 //! What a pool needs done in the background, between clients' leases (the
 //! caller, `app`'s janitor, decides when and runs the work): opening
-//! connections up to `min_pool_size`, and closing idle connections that
-//! have outlived `server_lifetime`.
+//! connections up to `min_pool_size`, and keeping `server_lifetime` and
+//! `server_check_delay` (see [`Pool::tend`]).
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -90,14 +90,15 @@ impl Pool {
         }
     }
 
-    /// Closes the idle connections that have outlived `server_lifetime`,
-    /// spaced as [`Pool::lifetime_over`] says.
-    pub fn close_aged_idle(&self, now: Instant) {
-        // No connection is older than its pool.
-        match self.tuning.lifetime() {
-            Some(lifetime) if now.saturating_duration_since(self.born) >= lifetime => {}
-            _ => return,
-        }
+    /// The janitor's round over the pool's connections: moves the line past
+    /// which a connection has outlived `server_lifetime` (for the leases
+    /// that end until the next round), closes the idle ones past it (spaced
+    /// as [`Pool::lifetime_over`] says), and marks those idle for
+    /// `server_check_delay` to be checked before they are leased (as
+    /// PgBouncer's janitor does).
+    pub fn tend(&self, now: Instant) {
+        self.age_connections(now);
+        let delay = self.tuning.check_delay();
         let mut aged: Vec<Box<Pooled>> = Vec::new();
         {
             let mut idle = self.idle.lock().expect("pool lock");
@@ -106,19 +107,21 @@ impl Pool {
                 while i < list.len() {
                     if self.lifetime_over(&list[i], now) {
                         aged.push(list.remove(i));
-                    } else {
-                        i += 1;
+                        continue;
                     }
+                    let conn = &mut list[i];
+                    if !conn.check_due && now.saturating_duration_since(conn.last_used) >= delay {
+                        conn.check_due = true;
+                    }
+                    i += 1;
                 }
             }
-            idle.total -= aged.len();
-            self.metrics.idle.set(idle.total as i64);
+            if !aged.is_empty() {
+                idle.total -= aged.len();
+                self.metrics.idle.set(idle.total as i64);
+            }
         }
         // Closed outside the lock.
         drop(aged);
-    }
-
-    fn nanos_since_born(&self, now: Instant) -> u64 {
-        u64::try_from(now.saturating_duration_since(self.born).as_nanos()).unwrap_or(u64::MAX)
     }
 }

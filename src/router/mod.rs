@@ -11,7 +11,7 @@ pub use sql::{
 };
 
 use crate::cluster::{NodeStatus, Topology};
-use crate::config::RoFallback;
+use crate::config::{Prefer, RoFallback};
 
 /// Which port the client came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,11 +42,14 @@ pub struct RouteInput<'a> {
     /// not known): a read goes to the least busy replica, the first of
     /// equals from `turn`.
     pub load: &'a (dyn Fn(&NodeStatus) -> usize + Sync),
+    /// `[routing] prefer`: which standbys of the read set a read tries first.
+    pub prefer: Prefer,
 }
 
 impl std::fmt::Debug for RouteInput<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RouteInput").field("listener", &self.listener).field("turn", &self.turn).finish()
+        let mut debug = f.debug_struct("RouteInput");
+        debug.field("listener", &self.listener).field("turn", &self.turn).field("prefer", &self.prefer).finish()
     }
 }
 
@@ -76,7 +79,9 @@ pub fn route(input: RouteInput, fallback: RoFallback, topology: &Topology) -> Re
     };
     match input.listener {
         ListenerKind::ReadWrite => primary(),
-        ListenerKind::ReadOnly if !topology.read_set.is_empty() => Ok(least_busy_replica(input, topology)),
+        ListenerKind::ReadOnly if !topology.read_set.is_empty() => {
+            Ok(least_busy_replica(input, topology, preferred(input.prefer, topology)))
+        }
         ListenerKind::ReadOnly => match fallback {
             RoFallback::Primary => primary(),
             RoFallback::Error => {
@@ -86,14 +91,32 @@ pub fn route(input: RouteInput, fallback: RoFallback, topology: &Topology) -> Re
     }
 }
 
-/// The replica of the (non-empty) read set with the fewest transactions in
-/// progress, the first of equals counting from the client's turn.
-fn least_busy_replica(input: RouteInput, topology: &Topology) -> usize {
-    let replicas = &topology.read_set;
-    let start = input.turn % replicas.len();
-    let mut best = (usize::MAX, replicas[start]);
-    for i in (start..replicas.len()).chain(0..start) {
-        let node = replicas[i];
+/// The replicas of the (non-empty) read set that `prefer` asks for, when
+/// the read set has any; else the whole read set: a preference never keeps
+/// a read from a replica the lag limits let serve it.
+fn preferred(prefer: Prefer, topology: &Topology) -> impl Fn(usize) -> bool + Copy + '_ {
+    let wanted = move |node: usize| {
+        let state = topology.nodes[node].sync_state;
+        match prefer {
+            Prefer::Any => true,
+            Prefer::Sync => state.is_synchronous(),
+            Prefer::Async => state.is_asynchronous(),
+        }
+    };
+    let all = prefer == Prefer::Any || !topology.read_set.iter().any(|&node| wanted(node));
+    move |node| all || wanted(node)
+}
+
+/// Among the `candidates` of the read set (at least one), the replica with
+/// the fewest transactions in progress, the first of equals counting from
+/// the client's turn.
+fn least_busy_replica(input: RouteInput, topology: &Topology, candidates: impl Fn(usize) -> bool + Copy) -> usize {
+    let replicas = topology.read_set.iter().copied().filter(move |&node| candidates(node));
+    let start = input.turn % replicas.clone().count();
+    let mut rotated = replicas.clone().skip(start).chain(replicas.take(start));
+    let first = rotated.next().expect("the read set has a candidate");
+    let mut best = ((input.load)(&topology.nodes[first]), first);
+    for node in rotated {
         let load = (input.load)(&topology.nodes[node]);
         if load < best.0 {
             best = (load, node);

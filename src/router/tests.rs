@@ -1,29 +1,9 @@
 use super::*;
-use crate::cluster::{NodeStatus, Topology};
-use crate::config::Role;
+use crate::cluster::{NodeStatus, SyncState, Topology};
+use crate::config::{Prefer, Role};
 
 fn topology(roles: &[Option<Role>], read_set: &[usize]) -> Topology {
-    let nodes = roles
-        .iter()
-        .enumerate()
-        .map(|(i, role)| NodeStatus {
-            name: format!("pg{i}"),
-            host: "127.0.0.1".into(),
-            port: 6000 + i as u16,
-            role: *role,
-            lag_bytes: None,
-            lag: None,
-            excluded: None,
-        })
-        .collect::<Vec<_>>();
-    let primary = roles.iter().position(|r| *r == Some(Role::Primary));
-    Topology {
-        nodes,
-        primary,
-        read_set: read_set.to_vec(),
-        no_primary_reason: primary.is_none().then(|| "down".into()),
-        split_brain: false,
-    }
+    Topology::with_roles(roles, roles.iter().position(|r| *r == Some(Role::Primary)), read_set)
 }
 
 #[test]
@@ -46,7 +26,11 @@ fn routes_by_listener() {
         (&t_no_primary, ListenerKind::ReadOnly, 3, RoFallback::Primary, Ok(2)),
     ];
     for (topology, listener, tick, fallback, expected) in cases {
-        let got = route(RouteInput { listener: *listener, turn: *tick, load: NO_LOAD }, *fallback, topology);
+        let got = route(
+            RouteInput { listener: *listener, turn: *tick, load: NO_LOAD, prefer: Prefer::Any },
+            *fallback,
+            topology,
+        );
         match (expected, got) {
             (Ok(want), Ok(node)) => assert_eq!(*want, node, "{listener:?} tick {tick}"),
             (Err(want), Err(e)) => assert!(e.to_string().contains(want), "{e}"),
@@ -65,8 +49,8 @@ fn explains_refusals() {
     split.primary = None;
     split.split_brain = true;
     split.no_primary_reason = Some("split brain: pg0 and pg1".into());
-    let ro = RouteInput { listener: ListenerKind::ReadOnly, turn: 0, load: NO_LOAD };
-    let rw = RouteInput { listener: ListenerKind::ReadWrite, turn: 0, load: NO_LOAD };
+    let ro = RouteInput { listener: ListenerKind::ReadOnly, turn: 0, load: NO_LOAD, prefer: Prefer::Any };
+    let rw = RouteInput { listener: ListenerKind::ReadWrite, turn: 0, load: NO_LOAD, prefer: Prefer::Any };
     type Case<'a> = (&'a Topology, RouteInput<'a>, RoFallback, Result<usize, RouteError>);
     let cases: &[Case] = &[
         (
@@ -95,7 +79,8 @@ fn reads_go_to_the_least_busy_replica_and_take_turns_among_equals() {
     let r = Some(Role::Replica);
     let t = topology(&[Some(Role::Primary), r, r, r], &[1, 2, 3]);
     let read = |turn, load: &(dyn Fn(&NodeStatus) -> usize + Sync)| {
-        route(RouteInput { listener: ListenerKind::ReadOnly, turn, load }, RoFallback::Primary, &t).unwrap()
+        route(RouteInput { listener: ListenerKind::ReadOnly, turn, load, prefer: Prefer::Any }, RoFallback::Primary, &t)
+            .unwrap()
     };
     // Equal loads: the turn decides, so a client's reads go round.
     let picks: Vec<usize> = (7..13).map(|turn| read(turn, NO_LOAD)).collect();
@@ -114,4 +99,40 @@ fn reads_go_to_the_least_busy_replica_and_take_turns_among_equals() {
     // The primary is never a read target while replicas are in the read set,
     // however busy they are.
     assert!((0..6).all(|turn| read(turn, &|_| 1000) != 0));
+}
+
+#[test]
+fn prefer_narrows_reads_to_sync_or_async_standbys_and_falls_back_to_the_rest() {
+    let r = Some(Role::Replica);
+    let mut t = topology(&[Some(Role::Primary), r, r, r], &[1, 2, 3]);
+    t.nodes[1].sync_state = SyncState::Sync;
+    t.nodes[2].sync_state = SyncState::Async;
+    t.nodes[3].sync_state = SyncState::Potential;
+    let picks = |t: &Topology, prefer| -> Vec<usize> {
+        (0..6)
+            .map(|turn| {
+                let input = RouteInput { listener: ListenerKind::ReadOnly, turn, load: NO_LOAD, prefer };
+                route(input, RoFallback::Primary, t).unwrap()
+            })
+            .collect()
+    };
+    assert_eq!(picks(&t, Prefer::Any), [1, 2, 3, 1, 2, 3]);
+    assert_eq!(picks(&t, Prefer::Sync), [1; 6]);
+    assert_eq!(picks(&t, Prefer::Async), [2, 3, 2, 3, 2, 3], "async and potential take turns");
+    // Quorum standbys are synchronous too.
+    t.nodes[3].sync_state = SyncState::Quorum;
+    assert_eq!(picks(&t, Prefer::Sync), [1, 3, 1, 3, 1, 3]);
+    assert_eq!(picks(&t, Prefer::Async), [2; 6]);
+    // The sync standby out of the read set (lagging): the others serve, not the primary.
+    t.read_set = vec![2];
+    assert_eq!(picks(&t, Prefer::Sync), [2; 6]);
+    // Nothing known (no privilege, or no primary): every replica alike.
+    let mut unknown = topology(&[Some(Role::Primary), r, r], &[1, 2]);
+    unknown.nodes[1].sync_state = SyncState::Unknown;
+    assert_eq!(picks(&unknown, Prefer::Async), [1, 2, 1, 2, 1, 2]);
+    // Load still decides among the preferred.
+    t.read_set = vec![1, 2, 3];
+    let busy_pg1 = |n: &NodeStatus| usize::from(n.name == "pg1") * 3;
+    let input = RouteInput { listener: ListenerKind::ReadOnly, turn: 0, load: &busy_pg1, prefer: Prefer::Sync };
+    assert_eq!(route(input, RoFallback::Primary, &t), Ok(3));
 }

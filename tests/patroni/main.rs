@@ -265,6 +265,13 @@ async fn pgrelay_follows_patroni_switchover_and_leader_loss() {
         "patroni cluster up in {up:?}: leader {}, sync standby {}",
         patroni.members[leader].name, patroni.members[sync].name
     );
+    // Patroni names each standby by its member name: pgrelay finds the sync one by it.
+    let view = app.context().cluster.clone();
+    wait_for("pgrelay sees Patroni's sync standby as sync", Duration::from_secs(10), || {
+        let topology = view.load();
+        (topology.nodes[sync].sync_state == pgrelay::cluster::SyncState::Sync).then_some(())
+    })
+    .await;
 
     let load = Arc::new(Load::default());
     let writers: Vec<_> = (0..WRITERS).map(|_| tokio::spawn(load::writer(app.rw_addr, load.clone()))).collect();
@@ -415,6 +422,25 @@ async fn pgrelay_follows_patroni_switchover_and_leader_loss() {
             report.errors
         );
     }
+    // Two periods without a writable primary, each a failover (both of kind
+    // unplanned as pgrelay sees them: Patroni stops the old primary before
+    // it releases the leader key, so it stops answering first); each lasted
+    // at most from a check interval and a check_timeout before its event to
+    // the first write the test saw acknowledged on the new leader.
+    let (_, body) = relay::http_get(app.http_addr, "/metrics").await;
+    let value = |series: &str| {
+        body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse::<f64>().ok()).unwrap_or(0.0)
+    };
+    let periods = value("pgrelay_primary_unavailable_seconds_count");
+    let unavailable = value("pgrelay_primary_unavailable_seconds_sum");
+    let kinds = ["unplanned", "switchover"].map(|k| value(&format!("pgrelay_failovers_total{{kind=\"{k}\"}}")));
+    let bound =
+        switch_report.to_first_write + kill_report.to_first_write + 2 * (CHECK_INTERVAL + Duration::from_secs(1));
+    println!("patroni: {periods} periods without a writable primary, {unavailable:.3} s in all; failovers {kinds:?}");
+    assert_eq!(periods, 2.0, "the switchover and the leader's loss");
+    assert_eq!(kinds.iter().sum::<f64>(), 2.0, "two failovers: {kinds:?}");
+    assert!(unavailable > 0.0 && unavailable <= bound.as_secs_f64(), "{unavailable} s, bound {bound:?}");
+    assert_eq!(value("pgrelay_primary_unavailable_current_seconds"), 0.0);
     let teardown = Instant::now();
     app.shutdown(Duration::from_secs(5)).await;
     let relay_stopped = teardown.elapsed();

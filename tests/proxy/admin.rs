@@ -28,7 +28,8 @@ const CLIENTS: &str = "type|user|database|state|addr|port|local_addr|local_port|
 const DATABASES: &str = "name|host|port|database|force_user|pool_size|min_pool_size|reserve_pool|pool_mode|\
                          max_connections|current_connections|paused|disabled";
 const CONFIG: &str = "key|value|default|changeable";
-const NODES: &str = "name|host|port|role|reachable|lag_bytes|lag_seconds|in_read_set|excluded_reason";
+const NODES: &str =
+    "name|host|port|role|reachable|lag_bytes|lag_seconds|in_read_set|excluded_reason|sync_state|application_name";
 
 /// `app` may run everything, `app_md5` only SHOW; `app_trust` neither.
 const ADMIN_SECTION: &str = "\n[admin]\nadmin_users = [\"app\"]\nstats_users = [\"app_md5\"]\n";
@@ -275,10 +276,10 @@ async fn reload_applies_a_good_file_and_refuses_a_broken_one() {
     let app = App::start_from(&file.0).await.expect("pgrelay starts from a file");
     let console = admin(&app).await;
     let client = relay::connect(app.rw_addr).await;
-    std::fs::write(&file.0, config_text("default_pool_size = 6")).expect("rewrite config");
+    file.write(&config_text("default_pool_size = 6"));
     console.simple_query("RELOAD").await.expect("RELOAD of a valid file");
     assert_eq!(cell(&console, "SHOW CONFIG", &["pool.default_pool_size"], "value").await.as_deref(), Some("6"));
-    std::fs::write(&file.0, "[pool\n").expect("break config");
+    file.write("[pool\n");
     let error = console.simple_query("RELOAD;").await.expect_err("RELOAD of a broken file");
     assert_eq!(relay::sqlstate(&error), "F0000", "{}", relay::message(&error));
     assert!(relay::message(&error).contains(&file.0.display().to_string()), "{}", relay::message(&error));

@@ -83,15 +83,13 @@ async fn off_by_default_servers_see_the_name_as_given() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_turns_it_on_for_clients_that_log_in_after_it() {
     let text = |extra: &str| relay::config_toml(cluster(), &format!("default_pool_size = 1\n{extra}"), "");
-    let file = std::env::temp_dir().join(format!("pgrelay-application-name-{}.toml", std::process::id()));
-    std::fs::write(&file, text("")).expect("write the config file");
-    let app = App::start_from(&file).await.expect("pgrelay starts from the file");
+    let file = relay::TempConfig::new(&text(""));
+    let app = App::start_from(&file.0).await.expect("pgrelay starts from the file");
     let (before, _, told) = connect(app.rw_addr, Some("before")).await;
     assert_eq!((told.as_str(), scalar(&before, OWN_NAME).await.as_str()), ("before", "before"));
 
-    std::fs::write(&file, text("application_name_add_host = true")).expect("rewrite the config file");
+    file.write(&text("application_name_add_host = true"));
     let summary = app.context().reload();
-    let _ = std::fs::remove_file(&file);
     assert_eq!(summary.expect("the reload applies").pools_retired, 0, "server connections are kept");
     let (after, after_addr, told) = connect(app.rw_addr, Some("after")).await;
     let after_name = format!("after - {after_addr}");

@@ -25,12 +25,22 @@ async fn health_topology_and_metrics_endpoints() {
     assert_eq!(nodes[1]["role"], "replica");
     assert_eq!(nodes[1]["in_read_set"], true);
     assert_eq!(nodes[0]["port"], cluster.primary().port);
+    assert_eq!(topology["last_failover"], serde_json::Value::Null);
     let (status, body) = get(app.http_addr, "/metrics").await;
     assert_eq!(status, 200);
     assert!(body.contains("pgrelay_primary_changes_total 0"), "a static primary never changes: {body}");
     assert!(body.contains(r#"pgrelay_node_is_primary{node="pg0"} 1"#), "{body}");
     assert!(body.contains(r#"pgrelay_node_in_read_set{node="pg2"} 1"#), "{body}");
     assert!(body.contains("pgrelay_split_brain 0"), "{body}");
+    // The failover figures exist from the start (a static primary never fails over).
+    for series in [
+        r#"pgrelay_failovers_total{kind="unplanned"} 0"#,
+        r#"pgrelay_failovers_total{kind="switchover"} 0"#,
+        "pgrelay_primary_unavailable_current_seconds 0",
+        "pgrelay_primary_unavailable_seconds_count 0",
+    ] {
+        assert!(body.contains(series), "{series} in {body}");
+    }
     assert_eq!(get(app.http_addr, "/nope").await.0, 404);
     app.shutdown(Duration::from_secs(5)).await;
 }

@@ -7,7 +7,6 @@
 //! can be told apart in `pg_stat_activity` from those of the tests running
 //! beside it.
 
-use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -25,7 +24,7 @@ const GRACE: Duration = Duration::from_secs(5);
 /// Every role of these tests logs in with this password.
 const PASSWORD: &str = "pool-controls";
 /// One role per test.
-const ROLES: [&str; 11] = [
+const ROLES: [&str; 13] = [
     "pc_lifetime",
     "pc_reload",
     "pc_killed",
@@ -37,6 +36,8 @@ const ROLES: [&str; 11] = [
     "pc_usersize",
     "pc_modes",
     "pc_reload_min",
+    "pc_capwait",
+    "pc_reload_rest",
 ];
 
 /// The cluster, with this module's roles created once per binary.
@@ -102,28 +103,6 @@ async fn backend_pid(client: &Client) -> String {
     scalar(client, "select pg_backend_pid()").await
 }
 
-/// A configuration file under the temp directory, removed when dropped.
-struct ConfigFile(PathBuf);
-
-impl ConfigFile {
-    fn new(what: &str, text: &str) -> ConfigFile {
-        let name = format!("pgrelay-pool-controls-{}-{what}.toml", std::process::id());
-        let file = ConfigFile(std::env::temp_dir().join(name));
-        file.write(text);
-        file
-    }
-
-    fn write(&self, text: &str) {
-        std::fs::write(&self.0, text).unwrap_or_else(|e| panic!("write {}: {e}", self.0.display()));
-    }
-}
-
-impl Drop for ConfigFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 #[tokio::test]
 async fn server_lifetime_replaces_a_connection_when_its_transaction_ends() {
     let cluster = prepared();
@@ -132,8 +111,9 @@ async fn server_lifetime_replaces_a_connection_when_its_transaction_ends() {
     let observer = observer(cluster).await;
     let client = connect(&app, role).await;
     let first = backend_pid(&client).await;
-    // A transaction that outlives server_lifetime keeps its connection to its end.
-    client.batch_execute("begin; select pg_sleep(1.2)").await.unwrap();
+    // A transaction that outlives server_lifetime keeps its connection to its
+    // end (the janitor, a few times a second, marks the connection as old).
+    client.batch_execute("begin; select pg_sleep(1.5)").await.unwrap();
     assert_eq!(backend_pid(&client).await, first, "the same server connection until the transaction ends");
     client.batch_execute("commit").await.unwrap();
     let second = backend_pid(&client).await;
@@ -150,8 +130,7 @@ async fn server_lifetime_replaces_a_connection_when_its_transaction_ends() {
 async fn reload_sets_server_lifetime_without_dropping_clients() {
     let cluster = prepared();
     let role = "pc_reload";
-    let file =
-        ConfigFile::new("lifetime", &config_text(cluster, "default_pool_size = 1\nserver_lifetime = \"0\"", role));
+    let file = relay::TempConfig::new(&config_text(cluster, "default_pool_size = 1\nserver_lifetime = \"0\"", role));
     let app = App::start_from(&file.0).await.expect("pgrelay starts");
     let client = connect(&app, role).await;
     let first = backend_pid(&client).await;
@@ -194,7 +173,7 @@ async fn a_connection_cut_off_while_idle_is_replaced_after_its_check_times_out()
     let role = "pc_cut";
     let primary = cluster.primary().port;
     let cut = Cutter::start(primary).await;
-    let text = config_text(cluster, "default_pool_size = 1\nserver_check_delay = \"0\"", role);
+    let text = config_text(cluster, "default_pool_size = 1\nserver_check_delay = \"300ms\"", role);
     let direct = format!("port = {primary}\nrole = \"primary\"");
     assert!(text.contains(&direct), "the primary's entry: {text}");
     let text = text.replace(&direct, &format!("port = {}\nrole = \"primary\"", cut.port));
@@ -202,8 +181,11 @@ async fn a_connection_cut_off_while_idle_is_replaced_after_its_check_times_out()
     let client = connect(&app, role).await;
     let first = backend_pid(&client).await;
     assert_eq!(backend_pid(&client).await, first, "reused while it answers");
-    // The network between pgrelay and the server goes silent: no FIN, no RST, no answer.
+    // The network between pgrelay and the server goes silent: no FIN, no RST,
+    // no answer; and the connection stays idle past server_check_delay (and
+    // the janitor's next look at it).
     cut.cut();
+    tokio::time::sleep(Duration::from_millis(800)).await;
     let started = Instant::now();
     let second = backend_pid(&client).await;
     assert_ne!(second, first, "a new server connection");
@@ -466,7 +448,7 @@ async fn a_databases_pool_mode_takes_effect_and_a_users_wins_over_it() {
 async fn reload_applies_min_pool_size_and_caps_without_dropping_clients() {
     let cluster = prepared();
     let role = "pc_reload_min";
-    let file = ConfigFile::new("min", &config_text(cluster, "default_pool_size = 4", role));
+    let file = relay::TempConfig::new(&config_text(cluster, "default_pool_size = 4", role));
     let app = App::start_from(&file.0).await.expect("pgrelay starts");
     let observer = observer(cluster).await;
     let client = connect(&app, role).await;
@@ -488,5 +470,85 @@ async fn reload_applies_min_pool_size_and_caps_without_dropping_clients() {
     assert!(pids.contains(&first.parse().unwrap()), "the connection it had before the reload stays: {pids:?}");
     let again = app.context().pools.all().into_iter().find(|p| p.key.user == role).expect("the role's pool");
     assert!(std::sync::Arc::ptr_eq(&pool, &again), "the same pool, not a renewed one");
+    app.shutdown(GRACE).await;
+}
+
+#[tokio::test]
+async fn a_client_that_waits_in_vain_at_a_cap_is_told_which() {
+    let cluster = prepared();
+    let role = "pc_capwait";
+    let pool = "default_pool_size = 4\nmax_db_connections = 1\nquery_wait_timeout = \"1s\"";
+    let app = start(cluster, pool, role).await;
+    let holder = connect(&app, role).await;
+    holder.batch_execute("begin").await.unwrap();
+    let waiter = connect(&app, role).await;
+    let err = waiter.simple_query("select 1").await.expect_err("the one connection the cap allows is taken");
+    assert_eq!(relay::sqlstate(&err), "08006", "{err:?}");
+    let message = relay::message(&err);
+    assert!(message.contains("max_db_connections = 1 reached"), "{message}");
+    holder.batch_execute("commit").await.unwrap();
+    app.shutdown(GRACE).await;
+}
+
+/// The pool of (`database`, `role`) that new transactions use (not a retired one).
+fn live_pool(app: &RunningApp, database: &str, role: &str) -> Arc<pgrelay::pool::Pool> {
+    let pools = app.context().pools.all();
+    let found = pools.into_iter().find(|p| p.key.database == database && p.key.user == role && !p.is_closed());
+    found.unwrap_or_else(|| panic!("a live pool for {database}/{role}"))
+}
+
+#[tokio::test]
+async fn reload_applies_the_reserve_check_delay_caps_and_per_entry_sizes_and_modes() {
+    // The other reload tests cover server_lifetime, min_pool_size,
+    // max_user_connections, the client timeouts, keepalive,
+    // application_name_add_host and stats_period; this one the rest.
+    let cluster = prepared();
+    let role = "pc_reload_rest";
+    let text = |pool: &str, user: &str, database: &str| {
+        let entries = format!(
+            "\n[[users]]\nname = \"{role}\"\npassword = \"{PASSWORD}\"\n{user}\n\n\
+             [[databases]]\nname = \"pc_rest_db\"\ndbname = \"app\"\n{database}\n"
+        );
+        relay::config_toml(cluster, pool, &entries)
+    };
+    let file = relay::TempConfig::new(&text("default_pool_size = 4", "", ""));
+    let app = App::start_from(&file.0).await.expect("pgrelay starts");
+    let in_transaction = connect(&app, role).await;
+    in_transaction.batch_execute("begin").await.expect("begin");
+    let before = backend_pid(&in_transaction).await;
+    let on_db_entry = relay::connect_with(&connect_string(app.rw_addr.port(), role, PASSWORD, "pc_rest_db"))
+        .await
+        .expect("login to the database entry")
+        .client;
+    backend_pid(&on_db_entry).await;
+    let old = (live_pool(&app, "app", role), live_pool(&app, "pc_rest_db", role));
+    assert_eq!((old.0.settings().size, old.0.settings().reserve_size), (4, 0));
+    assert_eq!(old.1.mode(), pgrelay::config::PoolMode::Transaction);
+
+    let pool = "default_pool_size = 4\nreserve_pool_size = 1\nreserve_pool_timeout = \"250ms\"\n\
+                server_check_delay = \"0\"\nmax_db_connections = 7";
+    file.write(&text(pool, "pool_size = 2", "pool_mode = \"session\""));
+    app.context().reload().expect("reload");
+
+    // Nobody was dropped: the open transaction carries on, on the same
+    // server connection, and commits.
+    assert_eq!(backend_pid(&in_transaction).await, before, "the transaction keeps its server connection");
+    in_transaction.batch_execute("commit").await.expect("the transaction commits after the reload");
+    assert_eq!(scalar(&on_db_entry, "select 1").await, "1", "the idle client is served after the reload");
+    assert_eq!(scalar(&in_transaction, "select 1").await, "1", "and so is the other, in its next transaction");
+
+    let app_pool = live_pool(&app, "app", role);
+    assert_eq!(app_pool.settings().size, 2, "[[users]] pool_size = 2 now holds");
+    assert_eq!(app_pool.settings().reserve_size, 1, "reserve_pool_size = 1 now holds");
+    let tuning = app_pool.tuning();
+    assert_eq!(tuning.reserve_timeout, Some(Duration::from_millis(250)), "reserve_pool_timeout");
+    assert_eq!(tuning.check_delay, Duration::ZERO, "server_check_delay");
+    assert_eq!(app_pool.mode(), pgrelay::config::PoolMode::Transaction, "the user's database keeps [pool] mode");
+    let db_pool = live_pool(&app, "pc_rest_db", role);
+    assert_eq!(db_pool.mode(), pgrelay::config::PoolMode::Session, "[[databases]] pool_mode = session now holds");
+    assert_eq!(db_pool.settings().size, 2, "the user's pool_size holds on the database entry too");
+    let node = &app_pool.key.node;
+    let cap = app.context().pools.cap_state(node, CapKind::Database, "app").map(|(_, limit)| limit);
+    assert_eq!(cap, Some(7), "max_db_connections = 7 is in force");
     app.shutdown(GRACE).await;
 }

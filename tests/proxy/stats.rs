@@ -447,7 +447,7 @@ async fn reload_shortens_the_stats_period_without_dropping_anyone() {
     }
     let xacts_per_second = |row: Vec<(String, u64)>| row[0].1;
     assert_eq!(xacts_per_second(row(&console, "SHOW STATS_AVERAGES", "app").await), 0, "no period has ended");
-    std::fs::write(&file.0, text("1s")).expect("rewrite config");
+    file.write(&text("1s"));
     console.simple_query("RELOAD").await.expect("RELOAD");
     // The hour-long period ends within a second or two of the reload.
     let started = Instant::now();

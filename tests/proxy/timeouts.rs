@@ -452,6 +452,47 @@ async fn a_client_streaming_copy_or_reading_slowly_is_not_idle() {
 }
 
 #[tokio::test]
+async fn a_copy_whose_client_stalls_ends_after_query_timeout_and_the_cancel_wait() {
+    // A COPY waiting for its data is a statement in progress (PostgreSQL's
+    // idle_in_transaction_session_timeout does not fire then either), so
+    // query_timeout is what bounds it. PostgreSQL acts on a cancel only once
+    // more data arrives, so the cancel fails, and server_reset_timeout later
+    // the server connection is closed: the client's hold on it is bounded.
+    create_table("tmo_copy_stall").await;
+    let timeouts = "default_pool_size = 1\nidle_transaction_timeout = \"200ms\"\n\
+                    query_timeout = \"300ms\"\nserver_reset_timeout = \"500ms\"";
+    let app = relay::start_default(cluster(), timeouts).await;
+    let (mut raw, _) = Raw::login(app.rw_addr, &[]).await;
+    let pid = run(&mut raw, "select pg_backend_pid()").await;
+    let pid = String::from_utf8_lossy(&pid[1].1[6..]).into_owned();
+    raw.send(&query("begin; copy tmo_copy_stall from stdin")).await;
+    assert_eq!(raw.recv().await.expect("BEGIN's CommandComplete").0, b'C');
+    assert_eq!(raw.recv().await.expect("CopyInResponse").0, b'G');
+    let mut data = BytesMut::new();
+    data.put_u8(b'd');
+    data.put_u32(4 + 2);
+    data.put_slice(b"7\n");
+    raw.send(&data).await;
+    // The client sends no more.
+    let stalled_since = Instant::now();
+    let ((code, message), at) = farewell(&mut raw).await;
+    assert_took(stalled_since, at, Duration::from_millis(800), "the close");
+    assert_eq!(code, "08006", "{message}");
+    assert!(message.contains("query_timeout (300ms)"), "{message}");
+
+    // The connection was closed mid-COPY, never pooled: the row is gone
+    // with its transaction, and the next client gets a fresh connection.
+    wait_for_backend_state(&pid, "gone").await;
+    let (mut next, _) = Raw::login(app.rw_addr, &[]).await;
+    let count = run(&mut next, "select count(*), pg_backend_pid()::text from tmo_copy_stall").await;
+    assert_eq!(tags(&count), "T D C Z", "{count:?}");
+    let row = String::from_utf8_lossy(&count[1].1).into_owned();
+    assert!(row.as_bytes()[6..].starts_with(b"0"), "the COPY's row was rolled back: {row:?}");
+    assert!(!row.contains(&pid), "another server connection: {row:?} ({pid})");
+    app.shutdown(GRACE).await;
+}
+
+#[tokio::test]
 async fn reload_turns_each_timeout_on_for_connected_clients_without_dropping_others() {
     let off = "default_pool_size = 4";
     let app = relay::start(Config::parse(&config_text(off)).unwrap()).await;

@@ -300,6 +300,11 @@ impl TempConfig {
         std::fs::write(&path, text).expect("write config");
         TempConfig(path)
     }
+
+    /// Replaces the file's text (before a RELOAD).
+    pub fn write(&self, text: &str) {
+        std::fs::write(&self.0, text).unwrap_or_else(|e| panic!("write {}: {e}", self.0.display()));
+    }
 }
 
 impl Drop for TempConfig {

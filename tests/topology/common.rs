@@ -207,3 +207,44 @@ pub async fn lost_block_is_reported(cluster: &LocalCluster, node: &NodeHandle, c
     client.send(&rollback).await;
     assert_eq!(relay::tags(&client.until_ready().await), "C Z");
 }
+
+/// The value of `series` in one /metrics scrape `body`; 0 when absent.
+fn sample(body: &str, series: &str) -> f64 {
+    body.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
+}
+
+/// Asserts pgrelay counted exactly one period without a writable primary,
+/// a failover of `kind`, lasting between `at_least` and `at_most` (bounds
+/// the test measured itself), that none is open now, and that /topology's
+/// timeline says the same. Returns the period's length in seconds.
+pub async fn assert_one_failover(
+    app: &RunningApp,
+    (lost, took_over): (&str, &str),
+    kind: &str,
+    at_least: Duration,
+    at_most: Duration,
+) -> f64 {
+    let (_, body) = relay::http_get(app.http_addr, "/metrics").await;
+    let count = sample(&body, "pgrelay_primary_unavailable_seconds_count");
+    let sum = sample(&body, "pgrelay_primary_unavailable_seconds_sum");
+    let current = sample(&body, "pgrelay_primary_unavailable_current_seconds");
+    let kinds = ["unplanned", "switchover"].map(|k| sample(&body, &format!("pgrelay_failovers_total{{kind=\"{k}\"}}")));
+    let want_kinds = ["unplanned", "switchover"].map(|k| if k == kind { 1.0 } else { 0.0 });
+    assert_eq!(count, 1.0, "one period without a writable primary");
+    assert_eq!(kinds, want_kinds, "one {kind} failover");
+    assert_eq!(current, 0.0, "a primary serves again");
+    let window = at_least.as_secs_f64()..=at_most.as_secs_f64();
+    assert!(window.contains(&sum), "unavailable for {sum} s, outside the {window:?} s the test observed");
+
+    let (_, body) = relay::http_get(app.http_addr, "/topology").await;
+    let topology: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let last = &topology["last_failover"];
+    assert_eq!((last["lost_primary"].as_str(), last["new_primary"].as_str()), (Some(lost), Some(took_over)), "{last}");
+    assert_eq!((last["kind"].as_str(), last["ongoing"].as_bool()), (Some(kind), Some(false)), "{last}");
+    let seconds = |step: &str| last[step]["seconds"].as_f64().unwrap_or_else(|| panic!("{step} in {last}"));
+    let steps = ["last_seen_as_primary", "lost", "new_primary_seen", "first_write_routed"].map(seconds);
+    assert!(steps.windows(2).all(|w| w[0] <= w[1]), "timeline in order: {steps:?}");
+    let unavailable = last["unavailable_seconds"].as_f64().expect("unavailable_seconds");
+    assert!((unavailable - sum).abs() < 1e-6 && (steps[3] - sum).abs() < 1e-6, "{last} vs the histogram's {sum}");
+    sum
+}

@@ -80,13 +80,17 @@ async fn unplanned_failover_under_load() {
     assert_eq!(scalar(&idle, "select inet_server_port()").await, pg0.port.to_string());
     let changes = "pgrelay_primary_changes_total";
     assert_eq!(relay::metric(app.http_addr, changes).await, Some(0.0), "no change before the failover");
+    let periods = "pgrelay_primary_unavailable_seconds_count";
+    assert_eq!(relay::metric(app.http_addr, periods).await, Some(0.0), "no period before the failover");
 
     let load = Arc::new(Load::default());
     let writers: Vec<_> = (0..WRITERS).map(|_| tokio::spawn(writer(app.rw_addr, load.clone()))).collect();
     let reads = tokio::spawn(reader(app.ro_addr, load.clone()));
     tokio::time::sleep(Duration::from_secs(1)).await;
 
+    let kill_started = Instant::now();
     blocking(|| cluster.stop(pg0, StopMode::Immediate)).expect("kill the primary");
+    let killed = Instant::now();
     let promote_started = Instant::now();
     let view = app.context().cluster.clone();
     let seen = tokio::spawn(async move {
@@ -143,5 +147,16 @@ async fn unplanned_failover_under_load() {
     let topology = app.context().cluster.load();
     assert_eq!(topology.primary, Some(1), "{topology:?}");
     assert_eq!(relay::metric(app.http_addr, changes).await, Some(1.0), "pg0 -> pg1 is one change");
+    // pg0's last check as primary came before it died (at most a check
+    // interval and a check_timeout before the kill began); the first write
+    // pg1 accepted, after its promotion began and by the first one a writer saw.
+    let at_least = promote_started - killed;
+    let at_most = first - kill_started + CHECK_INTERVAL + Duration::from_secs(1);
+    let unavailable = common::assert_one_failover(&app, ("pg0", "pg1"), "unplanned", at_least, at_most).await;
+    println!(
+        "pgrelay_primary_unavailable_seconds: {unavailable:.3} s (the test saw {:?} from the kill to the first \
+         acknowledged write on pg1)",
+        first - kill_started
+    );
     app.shutdown(Duration::from_secs(5)).await;
 }

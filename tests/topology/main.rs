@@ -18,3 +18,4 @@ mod replicas;
 mod split_brain;
 mod survive;
 mod switchover;
+mod sync;

@@ -83,11 +83,13 @@ async fn follows_the_patroni_leader() {
     let writer = relay::connect(app.rw_addr).await;
 
     // Patroni moves the leader key to pg1 before pg1 is promoted: writes wait.
+    let leader_moved = Instant::now();
     *body.lock().expect("body") = cluster_body(&cluster, "pg1");
     wait_topology(&app, "leader pg1 not yet promoted", BOUND, |t| {
         t.primary.is_none() && t.no_primary_reason.as_deref() == Some("pg1 is the Patroni leader but still in recovery")
     })
     .await;
+    let leader_move_seen = Instant::now();
     let write = tokio::spawn(async move {
         let port = scalar(&writer, "insert into patroni_t values (2) returning inet_server_port()").await;
         (port, Instant::now())
@@ -108,6 +110,14 @@ async fn follows_the_patroni_leader() {
     );
     let topology = app.context().cluster.load();
     assert!(!topology.split_brain && topology.primary == Some(1), "{topology:?}");
+    // pg0 still ran when the leader key moved: a switchover, unavailable
+    // from pg0's last check as primary (before pgrelay showed the move; at
+    // most a check interval and a check_timeout before the key moved) to
+    // the waiting write pg1 accepted (after its promotion began).
+    let at_least = promote_started - leader_move_seen;
+    let at_most = done - leader_moved + common::CHECK_INTERVAL + Duration::from_secs(1);
+    let unavailable = common::assert_one_failover(&app, ("pg0", "pg1"), "switchover", at_least, at_most).await;
+    println!("pgrelay_primary_unavailable_seconds: {unavailable:.3} s");
 
     // The transaction left open on pg0 is ended.
     common::lost_block_is_reported(&cluster, pg0, &mut in_transaction, "no longer the primary").await;

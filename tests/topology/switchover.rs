@@ -75,6 +75,7 @@ async fn planned_switchover_without_client_errors() {
     assert!(ctx.lifecycle.is_paused());
     let paused = Instant::now();
     blocking(|| cluster.stop(pg0, StopMode::Fast)).expect("stop the old primary cleanly");
+    let stopped = Instant::now();
     // A client arriving mid-switchover logs in, and its first transaction is held too.
     let mut writers = writers;
     writers.push(tokio::spawn(writer(app.rw_addr, load.clone())));
@@ -87,6 +88,7 @@ async fn planned_switchover_without_client_errors() {
     })
     .await;
     let acked_while_paused = load.acked.lock().expect("acked").iter().filter(|(_, at, _)| *at > paused).count();
+    let resume_sent = Instant::now();
     command("RESUME").await;
     let resumed = Instant::now();
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -127,5 +129,15 @@ async fn planned_switchover_without_client_errors() {
     assert_eq!(ctx.cluster.load().primary, Some(1));
     let changes = relay::metric(app.http_addr, "pgrelay_primary_changes_total").await;
     assert_eq!(changes, Some(1.0), "the switchover is one change of primary");
+    // Writes were unavailable from pg0's last check (before its stop
+    // returned, at most a check interval and a check_timeout before PAUSE
+    // began) to the first write after RESUME, by the first one a writer saw.
+    // pg0 stopped before pg1 was promoted: to pgrelay, a primary that
+    // stopped answering, so the kind is "unplanned".
+    let first_on_pg1 = after_resume.iter().map(|(_, at, _)| *at).min().expect("a write after RESUME");
+    let at_least = resume_sent - stopped;
+    let at_most = first_on_pg1 - pause_started + common::CHECK_INTERVAL + Duration::from_secs(1);
+    let unavailable = common::assert_one_failover(&app, ("pg0", "pg1"), "unplanned", at_least, at_most).await;
+    println!("pgrelay_primary_unavailable_seconds: {unavailable:.3} s (pause to resume {:?})", resumed - pause_started);
     app.shutdown(Duration::from_secs(5)).await;
 }

@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use super::table::{boolean, num, text, ColumnType as T, Table};
 use crate::cluster::Topology;
-use crate::config::{AuthType, Config, RoFallback, Role, SessionStatePolicy, Source};
+use crate::config::{AuthType, Config, Prefer, RoFallback, Role, SessionStatePolicy, Source};
 
 /// SHOW CONFIG columns, PgBouncer 1.18.
 pub const CONFIG: [(&str, T); 4] =
     [("key", T::Text), ("value", T::Text), ("default", T::Text), ("changeable", T::Text)];
 
 /// SHOW NODES columns.
-pub const NODES: [(&str, T); 9] = [
+pub const NODES: [(&str, T); 11] = [
     ("name", T::Text),
     ("host", T::Text),
     ("port", T::Int4),
@@ -23,6 +23,8 @@ pub const NODES: [(&str, T); 9] = [
     ("lag_seconds", T::Float8),
     ("in_read_set", T::Bool),
     ("excluded_reason", T::Text),
+    ("sync_state", T::Text),
+    ("application_name", T::Text),
 ];
 
 /// The smallest valid configuration: every setting at its default.
@@ -118,6 +120,15 @@ pub fn config_values(config: &Config) -> Vec<(&'static str, String)> {
             match config.routing.ro_fallback {
                 RoFallback::Primary => "primary",
                 RoFallback::Error => "error",
+            }
+            .to_owned(),
+        ),
+        (
+            "routing.prefer",
+            match config.routing.prefer {
+                Prefer::Any => "any",
+                Prefer::Sync => "sync",
+                Prefer::Async => "async",
             }
             .to_owned(),
         ),
@@ -279,8 +290,8 @@ fn pgbouncer_value(value: &str) -> String {
 }
 
 /// SHOW NODES: every configured node with its role (primary, replica, or
-/// unknown while unreachable or unchecked), lag, and why a node that is not
-/// the primary is out of the read set.
+/// unknown while unreachable or unchecked), lag, why a node that is not
+/// the primary is out of the read set, and a replica's sync_state on the primary.
 pub fn nodes_table(topology: &Topology) -> Table {
     let mut table = Table::new(&NODES);
     for (i, node) in topology.nodes.iter().enumerate() {
@@ -299,6 +310,8 @@ pub fn nodes_table(topology: &Topology) -> Table {
             node.lag.map(|d| format!("{:.3}", d.as_secs_f64())),
             boolean(topology.read_set.contains(&i)),
             node.excluded.clone(),
+            (node.role == Some(Role::Replica)).then(|| node.sync_state.as_str().to_owned()),
+            text(node.application_name.as_str()),
         ]);
     }
     table

@@ -197,15 +197,16 @@ fn nodes_show_roles_lag_and_exclusions() {
     let mut topology = crate::cluster::Topology::unchecked(&config);
     let table = settings::nodes_table(&topology);
     let row: Vec<&str> = table.rows[0].iter().map(|v| v.as_deref().unwrap_or("NULL")).collect();
-    assert_eq!(row, ["pg0", "db", "5432", "unknown", "f", "NULL", "NULL", "f", "not checked yet"]);
+    assert_eq!(row, ["pg0", "db", "5432", "unknown", "f", "NULL", "NULL", "f", "not checked yet", "NULL", "pg0"]);
     topology.nodes[0].role = Some(crate::config::Role::Replica);
     topology.nodes[0].lag_bytes = Some(42);
     topology.nodes[0].lag = Some(Duration::from_millis(1500));
     topology.nodes[0].excluded = None;
+    topology.nodes[0].sync_state = crate::cluster::SyncState::Quorum;
     topology.read_set = vec![0];
     let table = settings::nodes_table(&topology);
     let row: Vec<&str> = table.rows[0].iter().map(|v| v.as_deref().unwrap_or("NULL")).collect();
-    assert_eq!(row, ["pg0", "db", "5432", "replica", "t", "42", "1.500", "t", "NULL"]);
+    assert_eq!(row, ["pg0", "db", "5432", "replica", "t", "42", "1.500", "t", "NULL", "quorum", "pg0"]);
 }
 
 #[test]

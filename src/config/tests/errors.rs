@@ -99,6 +99,7 @@ fn invalid_values_name_their_key_and_line() {
         ("[routing]\nmax_replica_lag_bytes = -5\n", "[routing] max_replica_lag_bytes: size must not be negative"),
         ("[routing]\nmax_replica_lag = \"ten seconds\"\n", "[routing] max_replica_lag: invalid duration"),
         ("[routing]\nro_fallback = \"replica\"\n", "[routing] ro_fallback: invalid value \"replica\""),
+        ("[routing]\nprefer = \"quorum\"\n", "[routing] prefer: invalid value \"quorum\""),
         ("[cluster]\nsource = \"etcd\"\n", "[cluster] source: invalid value \"etcd\""),
         ("[cluster]\ncheck_interval = \"0ms\"\n", "[cluster] check_interval: must be greater than 0"),
         ("[cluster]\nuser = \"\"\n", "[cluster] user: must not be empty"),
@@ -429,4 +430,19 @@ fn client_tls_files_and_modes_are_checked_at_load() {
     let protocols = tls(format!("{files}client_tls_protocols = \"sslv3\"\n"));
     assert_error(&protocols, Some(line(&protocols, "client_tls_protocols", 1)), &["sslv3"]);
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_node_application_name_is_one_to_63_bytes() {
+    let node = |name: &str| format!("[[nodes]]\nname = \"pg1\"\nport = 1\napplication_name = \"{name}\"\n");
+    for bad in [String::new(), "x".repeat(64)] {
+        let text = with(&[NODE, &node(&bad), USER, DATABASE]);
+        let at = line(&text, "application_name", 1);
+        assert_error(&text, Some(at), &["[[nodes]] \"pg1\" application_name", "1 to 63 bytes"]);
+    }
+    let config = Config::parse(&with(&[NODE, &node("member-1"), USER, DATABASE])).expect("valid");
+    assert_eq!(
+        (config.nodes[0].application_name.as_str(), config.nodes[1].application_name.as_str()),
+        ("pg0", "member-1")
+    );
 }

@@ -14,6 +14,7 @@ use std::task::Poll;
 use tokio_util::io::poll_read_buf;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+mod first_write;
 mod forward;
 mod lost;
 mod relay;
@@ -151,6 +152,8 @@ pub struct Session {
     /// (wrapping): the timeouts tell a new wait from the last one by them.
     client_reads: u32,
     leases: u32,
+    /// Watching for the first write a new primary accepts (see `first_write`).
+    first_write: Option<first_write::FirstWrite>,
     /// The connection's span: log events name it as their parent, so the
     /// hot loop never has to enter it.
     span: tracing::Span,
@@ -183,6 +186,7 @@ impl Session {
             watchdog: None,
             client_reads: 0,
             leases: 0,
+            first_write: None,
             span,
             ctx,
             client,
@@ -461,9 +465,9 @@ impl Session {
                     _ = self.ctx.lifecycle.wait_resumed() => deadline = None,
                 }
             }
-            let (wait, fallback) = {
+            let (wait, fallback, prefer) = {
                 let config = self.config();
-                (config.pool.query_wait_timeout, config.routing.ro_fallback)
+                (config.pool.query_wait_timeout, config.routing.ro_fallback, config.routing.prefer)
             };
             let deadline = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + wait);
             let pools = &self.pools;
@@ -471,7 +475,7 @@ impl Session {
             let load = |node: &NodeStatus| {
                 pools.iter().find(|p| p.key.node == node.name).map_or(0, |p| p.metrics().active.get().max(0) as usize)
             };
-            let input = RouteInput { listener: self.listener, turn: self.read_turn, load: &load };
+            let input = RouteInput { listener: self.listener, turn: self.read_turn, load: &load, prefer };
             let (topology, node, routed_after_waiting) = route_waiting(&self.ctx, input, fallback, deadline).await?;
             held |= routed_after_waiting;
             self.read_turn = self.read_turn.wrapping_add(1);
@@ -494,10 +498,13 @@ impl Session {
                 }
                 lease => lease?,
             };
-            // The primary may have moved while the checkout waited.
-            if self.listener == ListenerKind::ReadWrite && self.ctx.cluster.primary() != Some(node) {
-                held = true;
-                continue;
+            if self.listener == ListenerKind::ReadWrite {
+                // The primary may have moved while the checkout waited.
+                if self.ctx.cluster.primary() != Some(node) {
+                    held = true;
+                    continue;
+                }
+                self.first_write = first_write::FirstWrite::at_checkout(&self.ctx.cluster, node);
             }
             let conn = lease.conn();
             let link = ServerLink { pool: pool.clone(), addr: conn.addr, pid: conn.key.pid, created: conn.created };

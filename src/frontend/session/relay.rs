@@ -70,6 +70,9 @@ impl Session {
                         self.ctx.metrics.error(wire::error_code(body).unwrap_or(b"??"), ErrorOrigin::Server);
                         self.server_fatal |= wire::is_fatal_error(body);
                         self.out.extend_from_slice(msg);
+                        if let Some(watch) = &mut self.first_write {
+                            watch.on_error();
+                        }
                     }
                     tag::COMMAND_COMPLETE => {
                         self.out.extend_from_slice(msg);
@@ -78,6 +81,11 @@ impl Session {
                     tag::READY_FOR_QUERY => {
                         self.out.extend_from_slice(msg);
                         let tracker = conn.tracker();
+                        if let Some(watch) = &mut self.first_write {
+                            if watch.on_ready(tracker.tx_status(), &self.ctx.cluster) {
+                                self.first_write = None;
+                            }
+                        }
                         let idle = tracker.tx_status() == TxStatus::Idle;
                         if let Some(ended) = self.timing.ready(idle, || tracker.client_ready_owed(), Instant::now) {
                             let traffic = &pool.metrics().traffic;
