@@ -153,6 +153,10 @@ pub struct Tracker {
     skipping_until_sync: bool,
     /// Extended-protocol messages were sent since the last Sync.
     batch_open: bool,
+    /// What the statements executed since the last Sync do to the
+    /// transaction: an implicit transaction commits at the Sync, after its
+    /// Executes were answered, so the Sync carries the whole batch's effect.
+    batch_effect: TxEffect,
     tx: TxStatus,
     copy: CopyState,
     /// The shared statements prepared on this connection.
@@ -177,6 +181,7 @@ impl Tracker {
             markers: 0,
             skipping_until_sync: false,
             batch_open: false,
+            batch_effect: TxEffect::NONE,
             tx: TxStatus::Idle,
             copy: CopyState::None,
             prepared: ServerStatements::new(max_prepared),
@@ -230,8 +235,22 @@ impl Tracker {
                 }
             }
         }
+        let effect = match expect {
+            Expect::Sync => std::mem::replace(&mut self.batch_effect, TxEffect::NONE),
+            Expect::Query => effect,
+            _ => {
+                self.batch_effect = self.batch_effect.then(effect);
+                effect
+            }
+        };
         self.queue.push_back(Pending::Server { expect, origin, effect });
         Ok(())
+    }
+
+    /// What the statements executed in the batch not yet ended by a Sync do
+    /// to the transaction, answered or not.
+    pub fn open_batch_effect(&self) -> TxEffect {
+        self.batch_effect
     }
 
     /// The client has sent CopyData and neither its CopyDone/CopyFail nor the

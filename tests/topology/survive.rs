@@ -60,8 +60,10 @@ async fn connections_outlive_an_unplanned_failover() {
     // A COMMIT with synchronous_commit = on waits for this standby, which never comes.
     psql(&cluster, pg0, "alter system set synchronous_standby_names = 'nobody'");
     psql(&cluster, pg0, "select pg_reload_conf()");
+    // Every commit of a transaction that wrote waits for it (new sessions: before pgrelay connects).
+    psql(&cluster, pg0, "alter role app set synchronous_commit = on");
     let mut settings = config(&cluster, "", "query_wait_timeout = \"15s\"");
-    // Five clients hold a server connection at once.
+    // Six clients hold a server connection at once.
     settings.pool.default_pool_size = std::num::NonZeroUsize::new(8).expect("8");
     let app = relay::start(settings).await;
     wait_topology(&app, "primary and both replicas", Duration::from_secs(5), |t| {
@@ -73,6 +75,7 @@ async fn connections_outlive_an_unplanned_failover() {
     let connect = || async { Arc::new(relay::connect(rw).await) };
     let (mid, committing, autocommit, idle, idle_in_block, pinned) =
         (connect().await, connect().await, connect().await, connect().await, connect().await, connect().await);
+    let implicit_commit = connect().await;
     assert_eq!(port_of(&idle).await, pg0.port);
     // A statement in flight in a block.
     mid.batch_execute("begin; update survive_t set v = v + 1 where id = 1").await.expect("begin");
@@ -85,6 +88,9 @@ async fn connections_outlive_an_unplanned_failover() {
     let commit = in_background(&committing, "commit");
     // An autocommit statement in flight.
     let auto_sleep = in_background(&autocommit, "select pg_sleep(61)");
+    // An autocommit insert in extended protocol whose implicit commit, at
+    // its Sync, waits: the Execute may be answered, the commit is in flight.
+    let insert = in_background(&implicit_commit, "insert into survive_t values (4, 0)");
     // A block open with nothing in flight.
     idle_in_block.batch_execute("begin; update survive_t set v = v + 1 where id = 3").await.expect("begin");
     // Pinned by a session setting.
@@ -93,6 +99,7 @@ async fn connections_outlive_an_unplanned_failover() {
 
     wait_running(&cluster, pg0, "app", "select pg_sleep(6%", 2).await;
     wait_running(&cluster, pg0, "app", "commit", 1).await;
+    wait_running(&cluster, pg0, "app", "insert into survive_t values (4%", 1).await;
     blocking(|| cluster.stop(pg0, StopMode::Immediate)).expect("kill the primary");
 
     // Each in-flight request is answered at once, before any new primary exists.
@@ -100,6 +107,7 @@ async fn connections_outlive_an_unplanned_failover() {
     assert_eq!(answered(mid_sleep).await.expect("task"), Err("40001".to_owned()), "in a block");
     assert_eq!(answered(commit).await.expect("task"), Err("08007".to_owned()), "COMMIT in flight");
     assert_eq!(answered(auto_sleep).await.expect("task"), Err("08007".to_owned()), "autocommit in flight");
+    assert_eq!(answered(insert).await.expect("task"), Err("08007".to_owned()), "implicit commit at the Sync");
 
     // Until its ROLLBACK the client is in a failed block, answered by pgrelay.
     let refused = mid.simple_query("select 1").await.expect_err("refused in the failed block");
@@ -115,6 +123,7 @@ async fn connections_outlive_an_unplanned_failover() {
     assert_eq!(next(committing.clone()).await, pg1.port, "after the unknown COMMIT");
     assert_eq!(next(autocommit.clone()).await, pg1.port, "after the unknown autocommit statement");
     assert_eq!(next(idle.clone()).await, pg1.port, "idle: no error at all");
+    assert_eq!(next(implicit_commit.clone()).await, pg1.port, "after the unknown implicit commit");
     // The block lost while idle: its next statement hears of the loss.
     let lost = idle_in_block.simple_query("select 1").await.expect_err("the lost block");
     assert_eq!(sqlstate(&lost), "40001", "{}", relay::message(&lost));

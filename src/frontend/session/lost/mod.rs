@@ -155,8 +155,11 @@ impl Session {
         let mut unit = Unit { effect: TxEffect::NONE, client: false, simple: false, closed: false, requests: 0 };
         for request in tracker.in_flight() {
             let client = request.origin == Origin::Client;
-            let effect = request.effect;
-            unit.effect = unit.effect.then(effect);
+            unit.effect = match request.expect {
+                // The Sync carries its whole batch's effect, Executes already answered included.
+                Expect::Sync => request.effect,
+                _ => unit.effect.then(request.effect),
+            };
             unit.client |= client;
             unit.requests += 1;
             if matches!(request.expect, Expect::Sync | Expect::Query) {
@@ -171,6 +174,7 @@ impl Session {
         }
         if tracker.batch_open() || unit.client {
             unit.client = true;
+            unit.effect = tracker.open_batch_effect();
             units.push(unit);
         }
         units
