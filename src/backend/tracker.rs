@@ -237,11 +237,12 @@ impl Tracker {
         }
         let effect = match expect {
             Expect::Sync => std::mem::replace(&mut self.batch_effect, TxEffect::NONE),
-            Expect::Query => effect,
-            _ => {
+            // Only an Execute runs statements in a batch.
+            Expect::Execute => {
                 self.batch_effect = self.batch_effect.then(effect);
                 effect
             }
+            _ => effect,
         };
         self.queue.push_back(Pending::Server { expect, origin, effect });
         Ok(())

@@ -59,11 +59,13 @@ impl TxEffect {
     }
 
     /// From `state`: where the transaction ends up, and whether it may have committed.
+    #[inline]
     pub fn from(self, state: TxStatus) -> Step {
         self.0[index(state)]
     }
 
     /// This, then `next`.
+    #[inline]
     pub fn then(self, next: TxEffect) -> TxEffect {
         let compose = |s: Step| {
             let n = next.from(s.after);

@@ -92,7 +92,8 @@ impl Session {
                 }
                 None => self.unnamed.definition = Some(definition.to_vec()),
             }
-            self.unnamed.effect = lost::statement_effect(sql_of(definition));
+            // Its first words are all that is read: no need to find where the text ends.
+            self.unnamed.effect = lost::statement_effect(definition);
             self.unnamed.on_lease = true;
             {
                 self.send(msg, Expect::Parse { registers: None, client_name: None });
@@ -192,7 +193,7 @@ impl Session {
             }
         };
         if portal_unnamed {
-            self.bound_effect = stmt.tx_effect(|definition| lost::statement_effect(sql_of(definition)));
+            self.bound_effect = stmt.tx_effect(lost::statement_effect);
         }
         let conn = self.conn();
         conn.send_built(Expect::Bind { statement: Some(stmt.clone()) }, Origin::Client, |b| {

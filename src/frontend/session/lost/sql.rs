@@ -17,7 +17,8 @@ pub fn query_effect(sql: &[u8]) -> TxEffect {
     }
 }
 
-/// What one statement's text (a Parse's) does.
+/// What one statement's text (a Parse's) does; read from its first words,
+/// so the text may go on past its NUL (a Parse body's parameter types).
 pub fn statement_effect(sql: &[u8]) -> TxEffect {
     effect_of(statement_kind(sql))
 }
