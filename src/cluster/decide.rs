@@ -356,7 +356,8 @@ impl ClusterState {
                 (Membership::Unknown, Ok(())) => Some(Exclusion::NotChecked.to_string()),
             }
         };
-        NodeStatus { role, lag_bytes: lag.bytes, lag: lag.time, excluded, ..base.clone() }
+        let wal_lsn = probe.and_then(|p| p.wal_lsn).or(base.wal_lsn);
+        NodeStatus { role, lag_bytes: lag.bytes, lag: lag.time, wal_lsn, excluded, ..base.clone() }
     }
 }
 

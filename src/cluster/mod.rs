@@ -33,6 +33,9 @@ pub struct NodeStatus {
     pub lag_bytes: Option<u64>,
     /// Same in time; only counted while the LSNs differ.
     pub lag: Option<Duration>,
+    /// The WAL position the last check saw: replayed on a replica, written
+    /// on the primary (a replica's only grows, so it is a lower bound of now).
+    pub wal_lsn: Option<u64>,
     /// Why a node that is not the primary is not in the read set.
     pub excluded: Option<String>,
 }
@@ -46,6 +49,7 @@ impl NodeStatus {
             role: node.role,
             lag_bytes: None,
             lag: None,
+            wal_lsn: None,
             excluded: None,
         }
     }

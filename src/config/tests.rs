@@ -138,6 +138,9 @@ fn defaults_from_a_minimal_file() {
         max_replica_lag_bytes: 16 << 20,
         max_replica_lag: Duration::from_secs(10),
         ro_fallback: RoFallback::Primary,
+        read_your_writes_wait: Duration::from_millis(300),
+        causal_expiry: Duration::from_secs(300),
+        causal_max_ids: std::num::NonZeroUsize::new(10_000).expect("not zero"),
     };
     assert_eq!(config.routing, routing);
     let cluster = Cluster {
@@ -392,7 +395,17 @@ fn every_table_key_can_be_overridden() {
                 ("query_timeout", "30s"),
             ],
         ),
-        ("routing", &[("max_replica_lag_bytes", "1kB"), ("max_replica_lag", "1s"), ("ro_fallback", "error")]),
+        (
+            "routing",
+            &[
+                ("max_replica_lag_bytes", "1kB"),
+                ("max_replica_lag", "1s"),
+                ("ro_fallback", "error"),
+                ("read_your_writes_wait", "50ms"),
+                ("causal_expiry", "1m"),
+                ("causal_max_ids", "100"),
+            ],
+        ),
         (
             "cluster",
             &[

@@ -13,6 +13,7 @@ fn topology(roles: &[Option<Role>], read_set: &[usize]) -> Topology {
             role: *role,
             lag_bytes: None,
             lag: None,
+            wal_lsn: None,
             excluded: None,
         })
         .collect::<Vec<_>>();

@@ -51,6 +51,10 @@ impl Session {
                 if self.answer_without_server(frame.tag, &msg)? {
                     continue;
                 }
+                if let Some(command) = pgrelay_command_of(frame.tag, &msg) {
+                    self.answer_pgrelay_command(command).await?;
+                    continue;
+                }
                 self.acquire().await?;
             }
             self.forward_client_message(frame.tag, &msg, named)?;
@@ -229,6 +233,9 @@ impl Session {
 
     fn forward_query(&mut self, msg: &[u8], body: &[u8]) -> Result<(), SessionError> {
         let sql = sql_of(body);
+        if router::pgrelay_command(sql).is_some() {
+            return self.refuse_pgrelay_command();
+        }
         let effects = router::classify(sql);
         self.note_settings_change(effects.changes_settings);
         let Some(effect) = effects.session_state else {
@@ -310,6 +317,11 @@ fn checked(named: &Named) -> Option<&Arc<Statement>> {
 /// The query text of a Query message (or of a Parse after its name).
 pub(super) fn sql_of(body: &[u8]) -> &[u8] {
     wire::read_cstr(body).map_or(body, |(sql, _)| sql)
+}
+
+/// The `pgrelay.` statement a simple Query is, if it is one.
+fn pgrelay_command_of(msg_tag: u8, msg: &[u8]) -> Option<router::PgrelayCommand> {
+    (msg_tag == tag::QUERY).then(|| router::pgrelay_command(sql_of(wire::body(msg)))).flatten()
 }
 
 /// Whether the first word of `sql` (after spaces and comments) may start with D.

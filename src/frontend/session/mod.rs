@@ -16,11 +16,14 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 mod forward;
 mod relay;
+mod ryw;
 mod statements;
 mod timeouts;
 mod timing;
 
-use super::checkout::{pause_before_retry, pool_for, route_waiting};
+pub use ryw::ReadYourWrites;
+
+use super::checkout::{pause_before_retry, pool_for};
 use super::error::SessionError;
 use super::prepared::ClientStatements;
 use super::startup::LoginParts;
@@ -83,6 +86,8 @@ pub struct Session {
     pools: Vec<Arc<Pool>>,
     /// Where this client's next read starts among the replicas (see `RouteInput::turn`).
     read_turn: usize,
+    /// What its reads must see, and whose commits it notes (see `ryw`).
+    ryw: ReadYourWrites,
     statements: ClientStatements,
     /// Private copies of shared statements, by the shared one's server name,
     /// for a client whose settings differ from its context's.
@@ -189,6 +194,7 @@ impl Session {
             lease: None,
             pools: Vec::new(),
             read_turn: rand::random(),
+            ryw: parts.read_your_writes,
             statements: ClientStatements::default(),
             unnamed: UnnamedStatement::default(),
             private_copies: Default::default(),
@@ -424,6 +430,10 @@ impl Session {
         let mut deadline = None;
         // Something made the client wait: PAUSE, no primary yet, a retry.
         let mut held = false;
+        // The position a read must see, once known; the wait for it, once over.
+        let reads_at_lsn = self.listener == ListenerKind::ReadOnly && self.ryw != ReadYourWrites::default();
+        let mut floor = if reads_at_lsn { None } else { Some(None) };
+        let mut gave_up = None;
         loop {
             if self.ctx.lifecycle.is_paused() {
                 held = true;
@@ -434,18 +444,22 @@ impl Session {
                     _ = self.ctx.lifecycle.wait_resumed() => deadline = None,
                 }
             }
-            let (wait, fallback) = {
+            let (wait, fallback, ryw_wait) = {
                 let config = self.config();
-                (config.pool.query_wait_timeout, config.routing.ro_fallback)
+                (config.pool.query_wait_timeout, config.routing.ro_fallback, config.routing.read_your_writes_wait)
             };
             let deadline = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + wait);
+            if floor.is_none() {
+                floor = Some(self.read_floor(deadline).await);
+            }
             let pools = &self.pools;
             // In progress on a node's pool, as far as this session knows the pool.
             let load = |node: &NodeStatus| {
                 pools.iter().find(|p| p.key.node == node.name).map_or(0, |p| p.metrics().active.get().max(0) as usize)
             };
             let input = RouteInput { listener: self.listener, turn: self.read_turn, load: &load };
-            let (topology, node, routed_after_waiting) = route_waiting(&self.ctx, input, fallback, deadline).await?;
+            let routed = ryw::route_next(&self.ctx, input, fallback, deadline, floor.flatten(), gave_up).await?;
+            let (topology, node, routed_after_waiting, plan) = routed;
             held |= routed_after_waiting;
             self.read_turn = self.read_turn.wrapping_add(1);
             let pool = self.pool_for_node(&topology.nodes[node]);
@@ -472,6 +486,13 @@ impl Session {
                 held = true;
                 continue;
             }
+            if let ryw::ReadPlan::Check(min_lsn) = plan {
+                if !ryw::replayed_within(&mut lease, min_lsn, ryw_wait).await {
+                    gave_up = Some(ryw_wait);
+                    held = true;
+                    continue;
+                }
+            }
             let conn = lease.conn();
             let link = ServerLink { pool: pool.clone(), addr: conn.addr, pid: conn.key.pid, created: conn.created };
             self.registered.set_active(link);
@@ -480,6 +501,9 @@ impl Session {
                 self.registered.set_waiting(asked_at);
                 held = true;
                 continue;
+            }
+            if self.listener == ListenerKind::ReadOnly {
+                lease.pool().metrics().reads.routed(plan.reason(node, &topology)).inc();
             }
             // A connection there at once is no wait (and no clock reading);
             // PAUSE, routing, a slot and a new connection's login are.

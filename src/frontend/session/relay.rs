@@ -8,10 +8,11 @@ use std::time::Instant;
 
 use bytes::Buf;
 
-use super::{statements, Session, READ_CHUNK};
+use super::{ryw::note_commit, statements, Session, READ_CHUNK};
 use crate::backend::Verdict;
 use crate::frontend::error::SessionError;
 use crate::metrics::ErrorOrigin;
+use crate::router::ListenerKind;
 use crate::wire::{self, backend as tag, ErrorFields, Frame, TxStatus};
 
 /// Server messages are trusted up to PostgreSQL's own 1 GB field limit.
@@ -74,6 +75,10 @@ impl Session {
                         self.out.extend_from_slice(msg);
                         let tracker = conn.tracker();
                         let idle = tracker.tx_status() == TxStatus::Idle;
+                        // Before the client can see it: its next read may be on another connection.
+                        if idle && self.ryw.causal_id.is_some() && self.listener == ListenerKind::ReadWrite {
+                            note_commit(&self.ctx, &self.ryw, &self.config.1);
+                        }
                         if let Some(ended) = self.timing.ready(idle, || tracker.client_ready_owed(), Instant::now) {
                             let traffic = &pool.metrics().traffic;
                             traffic.query(ended.query);

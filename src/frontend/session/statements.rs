@@ -412,7 +412,7 @@ impl Session {
 
     /// An error for the client's simple Query, raised by the server so that
     /// it comes in order and with the transaction state a server gives it.
-    fn raise_in_query(&mut self, code: &str, message: &str) -> Result<(), SessionError> {
+    pub(super) fn raise_in_query(&mut self, code: &str, message: &str) -> Result<(), SessionError> {
         let sql = raise_sql(code, message);
         self.conn().send_built(Expect::Query, Origin::Client, |b| wire::put_query(b, &sql));
         Ok(())
