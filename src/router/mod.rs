@@ -7,8 +7,8 @@ mod sql;
 mod tests;
 
 pub use sql::{
-    classify, format_lsn, parse_lsn, pgrelay_command, prepared_command, session_state_effect, Opaque,
-    PgrelayCommand, PreparedCommand, SessionStateEffect, SqlEffects,
+    classify, format_lsn, parse_lsn, pgrelay_command, prepared_command, session_state_effect, Opaque, PgrelayCommand,
+    PreparedCommand, SessionStateEffect, SqlEffects,
 };
 
 use crate::cluster::{NodeStatus, Topology};
@@ -147,7 +147,11 @@ pub fn route_at_lsn(input: RouteInput, min_lsn: u64, topology: &Topology) -> Lsn
 
 /// Where a read goes when no replica replayed `min_lsn` within
 /// read_your_writes_wait: the primary, or an error under `ro_fallback = "error"`.
-pub fn after_lsn_wait(fallback: RoFallback, min_lsn: u64, wait: std::time::Duration) -> Result<ListenerKind, RouteError> {
+pub fn after_lsn_wait(
+    fallback: RoFallback,
+    min_lsn: u64,
+    wait: std::time::Duration,
+) -> Result<ListenerKind, RouteError> {
     match fallback {
         RoFallback::Primary => Ok(ListenerKind::ReadWrite),
         RoFallback::Error => Err(RouteError::NoReplica(format!(

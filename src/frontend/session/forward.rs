@@ -80,11 +80,19 @@ impl Session {
     ///   still unanswered batch: taken back when that batch fails, it would
     ///   otherwise undo this Close;
     /// - a Bind or Describe of a statement behind an unanswered DEALLOCATE
-    ///   ALL or DISCARD ALL: the statement is gone if that ran.
+    ///   ALL or DISCARD ALL: the statement is gone if that ran;
+    /// - a `pgrelay.` statement: answered by pgrelay between transactions,
+    ///   refused within one.
     ///
     /// Clients rarely pipeline these behind unanswered requests, so this
     /// costs nothing in the common case.
     fn must_wait(&mut self, msg_tag: u8, len: usize, named: &Named) -> bool {
+        if msg_tag == tag::QUERY {
+            // A `pgrelay.` statement is answered by pgrelay if the
+            // transaction before it turns out over (see `answer_pgrelay_command`).
+            let outstanding = self.lease.as_ref().is_some_and(|l| l.conn().tracker().has_outstanding());
+            return outstanding && pgrelay_command_of(msg_tag, &self.cbuf[..len]).is_some();
+        }
         if !matches!(msg_tag, tag::PARSE | tag::BIND | tag::DESCRIBE | tag::CLOSE) {
             return false;
         }

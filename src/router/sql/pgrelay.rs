@@ -7,8 +7,13 @@
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PgrelayCommand {
     /// SET to a value (as written, unquoted), or `None` for DEFAULT / RESET.
-    Set { name: String, value: Option<String> },
-    Show { name: String },
+    Set {
+        name: String,
+        value: Option<String>,
+    },
+    Show {
+        name: String,
+    },
 }
 
 /// Recognises a statement about a `pgrelay.` setting. Costs a byte or two
