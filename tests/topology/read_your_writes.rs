@@ -15,7 +15,8 @@ use tokio_postgres::Client;
 
 use crate::common::{self, config, psql, read_set, wait_topology};
 use crate::support::connect_string;
-use crate::support::relay::{self, message, metric, scalar, sqlstate};
+use crate::support::relay::{self, message, metric, scalar, sqlstate, tags, Raw};
+use bytes::BytesMut;
 
 /// Within a few checks, with slack for a loaded machine.
 const FEW_CHECKS: Duration = Duration::from_secs(5);
@@ -86,6 +87,26 @@ async fn reads_with_a_position_or_a_causal_id_see_the_write_before_them() {
         writer.query_one("show pgrelay.commit_lsn", &[]).await.expect_err("not in Parse");
         scalar(&writer, "show pgrelay.commit_lsn").await;
     }
+    // Opted in: each transaction on rw ends with the position before its ReadyForQuery.
+    let (mut raw, _) = Raw::login(app.rw_addr, &[("options", "-c pgrelay.report_commit_lsn=on")]).await;
+    let mut query = BytesMut::new();
+    pgrelay::wire::put_query(&mut query, "select 1");
+    raw.send(&query).await;
+    let answer = raw.until_ready().await;
+    assert_eq!(tags(&answer), "T D C S Z", "{answer:?}");
+    let (_, status) = &answer[3];
+    let reported = std::str::from_utf8(status).expect("text").trim_end_matches('\0');
+    let (name, value) = reported.split_once('\0').expect("name and value");
+    assert_eq!(name, "pgrelay.commit_lsn");
+    let before = pgrelay::router::parse_lsn(&scalar(&writer, "show pgrelay.commit_lsn").await).expect("lsn");
+    assert!(pgrelay::router::parse_lsn(value).is_some_and(|lsn| lsn <= before), "{value}");
+    // Not opted in: nothing more than a server sends.
+    let (mut raw, _) = Raw::login(app.rw_addr, &[]).await;
+    raw.send(&query).await;
+    assert_eq!(tags(&raw.until_ready().await), "T D C Z");
+    let refused = connect_string(app.rw_addr.port(), "app", "app", "app") + " options='-c pgrelay.colour=blue'";
+    let error = relay::connect_with(&refused).await.err().expect("an unknown pgrelay option");
+    assert_eq!(sqlstate(&error), "42704", "{}", message(&error));
     // Within a transaction: refused, in order, and never a server setting.
     writer.batch_execute("begin").await.expect("begin");
     let error = writer.batch_execute("set pgrelay.min_lsn = '0/1'").await.expect_err("in a transaction");

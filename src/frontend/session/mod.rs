@@ -88,6 +88,9 @@ pub struct Session {
     read_turn: usize,
     /// What its reads must see, and whose commits it notes (see `ryw`).
     ryw: ReadYourWrites,
+    /// Where in `out` the ReadyForQuery of a transaction whose position the
+    /// client asked to be reported (`pgrelay.report_commit_lsn`) starts.
+    commit_report: Option<usize>,
     statements: ClientStatements,
     /// Private copies of shared statements, by the shared one's server name,
     /// for a client whose settings differ from its context's.
@@ -195,6 +198,7 @@ impl Session {
             pools: Vec::new(),
             read_turn: rand::random(),
             ryw: parts.read_your_writes,
+            commit_report: None,
             statements: ClientStatements::default(),
             unnamed: UnnamedStatement::default(),
             private_copies: Default::default(),
@@ -233,7 +237,12 @@ impl Session {
                     }
                     self.handle_client_messages().await?
                 }
-                Event::ServerRead => self.handle_server_messages()?,
+                Event::ServerRead => {
+                    self.handle_server_messages()?;
+                    if self.commit_report.is_some() {
+                        self.report_commit_lsn().await;
+                    }
+                }
                 Event::Writable => {}
                 Event::Drain => {
                     self.stopping = true;

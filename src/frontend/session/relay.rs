@@ -72,13 +72,18 @@ impl Session {
                         statements::on_command_complete(&mut self.statements, &mut self.unnamed, &msg[5..]);
                     }
                     tag::READY_FOR_QUERY => {
-                        self.out.extend_from_slice(msg);
                         let tracker = conn.tracker();
                         let idle = tracker.tx_status() == TxStatus::Idle;
-                        // Before the client can see it: its next read may be on another connection.
-                        if idle && self.ryw.causal_id.is_some() && self.listener == ListenerKind::ReadWrite {
-                            note_commit(&self.ctx, &self.ryw, &self.config.1);
+                        if idle && self.listener == ListenerKind::ReadWrite {
+                            // Before the client can see it: its next read may be on another connection.
+                            if self.ryw.causal_id.is_some() {
+                                note_commit(&self.ctx, &self.ryw, &self.config.1);
+                            }
+                            if self.ryw.report_commit_lsn && !tracker.has_outstanding() {
+                                self.commit_report = Some(self.out.len());
+                            }
                         }
+                        self.out.extend_from_slice(msg);
                         if let Some(ended) = self.timing.ready(idle, || tracker.client_ready_owed(), Instant::now) {
                             let traffic = &pool.metrics().traffic;
                             traffic.query(ended.query);

@@ -42,6 +42,9 @@ pub struct ReadYourWrites {
     pub min_lsn: Option<u64>,
     /// Reads see the commits of rw clients of the same id (`pgrelay.causal_id`).
     pub causal_id: Option<Arc<str>>,
+    /// Each transaction on rw is followed by a ParameterStatus
+    /// `pgrelay.commit_lsn` before its ReadyForQuery (`pgrelay.report_commit_lsn`).
+    pub report_commit_lsn: bool,
 }
 
 impl ReadYourWrites {
@@ -77,6 +80,18 @@ impl ReadYourWrites {
                         return Err((sqlstate::INVALID_PARAMETER_VALUE, message));
                     }
                     Some(id) => Some(id.into()),
+                };
+            }
+            "pgrelay.report_commit_lsn" => {
+                self.report_commit_lsn = match value.map(str::to_ascii_lowercase).as_deref() {
+                    None | Some("off" | "false" | "0") => false,
+                    Some("on" | "true" | "1") => true,
+                    Some(other) => {
+                        let message = format!(
+                            "parameter \"pgrelay.report_commit_lsn\" requires a Boolean value (got \"{other}\")"
+                        );
+                        return Err((sqlstate::INVALID_PARAMETER_VALUE, message));
+                    }
                 };
             }
             _ => return Err((sqlstate::UNDEFINED_OBJECT, format!("unrecognized configuration parameter \"{name}\""))),
@@ -234,6 +249,7 @@ impl Session {
                     "pgrelay.commit_lsn" => self.commit_lsn().await,
                     "pgrelay.min_lsn" => Ok(self.ryw.min_lsn.map(format_lsn).unwrap_or_default()),
                     "pgrelay.causal_id" => Ok(self.ryw.causal_id.as_deref().unwrap_or_default().to_owned()),
+                    "pgrelay.report_commit_lsn" => Ok(if self.ryw.report_commit_lsn { "on" } else { "off" }.to_owned()),
                     _ => Err((sqlstate::UNDEFINED_OBJECT, format!("unrecognized configuration parameter \"{name}\""))),
                 };
                 match value {
@@ -261,6 +277,33 @@ impl Session {
             Some(sample) => Ok(format_lsn(sample.lsn)),
             None => Err((sqlstate::CONNECTION_FAILURE, "could not learn the primary's WAL position".to_owned())),
         }
+    }
+
+    /// Puts a ParameterStatus `pgrelay.commit_lsn` before the ReadyForQuery
+    /// that ended the client's transaction, with the primary's position
+    /// asked on the same connection (idle now, still leased): one round
+    /// trip per transaction, for the clients that asked for it only.
+    pub(super) async fn report_commit_lsn(&mut self) {
+        let Some(at) = self.commit_report.take() else { return };
+        let timeout = self.config().pool.query_wait_timeout;
+        let Some(lease) = self.lease.as_mut() else { return };
+        if lease.conn().tracker().has_outstanding() || at > self.out.len() {
+            return;
+        }
+        let asked = lease.conn_mut().query_int8(PRIMARY_POSITION_SQL);
+        let lsn = match tokio::time::timeout(timeout, asked).await {
+            Ok(Ok(Some(lsn))) if lsn >= 0 => lsn as u64,
+            other => {
+                if !matches!(other, Ok(Ok(_))) {
+                    lease.poison();
+                }
+                tracing::info!(parent: &self.span, "could not learn the primary's WAL position to report");
+                return;
+            }
+        };
+        let ready = self.out.split_off(at);
+        wire::put_parameter_status(&mut self.out, b"pgrelay.commit_lsn", format_lsn(lsn).as_bytes());
+        self.out.unsplit(ready);
     }
 
     /// A `pgrelay.` statement inside a transaction: refused in order (it
