@@ -142,7 +142,8 @@ pub(super) async fn route_next(
 ) -> Result<(Arc<Topology>, usize, bool, ReadPlan), SessionError> {
     let plain = |(topology, node, waited)| (topology, node, waited, ReadPlan::Plain);
     let Some(min_lsn) = floor else { return route_waiting(ctx, input, fallback, deadline).await.map(plain) };
-    if let Some(wait) = gave_up {
+    // An unknown position (the primary did not say) no replica can be shown to have.
+    if let Some(wait) = gave_up.or((min_lsn == u64::MAX).then_some(Duration::ZERO)) {
         let listener = router::after_lsn_wait(fallback, min_lsn, wait)?;
         let (topology, node, waited) = route_waiting(ctx, RouteInput { listener, ..input }, fallback, deadline).await?;
         return Ok((topology, node, waited, ReadPlan::Primary));
