@@ -47,6 +47,8 @@ impl Session {
                 }
                 self.discard_until_sync = false;
             }
+            // Whether a Query is a `pgrelay.` statement is asked once.
+            let mut pgrelay_checked = false;
             if self.lease.is_none() {
                 if self.answer_without_server(frame.tag, &msg)? {
                     continue;
@@ -55,9 +57,10 @@ impl Session {
                     self.answer_pgrelay_command(command).await?;
                     continue;
                 }
+                pgrelay_checked = true;
                 self.acquire().await?;
             }
-            self.forward_client_message(frame.tag, &msg, named)?;
+            self.forward_client_message(frame.tag, &msg, named, pgrelay_checked)?;
             flush_requested = false;
             // Keep the server busy while the rest of a large batch is handled.
             if self.lease.as_ref().is_some_and(|l| l.conn().pending_write() >= HIGH_WATER) {
@@ -213,14 +216,20 @@ impl Session {
         Ok(true)
     }
 
-    fn forward_client_message(&mut self, msg_tag: u8, msg: &[u8], named: Named) -> Result<(), SessionError> {
+    fn forward_client_message(
+        &mut self,
+        msg_tag: u8,
+        msg: &[u8],
+        named: Named,
+        pgrelay_checked: bool,
+    ) -> Result<(), SessionError> {
         let body = wire::body(msg);
         tracing::trace!(parent: &self.span, tag = %char::from(msg_tag), len = msg.len(), "client message");
         // With a server leased, everything the client sends reaches it (what
         // pgrelay refuses is raised by the server, in order): a query begins.
         self.timing.sending(Instant::now);
         match msg_tag {
-            tag::QUERY => self.forward_query(msg, body)?,
+            tag::QUERY => self.forward_query(msg, body, pgrelay_checked)?,
             tag::PARSE => self.forward_parse(msg, body)?,
             tag::BIND => self.forward_bind(msg, body, named)?,
             tag::DESCRIBE => self.forward_describe(msg, body, named)?,
@@ -239,9 +248,9 @@ impl Session {
         Ok(())
     }
 
-    fn forward_query(&mut self, msg: &[u8], body: &[u8]) -> Result<(), SessionError> {
+    fn forward_query(&mut self, msg: &[u8], body: &[u8], pgrelay_checked: bool) -> Result<(), SessionError> {
         let sql = sql_of(body);
-        if router::pgrelay_command(sql).is_some() {
+        if !pgrelay_checked && router::pgrelay_command(sql).is_some() {
             return self.refuse_pgrelay_command();
         }
         let effects = router::classify(sql);

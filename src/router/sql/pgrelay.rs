@@ -19,7 +19,6 @@ pub enum PgrelayCommand {
 /// Recognises a statement about a `pgrelay.` setting. Costs a byte or two
 /// for other texts: only SET, SHOW and RESET are looked at further.
 pub fn pgrelay_command(sql: &[u8]) -> Option<PgrelayCommand> {
-    let sql = sql.split(|&b| b == 0).next().unwrap_or_default();
     let start = sql.iter().position(|b| !b.is_ascii_whitespace())?;
     if !matches!(sql[start], b's' | b'S' | b'r' | b'R') {
         return None;
@@ -34,6 +33,8 @@ pub fn pgrelay_command(sql: &[u8]) -> Option<PgrelayCommand> {
     if !sql[name_start..].get(..8).is_some_and(|p| p.eq_ignore_ascii_case(b"pgrelay.")) {
         return None;
     }
+    // The server reads a query up to its first NUL.
+    let sql = sql.split(|&b| b == 0).next().unwrap_or_default();
     let text = std::str::from_utf8(sql).ok()?;
     let text = text.trim_end().trim_end_matches(';').trim_end();
     let (verb, rest) = split_word(text);
