@@ -25,10 +25,10 @@ pub fn pgrelay_command(sql: &[u8]) -> Option<PgrelayCommand> {
     }
     // The verb and the name's prefix first: no other text is read further.
     let sql = &sql[start..];
-    let verb_end = sql.iter().position(|b| !b.is_ascii_alphabetic()).unwrap_or(sql.len());
-    if !["set", "show", "reset"].iter().any(|v| sql[..verb_end].eq_ignore_ascii_case(v.as_bytes())) {
-        return None;
-    }
+    let is_verb = |verb: &[u8]| {
+        sql.len() > verb.len() && sql[..verb.len()].eq_ignore_ascii_case(verb) && sql[verb.len()].is_ascii_whitespace()
+    };
+    let verb_end = [&b"set"[..], b"show", b"reset"].into_iter().find(|v| is_verb(v))?.len();
     let name_start = verb_end + sql[verb_end..].iter().position(|b| !b.is_ascii_whitespace())?;
     if !sql[name_start..].get(..8).is_some_and(|p| p.eq_ignore_ascii_case(b"pgrelay.")) {
         return None;
