@@ -338,7 +338,8 @@ pub(super) fn sql_of(body: &[u8]) -> &[u8] {
 
 /// The `pgrelay.` statement a simple Query is, if it is one.
 fn pgrelay_command_of(msg_tag: u8, msg: &[u8]) -> Option<router::PgrelayCommand> {
-    (msg_tag == tag::QUERY).then(|| router::pgrelay_command(sql_of(wire::body(msg)))).flatten()
+    // The text up to its NUL: pgrelay_command stops there itself.
+    (msg_tag == tag::QUERY).then(|| router::pgrelay_command(wire::body(msg))).flatten()
 }
 
 /// Whether the first word of `sql` (after spaces and comments) may start with D.

@@ -23,7 +23,7 @@ mod timing;
 
 pub use ryw::ReadYourWrites;
 
-use super::checkout::{pause_before_retry, pool_for};
+use super::checkout::{pause_before_retry, pool_for, route_waiting};
 use super::error::SessionError;
 use super::prepared::ClientStatements;
 use super::startup::LoginParts;
@@ -458,8 +458,10 @@ impl Session {
                 (config.pool.query_wait_timeout, config.routing.ro_fallback, config.routing.read_your_writes_wait)
             };
             let deadline = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + wait);
+            // Boxed, as the read-your-writes steps below: the common path's
+            // future stays as small as it was.
             if floor.is_none() {
-                floor = Some(self.read_floor(deadline).await);
+                floor = Some(Box::pin(self.read_floor(deadline)).await);
             }
             let pools = &self.pools;
             // In progress on a node's pool, as far as this session knows the pool.
@@ -467,8 +469,15 @@ impl Session {
                 pools.iter().find(|p| p.key.node == node.name).map_or(0, |p| p.metrics().active.get().max(0) as usize)
             };
             let input = RouteInput { listener: self.listener, turn: self.read_turn, load: &load };
-            let routed = ryw::route_next(&self.ctx, input, fallback, deadline, floor.flatten(), gave_up).await?;
-            let (topology, node, routed_after_waiting, plan) = routed;
+            let (topology, node, routed_after_waiting, plan) = match floor.flatten() {
+                None => {
+                    let (topology, node, waited) = route_waiting(&self.ctx, input, fallback, deadline).await?;
+                    (topology, node, waited, ryw::ReadPlan::Plain)
+                }
+                Some(min_lsn) => {
+                    Box::pin(ryw::route_at(&self.ctx, input, fallback, deadline, min_lsn, gave_up)).await?
+                }
+            };
             held |= routed_after_waiting;
             self.read_turn = self.read_turn.wrapping_add(1);
             let pool = self.pool_for_node(&topology.nodes[node]);
@@ -496,7 +505,7 @@ impl Session {
                 continue;
             }
             if let ryw::ReadPlan::Check(min_lsn) = plan {
-                if !ryw::replayed_within(&mut lease, min_lsn, ryw_wait).await {
+                if !Box::pin(ryw::replayed_within(&mut lease, min_lsn, ryw_wait)).await {
                     gave_up = Some(ryw_wait);
                     held = true;
                     continue;

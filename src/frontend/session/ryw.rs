@@ -107,7 +107,7 @@ fn is_pgrelay_setting(name: &str) -> bool {
 /// How the next read was routed, for what remains to do and to count it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum ReadPlan {
-    /// As any read (or any write): no position to see.
+    /// As any read (or any write): no position to see, or no replica in the read set.
     Plain,
     /// A replica known to have replayed far enough.
     CaughtUp,
@@ -130,18 +130,17 @@ impl ReadPlan {
     }
 }
 
-/// Routes the next transaction; a read with a position to see (`floor`)
-/// by [`router::route_at_lsn`], or to the primary once `gave_up` waiting.
-pub(super) async fn route_next(
+/// Routes a read that must see `min_lsn` by [`router::route_at_lsn`], or
+/// to the fallback once `gave_up` waiting.
+pub(super) async fn route_at(
     ctx: &Context,
     input: RouteInput<'_>,
     fallback: RoFallback,
     deadline: tokio::time::Instant,
-    floor: Option<u64>,
+    min_lsn: u64,
     gave_up: Option<Duration>,
 ) -> Result<(Arc<Topology>, usize, bool, ReadPlan), SessionError> {
     let plain = |(topology, node, waited)| (topology, node, waited, ReadPlan::Plain);
-    let Some(min_lsn) = floor else { return route_waiting(ctx, input, fallback, deadline).await.map(plain) };
     // An unknown position (the primary did not say) no replica can be shown to have.
     if let Some(wait) = gave_up.or((min_lsn == u64::MAX).then_some(Duration::ZERO)) {
         let listener = router::after_lsn_wait(fallback, min_lsn, wait)?;

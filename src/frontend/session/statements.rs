@@ -78,7 +78,7 @@ impl Session {
 
     pub(super) fn forward_parse(&mut self, msg: &[u8], body: &[u8]) -> Result<(), SessionError> {
         let (name, definition) = wire::read_cstr(body).ok_or(WireError::Malformed("Parse"))?;
-        if router::pgrelay_command(sql_of(definition)).is_some() {
+        if router::pgrelay_command(definition).is_some() {
             // Never a server setting; pgrelay answers them in simple queries.
             let message = "pgrelay.* settings are answered by pgrelay in simple queries only (not in Parse)";
             return self.raise_in_batch(sqlstate::FEATURE_NOT_SUPPORTED, message);

@@ -20,15 +20,19 @@ pub enum PgrelayCommand {
 /// for other texts: only SET, SHOW and RESET are looked at further.
 pub fn pgrelay_command(sql: &[u8]) -> Option<PgrelayCommand> {
     let start = sql.iter().position(|b| !b.is_ascii_whitespace())?;
-    if !matches!(sql[start], b's' | b'S' | b'r' | b'R') {
-        return None;
-    }
-    // The verb and the name's prefix first: no other text is read further.
+    // The verb and the name's prefix first: no other text is read further
+    // (`| 0x20` lowercases an ASCII letter).
     let sql = &sql[start..];
-    let is_verb = |verb: &[u8]| {
-        sql.len() > verb.len() && sql[..verb.len()].eq_ignore_ascii_case(verb) && sql[verb.len()].is_ascii_whitespace()
+    let verb_end = match sql {
+        [s, e, t, space, ..] if [*s, *e, *t].map(|b| b | 0x20) == *b"set" && space.is_ascii_whitespace() => 3,
+        [s, h, o, w, space, ..] if [*s, *h, *o, *w].map(|b| b | 0x20) == *b"show" && space.is_ascii_whitespace() => 4,
+        [r, e, s, e2, t, space, ..]
+            if [*r, *e, *s, *e2, *t].map(|b| b | 0x20) == *b"reset" && space.is_ascii_whitespace() =>
+        {
+            5
+        }
+        _ => return None,
     };
-    let verb_end = [&b"set"[..], b"show", b"reset"].into_iter().find(|v| is_verb(v))?.len();
     let name_start = verb_end + sql[verb_end..].iter().position(|b| !b.is_ascii_whitespace())?;
     if !sql[name_start..].get(..8).is_some_and(|p| p.eq_ignore_ascii_case(b"pgrelay.")) {
         return None;
