@@ -21,18 +21,18 @@ pub enum PgrelayCommand {
 pub fn pgrelay_command(sql: &[u8]) -> Option<PgrelayCommand> {
     let start = sql.iter().position(|b| !b.is_ascii_whitespace())?;
     // The verb and the name's prefix first: no other text is read further
-    // (`| 0x20` lowercases an ASCII letter).
+    // (`| 0x20` lowercases an ASCII letter; two bytes tell the verbs apart).
     let sql = &sql[start..];
-    let verb_end = match sql {
-        [s, e, t, space, ..] if [*s, *e, *t].map(|b| b | 0x20) == *b"set" && space.is_ascii_whitespace() => 3,
-        [s, h, o, w, space, ..] if [*s, *h, *o, *w].map(|b| b | 0x20) == *b"show" && space.is_ascii_whitespace() => 4,
-        [r, e, s, e2, t, space, ..]
-            if [*r, *e, *s, *e2, *t].map(|b| b | 0x20) == *b"reset" && space.is_ascii_whitespace() =>
-        {
-            5
-        }
+    let verb: &[u8] = match (sql[0] | 0x20, sql.get(1).map(|b| b | 0x20)) {
+        (b's', Some(b'e')) => b"set",
+        (b's', Some(b'h')) => b"show",
+        (b'r', Some(b'e')) => b"reset",
         _ => return None,
     };
+    let verb_end = verb.len();
+    if sql.len() <= verb_end || !sql[..verb_end].eq_ignore_ascii_case(verb) || !sql[verb_end].is_ascii_whitespace() {
+        return None;
+    }
     let name_start = verb_end + sql[verb_end..].iter().position(|b| !b.is_ascii_whitespace())?;
     if !sql[name_start..].get(..8).is_some_and(|p| p.eq_ignore_ascii_case(b"pgrelay.")) {
         return None;
