@@ -24,6 +24,8 @@ pub mod sqlstate {
     pub const CONFIG_FILE_ERROR: &str = "F0000";
     pub const IDLE_IN_TRANSACTION_SESSION_TIMEOUT: &str = "25P03";
     pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
+    pub const INVALID_PARAMETER_VALUE: &str = "22023";
+    pub const UNDEFINED_OBJECT: &str = "42704";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
