@@ -12,6 +12,8 @@
 # transactions, zeroes the counters, runs 4 clients x 500 transactions and
 # prints the instructions per transaction. Stops everything it started.
 # CALLGRIND_KEEP=DIR keeps the dump there, for callgrind_annotate.
+# CALLGRIND_LISTENER=ro runs the measured transactions through the read-only
+# port (reads on the replicas; the tables are still loaded through rw).
 # The demo runs [pool] workers at its default (the cores available), and the
 # count covers every thread: compare builds that share that default.
 set -euo pipefail
@@ -46,9 +48,11 @@ trap cleanup EXIT
 valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" "$bin" demo >"$work/demo.log" 2>&1 &
 demo_pid=$!
 port=
+ro_port=
 for _ in $(seq 1 1200); do
   port=$(sed -n 's/.*through the read-write port \([0-9]*\):.*/\1/p' "$work/demo.log" | head -1)
-  [ -n "$port" ] && break
+  ro_port=$(sed -n 's/.*through the read-only port \([0-9]*\):.*/\1/p' "$work/demo.log" | head -1)
+  [ -n "$port" ] && [ -n "$ro_port" ] && break
   kill -0 "$demo_pid" 2>/dev/null || { cat "$work/demo.log" >&2; exit 1; }
   sleep 0.1
 done
@@ -57,6 +61,10 @@ done
 export PGPASSWORD=app PGSSLMODE=disable
 pg=(-h 127.0.0.1 -p "$port" -U app)
 pgbench "${pg[@]}" -i -q -s 1 app >/dev/null 2>&1
+if [ "${CALLGRIND_LISTENER:-rw}" = ro ]; then
+  pg=(-h 127.0.0.1 -p "$ro_port" -U app)
+  sleep 2 # the replicas replay the tables
+fi
 pgbench "${pg[@]}" -n -c 4 -j 1 -t 50 "${pgbench_args[@]}" app >/dev/null
 callgrind_control -z "$demo_pid" >/dev/null
 transactions=$((4 * 500))

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub primary_changes: IntCounter,
     /// Periods without a writable primary, and failovers by kind.
     pub failovers: failovers::FailoverMetrics,
+    /// Reads routed on the ro listener, by node and [`ReadReason`].
+    reads_routed: IntCounterVec,
     pub split_brain: IntGauge,
     pub config_reloads: IntCounterVec,
     /// `[auth]` user lookups by result: found, not_found, error, and
@@ -219,6 +221,19 @@ impl Metrics {
                 &r,
                 &crate::cluster::failover::FailoverKind::ALL.map(|kind| kind.as_str()),
             ),
+            reads_routed: register!(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "pgrelay_reads_routed_total",
+                        "Transactions of the ro listener by the node that served them and why: replica, \
+                         fallback_primary (no replica in the read set), read_your_writes_replica (known to have \
+                         replayed the position asked for), read_your_writes_wait (caught up while waited for), \
+                         read_your_writes_primary (none did within read_your_writes_wait)."
+                    ),
+                    &["node", "reason"]
+                )
+            ),
             split_brain: register!(
                 r,
                 IntGauge::with_opts(opts(
@@ -271,6 +286,11 @@ impl Metrics {
             pinned: state("pinned"),
             moves: self.server_moves.with_label_values(&labels),
             traffic: self.traffic.pool(node, database, user),
+            reads: Arc::new(ReadCounters {
+                node: node.to_owned(),
+                family: self.reads_routed.clone(),
+                by_reason: Default::default(),
+            }),
         }
     }
 
@@ -475,6 +495,59 @@ pub struct PoolMetrics {
     pub moves: IntCounter,
     /// Queries, transactions and waits for a server connection.
     pub traffic: Arc<PoolTraffic>,
+    /// `pgrelay_reads_routed_total` of this pool's node.
+    pub reads: Arc<ReadCounters>,
+}
+
+/// Why a read of the ro listener went where it went (`pgrelay_reads_routed_total`'s `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadReason {
+    /// A replica of the read set, no WAL position asked for.
+    Replica,
+    /// No replica in the read set: the primary, under `ro_fallback = "primary"`.
+    FallbackPrimary,
+    /// A replica the monitors saw at or past the position the read must see.
+    ReadYourWritesReplica,
+    /// A replica asked directly until it replayed that far.
+    ReadYourWritesWait,
+    /// The primary: no replica replayed that far within read_your_writes_wait.
+    ReadYourWritesPrimary,
+}
+
+impl ReadReason {
+    const ALL: [ReadReason; 5] = [
+        ReadReason::Replica,
+        ReadReason::FallbackPrimary,
+        ReadReason::ReadYourWritesReplica,
+        ReadReason::ReadYourWritesWait,
+        ReadReason::ReadYourWritesPrimary,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadReason::Replica => "replica",
+            ReadReason::FallbackPrimary => "fallback_primary",
+            ReadReason::ReadYourWritesReplica => "read_your_writes_replica",
+            ReadReason::ReadYourWritesWait => "read_your_writes_wait",
+            ReadReason::ReadYourWritesPrimary => "read_your_writes_primary",
+        }
+    }
+}
+
+/// One node's `pgrelay_reads_routed_total` series, resolved on first use
+/// (a node that serves no read has none).
+#[derive(Debug)]
+pub struct ReadCounters {
+    node: String,
+    family: IntCounterVec,
+    by_reason: [OnceLock<IntCounter>; ReadReason::ALL.len()],
+}
+
+impl ReadCounters {
+    pub fn routed(&self, reason: ReadReason) -> &IntCounter {
+        let slot = ReadReason::ALL.iter().position(|r| *r == reason).expect("every reason is listed");
+        self.by_reason[slot].get_or_init(|| self.family.with_label_values(&[&self.node, reason.as_str()]))
+    }
 }
 
 /// Holds a gauge up by one while it lives.

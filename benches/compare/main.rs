@@ -13,6 +13,7 @@
 //!     cargo bench --bench compare -- --workers-only  # workers = 1 vs 2 on the select and -C workloads
 //!     cargo bench --bench compare -- --proxy-bound-only  # the synthetic server rows alone
 //!     cargo bench --bench compare -- --floods-only   # the floods alone, ~1 minute
+//!     cargo bench --bench compare -- --ryw-only      # write-then-read with and without read-your-writes
 //!
 //! Everything it starts (PostgreSQL through `LocalCluster`, pgrelay,
 //! PgBouncer, pgbench) is stopped by PID when it ends, also on failure.
@@ -26,6 +27,7 @@ mod proxies;
 mod proxy_bound;
 mod report;
 mod rounds;
+mod ryw;
 mod tls;
 
 use std::fs;
@@ -436,7 +438,13 @@ fn run_floods(bin: &Path, dir: &Path, cluster: &LocalCluster, settings: &ProxySe
 }
 
 fn base_settings(server_tls_disable: bool) -> ProxySettings {
-    ProxySettings { pool_size: POOL_SIZE, max_client_conn: MAX_CLIENT_CONN, server_tls_disable, workers: 1 }
+    ProxySettings {
+        pool_size: POOL_SIZE,
+        max_client_conn: MAX_CLIENT_CONN,
+        server_tls_disable,
+        workers: 1,
+        monitored: false,
+    }
 }
 
 /// The header of a run of the proxy-bound rows alone.
@@ -473,6 +481,11 @@ fn run() -> Result<(), String> {
     }
     let scratch = ScratchDir::create()?;
     let started = Instant::now();
+    if o.ryw_only {
+        ryw::run(&bin, &scratch.0, &base_settings(false), o.rounds, o.seconds)?;
+        println!("Total time: {:.0} s", started.elapsed().as_secs_f64());
+        return Ok(());
+    }
     // The floods need a primary only; pgbench and the idle clients compare
     // against replicas and PgBouncer too.
     let comparing = o.pgbench || o.idle;

@@ -21,11 +21,13 @@ pub struct Options {
     pub proxy_bound: bool,
     pub idle_clients: usize,
     pub idle_rounds: usize,
+    /// Only the read-your-writes rows (write on rw, then read on ro).
+    pub ryw_only: bool,
 }
 
 const USAGE: &str = "usage: cargo bench --bench compare [-- [--quick] [--rounds N] [--seconds N] \
                      [--idle-clients N] [--idle-rounds N] [--skip-idle] [--skip-pgbench] [--skip-floods] [--skip-tls] \
-                     [--tls-only] [--workers-only] [--proxy-bound-only] [--skip-proxy-bound] [--floods-only]]";
+                     [--tls-only] [--workers-only] [--proxy-bound-only] [--skip-proxy-bound] [--floods-only] [--ryw-only]]";
 
 pub fn parse_args() -> Result<Options, String> {
     let mut o = Options {
@@ -41,6 +43,7 @@ pub fn parse_args() -> Result<Options, String> {
         proxy_bound: true,
         idle_clients: IDLE_CLIENTS,
         idle_rounds: 2,
+        ryw_only: false,
     };
     let (mut rounds, mut seconds) = (None, None);
     let (mut floods_only, mut proxy_bound_only) = (false, false);
@@ -63,6 +66,7 @@ pub fn parse_args() -> Result<Options, String> {
             "--tls-only" => o.tls_only = true,
             "--workers-only" => o.workers_only = true,
             "--proxy-bound-only" => proxy_bound_only = true,
+            "--ryw-only" => o.ryw_only = true,
             "--skip-proxy-bound" => o.proxy_bound = false,
             // cargo bench passes --bench to every bench binary.
             "--bench" => {}
@@ -91,9 +95,11 @@ pub fn parse_args() -> Result<Options, String> {
         }
         (o.idle, o.floods, o.proxy_bound) = (false, false, false);
     }
-    let only = [o.tls_only, o.workers_only, floods_only, proxy_bound_only];
+    let only = [o.tls_only, o.workers_only, floods_only, proxy_bound_only, o.ryw_only];
     if only.iter().filter(|&&x| x).count() > 1 {
-        return Err(format!("pick one of --tls-only, --workers-only, --floods-only, --proxy-bound-only\n{USAGE}"));
+        return Err(format!(
+            "pick one of --tls-only, --workers-only, --floods-only, --proxy-bound-only, --ryw-only\n{USAGE}"
+        ));
     }
     if o.workers_only {
         (o.tls, o.idle, o.floods, o.proxy_bound) = (false, false, false, false);

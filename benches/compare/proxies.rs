@@ -185,6 +185,9 @@ pub struct ProxySettings {
     /// pgrelay's `[pool] workers`, always written: its default is the
     /// number of cores.
     pub workers: usize,
+    /// pgrelay follows the cluster with `source = "postgres"` (monitors)
+    /// instead of `"static"` roles.
+    pub monitored: bool,
 }
 
 /// The nodes pgrelay is put in front of, the primary first: name and port.
@@ -227,13 +230,19 @@ impl Pgrelay {
             "[listen]\nrw = \"127.0.0.1:{rw}\"\nro = \"127.0.0.1:{ro}\"\nhttp = \"127.0.0.1:{http}\"\n\n\
              [pool]\nmode = \"transaction\"\ndefault_pool_size = {}\nmax_client_conn = {}\n\
              max_pre_auth_conn_per_addr = 256\nworkers = {}\n\n\
-             [cluster]\nsource = \"static\"\nuser = \"postgres\"\npassword = \"\"\n",
-            s.pool_size, s.max_client_conn, s.workers,
+             [cluster]\nsource = \"{}\"\nuser = \"postgres\"\npassword = \"\"\n",
+            s.pool_size,
+            s.max_client_conn,
+            s.workers,
+            if s.monitored { "postgres" } else { "static" },
         );
         for (i, (name, port)) in nodes.iter().enumerate() {
-            let role = if i == 0 { "primary" } else { "replica" };
-            conf +=
-                &format!("\n[[nodes]]\nname = \"{name}\"\nhost = \"127.0.0.1\"\nport = {port}\nrole = \"{role}\"\n");
+            let role = match (s.monitored, i) {
+                (true, _) => String::new(),
+                (false, 0) => "role = \"primary\"\n".into(),
+                (false, _) => "role = \"replica\"\n".into(),
+            };
+            conf += &format!("\n[[nodes]]\nname = \"{name}\"\nhost = \"127.0.0.1\"\nport = {port}\n{role}");
         }
         conf +=
             &format!("\n[[users]]\nname = \"{TRUST_USER}\"\nauth_type = \"trust\"\n\n[[databases]]\nname = \"app\"\n");

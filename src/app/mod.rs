@@ -21,6 +21,7 @@
 
 mod admin_login;
 mod cancel;
+mod commits;
 mod control;
 mod janitor;
 mod lifecycle;
@@ -31,6 +32,7 @@ mod welcome;
 
 pub use admin_login::{application_name, AdminLogin};
 pub use cancel::CancelRegistry;
+pub use commits::{CausalFloor, CausalLimits, Commits, Sample};
 pub use janitor::start_janitor;
 pub use lifecycle::{Lifecycle, StopMode};
 pub use pools::cap_limit;
@@ -74,6 +76,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub pools: Pools,
     pub cancels: Arc<CancelRegistry>,
+    /// Read-your-writes: primary positions covering commits, causal ids' last commits.
+    pub commits: Commits,
     pub statements: StatementRegistry,
     /// One shared copy of each distinct set of client startup settings.
     pub settings: SettingsInterner,
@@ -125,6 +129,7 @@ impl Context {
             metrics,
             pools: Pools::default(),
             cancels: Arc::new(CancelRegistry::default()),
+            commits: Commits::default(),
             statements: StatementRegistry::default(),
             settings: SettingsInterner::default(),
             welcomes: WelcomeCache::default(),

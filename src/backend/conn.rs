@@ -306,6 +306,25 @@ impl ServerConn {
         }
     }
 
+    /// Runs pgrelay's own one-value query (a WAL position as `int8`) on a
+    /// connection at a sync point: the value of its last row, if any.
+    pub async fn query_int8(&mut self, sql: &str) -> Result<Option<i64>, BackendError> {
+        self.send_built(Expect::Query, Origin::InjectedSetup, |b| wire::put_query(b, sql));
+        let mut value = None;
+        // One column: its length, then its text.
+        let failed = self
+            .finish_pending_with(|msg| {
+                if msg[0] == tag::DATA_ROW && msg.len() >= 11 {
+                    value = std::str::from_utf8(&msg[11..]).ok().and_then(|text| text.parse().ok());
+                }
+            })
+            .await?;
+        match failed {
+            Some(fields) => Err(BackendError::Server(fields)),
+            None => Ok(value),
+        }
+    }
+
     /// Sends what is buffered (closing an open extended batch with Sync) and
     /// reads until the server owes nothing, discarding what it says. Returns
     /// the last error the server reported on the way.

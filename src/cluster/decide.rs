@@ -374,7 +374,8 @@ impl ClusterState {
             (Some(replica), Some(primary)) if replica.in_recovery => sync_state(&base.application_name, primary),
             _ => SyncState::Unknown,
         };
-        NodeStatus { role, lag_bytes: lag.bytes, lag: lag.time, excluded, sync_state, ..base.clone() }
+        let wal_lsn = probe.and_then(|p| p.wal_lsn).or(base.wal_lsn);
+        NodeStatus { role, lag_bytes: lag.bytes, lag: lag.time, wal_lsn, excluded, sync_state, ..base.clone() }
     }
 }
 

@@ -35,6 +35,9 @@ pub struct NodeStatus {
     pub lag_bytes: Option<u64>,
     /// Same in time; only counted while the LSNs differ.
     pub lag: Option<Duration>,
+    /// The WAL position the last check saw: replayed on a replica, written
+    /// on the primary (a replica's only grows, so it is a lower bound of now).
+    pub wal_lsn: Option<u64>,
     /// Why a node that is not the primary is not in the read set.
     pub excluded: Option<String>,
     /// The name the primary lists this standby under (`[[nodes]] application_name`).
@@ -52,6 +55,7 @@ impl NodeStatus {
             role: node.role,
             lag_bytes: None,
             lag: None,
+            wal_lsn: None,
             excluded: None,
             application_name: node.application_name.clone(),
             sync_state: SyncState::Unknown,
@@ -245,6 +249,7 @@ impl Topology {
                 role: *role,
                 lag_bytes: None,
                 lag: None,
+                wal_lsn: None,
                 excluded: None,
                 application_name: format!("pg{i}"),
                 sync_state: SyncState::Unknown,

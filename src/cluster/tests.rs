@@ -23,6 +23,7 @@ fn base(n: usize) -> Vec<NodeStatus> {
             role: None,
             lag_bytes: None,
             lag: None,
+            wal_lsn: None,
             excluded: None,
             application_name: format!("pg{i}"),
             sync_state: SyncState::Unknown,

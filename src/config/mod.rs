@@ -246,6 +246,13 @@ pub struct Routing {
     pub max_replica_lag: Duration,
     pub ro_fallback: RoFallback,
     pub prefer: Prefer,
+    /// How long a read that must see a WAL position waits for a replica to
+    /// replay that far before it falls back (0: no wait).
+    pub read_your_writes_wait: Duration,
+    /// How long a causal id's last commit is remembered after its last use.
+    pub causal_expiry: Duration,
+    /// Causal ids remembered at most.
+    pub causal_max_ids: NonZeroUsize,
 }
 
 /// Who says which node is the primary (`[cluster] source`).

@@ -16,7 +16,7 @@ pub(super) const LISTS: [&str; 3] = ["nodes", "users", "databases"];
 
 /// Keys whose TOML type is an integer, so an environment override's text is
 /// parsed as one. Every other table key takes a string (sizes take either).
-pub(super) const INTEGER_KEYS: [(&str, &str); 18] = [
+pub(super) const INTEGER_KEYS: [(&str, &str); 19] = [
     ("pool", "default_pool_size"),
     ("pool", "min_pool_size"),
     ("pool", "reserve_pool_size"),
@@ -29,6 +29,7 @@ pub(super) const INTEGER_KEYS: [(&str, &str); 18] = [
     ("pool", "max_pre_auth_conn"),
     ("pool", "max_pre_auth_conn_per_addr"),
     ("pool", "tcp_keepcnt"),
+    ("routing", "causal_max_ids"),
     ("cluster", "leave_after_checks"),
     ("cluster", "rejoin_after_checks"),
     ("cluster", "server_scram_max_iterations"),
@@ -150,6 +151,9 @@ pub(super) struct RawRouting {
     pub max_replica_lag: Option<RawDuration>,
     pub ro_fallback: Option<String>,
     pub prefer: Option<String>,
+    pub read_your_writes_wait: Option<RawDuration>,
+    pub causal_expiry: Option<RawDuration>,
+    pub causal_max_ids: Option<RawInt>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -140,6 +140,9 @@ fn defaults_from_a_minimal_file() {
         max_replica_lag: Duration::from_secs(10),
         ro_fallback: RoFallback::Primary,
         prefer: Prefer::Any,
+        read_your_writes_wait: Duration::from_millis(300),
+        causal_expiry: Duration::from_secs(300),
+        causal_max_ids: std::num::NonZeroUsize::new(10_000).expect("not zero"),
     };
     assert_eq!(config.routing, routing);
     let cluster = Cluster {
@@ -402,6 +405,9 @@ fn every_table_key_can_be_overridden() {
                 ("max_replica_lag", "1s"),
                 ("ro_fallback", "error"),
                 ("prefer", "sync"),
+                ("read_your_writes_wait", "50ms"),
+                ("causal_expiry", "1m"),
+                ("causal_max_ids", "100"),
             ],
         ),
         (

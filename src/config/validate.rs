@@ -300,15 +300,33 @@ pub(super) fn admin(raw: RawAdmin, locations: &Locations<'_>) -> Result<Admin, C
     })
 }
 
+/// Upper bounds of `[routing] read_your_writes_wait` and `causal_max_ids`.
+const MAX_READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(60);
+const MAX_CAUSAL_IDS: usize = 10_000_000;
+
 pub(super) fn routing(raw: &RawRouting, locations: &Locations<'_>) -> Result<Routing, ConfigError> {
     let field = |key| Field::new(locations, "routing", key);
     let fallbacks = [("primary", RoFallback::Primary), ("error", RoFallback::Error)];
     let preferences = [("any", Prefer::Any), ("sync", Prefer::Sync), ("async", Prefer::Async)];
+    let wait = field("read_your_writes_wait");
+    let read_your_writes_wait = wait.duration(raw.read_your_writes_wait.as_deref(), "300ms")?;
+    // The wait holds a replica's server connection: a bound, not a timeout to tune up.
+    if read_your_writes_wait > MAX_READ_YOUR_WRITES_WAIT {
+        return Err(wait.error(format!("must be at most 1m (got {read_your_writes_wait:?})")));
+    }
+    let max_ids = field("causal_max_ids");
+    let causal_max_ids = max_ids.positive(raw.causal_max_ids.map(|n| n.0), 10_000)?;
+    if causal_max_ids.get() > MAX_CAUSAL_IDS {
+        return Err(max_ids.error(format!("must be at most {MAX_CAUSAL_IDS} (got {causal_max_ids})")));
+    }
     Ok(Routing {
         max_replica_lag_bytes: field("max_replica_lag_bytes").size(raw.max_replica_lag_bytes.as_ref(), "16MB")?,
         max_replica_lag: field("max_replica_lag").duration(raw.max_replica_lag.as_deref(), "10s")?,
         ro_fallback: field("ro_fallback").choice(raw.ro_fallback.as_deref(), RoFallback::Primary, &fallbacks)?,
         prefer: field("prefer").choice(raw.prefer.as_deref(), Prefer::Any, &preferences)?,
+        read_your_writes_wait,
+        causal_expiry: field("causal_expiry").positive_duration(raw.causal_expiry.as_deref(), "5m")?,
+        causal_max_ids,
     })
 }
 

@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 
 use super::checkout::{login_server, route_waiting, LoginServer};
 use super::error::SessionError;
+use super::session::ReadYourWrites;
 use crate::app::{application_name, AdminLogin, Admission, CancelHandle, Context};
 use crate::auth::{AuthError, AuthStep, ClientAuth, LookupTarget, UserEntry};
 use crate::backend::ClientSettings;
@@ -41,6 +42,8 @@ pub struct LoginParts {
     /// address in application_name.
     pub server_settings: Arc<ClientSettings>,
     pub cancel: CancelHandle,
+    /// `pgrelay.min_lsn` and `pgrelay.causal_id` from the startup options.
+    pub read_your_writes: ReadYourWrites,
 }
 
 impl LoginParts {
@@ -92,7 +95,9 @@ pub async fn login(
 ) -> Result<Login, SessionError> {
     let deadline = tokio::time::Instant::now() + ctx.config().pool.client_login_timeout;
     check_tls(client, tls, &params.user)?;
-    let settings = client_settings(&params)?;
+    let mut settings = client_settings(&params)?;
+    let read_your_writes =
+        ReadYourWrites::from_startup(&mut settings).map_err(|(code, message)| login_error(code, message))?;
     let user = find_user(ctx, &params.user, deadline).await?;
     let channel_binding = tls.filter(|_| client.is_tls()).map(|tls| tls.end_point.as_slice());
     if let Err(error) = authenticate(client, buf, &user, channel_binding).await {
@@ -133,7 +138,7 @@ pub async fn login(
     out.extend_from_slice(&welcome);
     wire::put_backend_key_data(&mut out, cancel.pid, cancel.secret);
     wire::put_ready_for_query(&mut out, TxStatus::Idle);
-    Ok(Login::Client(LoginParts { user, database, settings, server_settings, cancel }, out))
+    Ok(Login::Client(LoginParts { user, database, settings, server_settings, cancel, read_your_writes }, out))
 }
 
 /// What `client_tls_sslmode` asks of a client before it may authenticate:

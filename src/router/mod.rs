@@ -7,7 +7,8 @@ mod sql;
 mod tests;
 
 pub use sql::{
-    classify, prepared_command, session_state_effect, Opaque, PreparedCommand, SessionStateEffect, SqlEffects,
+    classify, format_lsn, parse_lsn, pgrelay_command, prepared_command, session_state_effect, Opaque, PgrelayCommand,
+    PreparedCommand, SessionStateEffect, SqlEffects,
 };
 
 use crate::cluster::{NodeStatus, Topology};
@@ -123,4 +124,65 @@ fn least_busy_replica(input: RouteInput, topology: &Topology, candidates: impl F
         }
     }
     best.1
+}
+
+/// Where a read that must see WAL position `min_lsn` (read-your-writes) goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LsnRead {
+    /// A replica of the read set the monitors saw at or past `min_lsn`.
+    CaughtUp(usize),
+    /// None is known to be: the replica furthest along, whose replay
+    /// position is to be asked directly until it gets there or the wait ends.
+    Check(usize),
+    /// No replica is in the read set: [`route`] decides (ro_fallback).
+    NoReplica,
+}
+
+/// Read-your-writes routing beside [`least_busy_replica`]: the least busy
+/// of the replicas known to have replayed `min_lsn`, else the one furthest
+/// along (the least busy of equals), to check.
+pub fn route_at_lsn(input: RouteInput, min_lsn: u64, topology: &Topology) -> LsnRead {
+    let replicas = &topology.read_set;
+    if replicas.is_empty() {
+        return LsnRead::NoReplica;
+    }
+    let replayed = |node: usize| topology.nodes[node].wal_lsn.unwrap_or(0);
+    let start = input.turn % replicas.len();
+    // Among the replicas far enough, `prefer`'s first, then the least busy.
+    let wanted = preferred(input.prefer, topology);
+    let mut caught_up: Option<((bool, usize), usize)> = None;
+    let mut furthest: Option<(u64, usize, usize)> = None;
+    for i in (start..replicas.len()).chain(0..start) {
+        let node = replicas[i];
+        let load = (input.load)(&topology.nodes[node]);
+        if replayed(node) >= min_lsn {
+            let rank = (!wanted(node), load);
+            if caught_up.is_none_or(|(best, _)| rank < best) {
+                caught_up = Some((rank, node));
+            }
+        } else if furthest.is_none_or(|(lsn, best, _)| replayed(node) > lsn || (replayed(node) == lsn && load < best)) {
+            furthest = Some((replayed(node), load, node));
+        }
+    }
+    match (caught_up, furthest) {
+        (Some((_, node)), _) => LsnRead::CaughtUp(node),
+        (None, Some((_, _, node))) => LsnRead::Check(node),
+        (None, None) => LsnRead::NoReplica,
+    }
+}
+
+/// Where a read goes when no replica replayed `min_lsn` within
+/// read_your_writes_wait: the primary, or an error under `ro_fallback = "error"`.
+pub fn after_lsn_wait(
+    fallback: RoFallback,
+    min_lsn: u64,
+    wait: std::time::Duration,
+) -> Result<ListenerKind, RouteError> {
+    match fallback {
+        RoFallback::Primary => Ok(ListenerKind::ReadWrite),
+        RoFallback::Error => Err(RouteError::NoReplica(format!(
+            "no replica replayed the WAL up to {} within read_your_writes_wait ({wait:?}) (ro_fallback = \"error\")",
+            format_lsn(min_lsn)
+        ))),
+    }
 }

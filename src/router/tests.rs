@@ -136,3 +136,57 @@ fn prefer_narrows_reads_to_sync_or_async_standbys_and_falls_back_to_the_rest() {
     let input = RouteInput { listener: ListenerKind::ReadOnly, turn: 0, load: &busy_pg1, prefer: Prefer::Sync };
     assert_eq!(route(input, RoFallback::Primary, &t), Ok(3));
 }
+
+#[test]
+fn reads_at_a_position_go_where_it_was_replayed() {
+    let (p, r) = (Some(Role::Primary), Some(Role::Replica));
+    let with_lsns = |lsns: [Option<u64>; 3], read_set: &[usize]| {
+        let mut t = topology(&[p, r, r], read_set);
+        for (node, lsn) in t.nodes.iter_mut().zip(lsns) {
+            node.wal_lsn = lsn;
+        }
+        t
+    };
+    let busy_pg2: &(dyn Fn(&NodeStatus) -> usize + Sync) = &|n| usize::from(n.name == "pg2") * 3;
+    type Case<'a> = (Topology, u64, usize, &'a (dyn Fn(&NodeStatus) -> usize + Sync), LsnRead);
+    let cases: Vec<Case> = vec![
+        // Both far enough: the least busy, the first of equals from the turn.
+        (with_lsns([Some(900), Some(500), Some(600)], &[1, 2]), 500, 0, NO_LOAD, LsnRead::CaughtUp(1)),
+        (with_lsns([Some(900), Some(500), Some(600)], &[1, 2]), 500, 1, NO_LOAD, LsnRead::CaughtUp(2)),
+        (with_lsns([Some(900), Some(500), Some(600)], &[1, 2]), 500, 1, busy_pg2, LsnRead::CaughtUp(1)),
+        // Only pg2 is, however busy.
+        (with_lsns([Some(900), Some(400), Some(600)], &[1, 2]), 500, 0, busy_pg2, LsnRead::CaughtUp(2)),
+        // Neither: the one furthest along is checked, the least busy of equals.
+        (with_lsns([Some(900), Some(400), Some(450)], &[1, 2]), 500, 0, NO_LOAD, LsnRead::Check(2)),
+        (with_lsns([Some(900), None, None], &[1, 2]), 500, 0, busy_pg2, LsnRead::Check(1)),
+        // pg2 out of the read set is never chosen, however far along.
+        (with_lsns([Some(900), Some(400), Some(800)], &[1]), 500, 0, NO_LOAD, LsnRead::Check(1)),
+        (with_lsns([Some(900), Some(400), Some(800)], &[]), 500, 0, NO_LOAD, LsnRead::NoReplica),
+    ];
+    for (i, (topology, min_lsn, turn, load, expected)) in cases.into_iter().enumerate() {
+        let input = RouteInput { listener: ListenerKind::ReadOnly, turn, load, prefer: Prefer::Any };
+        assert_eq!(route_at_lsn(input, min_lsn, &topology), expected, "case {i}");
+    }
+    let wait = std::time::Duration::from_millis(300);
+    assert_eq!(after_lsn_wait(RoFallback::Primary, 5, wait), Ok(ListenerKind::ReadWrite));
+    let refused = after_lsn_wait(RoFallback::Error, (1 << 32) | 0xA0, wait).expect_err("ro_fallback = error");
+    assert!(refused.to_string().contains("up to 1/A0 within read_your_writes_wait (300ms)"), "{refused}");
+}
+
+#[test]
+fn a_read_at_a_position_prefers_the_preferred_among_the_replicas_far_enough() {
+    let r = Some(Role::Replica);
+    let mut t = topology(&[Some(Role::Primary), r, r], &[1, 2]);
+    t.nodes[1].wal_lsn = Some(600);
+    t.nodes[2].wal_lsn = Some(600);
+    t.nodes[2].sync_state = SyncState::Sync;
+    let at = |turn, prefer, t: &Topology| {
+        let input = RouteInput { listener: ListenerKind::ReadOnly, turn, load: NO_LOAD, prefer };
+        route_at_lsn(input, 500, t)
+    };
+    assert_eq!((at(0, Prefer::Any, &t), at(1, Prefer::Any, &t)), (LsnRead::CaughtUp(1), LsnRead::CaughtUp(2)));
+    assert_eq!((at(0, Prefer::Sync, &t), at(1, Prefer::Sync, &t)), (LsnRead::CaughtUp(2), LsnRead::CaughtUp(2)));
+    // Only the async one far enough: it serves, preference or not.
+    t.nodes[2].wal_lsn = Some(400);
+    assert_eq!(at(1, Prefer::Sync, &t), LsnRead::CaughtUp(1));
+}

@@ -28,6 +28,8 @@ pub mod sqlstate {
     pub const SERIALIZATION_FAILURE: &str = "40001";
     pub const TRANSACTION_RESOLUTION_UNKNOWN: &str = "08007";
     pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
+    pub const INVALID_PARAMETER_VALUE: &str = "22023";
+    pub const UNDEFINED_OBJECT: &str = "42704";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

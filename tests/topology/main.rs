@@ -14,6 +14,7 @@ mod failover;
 mod lag;
 mod min_pool_size;
 mod patroni;
+mod read_your_writes;
 mod replicas;
 mod split_brain;
 mod survive;

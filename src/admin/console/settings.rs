@@ -123,6 +123,9 @@ pub fn config_values(config: &Config) -> Vec<(&'static str, String)> {
             }
             .to_owned(),
         ),
+        ("routing.read_your_writes_wait", duration(config.routing.read_your_writes_wait)),
+        ("routing.causal_expiry", duration(config.routing.causal_expiry)),
+        ("routing.causal_max_ids", config.routing.causal_max_ids.to_string()),
         (
             "routing.prefer",
             match config.routing.prefer {

@@ -54,13 +54,20 @@ impl Session {
                 }
                 self.discard_until_sync = false;
             }
+            // Whether a Query is a `pgrelay.` statement is asked once.
+            let mut pgrelay_checked = false;
             if self.lease.is_none() {
                 if self.answer_without_server(frame.tag, &msg)? {
                     continue;
                 }
+                if let Some(command) = pgrelay_command_of(frame.tag, &msg) {
+                    self.answer_pgrelay_command(command).await?;
+                    continue;
+                }
+                pgrelay_checked = true;
                 self.acquire().await?;
             }
-            self.forward_client_message(frame.tag, &msg, named)?;
+            self.forward_client_message(frame.tag, &msg, named, pgrelay_checked)?;
             flush_requested = false;
             // Keep the server busy while the rest of a large batch is handled.
             if self.lease.as_ref().is_some_and(|l| l.conn().pending_write() >= HIGH_WATER) {
@@ -95,11 +102,19 @@ impl Session {
     ///   still unanswered batch: taken back when that batch fails, it would
     ///   otherwise undo this Close;
     /// - a Bind or Describe of a statement behind an unanswered DEALLOCATE
-    ///   ALL or DISCARD ALL: the statement is gone if that ran.
+    ///   ALL or DISCARD ALL: the statement is gone if that ran;
+    /// - a `pgrelay.` statement: answered by pgrelay between transactions,
+    ///   refused within one.
     ///
     /// Clients rarely pipeline these behind unanswered requests, so this
     /// costs nothing in the common case.
     fn must_wait(&mut self, msg_tag: u8, len: usize, named: &Named) -> bool {
+        if msg_tag == tag::QUERY {
+            // A `pgrelay.` statement is answered by pgrelay if the
+            // transaction before it turns out over (see `answer_pgrelay_command`).
+            let outstanding = self.lease.as_ref().is_some_and(|l| l.conn().tracker().has_outstanding());
+            return outstanding && pgrelay_command_of(msg_tag, &self.cbuf[..len]).is_some();
+        }
         if !matches!(msg_tag, tag::PARSE | tag::BIND | tag::DESCRIBE | tag::CLOSE) {
             return false;
         }
@@ -220,14 +235,20 @@ impl Session {
         Ok(true)
     }
 
-    fn forward_client_message(&mut self, msg_tag: u8, msg: &[u8], named: Named) -> Result<(), SessionError> {
+    fn forward_client_message(
+        &mut self,
+        msg_tag: u8,
+        msg: &[u8],
+        named: Named,
+        pgrelay_checked: bool,
+    ) -> Result<(), SessionError> {
         let body = wire::body(msg);
         tracing::trace!(parent: &self.span, tag = %char::from(msg_tag), len = msg.len(), "client message");
         // With a server leased, everything the client sends reaches it (what
         // pgrelay refuses is raised by the server, in order): a query begins.
         self.timing.sending(Instant::now);
         match msg_tag {
-            tag::QUERY => self.forward_query(msg, body)?,
+            tag::QUERY => self.forward_query(msg, body, pgrelay_checked)?,
             tag::PARSE => self.forward_parse(msg, body)?,
             tag::BIND => self.forward_bind(msg, body, named)?,
             tag::DESCRIBE => self.forward_describe(msg, body, named)?,
@@ -251,8 +272,11 @@ impl Session {
         Ok(())
     }
 
-    fn forward_query(&mut self, msg: &[u8], body: &[u8]) -> Result<(), SessionError> {
+    fn forward_query(&mut self, msg: &[u8], body: &[u8], pgrelay_checked: bool) -> Result<(), SessionError> {
         let sql = sql_of(body);
+        if !pgrelay_checked && router::pgrelay_command(sql).is_some() {
+            return self.refuse_pgrelay_command();
+        }
         let effects = router::classify(sql);
         self.note_settings_change(effects.changes_settings);
         let Some(effect) = effects.session_state else {
@@ -334,6 +358,12 @@ fn checked(named: &Named) -> Option<&Arc<Statement>> {
 /// The query text of a Query message (or of a Parse after its name).
 pub(super) fn sql_of(body: &[u8]) -> &[u8] {
     wire::read_cstr(body).map_or(body, |(sql, _)| sql)
+}
+
+/// The `pgrelay.` statement a simple Query is, if it is one.
+fn pgrelay_command_of(msg_tag: u8, msg: &[u8]) -> Option<router::PgrelayCommand> {
+    // The text up to its NUL: pgrelay_command stops there itself.
+    (msg_tag == tag::QUERY).then(|| router::pgrelay_command(wire::body(msg))).flatten()
 }
 
 /// Whether the first word of `sql` (after spaces and comments) may start with D.

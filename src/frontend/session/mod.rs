@@ -18,9 +18,12 @@ mod first_write;
 mod forward;
 mod lost;
 mod relay;
+mod ryw;
 mod statements;
 mod timeouts;
 mod timing;
+
+pub use ryw::ReadYourWrites;
 
 use super::checkout::{pause_before_retry, pool_for, route_waiting};
 use super::error::SessionError;
@@ -85,6 +88,11 @@ pub struct Session {
     pools: Vec<Arc<Pool>>,
     /// Where this client's next read starts among the replicas (see `RouteInput::turn`).
     read_turn: usize,
+    /// What its reads must see, and whose commits it notes (see `ryw`).
+    ryw: ReadYourWrites,
+    /// Where in `out` the ReadyForQuery of a transaction whose position the
+    /// client asked to be reported (`pgrelay.report_commit_lsn`) starts.
+    commit_report: Option<usize>,
     statements: ClientStatements,
     /// Private copies of shared statements, by the shared one's server name,
     /// for a client whose settings differ from its context's.
@@ -201,6 +209,8 @@ impl Session {
             lease: None,
             pools: Vec::new(),
             read_turn: rand::random(),
+            ryw: parts.read_your_writes,
+            commit_report: None,
             statements: ClientStatements::default(),
             unnamed: UnnamedStatement::default(),
             private_copies: Default::default(),
@@ -258,7 +268,12 @@ impl Session {
                     }
                     step!(self.handle_client_messages().await)
                 }
-                Event::ServerRead => step!(self.handle_server_messages()),
+                Event::ServerRead => {
+                    step!(self.handle_server_messages());
+                    if self.commit_report.is_some() {
+                        self.report_commit_lsn().await;
+                    }
+                }
                 Event::Writable => {}
                 Event::Drain => {
                     self.stopping = true;
@@ -455,6 +470,10 @@ impl Session {
         let mut deadline = None;
         // Something made the client wait: PAUSE, no primary yet, a retry.
         let mut held = false;
+        // The position a read must see, once known; the wait for it, once over.
+        let reads_at_lsn = self.listener == ListenerKind::ReadOnly && self.ryw != ReadYourWrites::default();
+        let mut floor = if reads_at_lsn { None } else { Some(None) };
+        let mut gave_up = None;
         loop {
             if self.ctx.lifecycle.is_paused() {
                 held = true;
@@ -465,18 +484,32 @@ impl Session {
                     _ = self.ctx.lifecycle.wait_resumed() => deadline = None,
                 }
             }
-            let (wait, fallback, prefer) = {
+            let (wait, fallback, prefer, ryw_wait) = {
                 let config = self.config();
-                (config.pool.query_wait_timeout, config.routing.ro_fallback, config.routing.prefer)
+                let routing = &config.routing;
+                (config.pool.query_wait_timeout, routing.ro_fallback, routing.prefer, routing.read_your_writes_wait)
             };
             let deadline = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + wait);
+            // Boxed, as the read-your-writes steps below: the common path's
+            // future stays as small as it was.
+            if floor.is_none() {
+                floor = Some(Box::pin(self.read_floor(deadline)).await);
+            }
             let pools = &self.pools;
             // In progress on a node's pool, as far as this session knows the pool.
             let load = |node: &NodeStatus| {
                 pools.iter().find(|p| p.key.node == node.name).map_or(0, |p| p.metrics().active.get().max(0) as usize)
             };
             let input = RouteInput { listener: self.listener, turn: self.read_turn, load: &load, prefer };
-            let (topology, node, routed_after_waiting) = route_waiting(&self.ctx, input, fallback, deadline).await?;
+            let (topology, node, routed_after_waiting, plan) = match floor.flatten() {
+                None => {
+                    let (topology, node, waited) = route_waiting(&self.ctx, input, fallback, deadline).await?;
+                    (topology, node, waited, ryw::ReadPlan::Plain)
+                }
+                Some(min_lsn) => {
+                    Box::pin(ryw::route_at(&self.ctx, input, fallback, deadline, min_lsn, gave_up)).await?
+                }
+            };
             held |= routed_after_waiting;
             self.read_turn = self.read_turn.wrapping_add(1);
             let pool = self.pool_for_node(&topology.nodes[node]);
@@ -506,6 +539,13 @@ impl Session {
                 }
                 self.first_write = first_write::FirstWrite::at_checkout(&self.ctx.cluster, node);
             }
+            if let ryw::ReadPlan::Check(min_lsn) = plan {
+                if !Box::pin(ryw::replayed_within(&mut lease, min_lsn, ryw_wait)).await {
+                    gave_up = Some(ryw_wait);
+                    held = true;
+                    continue;
+                }
+            }
             let conn = lease.conn();
             let link = ServerLink { pool: pool.clone(), addr: conn.addr, pid: conn.key.pid, created: conn.created };
             self.registered.set_active(link);
@@ -514,6 +554,9 @@ impl Session {
                 self.registered.set_waiting(asked_at);
                 held = true;
                 continue;
+            }
+            if self.listener == ListenerKind::ReadOnly {
+                lease.pool().metrics().reads.routed(plan.reason(node, &topology)).inc();
             }
             // A connection there at once is no wait (and no clock reading);
             // PAUSE, routing, a slot and a new connection's login are.

@@ -8,10 +8,11 @@ use std::time::Instant;
 
 use bytes::Buf;
 
-use super::{statements, Session, READ_CHUNK};
+use super::{ryw::note_commit, statements, Session, READ_CHUNK};
 use crate::backend::Verdict;
 use crate::frontend::error::SessionError;
 use crate::metrics::ErrorOrigin;
+use crate::router::ListenerKind;
 use crate::wire::{self, backend as tag, ErrorFields, Frame, TxStatus};
 
 /// Server messages are trusted up to PostgreSQL's own 1 GB field limit.
@@ -79,7 +80,6 @@ impl Session {
                         statements::on_command_complete(&mut self.statements, &mut self.unnamed, &msg[5..]);
                     }
                     tag::READY_FOR_QUERY => {
-                        self.out.extend_from_slice(msg);
                         let tracker = conn.tracker();
                         if let Some(watch) = &mut self.first_write {
                             if watch.on_ready(tracker.tx_status(), &self.ctx.cluster) {
@@ -87,6 +87,16 @@ impl Session {
                             }
                         }
                         let idle = tracker.tx_status() == TxStatus::Idle;
+                        if idle && self.listener == ListenerKind::ReadWrite {
+                            // Before the client can see it: its next read may be on another connection.
+                            if self.ryw.causal_id.is_some() {
+                                note_commit(&self.ctx, &self.ryw, &self.config.1);
+                            }
+                            if self.ryw.report_commit_lsn && !tracker.has_outstanding() {
+                                self.commit_report = Some(self.out.len());
+                            }
+                        }
+                        self.out.extend_from_slice(msg);
                         if let Some(ended) = self.timing.ready(idle, || tracker.client_ready_owed(), Instant::now) {
                             let traffic = &pool.metrics().traffic;
                             traffic.query(ended.query);

@@ -78,6 +78,11 @@ impl Session {
 
     pub(super) fn forward_parse(&mut self, msg: &[u8], body: &[u8]) -> Result<(), SessionError> {
         let (name, definition) = wire::read_cstr(body).ok_or(WireError::Malformed("Parse"))?;
+        if router::pgrelay_command(definition).is_some() {
+            // Never a server setting; pgrelay answers them in simple queries.
+            let message = "pgrelay.* settings are answered by pgrelay in simple queries only (not in Parse)";
+            return self.raise_in_batch(sqlstate::FEATURE_NOT_SUPPORTED, message);
+        }
         let effects = router::classify(sql_of(definition));
         self.note_settings_change(effects.changes_settings);
         if let Some(effect) = effects.session_state {
@@ -424,7 +429,7 @@ impl Session {
 
     /// An error for the client's simple Query, raised by the server so that
     /// it comes in order and with the transaction state a server gives it.
-    fn raise_in_query(&mut self, code: &str, message: &str) -> Result<(), SessionError> {
+    pub(super) fn raise_in_query(&mut self, code: &str, message: &str) -> Result<(), SessionError> {
         let sql = raise_sql(code, message);
         self.conn().send_built(Expect::Query, Origin::Client, |b| wire::put_query(b, &sql));
         Ok(())

@@ -30,11 +30,13 @@
 mod classify;
 mod command;
 mod lexer;
+mod pgrelay;
 mod quick;
 #[cfg(test)]
 mod tests;
 
 pub use command::{prepared_command, PreparedCommand};
+pub use pgrelay::{format_lsn, parse_lsn, pgrelay_command, PgrelayCommand};
 
 use lexer::Backslashes;
 

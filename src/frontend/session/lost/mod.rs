@@ -193,6 +193,8 @@ impl Session {
         self.parsed_here.clear();
         self.idle_since = None;
         self.timing = Default::default();
+        // A commit position learned on the lost connection is not reported.
+        self.commit_report = None;
         self.registered.set_idle();
         // Messages held back for the lost server's answers are read again.
         self.recheck_input = true;
