@@ -287,6 +287,12 @@ impl Pgrelay {
     /// The sum of a counter over all its label sets, from `GET /metrics`
     /// (bounded: 5 s to connect, write and read).
     pub fn metric_sum(&self, name: &str) -> Result<f64, String> {
+        self.metric_sum_where(name, "")
+    }
+
+    /// The sum of a counter over the label sets whose line contains `labels`
+    /// (for example `reason="replica"`).
+    pub fn metric_sum_where(&self, name: &str, labels: &str) -> Result<f64, String> {
         use std::io::{Read, Write};
         let err = |e: std::io::Error| format!("GET /metrics: {e}");
         let mut stream = std::net::TcpStream::connect_timeout(&self.http, METRICS_TIMEOUT).map_err(err)?;
@@ -295,7 +301,9 @@ impl Pgrelay {
         stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").map_err(err)?;
         let mut body = String::new();
         stream.read_to_string(&mut body).map_err(err)?;
-        let values = body.lines().filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']));
+        let values = body
+            .lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels));
         Ok(values.filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum())
     }
 }

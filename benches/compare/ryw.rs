@@ -39,6 +39,20 @@ struct RunResult {
     seconds: f64,
     cpu_seconds: f64,
     stale: u64,
+    /// Reads routed per reason of `pgrelay_reads_routed_total`, in [`REASONS`]' order.
+    routed: [f64; REASONS.len()],
+}
+
+/// The reasons of `pgrelay_reads_routed_total` shown, in order.
+const REASONS: [&str; 4] = ["replica", "read_your_writes_replica", "read_your_writes_wait", "read_your_writes_primary"];
+
+/// Reads routed so far, per reason.
+fn routed(relay: &Pgrelay) -> Result<[f64; REASONS.len()], String> {
+    let mut counts = [0.0; REASONS.len()];
+    for (count, reason) in counts.iter_mut().zip(REASONS) {
+        *count = relay.metric_sum_where("pgrelay_reads_routed_total", &format!("reason=\"{reason}\""))?;
+    }
+    Ok(counts)
 }
 
 /// Starts the cluster and pgrelay, runs `rounds` rounds of every mode and prints the table.
@@ -87,14 +101,18 @@ pub fn run(bin: &Path, scratch: &Path, settings: &ProxySettings, rounds: u32, se
 }
 
 fn print_results(results: &[Vec<RunResult>]) {
-    println!("| mode | pairs/s | pgrelay CPU µs/pair | stale reads |");
-    println!("|---|---:|---:|---:|");
+    println!(
+        "| mode | pairs/s | pgrelay CPU µs/pair | stale reads | reads: replica / ryw caught up / ryw waited / ryw primary |"
+    );
+    println!("|---|---:|---:|---:|---|");
     for (mode, runs) in MODES.iter().zip(results) {
         let rate = median(runs.iter().map(|r| r.pairs as f64 / r.seconds));
         let cpu = median(runs.iter().map(|r| r.cpu_seconds * 1e6 / r.pairs.max(1) as f64));
         let stale: u64 = runs.iter().map(|r| r.stale).sum();
         let pairs: u64 = runs.iter().map(|r| r.pairs).sum();
-        println!("| {mode} | {rate:.0} | {cpu:.1} | {stale} of {pairs} |");
+        let routed: Vec<String> =
+            (0..REASONS.len()).map(|i| format!("{:.0}", runs.iter().map(|r| r.routed[i]).sum::<f64>())).collect();
+        println!("| {mode} | {rate:.0} | {cpu:.1} | {stale} of {pairs} | {} |", routed.join(" / "));
     }
     println!();
 }
@@ -128,7 +146,7 @@ async fn run_mode(relay: &Pgrelay, mode: &str, round: u32, length: Duration) -> 
         clients.push((writer, reader));
     }
     let ticks = || cpu_ticks(relay.guard.pid());
-    let (before, started) = (ticks()?, Instant::now());
+    let (before, routed_before, started) = (ticks()?, routed(relay)?, Instant::now());
     let mut tasks = Vec::new();
     for (c, (writer, reader)) in clients.into_iter().enumerate() {
         let (stop, pairs, stale, mode) = (stop.clone(), pairs.clone(), stale.clone(), mode.to_owned());
@@ -163,11 +181,16 @@ async fn run_mode(relay: &Pgrelay, mode: &str, round: u32, length: Duration) -> 
         task.await.map_err(|e| e.to_string())??;
     }
     let (after, elapsed) = (ticks()?, started.elapsed());
+    let mut routed_during = routed(relay)?;
+    for (count, before) in routed_during.iter_mut().zip(routed_before) {
+        *count -= before;
+    }
     Ok(RunResult {
         pairs: pairs.load(Ordering::Relaxed),
         seconds: elapsed.as_secs_f64(),
         cpu_seconds: (after - before) as f64 / pgbench::clock_ticks_per_second(),
         stale: stale.load(Ordering::Relaxed),
+        routed: routed_during,
     })
 }
 

@@ -27,8 +27,11 @@ use crate::wire::{self, sqlstate, Severity, TxStatus};
 const PRIMARY_POSITION_SQL: &str = "select (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8";
 /// A replica's replay position.
 const REPLAY_POSITION_SQL: &str = "select (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8";
-/// How often a replica waited for is asked for its replay position.
-const REPLAY_POLL: Duration = Duration::from_millis(10);
+/// How soon a replica waited for is asked again for its replay position:
+/// after 1 ms at first (a replica streaming the WAL is usually that close
+/// behind), doubling up to every 10 ms.
+const REPLAY_POLL_FIRST: Duration = Duration::from_millis(1);
+const REPLAY_POLL_MAX: Duration = Duration::from_millis(10);
 /// The longest causal id accepted (PostgreSQL's identifier length).
 const MAX_CAUSAL_ID: usize = 63;
 /// Beyond the wait, how long one position query may take before its
@@ -160,6 +163,7 @@ pub(super) async fn route_at(
 /// does not answer in time is given up, and so is the wait.
 pub(super) async fn replayed_within(lease: &mut Lease, min_lsn: u64, wait: Duration) -> bool {
     let until = tokio::time::Instant::now() + wait;
+    let mut pause = REPLAY_POLL_FIRST;
     loop {
         let asked = lease.conn_mut().query_int8(REPLAY_POSITION_SQL);
         match tokio::time::timeout_at(until + POSITION_QUERY_SLACK, asked).await {
@@ -174,7 +178,8 @@ pub(super) async fn replayed_within(lease: &mut Lease, min_lsn: u64, wait: Durat
         if now >= until {
             return false;
         }
-        tokio::time::sleep(REPLAY_POLL.min(until - now)).await;
+        tokio::time::sleep(pause.min(until - now)).await;
+        pause = (pause * 2).min(REPLAY_POLL_MAX);
     }
 }
 
