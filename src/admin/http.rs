@@ -28,6 +28,7 @@ use crate::cluster::{ClusterView, Topology};
 use crate::config::Role;
 use crate::metrics::failovers::FailoverFigures;
 use crate::metrics::Metrics;
+use crate::router::format_lsn;
 
 /// What the endpoints read.
 #[derive(Debug)]
@@ -164,6 +165,12 @@ pub fn topology_json(topology: &Topology) -> Value {
                 "excluded": node.excluded,
                 "application_name": node.application_name,
                 "sync_state": (node.role == Some(Role::Replica)).then(|| node.sync_state.as_str()),
+                "wal_lsn": node.wal_lsn.map(format_lsn),
+                "on_primary": node.streamed.map(|s| json!({
+                    "write_lsn": s.write_lsn.map(format_lsn),
+                    "flush_lsn": s.flush_lsn.map(format_lsn),
+                    "replay_lsn": s.replay_lsn.map(format_lsn),
+                })),
             })
         })
         .collect();

@@ -12,7 +12,7 @@ use std::fmt;
 use std::time::Duration;
 
 use super::patroni::PatroniView;
-use super::{NodeStatus, SyncState, Topology};
+use super::{NodeStatus, StandbyPositions, SyncState, Topology};
 use crate::config::Role;
 
 /// What one check of a node saw.
@@ -25,11 +25,20 @@ pub struct Probe {
     pub replay_micros: Option<i64>,
     /// The server's `now()`, microseconds since the Unix epoch.
     pub now_micros: i64,
-    /// `pg_stat_replication` (application_name, sync_state): the standbys
-    /// streaming from this node; empty on a replica without cascading ones.
-    pub standbys: Vec<(String, SyncState)>,
+    /// `pg_stat_replication`: the standbys streaming from this node; empty
+    /// on a replica without cascading ones.
+    pub standbys: Vec<Standby>,
     /// This node's `synchronous_standby_names`.
     pub synchronous_standby_names: String,
+}
+
+/// One row of a node's `pg_stat_replication`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Standby {
+    pub application_name: String,
+    pub sync_state: SyncState,
+    /// Where the standby says it has written, flushed and replayed the WAL.
+    pub positions: StandbyPositions,
 }
 
 /// The latest result of checking one node.
@@ -148,9 +157,9 @@ pub fn measure_lag(replica: &Probe, primary: &Probe) -> Lag {
 /// What the primary says of the standby streaming as `application_name`.
 /// Two walsenders under one name (a standby reconnecting) count as the
 /// most synchronous of them, as PostgreSQL itself picks among equals.
-pub fn sync_state(application_name: &str, primary: &Probe) -> SyncState {
-    let listed = primary.standbys.iter().filter(|(name, _)| name == application_name).map(|(_, state)| *state);
-    listed.max_by_key(|state| state.rank()).unwrap_or(SyncState::Unknown)
+pub fn streaming<'a>(application_name: &str, primary: &'a Probe) -> Option<&'a Standby> {
+    let listed = primary.standbys.iter().filter(|s| s.application_name == application_name);
+    listed.max_by_key(|s| s.sync_state.rank())
 }
 
 /// Why a node may not serve reads, as of one check.
@@ -370,12 +379,21 @@ impl ClusterState {
                 (Membership::Unknown, Ok(())) => Some(Exclusion::NotChecked.to_string()),
             }
         };
-        let sync_state = match (probe, primary_probe) {
-            (Some(replica), Some(primary)) if replica.in_recovery => sync_state(&base.application_name, primary),
-            _ => SyncState::Unknown,
+        let standby = match (probe, primary_probe) {
+            (Some(replica), Some(primary)) if replica.in_recovery => streaming(&base.application_name, primary),
+            _ => None,
         };
         let wal_lsn = probe.and_then(|p| p.wal_lsn).or(base.wal_lsn);
-        NodeStatus { role, lag_bytes: lag.bytes, lag: lag.time, wal_lsn, excluded, sync_state, ..base.clone() }
+        NodeStatus {
+            role,
+            lag_bytes: lag.bytes,
+            lag: lag.time,
+            wal_lsn,
+            excluded,
+            sync_state: standby.map_or(SyncState::Unknown, |s| s.sync_state),
+            streamed: standby.map(|s| s.positions),
+            ..base.clone()
+        }
     }
 }
 

@@ -44,6 +44,18 @@ pub struct NodeStatus {
     pub application_name: String,
     /// This standby's `sync_state` on the primary.
     pub sync_state: SyncState,
+    /// This standby's positions in the primary's `pg_stat_replication`.
+    pub streamed: Option<StandbyPositions>,
+}
+
+/// A standby's WAL positions as its primary's `pg_stat_replication` shows
+/// them (`write_lsn`, `flush_lsn`, `replay_lsn`): what the standby last
+/// reported, so at most `wal_receiver_status_interval` old when it is idle.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StandbyPositions {
+    pub write_lsn: Option<u64>,
+    pub flush_lsn: Option<u64>,
+    pub replay_lsn: Option<u64>,
 }
 
 impl NodeStatus {
@@ -59,6 +71,7 @@ impl NodeStatus {
             excluded: None,
             application_name: node.application_name.clone(),
             sync_state: SyncState::Unknown,
+            streamed: None,
         }
     }
 }
@@ -253,6 +266,7 @@ impl Topology {
                 excluded: None,
                 application_name: format!("pg{i}"),
                 sync_state: SyncState::Unknown,
+                streamed: None,
             })
             .collect();
         Topology {

@@ -16,21 +16,24 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-use super::decide::{ClusterState, Fencer, Hysteresis, LagLimits, Observation, Probe};
+use super::decide::{ClusterState, Fencer, Hysteresis, LagLimits, Observation, Probe, Standby};
 use super::patroni::{self, PatroniView};
-use super::{ClusterView, SyncState, Topology};
+use super::{ClusterView, StandbyPositions, SyncState, Topology};
 use crate::config::{connect_tokio_postgres, Config, Source};
 
 /// What a monitor asks each node. LSNs as byte positions (`lsn - '0/0'`),
 /// timestamps as microseconds since the epoch, so no date types are needed.
 /// The standbys streaming from the node come as one JSON array, so the list
-/// is one consistent read of `pg_stat_replication` (its sync_state is NULL
-/// to a user without pg_read_all_stats: such standbys read as unknown).
+/// is one consistent read of `pg_stat_replication` (its sync_state and
+/// positions are NULL to a user without pg_read_all_stats: such standbys
+/// read as unknown).
 const CHECK_SQL: &str = "select pg_is_in_recovery(), \
      (case when pg_is_in_recovery() then pg_last_wal_replay_lsn() else pg_current_wal_lsn() end - '0/0'::pg_lsn)::int8, \
      (extract(epoch from pg_last_xact_replay_timestamp()) * 1000000)::int8, \
      (extract(epoch from now()) * 1000000)::int8, \
-     (select coalesce(json_agg(json_build_array(application_name, sync_state)), '[]') from pg_stat_replication)::text, \
+     (select coalesce(json_agg(json_build_array(application_name, sync_state, \
+         (write_lsn - '0/0'::pg_lsn)::int8, (flush_lsn - '0/0'::pg_lsn)::int8, (replay_lsn - '0/0'::pg_lsn)::int8)), '[]') \
+         from pg_stat_replication)::text, \
      current_setting('synchronous_standby_names')";
 
 /// The database the monitors log in to.
@@ -237,7 +240,8 @@ async fn check(
     // Kept only after a successful query; a cancelled check reconnects.
     *client = Some(live);
     let lsn: Option<i64> = row.try_get(1)?;
-    let standbys: Vec<(Option<String>, Option<String>)> = serde_json::from_str(row.try_get(4)?)?;
+    type Row = (Option<String>, Option<String>, Option<u64>, Option<u64>, Option<u64>);
+    let standbys: Vec<Row> = serde_json::from_str(row.try_get(4)?)?;
     Ok(Probe {
         in_recovery: row.try_get(0)?,
         wal_lsn: lsn.map(u64::try_from).transpose().map_err(|_| CheckError::BadLsn)?,
@@ -245,7 +249,13 @@ async fn check(
         now_micros: row.try_get(3)?,
         standbys: standbys
             .into_iter()
-            .filter_map(|(name, state)| Some((name?, SyncState::parse(state.as_deref().unwrap_or("")))))
+            .filter_map(|(name, state, write_lsn, flush_lsn, replay_lsn)| {
+                Some(Standby {
+                    application_name: name?,
+                    sync_state: SyncState::parse(state.as_deref().unwrap_or("")),
+                    positions: StandbyPositions { write_lsn, flush_lsn, replay_lsn },
+                })
+            })
             .collect(),
         synchronous_standby_names: row.try_get(5)?,
     })

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use super::decide::*;
-use super::{NodeStatus, SyncState, Topology};
+use super::{NodeStatus, StandbyPositions, SyncState, Topology};
 use crate::config::Role;
 
 const MB: u64 = 1 << 20;
@@ -27,6 +27,7 @@ fn base(n: usize) -> Vec<NodeStatus> {
             excluded: None,
             application_name: format!("pg{i}"),
             sync_state: SyncState::Unknown,
+            streamed: None,
         })
         .collect()
 }
@@ -448,15 +449,28 @@ fn replicas_take_their_sync_state_from_the_primary_by_application_name() {
     let Observation::Up(mut p) = primary(MB, 100) else { unreachable!() };
     p.synchronous_standby_names = "FIRST 1 (pg2, other)".into();
     // pg1 streams twice (an old walsender not yet gone): the most synchronous counts.
+    let standby = |name: &str, sync_state, replayed: u64| Standby {
+        application_name: name.into(),
+        sync_state,
+        positions: StandbyPositions {
+            write_lsn: Some(replayed + 20),
+            flush_lsn: Some(replayed + 10),
+            replay_lsn: Some(replayed),
+        },
+    };
     p.standbys = vec![
-        ("pg1".into(), SyncState::Async),
-        ("pg2".into(), SyncState::Sync),
-        ("pg1".into(), SyncState::Potential),
-        ("stranger".into(), SyncState::Quorum),
+        standby("pg1", SyncState::Async, 1),
+        standby("pg2", SyncState::Sync, 2),
+        standby("pg1", SyncState::Potential, 3),
+        standby("stranger", SyncState::Quorum, 4),
     ];
     let t = after(&[vec![Observation::Up(p.clone()), replica(MB, None), replica(MB, None)]]);
     let states: Vec<SyncState> = t.nodes.iter().map(|n| n.sync_state).collect();
     assert_eq!(states, [SyncState::Unknown, SyncState::Potential, SyncState::Sync]);
+    // The positions come from the same row as the sync state.
+    let replayed: Vec<Option<u64>> = t.nodes.iter().map(|n| n.streamed.and_then(|s| s.replay_lsn)).collect();
+    assert_eq!(replayed, [None, Some(3), Some(2)]);
+    assert_eq!(t.nodes[2].streamed.and_then(|s| s.write_lsn), Some(22));
     assert_eq!(t.synchronous_standby_names.as_deref(), Some("FIRST 1 (pg2, other)"));
 
     // A node matched by its own application_name, not by its name.

@@ -29,7 +29,7 @@ const DATABASES: &str = "name|host|port|database|force_user|pool_size|min_pool_s
                          max_connections|current_connections|paused|disabled";
 const CONFIG: &str = "key|value|default|changeable";
 const NODES: &str =
-    "name|host|port|role|reachable|lag_bytes|lag_seconds|in_read_set|excluded_reason|sync_state|application_name";
+    "name|host|port|role|reachable|lag_bytes|lag_seconds|in_read_set|excluded_reason|sync_state|application_name|wal_lsn|write_lsn|flush_lsn|replay_lsn";
 
 /// `app` may run everything, `app_md5` only SHOW; `app_trust` neither.
 const ADMIN_SECTION: &str = "\n[admin]\nadmin_users = [\"app\"]\nstats_users = [\"app_md5\"]\n";

@@ -67,6 +67,16 @@ async fn sync_standby_is_identified_preferred_and_read_your_writes_under_remote_
     let states: Vec<&serde_json::Value> = (0..3).map(|i| &topology["nodes"][i]["sync_state"]).collect();
     assert_eq!(states, [&serde_json::Value::Null, &"sync".into(), &"async".into()], "{body}");
     assert_eq!(topology["last_failover"], serde_json::Value::Null, "no failover yet: {body}");
+    // Each replica's positions as the primary's pg_stat_replication reports them, in order.
+    let lsn = |v: &serde_json::Value| pgrelay::router::parse_lsn(v.as_str().unwrap_or("")).expect("an X/Y position");
+    for i in 1..3 {
+        let on_primary = &topology["nodes"][i]["on_primary"];
+        let (write, flush, replay) =
+            (lsn(&on_primary["write_lsn"]), lsn(&on_primary["flush_lsn"]), lsn(&on_primary["replay_lsn"]));
+        assert!(replay <= flush && flush <= write, "{body}");
+        assert!(replay > 0 && lsn(&topology["nodes"][i]["wal_lsn"]) > 0, "{body}");
+    }
+    assert_eq!(topology["nodes"][0]["on_primary"], serde_json::Value::Null, "the primary streams from nobody");
 
     let console_url = crate::support::connect_string(app.rw_addr.port(), "app", "app", "pgrelay");
     let console = relay::connect_with(&console_url).await.expect("admin console login").client;
@@ -75,6 +85,9 @@ async fn sync_standby_is_identified_preferred_and_read_your_writes_under_remote_
         .iter()
         .filter_map(|m| match m {
             SimpleQueryMessage::Row(row) => {
+                let replica = row.get("name") != Some("pg0");
+                assert_eq!(row.get("replay_lsn").is_some(), replica, "replay_lsn on the primary of replicas only");
+                assert!(row.get("wal_lsn").is_some(), "every node's own position");
                 Some((row.get("name").unwrap_or("").to_owned(), row.get("sync_state").map(str::to_owned)))
             }
             _ => None,

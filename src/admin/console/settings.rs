@@ -7,13 +7,14 @@ use std::time::Duration;
 use super::table::{boolean, num, text, ColumnType as T, Table};
 use crate::cluster::Topology;
 use crate::config::{AuthType, Config, Prefer, RoFallback, Role, SessionStatePolicy, Source};
+use crate::router::format_lsn;
 
 /// SHOW CONFIG columns, PgBouncer 1.18.
 pub const CONFIG: [(&str, T); 4] =
     [("key", T::Text), ("value", T::Text), ("default", T::Text), ("changeable", T::Text)];
 
 /// SHOW NODES columns.
-pub const NODES: [(&str, T); 11] = [
+pub const NODES: [(&str, T); 15] = [
     ("name", T::Text),
     ("host", T::Text),
     ("port", T::Int4),
@@ -25,6 +26,10 @@ pub const NODES: [(&str, T); 11] = [
     ("excluded_reason", T::Text),
     ("sync_state", T::Text),
     ("application_name", T::Text),
+    ("wal_lsn", T::Text),
+    ("write_lsn", T::Text),
+    ("flush_lsn", T::Text),
+    ("replay_lsn", T::Text),
 ];
 
 /// The smallest valid configuration: every setting at its default.
@@ -315,6 +320,10 @@ pub fn nodes_table(topology: &Topology) -> Table {
             node.excluded.clone(),
             (node.role == Some(Role::Replica)).then(|| node.sync_state.as_str().to_owned()),
             text(node.application_name.as_str()),
+            node.wal_lsn.map(format_lsn),
+            node.streamed.and_then(|s| s.write_lsn).map(format_lsn),
+            node.streamed.and_then(|s| s.flush_lsn).map(format_lsn),
+            node.streamed.and_then(|s| s.replay_lsn).map(format_lsn),
         ]);
     }
     table

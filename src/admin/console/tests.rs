@@ -197,16 +197,24 @@ fn nodes_show_roles_lag_and_exclusions() {
     let mut topology = crate::cluster::Topology::unchecked(&config);
     let table = settings::nodes_table(&topology);
     let row: Vec<&str> = table.rows[0].iter().map(|v| v.as_deref().unwrap_or("NULL")).collect();
-    assert_eq!(row, ["pg0", "db", "5432", "unknown", "f", "NULL", "NULL", "f", "not checked yet", "NULL", "pg0"]);
+    let unchecked = ["pg0", "db", "5432", "unknown", "f", "NULL", "NULL", "f", "not checked yet", "NULL", "pg0"];
+    assert_eq!(row, [&unchecked[..], &["NULL"; 4]].concat());
     topology.nodes[0].role = Some(crate::config::Role::Replica);
     topology.nodes[0].lag_bytes = Some(42);
     topology.nodes[0].lag = Some(Duration::from_millis(1500));
     topology.nodes[0].excluded = None;
     topology.nodes[0].sync_state = crate::cluster::SyncState::Quorum;
+    topology.nodes[0].wal_lsn = Some((1 << 32) | 0x100);
+    topology.nodes[0].streamed = Some(crate::cluster::StandbyPositions {
+        write_lsn: Some((1 << 32) | 0x300),
+        flush_lsn: Some((1 << 32) | 0x200),
+        replay_lsn: None,
+    });
     topology.read_set = vec![0];
     let table = settings::nodes_table(&topology);
     let row: Vec<&str> = table.rows[0].iter().map(|v| v.as_deref().unwrap_or("NULL")).collect();
-    assert_eq!(row, ["pg0", "db", "5432", "replica", "t", "42", "1.500", "t", "NULL", "quorum", "pg0"]);
+    let replica = ["pg0", "db", "5432", "replica", "t", "42", "1.500", "t", "NULL", "quorum", "pg0"];
+    assert_eq!(row, [&replica[..], &["1/100", "1/300", "1/200", "NULL"]].concat());
 }
 
 #[test]
