@@ -142,6 +142,11 @@ pub fn put_ready_for_query(buf: &mut BytesMut, status: TxStatus) {
 
 /// A RowDescription of text-format columns, each given as (name, type OID).
 pub fn put_row_description(buf: &mut BytesMut, columns: &[(&str, u32)]) {
+    put_row_description_in(buf, columns, 0);
+}
+
+/// The same with every column in `format` (0 text, 1 binary).
+pub fn put_row_description_in(buf: &mut BytesMut, columns: &[(&str, u32)], format: u16) {
     message(buf, backend::ROW_DESCRIPTION, |b| {
         b.put_u16(columns.len() as u16);
         for (name, type_oid) in columns {
@@ -151,7 +156,7 @@ pub fn put_row_description(buf: &mut BytesMut, columns: &[(&str, u32)]) {
             b.put_u32(*type_oid);
             b.put_i16(-1); // variable length
             b.put_i32(-1); // no type modifier
-            b.put_u16(0); // text format
+            b.put_u16(format);
         }
     });
 }
@@ -198,6 +203,19 @@ pub fn put_parse_complete(buf: &mut BytesMut) {
 
 pub fn put_close_complete(buf: &mut BytesMut) {
     message(buf, backend::CLOSE_COMPLETE, |_| {});
+}
+
+pub fn put_bind_complete(buf: &mut BytesMut) {
+    message(buf, backend::BIND_COMPLETE, |_| {});
+}
+
+pub fn put_no_data(buf: &mut BytesMut) {
+    message(buf, backend::NO_DATA, |_| {});
+}
+
+/// A ParameterDescription of a statement without parameters.
+pub fn put_no_parameters(buf: &mut BytesMut) {
+    message(buf, backend::PARAMETER_DESCRIPTION, |b| b.put_u16(0));
 }
 
 /// StartupMessage (protocol 3.0) with the given parameters.

@@ -64,8 +64,20 @@ impl Session {
                     self.answer_pgrelay_command(command).await?;
                     continue;
                 }
+                if let Some(command) = (frame.tag == tag::EXECUTE).then(|| self.own_execute(wire::body(&msg))).flatten()
+                {
+                    self.execute_own(command).await?;
+                    continue;
+                }
                 pgrelay_checked = true;
                 self.acquire().await?;
+            } else if self.pinned.is_some() && frame.tag == tag::QUERY && self.pinned_idle() {
+                // A pinned client between its transactions.
+                if let Some(command) = pgrelay_command_of(frame.tag, &msg) {
+                    self.answer_pgrelay_command(command).await?;
+                    continue;
+                }
+                pgrelay_checked = true;
             }
             self.forward_client_message(frame.tag, &msg, named, pgrelay_checked)?;
             flush_requested = false;
@@ -103,8 +115,8 @@ impl Session {
     ///   otherwise undo this Close;
     /// - a Bind or Describe of a statement behind an unanswered DEALLOCATE
     ///   ALL or DISCARD ALL: the statement is gone if that ran;
-    /// - a `pgrelay.` statement: answered by pgrelay between transactions,
-    ///   refused within one.
+    /// - a `pgrelay.` statement (a Query or an unnamed Parse): answered by
+    ///   pgrelay between transactions, refused within one.
     ///
     /// Clients rarely pipeline these behind unanswered requests, so this
     /// costs nothing in the common case.
@@ -134,7 +146,12 @@ impl Session {
             // Unknown now, it may be known again once a Close the server
             // skips (its batch failed) is taken back.
             Named::Unknown => true,
-            Named::Other if msg_tag == tag::PARSE => wire::body(&self.cbuf[..len]).first().is_some_and(|&b| b != 0),
+            // A named Parse; or a pgrelay statement, answered by pgrelay if
+            // the transaction before it turns out over.
+            Named::Other if msg_tag == tag::PARSE => match wire::body(&self.cbuf[..len]).split_first() {
+                Some((0, text)) => router::pgrelay_command(text).is_some(),
+                other => other.is_some(),
+            },
             Named::Other if msg_tag == tag::CLOSE => match wire::body(&self.cbuf[..len]).split_first() {
                 Some((b'S', rest)) => wire::read_cstr(rest)
                     .is_some_and(|(name, _)| !name.is_empty() && tracker.name_unsettled_before_this_batch(name)),
@@ -208,12 +225,14 @@ impl Session {
         match msg_tag {
             tag::SYNC => {
                 self.parsed_here.clear();
+                self.own.portal = None;
                 wire::put_ready_for_query(&mut self.out, TxStatus::Idle);
             }
             tag::FLUSH => {}
             tag::CLOSE => {
                 let (&kind, rest) = body.split_first().ok_or(WireError::Malformed("Close"))?;
                 let (name, _) = wire::read_cstr(rest).ok_or(WireError::Malformed("Close"))?;
+                self.close_own(kind, name);
                 match (kind, name.is_empty()) {
                     (b'S', true) => self.unnamed.definition = None,
                     (b'S', false) => {
@@ -223,8 +242,9 @@ impl Session {
                 }
                 wire::put_close_complete(&mut self.out);
             }
-            tag::PARSE => return self.parse_without_server(body),
-            tag::BIND | tag::DESCRIBE => return self.check_statement_without_server(msg_tag, body),
+            tag::PARSE => return Ok(self.parse_own(body)? || self.parse_without_server(body)?),
+            tag::BIND => return Ok(self.bind_own(body)? || self.check_statement_without_server(msg_tag, body)?),
+            tag::DESCRIBE => return Ok(self.describe_own(body)? || self.check_statement_without_server(msg_tag, body)?),
             // Only a text that starts with D can be DEALLOCATE or DISCARD.
             tag::QUERY if starts_with_d(body) => {
                 let Some(command) = router::prepared_command(sql_of(body)) else { return Ok(false) };
@@ -256,11 +276,15 @@ impl Session {
             tag::EXECUTE => {
                 // The unnamed portal runs the statement last bound to it.
                 let portal_unnamed = body.first() == Some(&0);
+                if portal_unnamed && self.own.portal.is_some() {
+                    return self.refuse_own_in_batch();
+                }
                 let effect = if portal_unnamed { self.bound_effect } else { TxEffect::UNKNOWN };
                 self.conn().send_running(msg, Expect::Execute, effect)
             }
             tag::SYNC => {
                 self.parsed_here.clear();
+                self.own.portal = None;
                 self.send(msg, Expect::Sync);
             }
             tag::FUNCTION_CALL => self.conn().send_running(msg, Expect::Query, TxEffect::of(StatementKind::Other)),

@@ -17,6 +17,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 mod first_write;
 mod forward;
 mod lost;
+mod own;
 mod relay;
 mod ryw;
 mod statements;
@@ -99,6 +100,8 @@ pub struct Session {
     private_copies: std::collections::HashMap<Arc<str>, Arc<crate::backend::Statement>>,
     /// The client's unnamed statement, re-prepared when a later transaction uses it.
     unnamed: UnnamedStatement,
+    /// The client's unnamed statement and portal when they are pgrelay statements.
+    own: own::OwnStatements,
     /// Clients with this context may share this client's prepared statements.
     shared_context: StatementContext,
     /// This client's own statement context, for statements parsed while its
@@ -213,6 +216,7 @@ impl Session {
             commit_report: None,
             statements: ClientStatements::default(),
             unnamed: UnnamedStatement::default(),
+            own: own::OwnStatements::default(),
             private_copies: Default::default(),
             shared_context,
             private_context: None,

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::Session;
+use super::{own, Session};
 use crate::app::{CausalFloor, CausalLimits, Context, Sample};
 use crate::cluster::Topology;
 use crate::config::{Config, Prefer, RoFallback};
@@ -243,35 +243,52 @@ impl Session {
         }
     }
 
-    /// Answers a statement about a `pgrelay.` setting between transactions.
+    /// Answers a simple Query that is a statement about a `pgrelay.`
+    /// setting, between transactions.
     pub(super) async fn answer_pgrelay_command(&mut self, command: PgrelayCommand) -> Result<(), SessionError> {
-        match command {
-            PgrelayCommand::Set { name, value } => match self.ryw.set(&name, value.as_deref()) {
-                Ok(()) => wire::put_command_complete(&mut self.out, "SET"),
-                Err((code, message)) => wire::put_error_response(&mut self.out, Severity::Error, code, &message, None),
-            },
-            PgrelayCommand::Show { name } => {
-                let value = match name.as_str() {
-                    "pgrelay.commit_lsn" => self.commit_lsn().await,
-                    "pgrelay.min_lsn" => Ok(self.ryw.min_lsn.map(format_lsn).unwrap_or_default()),
-                    "pgrelay.causal_id" => Ok(self.ryw.causal_id.as_deref().unwrap_or_default().to_owned()),
-                    "pgrelay.report_commit_lsn" => Ok(if self.ryw.report_commit_lsn { "on" } else { "off" }.to_owned()),
-                    _ => Err((sqlstate::UNDEFINED_OBJECT, format!("unrecognized configuration parameter \"{name}\""))),
-                };
-                match value {
-                    Ok(value) => {
-                        wire::put_row_description(&mut self.out, &[(&name, TEXT_OID)]);
-                        wire::put_data_row(&mut self.out, [Some(value.as_bytes())].into_iter());
-                        wire::put_command_complete(&mut self.out, "SHOW");
-                    }
-                    Err((code, message)) => {
-                        wire::put_error_response(&mut self.out, Severity::Error, code, &message, None)
-                    }
+        match self.run_pgrelay_command(&command).await {
+            Ok(row) => {
+                if let Some(value) = &row {
+                    own::describe(&mut self.out, &command, false);
+                    wire::put_data_row(&mut self.out, [Some(value.as_bytes())].into_iter());
                 }
+                wire::put_command_complete(&mut self.out, own::command_tag(&command));
             }
+            Err((code, message)) => wire::put_error_response(&mut self.out, Severity::Error, code, &message, None),
         }
         wire::put_ready_for_query(&mut self.out, TxStatus::Idle);
         Ok(())
+    }
+
+    /// Runs a statement about a `pgrelay.` setting: a SHOW's value, or
+    /// nothing for a SET; the error is a SQLSTATE and a message.
+    pub(super) async fn run_pgrelay_command(
+        &mut self,
+        command: &PgrelayCommand,
+    ) -> Result<Option<String>, (&'static str, String)> {
+        match command {
+            PgrelayCommand::Set { name, .. }
+                if self.pinned.is_some()
+                    && self.listener == ListenerKind::ReadOnly
+                    && matches!(name.as_str(), "pgrelay.min_lsn" | "pgrelay.causal_id") =>
+            {
+                let message = format!(
+                    "{name} cannot apply: this connection keeps its server connection (session state), so its \
+                     reads are no longer routed; give it as a startup option instead"
+                );
+                Err((sqlstate::FEATURE_NOT_SUPPORTED, message))
+            }
+            PgrelayCommand::Set { name, value } => self.ryw.set(name, value.as_deref()).map(|()| None),
+            PgrelayCommand::Show { name } => match name.as_str() {
+                "pgrelay.commit_lsn" => self.commit_lsn().await.map(Some),
+                "pgrelay.min_lsn" => Ok(Some(self.ryw.min_lsn.map(format_lsn).unwrap_or_default())),
+                "pgrelay.causal_id" => Ok(Some(self.ryw.causal_id.as_deref().unwrap_or_default().to_owned())),
+                "pgrelay.report_commit_lsn" => {
+                    Ok(Some(if self.ryw.report_commit_lsn { "on" } else { "off" }.to_owned()))
+                }
+                _ => Err((sqlstate::UNDEFINED_OBJECT, format!("unrecognized configuration parameter \"{name}\""))),
+            },
+        }
     }
 
     /// A primary position covering every transaction this client completed
@@ -315,10 +332,7 @@ impl Session {
     /// A `pgrelay.` statement inside a transaction: refused in order (it
     /// is never run as a server setting).
     pub(super) fn refuse_pgrelay_command(&mut self) -> Result<(), SessionError> {
-        self.raise_in_query(
-            sqlstate::FEATURE_NOT_SUPPORTED,
-            "pgrelay.* settings are answered by pgrelay between transactions only",
-        )
+        self.raise_in_query(sqlstate::FEATURE_NOT_SUPPORTED, own::ONLY_BETWEEN_TRANSACTIONS)
     }
 }
 
@@ -329,9 +343,6 @@ pub(super) fn note_commit(ctx: &Context, ryw: &ReadYourWrites, config: &Config) 
         ctx.commits.note_commit(id, Instant::now(), causal_limits(config));
     }
 }
-
-/// The type of a text column.
-const TEXT_OID: u32 = 25;
 
 fn causal_limits(config: &Config) -> CausalLimits {
     CausalLimits { expiry: config.routing.causal_expiry, max_ids: config.routing.causal_max_ids.get() }

@@ -79,9 +79,8 @@ impl Session {
     pub(super) fn forward_parse(&mut self, msg: &[u8], body: &[u8]) -> Result<(), SessionError> {
         let (name, definition) = wire::read_cstr(body).ok_or(WireError::Malformed("Parse"))?;
         if router::pgrelay_command(definition).is_some() {
-            // Never a server setting; pgrelay answers them in simple queries.
-            let message = "pgrelay.* settings are answered by pgrelay in simple queries only (not in Parse)";
-            return self.raise_in_batch(sqlstate::FEATURE_NOT_SUPPORTED, message);
+            // Never a server setting; pgrelay answers them between transactions.
+            return self.refuse_own_in_batch();
         }
         let effects = router::classify(sql_of(definition));
         self.note_settings_change(effects.changes_settings);
@@ -90,6 +89,7 @@ impl Session {
             self.pin(effect);
         }
         if name.is_empty() {
+            self.own.unnamed = None;
             match &mut self.unnamed.definition {
                 Some(kept) => {
                     kept.clear();
@@ -152,7 +152,7 @@ impl Session {
     }
 
     /// Why a Parse of `name` must fail, as PostgreSQL (or the client's limit) says.
-    fn parse_refusal(&mut self, name: &[u8]) -> Option<(&'static str, String)> {
+    pub(super) fn parse_refusal(&mut self, name: &[u8]) -> Option<(&'static str, String)> {
         if self.statements.contains(name) {
             let name = String::from_utf8_lossy(name);
             return Some((DUPLICATE_STATEMENT, format!("prepared statement \"{name}\" already exists")));
@@ -173,7 +173,14 @@ impl Session {
         let (portal, rest) = wire::read_cstr(body).ok_or(WireError::Malformed("Bind"))?;
         let (name, params) = wire::read_cstr(rest).ok_or(WireError::Malformed("Bind"))?;
         let portal_unnamed = portal.is_empty();
+        if portal_unnamed {
+            // The unnamed portal is this Bind's now.
+            self.own.portal = None;
+        }
         if name.is_empty() {
+            if self.own.unnamed.is_some() {
+                return self.refuse_own_in_batch();
+            }
             self.ensure_unnamed()?;
             if portal_unnamed {
                 self.bound_effect = self.unnamed.effect;
@@ -211,6 +218,9 @@ impl Session {
         let (&kind, rest) = body.split_first().ok_or(WireError::Malformed("Describe"))?;
         let (name, _) = wire::read_cstr(rest).ok_or(WireError::Malformed("Describe"))?;
         if kind != b'S' {
+            if name.is_empty() && self.own.portal.is_some() {
+                return self.refuse_own_in_batch();
+            }
             {
                 self.send(msg, Expect::DescribePortal);
                 return Ok(());
@@ -218,6 +228,9 @@ impl Session {
         }
         let describe = Expect::DescribeStatement { got_parameters: false, shape_of: None, fork_for: None };
         if name.is_empty() {
+            if self.own.unnamed.is_some() {
+                return self.refuse_own_in_batch();
+            }
             self.ensure_unnamed()?;
             {
                 self.send(msg, describe);
@@ -251,6 +264,7 @@ impl Session {
     pub(super) fn forward_close(&mut self, msg: &[u8], body: &[u8]) -> Result<(), SessionError> {
         let (&kind, rest) = body.split_first().ok_or(WireError::Malformed("Close"))?;
         let (name, _) = wire::read_cstr(rest).ok_or(WireError::Malformed("Close"))?;
+        self.close_own(kind, name);
         if kind != b'S' || self.pinned.is_some() && !self.statements.contains(name) {
             {
                 self.send(msg, Expect::Close { closes: None });
@@ -277,6 +291,10 @@ impl Session {
     /// was read), prepared on the leased connection.
     fn known_statement(&mut self, name: &[u8], named: Named) -> Result<Known, SessionError> {
         let Named::Known(stmt) = named else {
+            if self.statements.own(name).is_some() {
+                self.refuse_own_in_batch()?;
+                return Ok(Known::Raised);
+            }
             if self.pinned.is_some() {
                 return Ok(Known::Forward);
             }
@@ -356,7 +374,7 @@ impl Session {
     pub(super) fn prepared_command_without_server(&mut self, command: PreparedCommand) -> bool {
         let tag = match command {
             PreparedCommand::Deallocate(name) => {
-                if self.statements.remove(&name).is_none() {
+                if self.statements.remove(&name).is_none() && !self.statements.remove_own(&name) {
                     self.error_without_server(UNDEFINED_STATEMENT, &undefined_statement(&name), false);
                     return true;
                 }
@@ -437,7 +455,7 @@ impl Session {
 
     /// The same for an extended-protocol message: the server skips the rest
     /// of the batch, and so does pgrelay with the client's messages.
-    fn raise_in_batch(&mut self, code: &str, message: &str) -> Result<(), SessionError> {
+    pub(super) fn raise_in_batch(&mut self, code: &str, message: &str) -> Result<(), SessionError> {
         let sql = raise_sql(code, message);
         let conn = self.conn();
         conn.send_built(Expect::Parse { registers: None, client_name: None }, Origin::Injected, |b| {
@@ -453,7 +471,7 @@ impl Session {
 
     /// An error between transactions; in a batch, the client's messages are
     /// discarded up to its Sync, which is answered as a server would.
-    fn error_without_server(&mut self, code: &str, message: &str, in_batch: bool) {
+    pub(super) fn error_without_server(&mut self, code: &str, message: &str, in_batch: bool) {
         wire::put_error_response(&mut self.out, Severity::Error, code, message, None);
         if in_batch {
             self.discard_until_sync = true;
