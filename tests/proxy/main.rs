@@ -27,4 +27,5 @@ mod server_tls;
 mod stats;
 mod timeouts;
 mod tools;
+mod tracked_settings;
 mod workers;
