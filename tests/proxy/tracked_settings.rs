@@ -183,6 +183,19 @@ async fn a_failed_set_changes_nothing_and_other_sets_still_pin() {
     assert_eq!(tags(&client.until_ready().await), "C Z");
     assert_eq!(tags(&client.until_ready().await), "T D C Z");
     assert_eq!(pinned_by_set(&app).await, 3.0, "a SET pipelined with more");
+
+    // The unnamed SET statement, bound again in a later batch, runs where
+    // pgrelay would not follow it: that pins.
+    let mut client = login(app.rw_addr).await;
+    assert_eq!(tags(&extended(&mut client, "SET work_mem = '6MB'").await), "1 2 n C Z");
+    assert_eq!(pinned_by_set(&app).await, 3.0);
+    let mut out = BytesMut::new();
+    bind(&mut out, "");
+    execute(&mut out);
+    wire::put_sync(&mut out);
+    client.send(&out).await;
+    assert_eq!(tags(&client.until_ready().await), "2 C Z");
+    assert_eq!(pinned_by_set(&app).await, 4.0, "the unnamed SET bound again");
     app.shutdown(GRACE).await;
 }
 
@@ -245,5 +258,22 @@ async fn statements_parsed_after_a_set_search_path_resolve_under_it() {
     assert_eq!(scalar(&setup, "select 1").await, "1");
     setup.batch_execute("drop schema tracked_a cascade; drop schema tracked_b cascade").await.unwrap();
     assert_eq!(pinned_by_set(&app).await, 0.0);
+    app.shutdown(GRACE).await;
+}
+
+#[tokio::test]
+async fn a_client_follows_at_most_64_settings_then_pins() {
+    let app = relay::start_default(cluster(), "default_pool_size = 2").await;
+    let mut client = login(app.rw_addr).await;
+    for i in 0..64 {
+        assert_eq!(tags(&query(&mut client, &format!("SET tracked.n{i} = 'v{i}'")).await), "C Z");
+    }
+    // A name it already has is still followed.
+    assert_eq!(tags(&query(&mut client, "SET tracked.n0 = 'again'").await), "C Z");
+    assert_eq!(pinned_by_set(&app).await, 0.0);
+    assert_eq!(tags(&query(&mut client, "SET tracked.n64 = 'v64'").await), "C Z");
+    assert_eq!(pinned_by_set(&app).await, 1.0, "the 65th setting pins");
+    let seen = row(&mut client, "select current_setting('tracked.n0'), current_setting('tracked.n64')").await;
+    assert_eq!(seen, ["again", "v64"]);
     app.shutdown(GRACE).await;
 }

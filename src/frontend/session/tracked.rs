@@ -10,11 +10,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::Session;
-use crate::backend::ClientSettings;
+use crate::backend::{BackendError, ClientSettings};
 use crate::config::PoolMode;
 use crate::frontend::error::SessionError;
 use crate::router::SessionStateEffect;
 use crate::wire::{frontend as tag, TxStatus};
+
+/// Settings a client may have (startup and followed together): a `SET` of
+/// another name beyond this pins, so each lease's work stays bounded.
+const MAX_SETTINGS: usize = 64;
+/// Longest value followed; a `SET` to a longer one pins.
+const MAX_VALUE: usize = 4096;
 
 /// The client's settings besides those its leases get now (`Session::settings`).
 pub(super) struct OriginSettings {
@@ -70,6 +76,10 @@ impl Session {
     /// client's outstanding (the text is a transaction of its own).
     pub(super) fn track_set(&mut self, msg_tag: u8, name: Option<String>) -> bool {
         let Some(name) = name else { return false };
+        let known = self.settings.iter().any(|(n, _)| n.eq_ignore_ascii_case(&name));
+        if !known && self.settings.len() >= MAX_SETTINGS {
+            return false;
+        }
         let Some(lease) = &self.lease else { return false };
         let tracker = lease.conn().tracker();
         let idle = tracker.tx_status() == TxStatus::Idle && !tracker.client_ready_owed() && !tracker.batch_open();
@@ -127,7 +137,17 @@ impl Session {
         // That used the unnamed statement.
         self.unnamed.on_lease = false;
         let value = match tokio::time::timeout(timeout, asked).await {
+            // Too long to carry to every connection: the client keeps this one.
+            Ok(Ok(value)) if value.len() > MAX_VALUE => {
+                self.pin(SessionStateEffect::Set);
+                return Ok(());
+            }
             Ok(Ok(value)) => value,
+            // The server refused the question (the connection is at its Sync): it keeps the value.
+            Ok(Err(BackendError::Server(_))) => {
+                self.pin(SessionStateEffect::Set);
+                return Ok(());
+            }
             other => {
                 lease.poison();
                 let cause = match other {
