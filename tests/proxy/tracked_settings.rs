@@ -28,6 +28,16 @@ async fn extended(raw: &mut Raw, sql: &str) -> Vec<(u8, Bytes)> {
     raw.until_ready().await
 }
 
+/// Bind, Execute and Sync of the client's statement `name`.
+async fn bound_again(raw: &mut Raw, name: &str) -> Vec<(u8, Bytes)> {
+    let mut out = BytesMut::new();
+    bind(&mut out, name);
+    execute(&mut out);
+    wire::put_sync(&mut out);
+    raw.send(&out).await;
+    raw.until_ready().await
+}
+
 async fn query(raw: &mut Raw, sql: &str) -> Vec<(u8, Bytes)> {
     let mut out = BytesMut::new();
     wire::put_query(&mut out, sql);
@@ -189,12 +199,7 @@ async fn a_failed_set_changes_nothing_and_other_sets_still_pin() {
     let mut client = login(app.rw_addr).await;
     assert_eq!(tags(&extended(&mut client, "SET work_mem = '6MB'").await), "1 2 n C Z");
     assert_eq!(pinned_by_set(&app).await, 3.0);
-    let mut out = BytesMut::new();
-    bind(&mut out, "");
-    execute(&mut out);
-    wire::put_sync(&mut out);
-    client.send(&out).await;
-    assert_eq!(tags(&client.until_ready().await), "2 C Z");
+    assert_eq!(tags(&bound_again(&mut client, "").await), "2 C Z");
     assert_eq!(pinned_by_set(&app).await, 4.0, "the unnamed SET bound again");
     app.shutdown(GRACE).await;
 }
@@ -248,12 +253,7 @@ async fn statements_parsed_after_a_set_search_path_resolve_under_it() {
     let answer = b.until_ready().await;
     assert!(answer.iter().any(|(t, body)| *t == b'D' && body.ends_with(b"b")), "{}", tags(&answer));
     // And the first client's statement still reads its own schema.
-    let mut out = BytesMut::new();
-    bind(&mut out, "s");
-    execute(&mut out);
-    wire::put_sync(&mut out);
-    a.send(&out).await;
-    let answer = a.until_ready().await;
+    let answer = bound_again(&mut a, "s").await;
     assert!(answer.iter().any(|(t, body)| *t == b'D' && body.ends_with(b"a")), "{}", tags(&answer));
     assert_eq!(scalar(&setup, "select 1").await, "1");
     setup.batch_execute("drop schema tracked_a cascade; drop schema tracked_b cascade").await.unwrap();

@@ -287,7 +287,8 @@ impl Session {
                 Event::ServerRead => {
                     step!(self.handle_server_messages());
                     if self.tracked_answered() {
-                        step!(self.learn_tracked_setting().await);
+                        // Boxed: the common path's future stays as small as it was.
+                        step!(Box::pin(self.learn_tracked_setting()).await);
                     }
                     if self.commit_report.is_some() {
                         self.report_commit_lsn().await;

@@ -97,6 +97,7 @@ impl Session {
     /// A client message forwarded while a `SET` is tracked: the rest of its
     /// batch (Bind of the unnamed statement, Describe, Execute, Flush, Sync)
     /// is fine; anything else means the `SET` is not alone, and pins.
+    #[cold]
     pub(super) fn tracked_batch_message(&mut self, msg_tag: u8, body: &[u8]) {
         let Some(tracked) = &mut self.tracked else { return };
         let unnamed_bind = || crate::wire::read_cstr(body).and_then(|(_, rest)| rest.first()) == Some(&0);
