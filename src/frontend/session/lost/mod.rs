@@ -212,6 +212,10 @@ impl Session {
                 .map_or(Ok(StatementKind::Other), |(_, definition)| statement_kind_or_other(sql_of(definition))),
             frontend::BIND => Ok(self.bound_kind(body)),
             frontend::SYNC => {
+                // A Sync alone still tells the client its block failed, and why.
+                if let Some(error) = self.lost.as_mut().and_then(|block| block.unreported.take()) {
+                    self.put_lost_block_error(Some(error));
+                }
                 wire::put_ready_for_query(&mut self.out, TxStatus::Failed);
                 return Ok(());
             }
@@ -236,7 +240,7 @@ impl Session {
             // the client has not heard of yet, it fails.
             (Ok(StatementKind::Commit), true) => {
                 match unreported {
-                    Some(error) => self.out.extend_from_slice(&error),
+                    Some(error) => self.put_lost_block_error(Some(error)),
                     None => wire::put_command_complete(&mut self.out, "ROLLBACK"),
                 }
                 wire::put_ready_for_query(&mut self.out, TxStatus::Idle);
@@ -246,17 +250,7 @@ impl Session {
             _ if ends_block => return Err(SessionError::LostBlockUnanswerable),
             (Err(()), _) => return Err(SessionError::LostBlockUnanswerable),
             (Ok(_), _) => {
-                match unreported {
-                    Some(error) => self.out.extend_from_slice(&error),
-                    None => wire::put_error_response(
-                        &mut self.out,
-                        Severity::Error,
-                        sqlstate::IN_FAILED_SQL_TRANSACTION,
-                        "current transaction is aborted, commands ignored until end of transaction block",
-                        None,
-                    ),
-                }
-                self.ctx.metrics.error(sqlstate::IN_FAILED_SQL_TRANSACTION.as_bytes(), ErrorOrigin::Pgrelay);
+                self.put_lost_block_error(unreported);
                 match simple {
                     true => wire::put_ready_for_query(&mut self.out, TxStatus::Failed),
                     false => self.discard_until_sync = true,
@@ -264,6 +258,17 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// The error a request in the lost block gets: the loss itself (40001:
+    /// the block was idle) when the client has not heard of it yet, else 25P02.
+    fn put_lost_block_error(&mut self, unreported: Option<Bytes>) {
+        let (error, code) = match unreported {
+            Some(error) => (error, sqlstate::SERIALIZATION_FAILURE),
+            None => (in_failed_block(), sqlstate::IN_FAILED_SQL_TRANSACTION),
+        };
+        self.out.extend_from_slice(&error);
+        self.ctx.metrics.error(code.as_bytes(), ErrorOrigin::Pgrelay);
     }
 
     /// The kind of the statement a Bind names.

@@ -1,0 +1,397 @@
+//! A client's server connection lost under it (`pg_terminate_backend`, the
+//! server's FATAL 57P01): raw protocol pipelines lost at different points,
+//! the failed block pgrelay answers afterwards, and what the next server
+//! connection knows of the client's statements. Each answer is counted and
+//! its status byte checked against what PostgreSQL sends; every wait is
+//! bounded (see `Raw::recv`). The failover case is in tests/topology/survive.rs.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use pgrelay::wire;
+
+use crate::support::cluster;
+use crate::support::relay::msg::{bind, bind_execute, execute, flush, parse};
+use crate::support::relay::{self, error_fields, Raw};
+
+const GRACE: Duration = Duration::from_secs(5);
+
+/// Ends the backend whose statement (its text contains `marker`) sleeps in
+/// `pg_sleep`, once it does.
+async fn terminate_sleeping(marker: &str) {
+    let sql = format!(
+        "select pg_terminate_backend(pid) from pg_stat_activity where query like '%{marker}%' \
+         and wait_event = 'PgSleep' and pid <> pg_backend_pid()"
+    );
+    let deadline = Instant::now() + GRACE;
+    loop {
+        if cluster().psql(cluster().primary(), &sql).expect("psql").contains('t') {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{marker} never showed up in pg_stat_activity");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Ends the backend of the raw client's server connection (its pid is the
+/// one `select pg_backend_pid()` gave).
+fn terminate_pid(pid: &str) {
+    let out = cluster().psql(cluster().primary(), &format!("select pg_terminate_backend({pid})")).expect("psql");
+    assert_eq!(out.trim(), "t", "backend {pid} ended");
+}
+
+fn query(out: &mut BytesMut, sql: &str) {
+    wire::put_query(out, sql);
+}
+
+/// The tags of one request's answers, each error with its SQLSTATE and the
+/// ReadyForQuery with its status: "1 2 E[40001] Z[E]".
+fn answers(messages: &[(u8, Bytes)]) -> String {
+    messages
+        .iter()
+        .map(|(tag, body)| match tag {
+            b'E' => format!("E[{}]", error_fields(body).0),
+            b'Z' => format!("Z[{}]", char::from(body[0])),
+            _ => char::from(*tag).to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The server pid behind the raw client's current transaction.
+async fn backend_pid(raw: &mut Raw) -> String {
+    let mut out = BytesMut::new();
+    query(&mut out, "select pg_backend_pid()");
+    raw.send(&out).await;
+    let answer = raw.until_ready().await;
+    let row = answer.iter().find(|(t, _)| *t == b'D').expect("a row");
+    String::from_utf8_lossy(&row.1[6..]).into_owned()
+}
+
+/// A pipeline in a block, lost while its first batch runs: every Sync and
+/// Query behind it gets exactly one ReadyForQuery, with the status a server
+/// in a failed block sends; a Parse skipped with its batch creates nothing,
+/// and a statement prepared before the loss works on the next server.
+#[tokio::test]
+async fn a_pipeline_lost_in_a_block_is_answered_request_by_request() {
+    let app = relay::start_default(cluster(), "").await;
+    let (mut raw, _) = Raw::login(app.rw_addr, &[]).await;
+    let mut out = BytesMut::new();
+    query(&mut out, "begin");
+    parse(&mut out, "before", "select 'before'");
+    wire::put_sync(&mut out);
+    raw.send(&out).await;
+    assert_eq!(answers(&raw.until_ready().await), "C Z[T]");
+    assert_eq!(answers(&raw.until_ready().await), "1 Z[T]");
+
+    let mut out = BytesMut::new();
+    parse(&mut out, "", "select pg_sleep(30) -- lost pipeline");
+    bind_execute(&mut out, "");
+    wire::put_sync(&mut out);
+    parse(&mut out, "skipped", "select 1");
+    bind_execute(&mut out, "skipped");
+    wire::put_sync(&mut out);
+    query(&mut out, "select 2");
+    wire::put_sync(&mut out);
+    flush(&mut out);
+    bind_execute(&mut out, "before");
+    wire::put_sync(&mut out);
+    query(&mut out, "rollback to savepoint nowhere");
+    query(&mut out, "abort");
+    raw.send(&out).await;
+    terminate_sleeping("lost pipeline").await;
+
+    let first = raw.until_ready().await;
+    assert!(answers(&first).ends_with("E[40001] Z[E]"), "{}", answers(&first));
+    for what in ["named Parse", "Query", "Sync alone", "Bind of an existing statement", "ROLLBACK TO"] {
+        let expected = if what == "Sync alone" { "Z[E]" } else { "E[25P02] Z[E]" };
+        assert_eq!(answers(&raw.until_ready().await), expected, "{what}");
+    }
+    assert_eq!(answers(&raw.until_ready().await), "C Z[I]", "ABORT ends the block");
+
+    // On the next server: the statement prepared before the loss runs, the
+    // one whose Parse was skipped does not exist.
+    let mut out = BytesMut::new();
+    bind_execute(&mut out, "before");
+    wire::put_sync(&mut out);
+    bind(&mut out, "skipped");
+    wire::put_sync(&mut out);
+    raw.send(&out).await;
+    let before = raw.until_ready().await;
+    assert_eq!(answers(&before), "2 D C Z[I]");
+    assert!(before[1].1.ends_with(b"before"));
+    assert_eq!(answers(&raw.until_ready().await), "E[26000] Z[I]");
+    app.shutdown(GRACE).await;
+}
+
+/// Batches lost with their answers partly relayed, and a batch without a
+/// Sync (Flush only): the error comes where the server's would, and the
+/// client's later Sync gets the one ReadyForQuery, in a block ('E') and
+/// outside one ('I', the implicit transaction's fate unknown: 08007).
+#[tokio::test]
+async fn an_unsynced_batch_lost_after_its_first_answers() {
+    let app = relay::start_default(cluster(), "").await;
+    for in_block in [false, true] {
+        let (mut raw, _) = Raw::login(app.rw_addr, &[]).await;
+        if in_block {
+            let mut out = BytesMut::new();
+            query(&mut out, "begin");
+            raw.send(&out).await;
+            assert_eq!(answers(&raw.until_ready().await), "C Z[T]");
+        }
+        let marker = format!("unsynced {in_block}");
+        let mut out = BytesMut::new();
+        parse(&mut out, "", &format!("select pg_sleep(30) -- {marker}"));
+        bind(&mut out, "");
+        flush(&mut out);
+        raw.send(&out).await;
+        assert_eq!(raw.recv().await.map(|m| m.0), Some(b'1'));
+        assert_eq!(raw.recv().await.map(|m| m.0), Some(b'2'));
+        let mut out = BytesMut::new();
+        execute(&mut out);
+        flush(&mut out);
+        raw.send(&out).await;
+        terminate_sleeping(&marker).await;
+        let (code, expected) = if in_block { ("40001", "Z[E]") } else { ("08007", "Z[I]") };
+        let error = raw.recv().await.expect("the error");
+        assert_eq!(answers(&[error]), format!("E[{code}]"));
+        // Skipped up to the Sync, as a server skips after an error.
+        let mut out = BytesMut::new();
+        bind_execute(&mut out, "");
+        wire::put_sync(&mut out);
+        raw.send(&out).await;
+        assert_eq!(answers(&raw.until_ready().await), expected);
+        let mut out = BytesMut::new();
+        query(&mut out, "rollback");
+        query(&mut out, "select 1");
+        raw.send(&out).await;
+        let rollback = raw.until_ready().await;
+        assert!(answers(&rollback).ends_with("Z[I]"), "{}", answers(&rollback));
+        assert_eq!(answers(&raw.until_ready().await), "T D C Z[I]");
+    }
+    app.shutdown(GRACE).await;
+}
+
+/// A block lost while idle: its next request hears of it, whatever it is;
+/// a transaction-control statement pgrelay cannot answer without a server
+/// ends the connection with an error saying so, never a hang.
+#[tokio::test]
+async fn a_block_lost_while_idle_hears_of_it_at_its_next_request() {
+    let app = relay::start_default(cluster(), "").await;
+    // The next request: a Sync alone, an extended-protocol statement, an
+    // extended-protocol ROLLBACK, and a Query that ends the block and goes on.
+    let cases: [(&str, fn(&mut BytesMut), &[&str]); 4] = [
+        ("Sync alone", |out| wire::put_sync(out), &["E[40001] Z[E]"]),
+        (
+            "extended",
+            |out| {
+                parse(out, "", "select 1");
+                bind_execute(out, "");
+                wire::put_sync(out);
+            },
+            &["E[40001] Z[E]"],
+        ),
+        (
+            "extended ROLLBACK",
+            |out| {
+                parse(out, "", "rollback");
+                bind_execute(out, "");
+                wire::put_sync(out);
+            },
+            &["E[08006]"],
+        ),
+        ("ROLLBACK; SELECT", |out| query(out, "rollback; select 1"), &["E[08006]"]),
+    ];
+    for (what, request, expected) in cases {
+        let (mut raw, _) = Raw::login(app.rw_addr, &[]).await;
+        let mut out = BytesMut::new();
+        query(&mut out, "begin");
+        raw.send(&out).await;
+        assert_eq!(answers(&raw.until_ready().await), "C Z[T]");
+        let pid = backend_pid(&mut raw).await;
+        terminate_pid(&pid);
+        let mut out = BytesMut::new();
+        request(&mut out);
+        raw.send(&out).await;
+        for answer in expected {
+            let got = raw.until_ready().await;
+            assert_eq!(answers(&got), *answer, "{what}");
+        }
+        if expected[0] == "E[08006]" {
+            assert!(raw.closed().await, "{what}");
+            continue;
+        }
+        let mut out = BytesMut::new();
+        query(&mut out, "rollback");
+        raw.send(&out).await;
+        assert_eq!(answers(&raw.until_ready().await), "C Z[I]", "{what}");
+    }
+    app.shutdown(GRACE).await;
+}
+
+/// Waits until the backend `pid` sleeps in `pg_sleep`, then ends it.
+async fn terminate_when_sleeping(pid: &str) {
+    let sql = format!(
+        "select pg_terminate_backend({pid}) from pg_stat_activity where pid = {pid} and wait_event = 'PgSleep'"
+    );
+    let deadline = Instant::now() + GRACE;
+    while !cluster().psql(cluster().primary(), &sql).expect("psql").contains('t') {
+        assert!(Instant::now() < deadline, "backend {pid} never slept");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every way of spelling a COMMIT, in a simple Query or in extended
+/// protocol, held in flight by a deferred trigger that sleeps and lost
+/// there: the client is told 08007 (it may have committed), never 40001.
+#[tokio::test]
+async fn a_commit_in_flight_is_never_called_rolled_back_however_it_is_spelled() {
+    let app = relay::start_default(cluster(), "").await;
+    let setup = "drop table if exists lost_commit; create table lost_commit (a int); \
+        create or replace function lost_commit_sleep() returns trigger language plpgsql as \
+        $$ begin perform pg_sleep(30); return null; end $$; \
+        create constraint trigger lost_commit_sleep after insert on lost_commit \
+        deferrable initially deferred for each row execute function lost_commit_sleep(); \
+        grant all on lost_commit to app_trust";
+    cluster().psql_db(cluster().primary(), "app", setup).expect("setup");
+    let (mut raw, _) = Raw::login(app.rw_addr, &[]).await;
+    let simple = |sql: &'static str| move |out: &mut BytesMut| query(out, sql);
+    let cases: Vec<(&str, Box<dyn Fn(&mut BytesMut)>)> = vec![
+        ("commit", Box::new(simple("commit"))),
+        ("comment first", Box::new(simple("/* a; b */ COMMIT"))),
+        ("line comment first", Box::new(simple("-- x\ncommit"))),
+        ("semicolons first", Box::new(simple(" ;; End;"))),
+        ("and chain", Box::new(simple("Commit And Chain"))),
+        ("work", Box::new(simple("commit work"))),
+        ("after a statement", Box::new(simple("insert into lost_commit values (3); commit"))),
+        ("prepare transaction", Box::new(simple("prepare transaction 'lost'"))),
+        (
+            "extended",
+            Box::new(|out: &mut BytesMut| {
+                parse(out, "", "commit");
+                bind_execute(out, "");
+                wire::put_sync(out);
+            }),
+        ),
+        (
+            "extended, named",
+            Box::new(|out: &mut BytesMut| {
+                parse(out, "lost_end", "END");
+                bind_execute(out, "lost_end");
+                wire::put_sync(out);
+            }),
+        ),
+    ];
+    for (what, commit) in cases {
+        let mut out = BytesMut::new();
+        query(&mut out, "begin; insert into lost_commit values (1)");
+        raw.send(&out).await;
+        assert_eq!(answers(&raw.until_ready().await), "C C Z[T]", "{what}");
+        let pid = backend_pid(&mut raw).await;
+        let mut out = BytesMut::new();
+        commit(&mut out);
+        raw.send(&out).await;
+        terminate_when_sleeping(&pid).await;
+        let answer = answers(&raw.until_ready().await);
+        assert!(!answer.contains("40001"), "{what}: {answer}");
+        if what == "and chain" {
+            // The chained block died with the server: failed until ROLLBACK.
+            assert!(answer.ends_with("E[08007] Z[E]"), "{what}: {answer}");
+            let mut out = BytesMut::new();
+            query(&mut out, "rollback");
+            raw.send(&out).await;
+            assert_eq!(answers(&raw.until_ready().await), "C Z[I]");
+            continue;
+        }
+        assert!(answer.ends_with("E[08007] Z[I]"), "{what}: {answer}");
+    }
+    // Outside a block: an autocommit statement, simple and extended.
+    for extended in [false, true] {
+        let mut out = BytesMut::new();
+        match extended {
+            false => query(&mut out, "insert into lost_commit values (2)"),
+            true => {
+                parse(&mut out, "", "insert into lost_commit values (2)");
+                bind_execute(&mut out, "");
+                wire::put_sync(&mut out);
+            }
+        }
+        // The pid of the connection the insert gets: the only one of this pool.
+        raw.send(&out).await;
+        let sql = "select pg_terminate_backend(pid) from pg_stat_activity \
+                   where query like 'insert into lost_commit values (2)%' and wait_event = 'PgSleep'";
+        let deadline = Instant::now() + GRACE;
+        while !cluster().psql(cluster().primary(), sql).expect("psql").contains('t') {
+            assert!(Instant::now() < deadline, "the insert never slept");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let answer = answers(&raw.until_ready().await);
+        assert!(answer.ends_with("E[08007] Z[I]"), "autocommit, extended {extended}: {answer}");
+    }
+    app.shutdown(GRACE).await;
+}
+
+/// A client that does not read a large result while its server is lost:
+/// the rows relayed before the loss, then one error and one ReadyForQuery.
+#[tokio::test]
+async fn a_slow_reader_loses_its_server_mid_result() {
+    let app = relay::start_default(cluster(), "").await;
+    let (mut raw, _) = Raw::login(app.rw_addr, &[]).await;
+    let mut out = BytesMut::new();
+    query(&mut out, "begin");
+    raw.send(&out).await;
+    assert_eq!(answers(&raw.until_ready().await), "C Z[T]");
+    let pid = backend_pid(&mut raw).await;
+    let mut out = BytesMut::new();
+    query(&mut out, "select repeat('x', 100) from generate_series(1, 100000)");
+    raw.send(&out).await;
+    // The server blocks writing rows the client does not read.
+    let sql = format!(
+        "select pg_terminate_backend({pid}) from pg_stat_activity where pid = {pid} and wait_event = 'ClientWrite'"
+    );
+    let deadline = Instant::now() + GRACE;
+    while !cluster().psql(cluster().primary(), &sql).expect("psql").contains('t') {
+        assert!(Instant::now() < deadline, "the server never waited for the client");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let result = raw.until_ready().await;
+    let rows = result.iter().filter(|(t, _)| *t == b'D').count();
+    assert!(rows < 100_000, "the result was cut short");
+    let rest: Vec<_> = result.into_iter().filter(|(t, _)| *t != b'D').collect();
+    assert_eq!(answers(&rest), "T E[40001] Z[E]", "after {rows} rows");
+    let mut out = BytesMut::new();
+    query(&mut out, "rollback");
+    query(&mut out, "select 1");
+    raw.send(&out).await;
+    assert_eq!(answers(&raw.until_ready().await), "C Z[I]");
+    assert_eq!(answers(&raw.until_ready().await), "T D C Z[I]");
+    app.shutdown(GRACE).await;
+}
+
+/// Two clients of a pool of one: the one whose server is lost frees the
+/// slot at once (the other, waiting for it, gets a new connection) and
+/// hears of the loss itself at its next statement; the other sees nothing
+/// of it.
+#[tokio::test]
+async fn a_lost_connection_frees_its_pool_slot_for_the_next_client() {
+    let app = relay::start_default(cluster(), "default_pool_size = 1").await;
+    let a = relay::connect(app.rw_addr).await;
+    a.batch_execute("begin").await.expect("begin");
+    let pid = relay::scalar(&a, "select pg_backend_pid()").await;
+    let b = relay::connect(app.rw_addr).await;
+    let waiting = tokio::spawn(async move {
+        let value = relay::scalar(&b, "select 'b:' || pg_backend_pid()").await;
+        (b, value)
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished(), "b waits for the only server connection");
+    terminate_pid(&pid);
+    let (b, value) = tokio::time::timeout(GRACE, waiting).await.expect("b got a connection").expect("b");
+    assert_ne!(value, format!("b:{pid}"));
+    let lost = a.simple_query("select 1").await.expect_err("the lost block");
+    assert_eq!(relay::sqlstate(&lost), "40001", "{}", relay::message(&lost));
+    a.batch_execute("rollback").await.expect("rollback");
+    assert_eq!(relay::scalar(&a, "select 'a'").await, "a");
+    assert_eq!(relay::scalar(&b, "select 'b'").await, "b");
+    app.shutdown(GRACE).await;
+}
