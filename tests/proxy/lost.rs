@@ -395,3 +395,65 @@ async fn a_lost_connection_frees_its_pool_slot_for_the_next_client() {
     assert_eq!(relay::scalar(&b, "select 'b'").await, "b");
     app.shutdown(GRACE).await;
 }
+
+/// Waits until pgrelay holds no active server connection for app_trust:
+/// it noticed the loss of the one it held.
+async fn wait_noticed(app: &pgrelay::RunningApp) {
+    let deadline = Instant::now() + GRACE;
+    loop {
+        let (_, body) = relay::http_get(app.http_addr, "/metrics").await;
+        let active = body.lines().any(|l| {
+            l.starts_with("pgrelay_server_connections{")
+                && l.contains("user=\"app_trust\"")
+                && l.contains("state=\"active\"")
+                && !l.ends_with(" 0")
+        });
+        if !active {
+            return;
+        }
+        assert!(Instant::now() < deadline, "pgrelay never noticed the loss");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A batch the server failed (and said so) before the client's Sync, its
+/// server lost then: the Sync gets the ReadyForQuery a server gives after
+/// that error, with no second error.
+#[tokio::test]
+async fn a_batch_the_server_failed_gets_no_second_error_when_lost() {
+    let app = relay::start_default(cluster(), "").await;
+    for in_block in [true, false] {
+        let (mut raw, _) = Raw::login(app.rw_addr, &[]).await;
+        let mut out = BytesMut::new();
+        query(&mut out, if in_block { "begin" } else { "select 1" });
+        raw.send(&out).await;
+        raw.until_ready().await;
+        let mut out = BytesMut::new();
+        parse(&mut out, "", "select pg_backend_pid() / g from generate_series(0, 0) g");
+        bind_execute(&mut out, "");
+        flush(&mut out);
+        raw.send(&out).await;
+        let mut failed = vec![];
+        for _ in 0..3 {
+            failed.push(raw.recv().await.expect("an answer"));
+        }
+        assert_eq!(answers(&failed), "1 2 E[22012]");
+        // The failed statement ran on the one connection the test pool holds.
+        let pid = cluster()
+            .psql(
+                cluster().primary(),
+                "select pid from pg_stat_activity where query like 'select pg_backend_pid() / g%'",
+            )
+            .expect("psql");
+        terminate_pid(pid.trim());
+        wait_noticed(&app).await;
+        let mut out = BytesMut::new();
+        wire::put_sync(&mut out);
+        query(&mut out, "rollback");
+        raw.send(&out).await;
+        let status = if in_block { "Z[E]" } else { "Z[I]" };
+        assert_eq!(answers(&raw.until_ready().await), status, "in a block: {in_block}");
+        assert!(answers(&raw.until_ready().await).ends_with("Z[I]"));
+    }
+    app.shutdown(GRACE).await;
+}

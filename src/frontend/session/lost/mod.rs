@@ -52,6 +52,9 @@ struct Unit {
     closed: bool,
     /// Requests in flight in it.
     requests: usize,
+    /// The batch not yet synced, which the server already failed and said
+    /// so: it skips to the Sync, with no second error.
+    failed: bool,
 }
 
 /// What one unit is answered with.
@@ -63,6 +66,9 @@ enum Answer {
     RolledBack,
     /// pgrelay's own request: nothing reaches the client.
     Quiet,
+    /// The client heard of its batch's failure from the server: nothing
+    /// more until its Sync, after which the client's status is this.
+    Told(TxStatus),
 }
 
 /// The loss cannot be answered as a server would: the connection ends.
@@ -152,7 +158,8 @@ impl Session {
         let Some(lease) = self.lease.as_ref() else { return Vec::new() };
         let tracker = lease.conn().tracker();
         let mut units = Vec::new();
-        let mut unit = Unit { effect: TxEffect::NONE, client: false, simple: false, closed: false, requests: 0 };
+        let mut unit =
+            Unit { effect: TxEffect::NONE, client: false, simple: false, closed: false, requests: 0, failed: false };
         for request in tracker.in_flight() {
             let client = request.origin == Origin::Client;
             unit.effect = match request.expect {
@@ -168,13 +175,21 @@ impl Session {
                 unit.closed = true;
                 units.push(std::mem::replace(
                     &mut unit,
-                    Unit { effect: TxEffect::NONE, client: false, simple: false, closed: false, requests: 0 },
+                    Unit {
+                        effect: TxEffect::NONE,
+                        client: false,
+                        simple: false,
+                        closed: false,
+                        requests: 0,
+                        failed: false,
+                    },
                 ));
             }
         }
         if tracker.batch_open() || unit.client {
             unit.client = true;
             unit.effect = tracker.open_batch_effect();
+            unit.failed = tracker.skipping();
             units.push(unit);
         }
         units
@@ -296,6 +311,7 @@ fn answer_for(unit: &Unit, may_commit: bool, client: TxStatus, lost: &Bytes) -> 
     }
     Ok(match () {
         _ if !unit.client => Answer::Quiet,
+        _ if unit.failed => Answer::Told(failed_block(unit.effect.from(client).after)),
         _ if may_commit => Answer::Error(lost.clone(), failed_block(unit.effect.from(client).after)),
         _ if unit.simple && rolls_back => Answer::RolledBack,
         _ if client == TxStatus::Failed => {
@@ -322,6 +338,7 @@ fn feed(conn: &mut ServerConn, out: &mut BytesMut, unit: &Unit, answer: &Answer)
             (buf.split().freeze(), TxStatus::Idle, true)
         }
         Answer::Quiet => (in_failed_block(), conn.tracker().tx_status(), false),
+        Answer::Told(status) => return Ok(*status),
     };
     if unit.requests == 0 {
         // A batch whose requests were all answered: its Sync is still to come.

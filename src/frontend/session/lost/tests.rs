@@ -75,7 +75,7 @@ fn what_cannot_be_split_for_certain_is_unknown() {
 }
 
 fn unit(effect: TxEffect, simple: bool) -> Unit {
-    Unit { effect, client: true, simple, closed: true, requests: 1 }
+    Unit { effect, client: true, simple, closed: true, requests: 1, failed: false }
 }
 
 #[test]
