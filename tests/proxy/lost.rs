@@ -85,8 +85,10 @@ async fn a_pipeline_lost_in_a_block_is_answered_request_by_request() {
     assert_eq!(answers(&raw.until_ready().await), "1 Z[T]");
 
     let mut out = BytesMut::new();
+    parse(&mut out, "answered", "select 'answered'");
     parse(&mut out, "", "select pg_sleep(30) -- lost pipeline");
     bind_execute(&mut out, "");
+    wire::put_statement_op(&mut out, b'C', b"before");
     wire::put_sync(&mut out);
     parse(&mut out, "skipped", "select 1");
     bind_execute(&mut out, "skipped");
@@ -102,24 +104,29 @@ async fn a_pipeline_lost_in_a_block_is_answered_request_by_request() {
     terminate_sleeping("lost pipeline").await;
 
     let first = raw.until_ready().await;
-    assert!(answers(&first).ends_with("E[40001] Z[E]"), "{}", answers(&first));
+    assert_eq!(answers(&first), "1 1 2 E[40001] Z[E]", "the Parses' answers, then the loss");
     for what in ["named Parse", "Query", "Sync alone", "Bind of an existing statement", "ROLLBACK TO"] {
         let expected = if what == "Sync alone" { "Z[E]" } else { "E[25P02] Z[E]" };
         assert_eq!(answers(&raw.until_ready().await), expected, "{what}");
     }
     assert_eq!(answers(&raw.until_ready().await), "C Z[I]", "ABORT ends the block");
 
-    // On the next server: the statement prepared before the loss runs, the
-    // one whose Parse was skipped does not exist.
+    // On the next server: the statements prepared before the loss run (the
+    // Close skipped with its batch closed nothing), the one whose Parse was
+    // skipped does not exist.
     let mut out = BytesMut::new();
-    bind_execute(&mut out, "before");
-    wire::put_sync(&mut out);
+    for name in ["before", "answered"] {
+        bind_execute(&mut out, name);
+        wire::put_sync(&mut out);
+    }
     bind(&mut out, "skipped");
     wire::put_sync(&mut out);
     raw.send(&out).await;
-    let before = raw.until_ready().await;
-    assert_eq!(answers(&before), "2 D C Z[I]");
-    assert!(before[1].1.ends_with(b"before"));
+    for name in ["before", "answered"] {
+        let got = raw.until_ready().await;
+        assert_eq!(answers(&got), "2 D C Z[I]", "{name}");
+        assert!(got[1].1.ends_with(name.as_bytes()), "{name}");
+    }
     assert_eq!(answers(&raw.until_ready().await), "E[26000] Z[I]");
     app.shutdown(GRACE).await;
 }
@@ -455,5 +462,48 @@ async fn a_batch_the_server_failed_gets_no_second_error_when_lost() {
         assert_eq!(answers(&raw.until_ready().await), status, "in a block: {in_block}");
         assert!(answers(&raw.until_ready().await).ends_with("Z[I]"));
     }
+    app.shutdown(GRACE).await;
+}
+
+/// Protocol statements prepared before the loss, on a server connection
+/// that no longer exists: SQL DEALLOCATE of one in a later block gets one
+/// answer and one ReadyForQuery, in a failed block (25P02, as a server
+/// says) and in a healthy one. (The failed block's was never answered:
+/// pgrelay prepared the statement first, the server refused that Parse
+/// and skipped the DEALLOCATE behind it.)
+#[tokio::test]
+async fn deallocate_of_a_statement_prepared_before_the_loss_is_answered() {
+    let app = relay::start_default(cluster(), "").await;
+    let (mut raw, _) = Raw::login(app.rw_addr, &[]).await;
+    let mut out = BytesMut::new();
+    query(&mut out, "begin");
+    parse(&mut out, "gone", "select 'gone'");
+    parse(&mut out, "kept", "select 'kept'");
+    wire::put_sync(&mut out);
+    raw.send(&out).await;
+    assert_eq!(answers(&raw.until_ready().await), "C Z[T]");
+    assert_eq!(answers(&raw.until_ready().await), "1 1 Z[T]");
+    let pid = backend_pid(&mut raw).await;
+    terminate_pid(&pid);
+    wait_noticed(&app).await;
+    let mut out = BytesMut::new();
+    query(&mut out, "rollback");
+    query(&mut out, "begin");
+    query(&mut out, "select 1/0");
+    query(&mut out, "deallocate gone");
+    query(&mut out, "rollback");
+    query(&mut out, "begin");
+    query(&mut out, "deallocate kept");
+    query(&mut out, "commit");
+    raw.send(&out).await;
+    let expected = ["C Z[I]", "C Z[T]", "E[22012] Z[E]", "E[25P02] Z[E]", "C Z[I]", "C Z[T]", "C Z[T]", "C Z[I]"];
+    for (i, expected) in expected.iter().enumerate() {
+        assert_eq!(answers(&raw.until_ready().await), *expected, "answer {i}");
+    }
+    let mut out = BytesMut::new();
+    bind_execute(&mut out, "kept");
+    wire::put_sync(&mut out);
+    raw.send(&out).await;
+    assert_eq!(answers(&raw.until_ready().await), "E[26000] Z[I]", "deallocated");
     app.shutdown(GRACE).await;
 }
