@@ -16,21 +16,22 @@ use crate::support::relay::{self, error_fields, Raw};
 
 const GRACE: Duration = Duration::from_secs(5);
 
+/// Ends the backend that `condition` (on pg_stat_activity) picks, once
+/// there is one.
+async fn terminate_when(condition: &str) {
+    let sql =
+        format!("select pg_terminate_backend(pid) from pg_stat_activity where {condition} and pid <> pg_backend_pid()");
+    let deadline = Instant::now() + GRACE;
+    while !cluster().psql(cluster().primary(), &sql).expect("psql").contains('t') {
+        assert!(Instant::now() < deadline, "no backend where {condition}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Ends the backend whose statement (its text contains `marker`) sleeps in
 /// `pg_sleep`, once it does.
 async fn terminate_sleeping(marker: &str) {
-    let sql = format!(
-        "select pg_terminate_backend(pid) from pg_stat_activity where query like '%{marker}%' \
-         and wait_event = 'PgSleep' and pid <> pg_backend_pid()"
-    );
-    let deadline = Instant::now() + GRACE;
-    loop {
-        if cluster().psql(cluster().primary(), &sql).expect("psql").contains('t') {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{marker} never showed up in pg_stat_activity");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    terminate_when(&format!("query like '%{marker}%' and wait_event = 'PgSleep'")).await;
 }
 
 /// Ends the backend of the raw client's server connection (its pid is the
@@ -76,6 +77,17 @@ fn answers(messages: &[(u8, Bytes)]) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// A raw client in a block, and the pid of the server it holds.
+async fn in_block(app: &pgrelay::RunningApp) -> (Raw, String) {
+    let (mut raw, _) = Raw::login(app.rw_addr, &[]).await;
+    let mut out = BytesMut::new();
+    query(&mut out, "begin");
+    raw.send(&out).await;
+    assert_eq!(answers(&raw.until_ready().await), "C Z[T]");
+    let pid = backend_pid(&mut raw).await;
+    (raw, pid)
 }
 
 /// The server pid behind the raw client's current transaction.
@@ -214,12 +226,7 @@ async fn a_block_lost_while_idle_hears_of_it_at_its_next_request() {
         ("ROLLBACK; SELECT", simple("rollback; select 1"), "E[08006]"),
     ];
     for (what, request, expected) in cases {
-        let (mut raw, _) = Raw::login(app.rw_addr, &[]).await;
-        let mut out = BytesMut::new();
-        query(&mut out, "begin");
-        raw.send(&out).await;
-        assert_eq!(answers(&raw.until_ready().await), "C Z[T]");
-        let pid = backend_pid(&mut raw).await;
+        let (mut raw, pid) = in_block(&app).await;
         terminate_pid(&pid);
         wait_noticed(&app).await;
         let mut out = BytesMut::new();
@@ -236,18 +243,6 @@ async fn a_block_lost_while_idle_hears_of_it_at_its_next_request() {
         assert_eq!(answers(&raw.until_ready().await), "C Z[I]", "{what}");
     }
     app.shutdown(GRACE).await;
-}
-
-/// Waits until the backend `pid` sleeps in `pg_sleep`, then ends it.
-async fn terminate_when_sleeping(pid: &str) {
-    let sql = format!(
-        "select pg_terminate_backend({pid}) from pg_stat_activity where pid = {pid} and wait_event = 'PgSleep'"
-    );
-    let deadline = Instant::now() + GRACE;
-    while !cluster().psql(cluster().primary(), &sql).expect("psql").contains('t') {
-        assert!(Instant::now() < deadline, "backend {pid} never slept");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Every way of spelling a COMMIT, in a simple Query or in extended
@@ -282,7 +277,7 @@ async fn a_commit_in_flight_is_never_called_rolled_back_however_it_is_spelled() 
         let mut out = BytesMut::new();
         commit(&mut out);
         raw.send(&out).await;
-        terminate_when_sleeping(&pid).await;
+        terminate_when(&format!("pid = {pid} and wait_event = 'PgSleep'")).await;
         let answer = answers(&raw.until_ready().await);
         assert!(!answer.contains("40001"), "{what}: {answer}");
         if what == "and chain" {
@@ -309,13 +304,7 @@ async fn a_commit_in_flight_is_never_called_rolled_back_however_it_is_spelled() 
         }
         // The pid of the connection the insert gets: the only one of this pool.
         raw.send(&out).await;
-        let sql = "select pg_terminate_backend(pid) from pg_stat_activity \
-                   where query like 'insert into lost_commit values (2)%' and wait_event = 'PgSleep'";
-        let deadline = Instant::now() + GRACE;
-        while !cluster().psql(cluster().primary(), sql).expect("psql").contains('t') {
-            assert!(Instant::now() < deadline, "the insert never slept");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        terminate_sleeping("insert into lost_commit values (2)").await;
         let answer = answers(&raw.until_ready().await);
         assert!(answer.ends_with("E[08007] Z[I]"), "autocommit, extended {extended}: {answer}");
     }
@@ -327,24 +316,12 @@ async fn a_commit_in_flight_is_never_called_rolled_back_however_it_is_spelled() 
 #[tokio::test]
 async fn a_slow_reader_loses_its_server_mid_result() {
     let app = relay::start_default(cluster(), "").await;
-    let (mut raw, _) = Raw::login(app.rw_addr, &[]).await;
-    let mut out = BytesMut::new();
-    query(&mut out, "begin");
-    raw.send(&out).await;
-    assert_eq!(answers(&raw.until_ready().await), "C Z[T]");
-    let pid = backend_pid(&mut raw).await;
+    let (mut raw, pid) = in_block(&app).await;
     let mut out = BytesMut::new();
     query(&mut out, "select repeat('x', 100) from generate_series(1, 100000)");
     raw.send(&out).await;
     // The server blocks writing rows the client does not read.
-    let sql = format!(
-        "select pg_terminate_backend({pid}) from pg_stat_activity where pid = {pid} and wait_event = 'ClientWrite'"
-    );
-    let deadline = Instant::now() + GRACE;
-    while !cluster().psql(cluster().primary(), &sql).expect("psql").contains('t') {
-        assert!(Instant::now() < deadline, "the server never waited for the client");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    terminate_when(&format!("pid = {pid} and wait_event = 'ClientWrite'")).await;
     let result = raw.until_ready().await;
     let rows = result.iter().filter(|(t, _)| *t == b'D').count();
     assert!(rows < 100_000, "the result was cut short");
@@ -458,16 +435,13 @@ async fn a_batch_the_server_failed_gets_no_second_error_when_lost() {
 #[tokio::test]
 async fn deallocate_of_a_statement_prepared_before_the_loss_is_answered() {
     let app = relay::start_default(cluster(), "").await;
-    let (mut raw, _) = Raw::login(app.rw_addr, &[]).await;
+    let (mut raw, pid) = in_block(&app).await;
     let mut out = BytesMut::new();
-    query(&mut out, "begin");
     parse(&mut out, "gone", "select 'gone'");
     parse(&mut out, "kept", "select 'kept'");
     wire::put_sync(&mut out);
     raw.send(&out).await;
-    assert_eq!(answers(&raw.until_ready().await), "C Z[T]");
     assert_eq!(answers(&raw.until_ready().await), "1 1 Z[T]");
-    let pid = backend_pid(&mut raw).await;
     terminate_pid(&pid);
     wait_noticed(&app).await;
     let mut out = BytesMut::new();
