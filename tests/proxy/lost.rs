@@ -217,12 +217,24 @@ async fn an_unsynced_batch_lost_after_its_first_answers() {
 #[tokio::test]
 async fn a_block_lost_while_idle_hears_of_it_at_its_next_request() {
     let app = relay::start_default(cluster(), "").await;
-    // The next request: a Sync alone, an extended-protocol statement, an
-    // extended-protocol ROLLBACK, and a Query that ends the block and goes on.
-    let cases: [(&str, Request, &str); 4] = [
+    // The next request: a Sync alone, an extended-protocol statement,
+    // extended-protocol ROLLBACK and COMMIT as pgJDBC ends a block (they
+    // end it: a COMMIT first hears of the loss), and a Query that ends the
+    // block and goes on.
+    let described_rollback: Request = Box::new(|out| {
+        parse(out, "", "ROLLBACK");
+        wire::put_statement_op(out, wire::frontend::DESCRIBE, b"");
+        bind(out, "");
+        execute(out);
+        wire::put_sync(out);
+    });
+    let cases: [(&str, Request, &str); 7] = [
         ("Sync alone", Box::new(wire::put_sync), "E[40001] Z[E]"),
         ("extended", extended("select 1"), "E[40001] Z[E]"),
-        ("extended ROLLBACK", extended("rollback"), "E[08006]"),
+        ("extended ROLLBACK", extended("rollback"), "1 2 C Z[I]"),
+        ("extended ROLLBACK, described", described_rollback, "1 t n 2 C Z[I]"),
+        ("named extended ROLLBACK", extended_named("S_7", "ROLLBACK"), "1 2 C Z[I]"),
+        ("extended COMMIT", extended("commit"), "1 2 E[40001] Z[I]"),
         ("ROLLBACK; SELECT", simple("rollback; select 1"), "E[08006]"),
     ];
     for (what, request, expected) in cases {
@@ -237,10 +249,14 @@ async fn a_block_lost_while_idle_hears_of_it_at_its_next_request() {
             assert!(raw.closed().await, "{what}");
             continue;
         }
-        let mut out = BytesMut::new();
-        query(&mut out, "rollback");
-        raw.send(&out).await;
-        assert_eq!(answers(&raw.until_ready().await), "C Z[I]", "{what}");
+        if expected.ends_with("Z[E]") {
+            let mut out = BytesMut::new();
+            query(&mut out, "rollback");
+            raw.send(&out).await;
+            assert_eq!(answers(&raw.until_ready().await), "C Z[I]", "{what}");
+        }
+        // The client carries on outside a block, on a new server connection.
+        assert_ne!(backend_pid(&mut raw).await, pid, "{what}");
     }
     app.shutdown(GRACE).await;
 }
@@ -463,5 +479,38 @@ async fn deallocate_of_a_statement_prepared_before_the_loss_is_answered() {
     wire::put_sync(&mut out);
     raw.send(&out).await;
     assert_eq!(answers(&raw.until_ready().await), "E[26000] Z[I]", "deallocated");
+    app.shutdown(GRACE).await;
+}
+
+/// pgJDBC's ROLLBACK once it is a named server statement: prepared before
+/// the loss, only bound and executed after it. pgrelay ends the block.
+#[tokio::test]
+async fn a_rollback_prepared_before_the_loss_ends_the_lost_block() {
+    let app = relay::start_default(cluster(), "").await;
+    let (mut raw, pid) = in_block(&app).await;
+    let mut out = BytesMut::new();
+    parse(&mut out, "S_3", "ROLLBACK");
+    wire::put_sync(&mut out);
+    raw.send(&out).await;
+    assert_eq!(answers(&raw.until_ready().await), "1 Z[T]");
+    terminate_pid(&pid);
+    wait_noticed(&app).await;
+    // A statement of the block first: the loss is reported.
+    let mut out = BytesMut::new();
+    extended("select 1")(&mut out);
+    bind_execute(&mut out, "S_3");
+    wire::put_sync(&mut out);
+    raw.send(&out).await;
+    assert_eq!(answers(&raw.until_ready().await), "E[40001] Z[E]");
+    assert_eq!(answers(&raw.until_ready().await), "2 C Z[I]");
+    // The statement is still the client's on the next server.
+    let mut out = BytesMut::new();
+    query(&mut out, "begin");
+    bind_execute(&mut out, "S_3");
+    wire::put_sync(&mut out);
+    raw.send(&out).await;
+    assert_eq!(answers(&raw.until_ready().await), "C Z[T]");
+    assert_eq!(answers(&raw.until_ready().await), "2 C Z[I]");
+    assert_ne!(backend_pid(&mut raw).await, pid);
     app.shutdown(GRACE).await;
 }

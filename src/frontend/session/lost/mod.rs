@@ -11,8 +11,8 @@
 //! its ROLLBACK itself and refuses everything else with `25P02`, as a
 //! server does, and its next transaction goes to whichever node is primary.
 //! What cannot be answered exactly (a COPY or a large row under way, a
-//! transaction-control statement in extended protocol in the failed block)
-//! ends the connection as before.
+//! ROLLBACK bound to a named portal, a Query that ends the failed block and
+//! goes on) ends the connection as before.
 
 mod sql;
 #[cfg(test)]
@@ -28,7 +28,7 @@ use crate::backend::{CopyState, Expect, Origin, ServerConn, StatementKind, TxEff
 use crate::config::PoolMode;
 use crate::frontend::error::SessionError;
 use crate::metrics::ErrorOrigin;
-use crate::wire::{self, frontend, sqlstate, Severity, TxStatus};
+use crate::wire::{self, frontend, sqlstate, Severity, TxStatus, WireError};
 
 /// The client's block died with its server: until the client ends it, the
 /// block is failed.
@@ -37,6 +37,9 @@ pub(super) struct LostBlock {
     /// The error the client has not seen yet: its block was idle when the
     /// server was lost, so its next request is the first to hear of it.
     unreported: Option<Bytes>,
+    /// The unnamed portal is bound to a ROLLBACK or COMMIT (extended
+    /// protocol, as pgJDBC ends a block), until the batch's Sync.
+    bound_end: Option<StatementKind>,
 }
 
 /// The requests in flight up to one ReadyForQuery (or the batch not yet
@@ -146,9 +149,9 @@ impl Session {
         }
         self.lost = match client {
             TxStatus::Idle => None,
-            TxStatus::Failed => Some(LostBlock { unreported: None }),
+            TxStatus::Failed => Some(LostBlock { unreported: None, bound_end: None }),
             // A block with nothing in flight: the client hears of it next.
-            TxStatus::InTransaction => Some(LostBlock { unreported: Some(lost) }),
+            TxStatus::InTransaction => Some(LostBlock { unreported: Some(lost), bound_end: None }),
         };
         Ok(code)
     }
@@ -226,7 +229,18 @@ impl Session {
             frontend::PARSE => wire::read_cstr(body)
                 .map_or(Ok(StatementKind::Other), |(_, definition)| statement_kind_or_other(sql_of(definition))),
             frontend::BIND => Ok(self.bound_kind(body)),
+            frontend::DESCRIBE => Ok(match body.split_first() {
+                Some((b'S', rest)) => self.statement_kind(wire::read_cstr(rest).map(|(name, _)| name)),
+                _ => self.lost.as_ref().and_then(|block| block.bound_end).unwrap_or(StatementKind::Other),
+            }),
+            frontend::EXECUTE => Ok(match body.first() {
+                Some(0) => self.lost.as_ref().and_then(|block| block.bound_end).unwrap_or(StatementKind::Other),
+                _ => StatementKind::Other,
+            }),
             frontend::SYNC => {
+                if let Some(block) = self.lost.as_mut() {
+                    block.bound_end = None;
+                }
                 // A Sync alone still tells the client its block failed, and why.
                 if let Some(error) = self.lost.as_mut().and_then(|block| block.unreported.take()) {
                     self.put_lost_block_error(Some(error));
@@ -241,14 +255,29 @@ impl Session {
             }
             _ => Ok(StatementKind::Other),
         };
-        let Some(block) = self.lost.as_mut() else { return Ok(()) };
         let simple = matches!(msg_tag, frontend::QUERY | frontend::FUNCTION_CALL);
         let ends_block = matches!(kind, Ok(StatementKind::Rollback | StatementKind::Commit));
+        if ends_block && !simple && msg_tag != frontend::EXECUTE {
+            return self.prepare_end_of_lost_block(msg_tag, body, kind.unwrap_or(StatementKind::Other));
+        }
+        let Some(block) = self.lost.as_mut() else { return Ok(()) };
         let unreported = block.unreported.take();
         match (kind, simple) {
             (Ok(StatementKind::Rollback), true) => {
                 wire::put_command_complete(&mut self.out, "ROLLBACK");
                 wire::put_ready_for_query(&mut self.out, TxStatus::Idle);
+                self.lost = None;
+            }
+            // The Execute of a ROLLBACK (or COMMIT) bound in extended
+            // protocol: the block ends here, the batch's Sync says idle.
+            (Ok(kind @ (StatementKind::Rollback | StatementKind::Commit)), false) => {
+                match unreported.filter(|_| kind == StatementKind::Commit) {
+                    Some(error) => {
+                        self.put_lost_block_error(Some(error));
+                        self.discard_until_sync = true;
+                    }
+                    None => wire::put_command_complete(&mut self.out, "ROLLBACK"),
+                }
                 self.lost = None;
             }
             // A COMMIT of a failed block rolls it back; of one whose loss
@@ -286,9 +315,59 @@ impl Session {
         self.ctx.metrics.error(code.as_bytes(), ErrorOrigin::Pgrelay);
     }
 
+    /// The Parse, Bind or Describe of a ROLLBACK or COMMIT in a lost block,
+    /// answered as a server answers them in a failed block; its Execute
+    /// ends the block (see `answer_in_lost_block`).
+    fn prepare_end_of_lost_block(&mut self, msg_tag: u8, body: &[u8], kind: StatementKind) -> Result<(), SessionError> {
+        match msg_tag {
+            frontend::PARSE => {
+                let (name, definition) = wire::read_cstr(body).ok_or(WireError::Malformed("Parse"))?;
+                if name.is_empty() {
+                    self.unnamed.definition = Some(definition.to_vec());
+                    self.unnamed.effect = statement_effect(definition);
+                    self.unnamed.on_lease = false;
+                    self.own.unnamed = None;
+                    wire::put_parse_complete(&mut self.out);
+                } else if !self.parse_without_server(body)? {
+                    // A statement text no server accepted yet: kept for the next one.
+                    if let Some((code, message)) = self.parse_refusal(name) {
+                        self.error_without_server(code, &message, true);
+                        return Ok(());
+                    }
+                    let context = self.statement_context();
+                    let stmt = self.ctx.statements.intern(context, definition);
+                    self.statements.insert(Bytes::copy_from_slice(name), stmt);
+                    wire::put_parse_complete(&mut self.out);
+                }
+            }
+            frontend::BIND => {
+                if body.first() != Some(&0) {
+                    // A named portal for a ROLLBACK: not worth answering exactly.
+                    return Err(SessionError::LostBlockUnanswerable);
+                }
+                if let Some(block) = self.lost.as_mut() {
+                    block.bound_end = Some(kind);
+                }
+                wire::put_bind_complete(&mut self.out);
+            }
+            _ => {
+                if body.first() == Some(&b'S') {
+                    wire::put_no_parameters(&mut self.out);
+                }
+                wire::put_no_data(&mut self.out);
+            }
+        }
+        Ok(())
+    }
+
     /// The kind of the statement a Bind names.
     fn bound_kind(&self, body: &[u8]) -> StatementKind {
         let name = wire::read_cstr(body).and_then(|(_, rest)| wire::read_cstr(rest)).map(|(name, _)| name);
+        self.statement_kind(name)
+    }
+
+    /// The kind of the client's statement of this name (empty: the unnamed one).
+    fn statement_kind(&self, name: Option<&[u8]>) -> StatementKind {
         let definition = match name {
             Some([]) => self.unnamed.definition.as_deref(),
             Some(name) => self.statements.get(name).map(|stmt| &stmt.definition()[..]),
