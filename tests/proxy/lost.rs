@@ -131,6 +131,7 @@ async fn a_pipeline_lost_in_a_block_is_answered_request_by_request() {
     bind_execute(&mut out, "before");
     wire::put_sync(&mut out);
     query(&mut out, "rollback to savepoint nowhere");
+    query(&mut out, " ;");
     query(&mut out, "abort");
     raw.send(&out).await;
     terminate_sleeping("lost pipeline").await;
@@ -141,6 +142,7 @@ async fn a_pipeline_lost_in_a_block_is_answered_request_by_request() {
         let expected = if what == "Sync alone" { "Z[E]" } else { "E[25P02] Z[E]" };
         assert_eq!(answers(&raw.until_ready().await), expected, "{what}");
     }
+    assert_eq!(answers(&raw.until_ready().await), "I Z[E]", "an empty query refuses nothing");
     assert_eq!(answers(&raw.until_ready().await), "C Z[I]", "ABORT ends the block");
 
     // On the next server: the statements prepared before the loss run (the

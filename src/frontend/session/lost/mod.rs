@@ -261,6 +261,12 @@ impl Session {
             return self.prepare_end_of_lost_block(msg_tag, body, kind.unwrap_or(StatementKind::Other));
         }
         let Some(block) = self.lost.as_mut() else { return Ok(()) };
+        if msg_tag == frontend::QUERY && block.unreported.is_none() && is_blank(sql_of(body)) {
+            // No statement: nothing to refuse, as a server answers in a failed block.
+            wire::put_empty_query_response(&mut self.out);
+            wire::put_ready_for_query(&mut self.out, TxStatus::Failed);
+            return Ok(());
+        }
         let unreported = block.unreported.take();
         match (kind, simple) {
             (Ok(StatementKind::Rollback), true) => {
@@ -439,6 +445,11 @@ fn feed(conn: &mut ServerConn, out: &mut BytesMut, unit: &Unit, answer: &Answer)
         pass(&buf.split())?;
     }
     Ok(if to_client { status } else { TxStatus::Idle })
+}
+
+/// A Query text without a statement (spaces and semicolons).
+fn is_blank(sql: &[u8]) -> bool {
+    sql.iter().all(|b| b.is_ascii_whitespace() || *b == b';')
 }
 
 /// The error that tells the client its server was lost, and what is known
