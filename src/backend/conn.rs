@@ -472,6 +472,29 @@ impl ServerConn {
         true
     }
 
+    /// Makes the shared statement's server name stand for a statement on
+    /// this connection, for the client's DEALLOCATE of it to get the
+    /// server's own answer, and forgets it. When it is not known to be
+    /// here, a stand-in (`SELECT 1`) is prepared under the name in a batch
+    /// of its own, answers swallowed: a Parse that fails (in an aborted
+    /// transaction) must not make the server skip the DEALLOCATE, which
+    /// then fails as it does on a direct connection.
+    pub fn prepare_to_deallocate(&mut self, stmt: &Statement) {
+        let name = stmt.server_name.clone();
+        if self.tracker.prepared().presence(&name) != Presence::Confirmed {
+            let quiet = Origin::InjectedQuiet;
+            self.send_built(Expect::CloseUnknown, quiet, |b| {
+                wire::put_statement_op(b, wire::frontend::CLOSE, name.as_bytes())
+            });
+            self.send_built(Expect::Parse { registers: None, client_name: None }, quiet, |b| {
+                wire::put_parse(b, name.as_bytes(), "SELECT 1", &[])
+            });
+            self.send_built(Expect::Sync, quiet, wire::put_sync);
+        }
+        self.forget_statement(&name);
+        self.statements_uncertain();
+    }
+
     /// Describes the shared statement (answers swallowed) to learn its result
     /// description, or to check it against the one first learnt. `fork_for`
     /// is the client's name when this follows the client's own Parse.

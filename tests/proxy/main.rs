@@ -16,6 +16,7 @@ mod client_tls;
 mod http;
 mod keepalive;
 mod login;
+mod lost;
 mod own_statements;
 mod pool_controls;
 mod pooling;

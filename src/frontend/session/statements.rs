@@ -418,13 +418,11 @@ impl Session {
                 let Some(stmt) = self.statements.remove(&name) else {
                     return self.raise_in_query(UNDEFINED_STATEMENT, &undefined_statement(&name));
                 };
-                // The server's own answer, from the shared statement; if
-                // the command fails (an aborted transaction), pgrelay does
-                // not know whether it still exists there.
+                // The server's own answer, from the shared statement (or a
+                // stand-in); if the command fails (an aborted transaction),
+                // pgrelay does not know whether it still exists there.
                 let conn = self.conn();
-                conn.prepare(&stmt, Origin::Injected, None);
-                conn.forget_statement(&stmt.server_name);
-                conn.statements_uncertain();
+                conn.prepare_to_deallocate(&stmt);
                 let sql = format!("DEALLOCATE {}", stmt.server_name);
                 conn.send_built(Expect::Query, Origin::Client, |b| wire::put_query(b, &sql));
                 return Ok(());

@@ -11,8 +11,8 @@
 //! its ROLLBACK itself and refuses everything else with `25P02`, as a
 //! server does, and its next transaction goes to whichever node is primary.
 //! What cannot be answered exactly (a COPY or a large row under way, a
-//! transaction-control statement in extended protocol in the failed block)
-//! ends the connection as before.
+//! ROLLBACK bound to a named portal, a Query that ends the failed block and
+//! goes on) ends the connection as before.
 
 mod sql;
 #[cfg(test)]
@@ -28,7 +28,7 @@ use crate::backend::{CopyState, Expect, Origin, ServerConn, StatementKind, TxEff
 use crate::config::PoolMode;
 use crate::frontend::error::SessionError;
 use crate::metrics::ErrorOrigin;
-use crate::wire::{self, frontend, sqlstate, Severity, TxStatus};
+use crate::wire::{self, frontend, sqlstate, Severity, TxStatus, WireError};
 
 /// The client's block died with its server: until the client ends it, the
 /// block is failed.
@@ -37,6 +37,9 @@ pub(super) struct LostBlock {
     /// The error the client has not seen yet: its block was idle when the
     /// server was lost, so its next request is the first to hear of it.
     unreported: Option<Bytes>,
+    /// The unnamed portal is bound to a ROLLBACK or COMMIT (extended
+    /// protocol, as pgJDBC ends a block), until the batch's Sync.
+    bound_end: Option<StatementKind>,
 }
 
 /// The requests in flight up to one ReadyForQuery (or the batch not yet
@@ -52,6 +55,9 @@ struct Unit {
     closed: bool,
     /// Requests in flight in it.
     requests: usize,
+    /// The batch not yet synced, which the server already failed and said
+    /// so: it skips to the Sync, with no second error.
+    failed: bool,
 }
 
 /// What one unit is answered with.
@@ -63,6 +69,9 @@ enum Answer {
     RolledBack,
     /// pgrelay's own request: nothing reaches the client.
     Quiet,
+    /// The client heard of its batch's failure from the server: nothing
+    /// more until its Sync, after which the client's status is this.
+    Told(TxStatus),
 }
 
 /// The loss cannot be answered as a server would: the connection ends.
@@ -140,9 +149,9 @@ impl Session {
         }
         self.lost = match client {
             TxStatus::Idle => None,
-            TxStatus::Failed => Some(LostBlock { unreported: None }),
+            TxStatus::Failed => Some(LostBlock { unreported: None, bound_end: None }),
             // A block with nothing in flight: the client hears of it next.
-            TxStatus::InTransaction => Some(LostBlock { unreported: Some(lost) }),
+            TxStatus::InTransaction => Some(LostBlock { unreported: Some(lost), bound_end: None }),
         };
         Ok(code)
     }
@@ -152,7 +161,8 @@ impl Session {
         let Some(lease) = self.lease.as_ref() else { return Vec::new() };
         let tracker = lease.conn().tracker();
         let mut units = Vec::new();
-        let mut unit = Unit { effect: TxEffect::NONE, client: false, simple: false, closed: false, requests: 0 };
+        let mut unit =
+            Unit { effect: TxEffect::NONE, client: false, simple: false, closed: false, requests: 0, failed: false };
         for request in tracker.in_flight() {
             let client = request.origin == Origin::Client;
             unit.effect = match request.expect {
@@ -168,13 +178,21 @@ impl Session {
                 unit.closed = true;
                 units.push(std::mem::replace(
                     &mut unit,
-                    Unit { effect: TxEffect::NONE, client: false, simple: false, closed: false, requests: 0 },
+                    Unit {
+                        effect: TxEffect::NONE,
+                        client: false,
+                        simple: false,
+                        closed: false,
+                        requests: 0,
+                        failed: false,
+                    },
                 ));
             }
         }
         if tracker.batch_open() || unit.client {
             unit.client = true;
             unit.effect = tracker.open_batch_effect();
+            unit.failed = tracker.skipping();
             units.push(unit);
         }
         units
@@ -211,7 +229,22 @@ impl Session {
             frontend::PARSE => wire::read_cstr(body)
                 .map_or(Ok(StatementKind::Other), |(_, definition)| statement_kind_or_other(sql_of(definition))),
             frontend::BIND => Ok(self.bound_kind(body)),
+            frontend::DESCRIBE => Ok(match body.split_first() {
+                Some((b'S', rest)) => self.statement_kind(wire::read_cstr(rest).map(|(name, _)| name)),
+                _ => self.lost.as_ref().and_then(|block| block.bound_end).unwrap_or(StatementKind::Other),
+            }),
+            frontend::EXECUTE => Ok(match body.first() {
+                Some(0) => self.lost.as_ref().and_then(|block| block.bound_end).unwrap_or(StatementKind::Other),
+                _ => StatementKind::Other,
+            }),
             frontend::SYNC => {
+                if let Some(block) = self.lost.as_mut() {
+                    block.bound_end = None;
+                }
+                // A Sync alone still tells the client its block failed, and why.
+                if let Some(error) = self.lost.as_mut().and_then(|block| block.unreported.take()) {
+                    self.put_lost_block_error(Some(error));
+                }
                 wire::put_ready_for_query(&mut self.out, TxStatus::Failed);
                 return Ok(());
             }
@@ -222,9 +255,18 @@ impl Session {
             }
             _ => Ok(StatementKind::Other),
         };
-        let Some(block) = self.lost.as_mut() else { return Ok(()) };
         let simple = matches!(msg_tag, frontend::QUERY | frontend::FUNCTION_CALL);
         let ends_block = matches!(kind, Ok(StatementKind::Rollback | StatementKind::Commit));
+        if ends_block && !simple && msg_tag != frontend::EXECUTE {
+            return self.prepare_end_of_lost_block(msg_tag, body, kind.unwrap_or(StatementKind::Other));
+        }
+        let Some(block) = self.lost.as_mut() else { return Ok(()) };
+        if msg_tag == frontend::QUERY && block.unreported.is_none() && is_blank(sql_of(body)) {
+            // No statement: nothing to refuse, as a server answers in a failed block.
+            wire::put_empty_query_response(&mut self.out);
+            wire::put_ready_for_query(&mut self.out, TxStatus::Failed);
+            return Ok(());
+        }
         let unreported = block.unreported.take();
         match (kind, simple) {
             (Ok(StatementKind::Rollback), true) => {
@@ -232,11 +274,23 @@ impl Session {
                 wire::put_ready_for_query(&mut self.out, TxStatus::Idle);
                 self.lost = None;
             }
+            // The Execute of a ROLLBACK (or COMMIT) bound in extended
+            // protocol: the block ends here, the batch's Sync says idle.
+            (Ok(kind @ (StatementKind::Rollback | StatementKind::Commit)), false) => {
+                match unreported.filter(|_| kind == StatementKind::Commit) {
+                    Some(error) => {
+                        self.put_lost_block_error(Some(error));
+                        self.discard_until_sync = true;
+                    }
+                    None => wire::put_command_complete(&mut self.out, "ROLLBACK"),
+                }
+                self.lost = None;
+            }
             // A COMMIT of a failed block rolls it back; of one whose loss
             // the client has not heard of yet, it fails.
             (Ok(StatementKind::Commit), true) => {
                 match unreported {
-                    Some(error) => self.out.extend_from_slice(&error),
+                    Some(error) => self.put_lost_block_error(Some(error)),
                     None => wire::put_command_complete(&mut self.out, "ROLLBACK"),
                 }
                 wire::put_ready_for_query(&mut self.out, TxStatus::Idle);
@@ -246,17 +300,7 @@ impl Session {
             _ if ends_block => return Err(SessionError::LostBlockUnanswerable),
             (Err(()), _) => return Err(SessionError::LostBlockUnanswerable),
             (Ok(_), _) => {
-                match unreported {
-                    Some(error) => self.out.extend_from_slice(&error),
-                    None => wire::put_error_response(
-                        &mut self.out,
-                        Severity::Error,
-                        sqlstate::IN_FAILED_SQL_TRANSACTION,
-                        "current transaction is aborted, commands ignored until end of transaction block",
-                        None,
-                    ),
-                }
-                self.ctx.metrics.error(sqlstate::IN_FAILED_SQL_TRANSACTION.as_bytes(), ErrorOrigin::Pgrelay);
+                self.put_lost_block_error(unreported);
                 match simple {
                     true => wire::put_ready_for_query(&mut self.out, TxStatus::Failed),
                     false => self.discard_until_sync = true,
@@ -266,9 +310,70 @@ impl Session {
         Ok(())
     }
 
+    /// The error a request in the lost block gets: the loss itself (40001:
+    /// the block was idle) when the client has not heard of it yet, else 25P02.
+    fn put_lost_block_error(&mut self, unreported: Option<Bytes>) {
+        let (error, code) = match unreported {
+            Some(error) => (error, sqlstate::SERIALIZATION_FAILURE),
+            None => (in_failed_block(), sqlstate::IN_FAILED_SQL_TRANSACTION),
+        };
+        self.out.extend_from_slice(&error);
+        self.ctx.metrics.error(code.as_bytes(), ErrorOrigin::Pgrelay);
+    }
+
+    /// The Parse, Bind or Describe of a ROLLBACK or COMMIT in a lost block,
+    /// answered as a server answers them in a failed block; its Execute
+    /// ends the block (see `answer_in_lost_block`).
+    fn prepare_end_of_lost_block(&mut self, msg_tag: u8, body: &[u8], kind: StatementKind) -> Result<(), SessionError> {
+        match msg_tag {
+            frontend::PARSE => {
+                let (name, definition) = wire::read_cstr(body).ok_or(WireError::Malformed("Parse"))?;
+                if name.is_empty() {
+                    self.unnamed.definition = Some(definition.to_vec());
+                    self.unnamed.effect = statement_effect(definition);
+                    self.unnamed.on_lease = false;
+                    self.own.unnamed = None;
+                    wire::put_parse_complete(&mut self.out);
+                } else if !self.parse_without_server(body)? {
+                    // A statement text no server accepted yet: kept for the next one.
+                    if let Some((code, message)) = self.parse_refusal(name) {
+                        self.error_without_server(code, &message, true);
+                        return Ok(());
+                    }
+                    let context = self.statement_context();
+                    let stmt = self.ctx.statements.intern(context, definition);
+                    self.statements.insert(Bytes::copy_from_slice(name), stmt);
+                    wire::put_parse_complete(&mut self.out);
+                }
+            }
+            frontend::BIND => {
+                if body.first() != Some(&0) {
+                    // A named portal for a ROLLBACK: not worth answering exactly.
+                    return Err(SessionError::LostBlockUnanswerable);
+                }
+                if let Some(block) = self.lost.as_mut() {
+                    block.bound_end = Some(kind);
+                }
+                wire::put_bind_complete(&mut self.out);
+            }
+            _ => {
+                if body.first() == Some(&b'S') {
+                    wire::put_no_parameters(&mut self.out);
+                }
+                wire::put_no_data(&mut self.out);
+            }
+        }
+        Ok(())
+    }
+
     /// The kind of the statement a Bind names.
     fn bound_kind(&self, body: &[u8]) -> StatementKind {
         let name = wire::read_cstr(body).and_then(|(_, rest)| wire::read_cstr(rest)).map(|(name, _)| name);
+        self.statement_kind(name)
+    }
+
+    /// The kind of the client's statement of this name (empty: the unnamed one).
+    fn statement_kind(&self, name: Option<&[u8]>) -> StatementKind {
         let definition = match name {
             Some([]) => self.unnamed.definition.as_deref(),
             Some(name) => self.statements.get(name).map(|stmt| &stmt.definition()[..]),
@@ -291,6 +396,7 @@ fn answer_for(unit: &Unit, may_commit: bool, client: TxStatus, lost: &Bytes) -> 
     }
     Ok(match () {
         _ if !unit.client => Answer::Quiet,
+        _ if unit.failed => Answer::Told(failed_block(unit.effect.from(client).after)),
         _ if may_commit => Answer::Error(lost.clone(), failed_block(unit.effect.from(client).after)),
         _ if unit.simple && rolls_back => Answer::RolledBack,
         _ if client == TxStatus::Failed => {
@@ -317,6 +423,7 @@ fn feed(conn: &mut ServerConn, out: &mut BytesMut, unit: &Unit, answer: &Answer)
             (buf.split().freeze(), TxStatus::Idle, true)
         }
         Answer::Quiet => (in_failed_block(), conn.tracker().tx_status(), false),
+        Answer::Told(status) => return Ok(*status),
     };
     if unit.requests == 0 {
         // A batch whose requests were all answered: its Sync is still to come.
@@ -338,6 +445,11 @@ fn feed(conn: &mut ServerConn, out: &mut BytesMut, unit: &Unit, answer: &Answer)
         pass(&buf.split())?;
     }
     Ok(if to_client { status } else { TxStatus::Idle })
+}
+
+/// A Query text without a statement (spaces and semicolons).
+fn is_blank(sql: &[u8]) -> bool {
+    sql.iter().all(|b| b.is_ascii_whitespace() || *b == b';')
 }
 
 /// The error that tells the client its server was lost, and what is known

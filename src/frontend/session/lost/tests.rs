@@ -57,6 +57,12 @@ fn a_text_of_several_statements_is_read_statement_by_statement() {
     assert!(effect("UPDATE t SET a = 1; UPDATE t SET b = 2").from(TxStatus::Idle).may_commit);
     assert_eq!(effect("SELECT 1;  \n"), TxEffect::of(Other));
     assert_eq!(effect(";;BEGIN;;"), TxEffect::of(Begin));
+    // However a COMMIT is spelled, it is one.
+    for sql in ["-- x\ncommit", " ;; End;", "commit work", "/* a; b */ COMMIT", "/* /* */ */ end transaction"] {
+        assert_eq!(effect(sql), TxEffect::of(Commit), "{sql}");
+    }
+    assert_eq!(effect("Commit And Chain"), TxEffect::UNKNOWN);
+    assert_eq!(effect("commit -- x\n and chain"), TxEffect::UNKNOWN);
 }
 
 #[test]
@@ -75,7 +81,7 @@ fn what_cannot_be_split_for_certain_is_unknown() {
 }
 
 fn unit(effect: TxEffect, simple: bool) -> Unit {
-    Unit { effect, client: true, simple, closed: true, requests: 1 }
+    Unit { effect, client: true, simple, closed: true, requests: 1, failed: false }
 }
 
 #[test]
