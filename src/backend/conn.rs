@@ -325,6 +325,36 @@ impl ServerConn {
         }
     }
 
+    /// The value the server has for setting `name` (`current_setting`), asked
+    /// on a connection at a sync point. The name travels as a parameter.
+    /// Uses the unnamed statement.
+    pub async fn current_setting(&mut self, name: &str) -> Result<String, BackendError> {
+        const TEXT: u32 = 25;
+        let origin = Origin::InjectedSetup;
+        self.send_built(Expect::Parse { registers: None, client_name: None }, origin, |b| {
+            wire::put_parse(b, b"", "SELECT pg_catalog.current_setting($1)", &[TEXT])
+        });
+        self.send_built(Expect::Bind { statement: None }, origin, |b| {
+            wire::put_bind_text(b, b"", b"", &[name.as_bytes()])
+        });
+        self.send_built(Expect::Execute, origin, |b| wire::put_execute(b, b""));
+        self.send_built(Expect::Sync, origin, wire::put_sync);
+        let mut value = None;
+        // One column: its length, then its text.
+        let failed = self
+            .finish_pending_with(|msg| {
+                if msg[0] == tag::DATA_ROW && msg.len() >= 11 {
+                    value = Some(String::from_utf8_lossy(&msg[11..]).into_owned());
+                }
+            })
+            .await?;
+        match (failed, value) {
+            (Some(fields), _) => Err(BackendError::Server(fields)),
+            (None, Some(value)) => Ok(value),
+            (None, None) => Err(BackendError::Abandoned("the server did not report the setting")),
+        }
+    }
+
     /// Sends what is buffered (closing an open extended batch with Sync) and
     /// reads until the server owes nothing, discarding what it says. Returns
     /// the last error the server reported on the way.
@@ -603,6 +633,19 @@ impl ServerConn {
         });
         self.send_built(Expect::Execute, quiet, |b| wire::put_execute(b, b""));
         self.send_built(Expect::Sync, quiet, wire::put_sync);
+    }
+
+    /// A client's statement may change its settings in a way pgrelay learns
+    /// only afterwards: until it does, the next lease resets everything.
+    pub fn settings_may_change(&mut self) {
+        self.settings_dirty = true;
+    }
+
+    /// The connection has exactly `settings` as a client's own (a setting
+    /// the client changed itself was learned back from the server).
+    pub fn settings_are(&mut self, settings: Arc<ClientSettings>) {
+        self.applied = Some(settings);
+        self.settings_dirty = false;
     }
 
     /// Brings the connection to the client's startup settings, answers

@@ -78,18 +78,28 @@ pub fn with_client_address(
     peer: SocketAddr,
     welcome: &Bytes,
 ) -> (ClientSettings, Bytes) {
-    const NAME: &str = "application_name";
-    let given = settings.iter().find(|(n, _)| n.eq_ignore_ascii_case(NAME)).map(|(_, v)| v.as_str());
+    let named = named_with_address(settings, peer);
+    let at = named.partition_point(|(n, _)| n.as_str() < APPLICATION_NAME);
+    let reported = reporting(welcome, APPLICATION_NAME, &named[at].1);
+    (named, reported)
+}
+
+const APPLICATION_NAME: &str = "application_name";
+
+/// `settings` with application_name carrying the client's address, as
+/// [`with_client_address`] gives it (also after a `SET application_name`).
+pub fn named_with_address(settings: &[(String, String)], peer: SocketAddr) -> ClientSettings {
+    let given = settings.iter().find(|(n, _)| n.eq_ignore_ascii_case(APPLICATION_NAME)).map(|(_, v)| v.as_str());
     let mut name: String =
         given.unwrap_or("app").chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect();
     let suffix = format!(" - {peer}");
     name.truncate(MAX_APPLICATION_NAME.saturating_sub(suffix.len()));
     name.push_str(&suffix);
-    let mut named: ClientSettings = settings.iter().filter(|(n, _)| !n.eq_ignore_ascii_case(NAME)).cloned().collect();
-    let at = named.partition_point(|(n, _)| n.as_str() < NAME);
-    named.insert(at, (NAME.to_owned(), name));
-    let reported = reporting(welcome, NAME, &named[at].1);
-    (named, reported)
+    let mut named: ClientSettings =
+        settings.iter().filter(|(n, _)| !n.eq_ignore_ascii_case(APPLICATION_NAME)).cloned().collect();
+    let at = named.partition_point(|(n, _)| n.as_str() < APPLICATION_NAME);
+    named.insert(at, (APPLICATION_NAME.to_owned(), name));
+    named
 }
 
 /// The welcome `block` with `name` reported as `value` (added at the end

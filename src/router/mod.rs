@@ -6,6 +6,7 @@ mod sql;
 #[cfg(test)]
 mod tests;
 
+pub use sql::tracked_set;
 pub use sql::{
     classify, format_lsn, parse_lsn, pgrelay_command, prepared_command, session_state_effect, Opaque, PgrelayCommand,
     PreparedCommand, SessionStateEffect, SqlEffects,

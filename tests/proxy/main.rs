@@ -28,4 +28,5 @@ mod server_tls;
 mod stats;
 mod timeouts;
 mod tools;
+mod tracked_settings;
 mod workers;

@@ -190,7 +190,7 @@ async fn a_pinned_client_between_transactions_is_answered_by_pgrelay() {
     let app = relay::start_default(cluster(), "").await;
     let client = relay::connect(app.rw_addr).await;
     // A session setting keeps this client on its server connection.
-    client.batch_execute("set application_name = 'pinned'").await.expect("set");
+    client.batch_execute("select set_config('application_name', 'pinned', false)").await.expect("set");
     let position = scalar(&client, "show pgrelay.commit_lsn").await;
     assert!(parse_lsn(&position).is_some(), "{position}");
     client.batch_execute("set pgrelay.report_commit_lsn = on").await.expect("SET on rw");
@@ -204,7 +204,7 @@ async fn a_pinned_client_between_transactions_is_answered_by_pgrelay() {
     // On ro, a pinned client's reads are no longer routed: a position it
     // sets could not apply, and it is told so.
     let reader = relay::connect(app.ro_addr).await;
-    reader.batch_execute("set application_name = 'pinned reader'").await.expect("set");
+    reader.batch_execute("select set_config('application_name', 'pinned reader', false)").await.expect("set");
     let error = reader.batch_execute("set pgrelay.min_lsn = '0/1'").await.expect_err("cannot apply");
     assert_eq!(sqlstate(&error), "0A000", "{}", message(&error));
     assert!(message(&error).contains("startup option"), "{}", message(&error));

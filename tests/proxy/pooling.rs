@@ -69,7 +69,8 @@ async fn session_mode_resets_the_connection_before_the_next_client() {
 async fn session_state_pins_the_client_and_is_discarded_afterwards() {
     let app = relay::start_default(cluster(), "default_pool_size = 2").await;
     let pinned = relay::connect(app.rw_addr).await;
-    pinned.batch_execute("set work_mem = '77MB'").await.unwrap();
+    // set_config(..., false) pins (a plain SET is followed instead: tracked_settings.rs).
+    pinned.batch_execute("select set_config('work_mem', '77MB', false)").await.unwrap();
     let other = relay::connect(app.rw_addr).await;
     for _ in 0..3 {
         assert_eq!(scalar(&pinned, "select current_setting('work_mem')").await, "77MB");
@@ -88,9 +89,13 @@ async fn session_state_pins_the_client_and_is_discarded_afterwards() {
 async fn session_state_can_be_refused() {
     let app = relay::start_default(cluster(), "session_state = \"refuse\"").await;
     let client = relay::connect(app.rw_addr).await;
-    let err = client.batch_execute("set work_mem = '77MB'").await.unwrap_err();
+    let err = client.batch_execute("reset work_mem").await.unwrap_err();
     assert_eq!(sqlstate(&err), "0A000", "{err}");
     assert!(err.as_db_error().unwrap().message().contains("SET"), "{err}");
+    // A plain SET is followed, not refused.
+    client.batch_execute("set work_mem = '77MB'").await.unwrap();
+    assert_eq!(scalar(&client, "select current_setting('work_mem')").await, "77MB");
+    client.batch_execute("set work_mem = '4MB'").await.unwrap();
     client.batch_execute("begin; set local work_mem = '77MB'; commit").await.unwrap();
     assert_eq!(scalar(&client, "select current_setting('work_mem')").await, "4MB");
     app.shutdown(GRACE).await;

@@ -364,7 +364,7 @@ async fn client_idle_timeout_disconnects_idle_clients_only() {
     scalar(&idle.client, "select 1").await;
     let idle_since = Instant::now();
     let pinned = connect_watched(app.rw_addr).await;
-    pinned.client.batch_execute("set application_name = 'tmo_pinned'").await.unwrap();
+    pinned.client.batch_execute("select set_config('application_name', 'tmo_pinned', false)").await.unwrap();
     let pinned_since = Instant::now();
     let console = relay::connect_with(&connect_string(app.rw_addr.port(), "app", "app", "pgrelay")).await.unwrap();
 

@@ -94,7 +94,7 @@ async fn connections_outlive_an_unplanned_failover() {
     // A block open with nothing in flight.
     idle_in_block.batch_execute("begin; update survive_t set v = v + 1 where id = 3").await.expect("begin");
     // Pinned by a session setting.
-    pinned.batch_execute("set application_name = 'pinned'").await.expect("set");
+    pinned.batch_execute("select set_config('application_name', 'pinned', false)").await.expect("set");
     assert_eq!(port_of(&pinned).await, pg0.port);
 
     wait_running(&cluster, pg0, "app", "select pg_sleep(6%", 2).await;

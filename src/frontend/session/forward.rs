@@ -267,6 +267,9 @@ impl Session {
         // With a server leased, everything the client sends reaches it (what
         // pgrelay refuses is raised by the server, in order): a query begins.
         self.timing.sending(Instant::now);
+        if self.tracked.is_some() {
+            self.tracked_batch_message(msg_tag, body);
+        }
         match msg_tag {
             tag::QUERY => self.forward_query(msg, body, pgrelay_checked)?,
             tag::PARSE => self.forward_parse(msg, body)?,
@@ -307,6 +310,10 @@ impl Session {
             self.conn().send_running(msg, Expect::Query, lost::query_effect(sql));
             return Ok(());
         };
+        if effect == SessionStateEffect::Set && self.track_set(tag::QUERY, router::tracked_set(sql)) {
+            self.conn().send_running(msg, Expect::Query, lost::query_effect(sql));
+            return Ok(());
+        }
         if matches!(effect, SessionStateEffect::Deallocate | SessionStateEffect::Discard) {
             // Any statement of the text may drop the client's statements
             // (see `on_command_complete`).
@@ -340,12 +347,13 @@ impl Session {
     }
 
     /// Behind a statement that may have reset settings to the server's
-    /// defaults, brings back the client's startup settings it reset.
+    /// defaults, brings back the client's startup settings it reset (as a
+    /// server brings back those of its startup packet, not earlier `SET`s).
     pub(super) fn restore_reset_settings(&mut self) {
-        if self.settings.is_empty() || self.conn().tracker().batch_open() {
+        if self.origin.startup.is_empty() || self.conn().tracker().batch_open() {
             return;
         }
-        let settings = self.settings.clone();
+        let settings = self.origin.startup.clone();
         self.conn().restore_reset_settings(&settings);
         // That used the unnamed statement.
         self.unnamed.on_lease = false;

@@ -23,6 +23,7 @@ mod ryw;
 mod statements;
 mod timeouts;
 mod timing;
+mod tracked;
 
 pub use ryw::ReadYourWrites;
 
@@ -75,6 +76,10 @@ pub struct Session {
     /// What server connections are given for this client (its startup
     /// settings, under application_name_add_host with its address).
     settings: Arc<Vec<(String, String)>>,
+    /// Its settings as given and at startup (see `tracked`).
+    origin: tracked::OriginSettings,
+    /// A plain session `SET` being followed instead of pinning (see `tracked`).
+    tracked: Option<tracked::TrackedSet>,
     cancel: CancelHandle,
     /// The configuration this session last looked at, with its generation.
     config: (u64, Arc<Config>),
@@ -186,6 +191,11 @@ impl Session {
         let metrics = ctx.metrics.client(&parts.database.name, &parts.user.name, listener.as_str());
         // By the settings as given: an address in application_name changes no statement's meaning.
         let shared_context = ctx.settings.statement_context(&parts.settings);
+        let address = match Arc::ptr_eq(&parts.settings, &parts.server_settings) {
+            true => None,
+            false => client.peer_addr().ok(),
+        };
+        let origin = tracked::OriginSettings { given: parts.settings, startup: parts.server_settings.clone(), address };
         let mut session = Session {
             _connected: GaugeGuard::new(&metrics.connected),
             metrics,
@@ -205,6 +215,8 @@ impl Session {
             user: parts.user,
             database: parts.database,
             settings: parts.server_settings,
+            origin,
+            tracked: None,
             cancel: parts.cancel,
             cbuf,
             client_read_size: FIRST_CLIENT_READ,
@@ -274,6 +286,10 @@ impl Session {
                 }
                 Event::ServerRead => {
                     step!(self.handle_server_messages());
+                    if self.tracked_answered() {
+                        // Boxed: the common path's future stays as small as it was.
+                        step!(Box::pin(self.learn_tracked_setting()).await);
+                    }
                     if self.commit_report.is_some() {
                         self.report_commit_lsn().await;
                     }
@@ -339,6 +355,7 @@ impl Session {
 
     pub fn drop_lease_after_error(&mut self, poison: bool) {
         self.cancel.set_target(None);
+        self.tracked = None;
         if let Some(mut lease) = self.lease.take() {
             if poison {
                 lease.poison();
@@ -631,6 +648,8 @@ struct UnnamedStatement {
     on_lease: bool,
     /// What running it does to the transaction.
     effect: TxEffect,
+    /// It is a tracked `SET`: run again in a later batch, it pins the client.
+    sets: bool,
 }
 
 /// A cancellation signal the relay loop looks at only when a cheap flag

@@ -70,6 +70,9 @@ impl Session {
                         let body = &msg[5..];
                         self.ctx.metrics.error(wire::error_code(body).unwrap_or(b"??"), ErrorOrigin::Server);
                         self.server_fatal |= wire::is_fatal_error(body);
+                        if let Some(tracked) = &mut self.tracked {
+                            tracked.failed();
+                        }
                         self.out.extend_from_slice(msg);
                         if let Some(watch) = &mut self.first_write {
                             watch.on_error();
@@ -87,6 +90,9 @@ impl Session {
                             }
                         }
                         let idle = tracker.tx_status() == TxStatus::Idle;
+                        if let Some(tracked) = &mut self.tracked {
+                            tracked.on_ready(tracker.client_ready_owed());
+                        }
                         if idle && self.listener == ListenerKind::ReadWrite {
                             // Before the client can see it: its next read may be on another connection.
                             if self.ryw.causal_id.is_some() {

@@ -84,11 +84,18 @@ impl Session {
         }
         let effects = router::classify(sql_of(definition));
         self.note_settings_change(effects.changes_settings);
+        let mut tracked = false;
         if let Some(effect) = effects.session_state {
-            self.drops_pending |= matches!(effect, SessionStateEffect::Deallocate | SessionStateEffect::Discard);
-            self.pin(effect);
+            tracked = effect == SessionStateEffect::Set
+                && name.is_empty()
+                && self.track_set(tag::PARSE, router::tracked_set(sql_of(definition)));
+            if !tracked {
+                self.drops_pending |= matches!(effect, SessionStateEffect::Deallocate | SessionStateEffect::Discard);
+                self.pin(effect);
+            }
         }
         if name.is_empty() {
+            self.unnamed.sets = tracked;
             self.own.unnamed = None;
             match &mut self.unnamed.definition {
                 Some(kept) => {
@@ -180,6 +187,10 @@ impl Session {
         if name.is_empty() {
             if self.own.unnamed.is_some() {
                 return self.refuse_own_in_batch();
+            }
+            if self.unnamed.sets && self.tracked.is_none() {
+                // The tracked SET again, in a batch of its own: not followed.
+                self.pin(SessionStateEffect::Set);
             }
             self.ensure_unnamed()?;
             if portal_unnamed {

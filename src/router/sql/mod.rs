@@ -34,9 +34,11 @@ mod pgrelay;
 mod quick;
 #[cfg(test)]
 mod tests;
+mod tracked;
 
 pub use command::{prepared_command, PreparedCommand};
 pub use pgrelay::{format_lsn, parse_lsn, pgrelay_command, PgrelayCommand};
+pub use tracked::tracked_set;
 
 use lexer::Backslashes;
 

@@ -392,3 +392,43 @@ fn ordinary_queries_take_the_quick_path() {
         assert_eq!(classify(sql.as_bytes()), SqlEffects::default(), "{sql}");
     }
 }
+
+#[test]
+fn plain_session_sets_are_tracked() {
+    use super::tracked_set;
+    let tracked = |sql: &str| tracked_set(sql.as_bytes());
+    assert_eq!(tracked("SET extra_float_digits = 3"), Some("extra_float_digits".into()));
+    assert_eq!(tracked("SET application_name = 'PostgreSQL JDBC Driver'"), Some("application_name".into()));
+    assert_eq!(tracked("set SESSION Search_Path TO a_schema, \"$user\", public ;"), Some("search_path".into()));
+    assert_eq!(tracked("SET \"TimeZone\" = 'UTC'"), Some("timezone".into()));
+    assert_eq!(tracked("SET myapp.tenant = '42' -- comment"), Some("myapp.tenant".into()));
+    assert_eq!(tracked("/* c */ SET statement_timeout = -1"), Some("statement_timeout".into()));
+    for sql in [
+        "SET LOCAL statement_timeout = 5",
+        "SET SESSION LOCAL x = 1",
+        "SET statement_timeout TO DEFAULT",
+        "SET statement_timeout = default",
+        "SET TIME ZONE 'UTC'",
+        "SET ROLE app",
+        "SET role = app",
+        "SET SESSION AUTHORIZATION app",
+        "SET session_authorization = app",
+        "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+        "SET transaction_isolation = serializable",
+        "SET CONSTRAINTS ALL DEFERRED",
+        "SET SCHEMA 'x'",
+        "SET pgrelay.min_lsn = '0/1'",
+        "SET x = 1; SELECT 1",
+        "SET x = 1; SET y = 2",
+        "SELECT 1; SET x = 1",
+        "SET x =",
+        "SET x = 'open",
+        "SET x = 'a\\'; RESET ALL; --'",
+        "SET x = f(1)",
+        "SET x = $1",
+        "RESET x",
+        "SET \"caf\u{e9}\" = 1",
+    ] {
+        assert_eq!(tracked(sql), None, "{sql}");
+    }
+}
