@@ -310,19 +310,7 @@ impl ServerConn {
     /// connection at a sync point: the value of its last row, if any.
     pub async fn query_int8(&mut self, sql: &str) -> Result<Option<i64>, BackendError> {
         self.send_built(Expect::Query, Origin::InjectedSetup, |b| wire::put_query(b, sql));
-        let mut value = None;
-        // One column: its length, then its text.
-        let failed = self
-            .finish_pending_with(|msg| {
-                if msg[0] == tag::DATA_ROW && msg.len() >= 11 {
-                    value = std::str::from_utf8(&msg[11..]).ok().and_then(|text| text.parse().ok());
-                }
-            })
-            .await?;
-        match failed {
-            Some(fields) => Err(BackendError::Server(fields)),
-            None => Ok(value),
-        }
+        Ok(self.last_value().await?.and_then(|text| text.parse().ok()))
     }
 
     /// The value the server has for setting `name` (`current_setting`), asked
@@ -339,6 +327,12 @@ impl ServerConn {
         });
         self.send_built(Expect::Execute, origin, |b| wire::put_execute(b, b""));
         self.send_built(Expect::Sync, origin, wire::put_sync);
+        self.last_value().await?.ok_or(BackendError::Abandoned("the server did not report the setting"))
+    }
+
+    /// Reads the answers to pgrelay's own one-column query just sent: the
+    /// text of its last row, if any, or the error the server reported.
+    async fn last_value(&mut self) -> Result<Option<String>, BackendError> {
         let mut value = None;
         // One column: its length, then its text.
         let failed = self
@@ -348,10 +342,9 @@ impl ServerConn {
                 }
             })
             .await?;
-        match (failed, value) {
-            (Some(fields), _) => Err(BackendError::Server(fields)),
-            (None, Some(value)) => Ok(value),
-            (None, None) => Err(BackendError::Abandoned("the server did not report the setting")),
+        match failed {
+            Some(fields) => Err(BackendError::Server(fields)),
+            None => Ok(value),
         }
     }
 

@@ -54,7 +54,7 @@ impl Session {
                 }
                 self.discard_until_sync = false;
             }
-            // Whether a Query is a `pgrelay.` statement is asked once.
+            // Whether a Query or Parse is a `pgrelay.` statement is asked once.
             let mut pgrelay_checked = false;
             if self.lease.is_none() {
                 if self.answer_without_server(frame.tag, &msg)? {
@@ -64,8 +64,7 @@ impl Session {
                     self.answer_pgrelay_command(command).await?;
                     continue;
                 }
-                if let Some(command) = (frame.tag == tag::EXECUTE).then(|| self.own_execute(wire::body(&msg))).flatten()
-                {
+                if let Some(command) = self.own_execute(frame.tag, &msg) {
                     self.execute_own(command).await?;
                     continue;
                 }
@@ -272,7 +271,7 @@ impl Session {
         }
         match msg_tag {
             tag::QUERY => self.forward_query(msg, body, pgrelay_checked)?,
-            tag::PARSE => self.forward_parse(msg, body)?,
+            tag::PARSE => self.forward_parse(msg, body, pgrelay_checked)?,
             tag::BIND => self.forward_bind(msg, body, named)?,
             tag::DESCRIBE => self.forward_describe(msg, body, named)?,
             tag::CLOSE => self.forward_close(msg, body)?,

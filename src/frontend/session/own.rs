@@ -92,10 +92,11 @@ impl Session {
         Ok(true)
     }
 
-    /// The pgrelay statement an Execute runs, if its portal is one.
-    pub(super) fn own_execute(&self, body: &[u8]) -> Option<PgrelayCommand> {
+    /// The pgrelay statement a client message runs, if it is an Execute
+    /// of the unnamed portal bound to one.
+    pub(super) fn own_execute(&self, msg_tag: u8, msg: &[u8]) -> Option<PgrelayCommand> {
         let (command, _) = self.own.portal.as_ref()?;
-        (body.first() == Some(&0)).then(|| command.clone())
+        (msg_tag == wire::frontend::EXECUTE && wire::body(msg).first() == Some(&0)).then(|| command.clone())
     }
 
     /// Runs a pgrelay statement for an Execute: its row (SHOW) and

@@ -43,10 +43,18 @@ impl Session {
         if effects.session_state.is_some() || effects.changes_settings {
             return Ok(false);
         }
+        Ok(self.register_parsed(name, definition, false))
+    }
+
+    /// A named Parse answered without a server, its name free: the
+    /// statement is the client's, prepared wherever its Bind lands. Unless
+    /// `valid` is known, only a text some server has accepted in this
+    /// context is (false otherwise: the Parse goes to a server).
+    pub(super) fn register_parsed(&mut self, name: &[u8], definition: &[u8], valid: bool) -> bool {
         let context = self.statement_context();
         let stmt = self.ctx.statements.intern(context, definition);
-        if !stmt.is_validated() {
-            return Ok(false);
+        if !valid && !stmt.is_validated() {
+            return false;
         }
         let name = Bytes::copy_from_slice(name);
         if self.parsed_here.len() < PARSED_HERE_KEPT {
@@ -54,7 +62,25 @@ impl Session {
         }
         self.statements.insert(name, stmt);
         wire::put_parse_complete(&mut self.out);
-        Ok(true)
+        true
+    }
+
+    /// The client's unnamed statement is `definition` now; `on_lease` when
+    /// its Parse goes to the leased connection.
+    pub(super) fn replace_unnamed(&mut self, definition: &[u8], on_lease: bool) {
+        let unnamed = &mut self.unnamed;
+        match &mut unnamed.definition {
+            Some(kept) => {
+                kept.clear();
+                kept.extend_from_slice(definition);
+            }
+            None => unnamed.definition = Some(definition.to_vec()),
+        }
+        // Its first words are all that is read: no need to find where the text ends.
+        unnamed.effect = lost::statement_effect(definition);
+        unnamed.on_lease = on_lease;
+        unnamed.sets = false;
+        self.own.unnamed = None;
     }
 
     /// Bind or Describe of a statement the client does not have, between
@@ -76,9 +102,11 @@ impl Session {
         Ok(true)
     }
 
-    pub(super) fn forward_parse(&mut self, msg: &[u8], body: &[u8]) -> Result<(), SessionError> {
+    /// `pgrelay_checked`: the text is known not to be a `pgrelay.` statement
+    /// (asked between transactions, see `parse_own`).
+    pub(super) fn forward_parse(&mut self, msg: &[u8], body: &[u8], pgrelay_checked: bool) -> Result<(), SessionError> {
         let (name, definition) = wire::read_cstr(body).ok_or(WireError::Malformed("Parse"))?;
-        if router::pgrelay_command(definition).is_some() {
+        if !pgrelay_checked && router::pgrelay_command(definition).is_some() {
             // Never a server setting; pgrelay answers them between transactions.
             return self.refuse_own_in_batch();
         }
@@ -95,18 +123,8 @@ impl Session {
             }
         }
         if name.is_empty() {
+            self.replace_unnamed(definition, true);
             self.unnamed.sets = tracked;
-            self.own.unnamed = None;
-            match &mut self.unnamed.definition {
-                Some(kept) => {
-                    kept.clear();
-                    kept.extend_from_slice(definition);
-                }
-                None => self.unnamed.definition = Some(definition.to_vec()),
-            }
-            // Its first words are all that is read: no need to find where the text ends.
-            self.unnamed.effect = lost::statement_effect(definition);
-            self.unnamed.on_lease = true;
             {
                 self.send(msg, Expect::Parse { registers: None, client_name: None });
                 return Ok(());

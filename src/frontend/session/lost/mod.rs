@@ -44,7 +44,7 @@ pub(super) struct LostBlock {
 
 /// The requests in flight up to one ReadyForQuery (or the batch not yet
 /// ended by a Sync), as far as the lost server's fate goes.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Unit {
     effect: TxEffect,
     /// Ends with the client's request (not one of pgrelay's own).
@@ -161,8 +161,7 @@ impl Session {
         let Some(lease) = self.lease.as_ref() else { return Vec::new() };
         let tracker = lease.conn().tracker();
         let mut units = Vec::new();
-        let mut unit =
-            Unit { effect: TxEffect::NONE, client: false, simple: false, closed: false, requests: 0, failed: false };
+        let mut unit = Unit { effect: TxEffect::NONE, ..Unit::default() };
         for request in tracker.in_flight() {
             let client = request.origin == Origin::Client;
             unit.effect = match request.expect {
@@ -176,17 +175,7 @@ impl Session {
                 unit.client = client;
                 unit.simple = matches!(request.expect, Expect::Query);
                 unit.closed = true;
-                units.push(std::mem::replace(
-                    &mut unit,
-                    Unit {
-                        effect: TxEffect::NONE,
-                        client: false,
-                        simple: false,
-                        closed: false,
-                        requests: 0,
-                        failed: false,
-                    },
-                ));
+                units.push(std::mem::replace(&mut unit, Unit { effect: TxEffect::NONE, ..Unit::default() }));
             }
         }
         if tracker.batch_open() || unit.client {
@@ -238,12 +227,13 @@ impl Session {
                 _ => StatementKind::Other,
             }),
             frontend::SYNC => {
-                if let Some(block) = self.lost.as_mut() {
+                // The batch ends; a Sync alone still tells the client its block failed, and why.
+                let unreported = self.lost.as_mut().and_then(|block| {
                     block.bound_end = None;
-                }
-                // A Sync alone still tells the client its block failed, and why.
-                if let Some(error) = self.lost.as_mut().and_then(|block| block.unreported.take()) {
-                    self.put_lost_block_error(Some(error));
+                    block.unreported.take()
+                });
+                if unreported.is_some() {
+                    self.put_lost_block_error(unreported);
                 }
                 wire::put_ready_for_query(&mut self.out, TxStatus::Failed);
                 return Ok(());
@@ -329,21 +319,14 @@ impl Session {
             frontend::PARSE => {
                 let (name, definition) = wire::read_cstr(body).ok_or(WireError::Malformed("Parse"))?;
                 if name.is_empty() {
-                    self.unnamed.definition = Some(definition.to_vec());
-                    self.unnamed.effect = statement_effect(definition);
-                    self.unnamed.on_lease = false;
-                    self.own.unnamed = None;
+                    // Prepared on the next server connection the client's Bind lands on.
+                    self.replace_unnamed(definition, false);
                     wire::put_parse_complete(&mut self.out);
-                } else if !self.parse_without_server(body)? {
-                    // A statement text no server accepted yet: kept for the next one.
-                    if let Some((code, message)) = self.parse_refusal(name) {
-                        self.error_without_server(code, &message, true);
-                        return Ok(());
-                    }
-                    let context = self.statement_context();
-                    let stmt = self.ctx.statements.intern(context, definition);
-                    self.statements.insert(Bytes::copy_from_slice(name), stmt);
-                    wire::put_parse_complete(&mut self.out);
+                } else if let Some((code, message)) = self.parse_refusal(name) {
+                    self.error_without_server(code, &message, true);
+                } else {
+                    // A ROLLBACK or COMMIT is valid anywhere: kept as if a server accepted it.
+                    self.register_parsed(name, definition, true);
                 }
             }
             frontend::BIND => {
