@@ -51,6 +51,11 @@ impl ClientStatements {
         self.by_name.len() + self.own.len()
     }
 
+    /// Whether the client has any statement pgrelay answers itself.
+    pub fn has_own(&self) -> bool {
+        !self.own.is_empty()
+    }
+
     /// Keeps a statement pgrelay answers itself.
     pub fn insert_own(&mut self, name: Bytes, command: PgrelayCommand) {
         self.own.push((name, command));

@@ -54,6 +54,9 @@ impl Session {
     /// A Bind of a pgrelay statement between transactions, to the unnamed
     /// portal and without parameters (a SET or SHOW takes none).
     pub(super) fn bind_own(&mut self, body: &[u8]) -> Result<bool, SessionError> {
+        if !self.has_own_statements() {
+            return Ok(false);
+        }
         let (portal, rest) = wire::read_cstr(body).ok_or(WireError::Malformed("Bind"))?;
         let (name, tail) = wire::read_cstr(rest).ok_or(WireError::Malformed("Bind"))?;
         let Some(command) = self.own_statement(name) else { return Ok(false) };
@@ -76,6 +79,9 @@ impl Session {
 
     /// A Describe of a pgrelay statement or of the portal bound to one.
     pub(super) fn describe_own(&mut self, body: &[u8]) -> Result<bool, SessionError> {
+        if !self.has_own_statements() && self.own.portal.is_none() {
+            return Ok(false);
+        }
         let (&kind, rest) = body.split_first().ok_or(WireError::Malformed("Describe"))?;
         let (name, _) = wire::read_cstr(rest).ok_or(WireError::Malformed("Describe"))?;
         match kind {
@@ -140,6 +146,12 @@ impl Session {
             let tracker = lease.conn().tracker();
             !tracker.has_outstanding() && tracker.tx_status() == wire::TxStatus::Idle
         })
+    }
+
+    /// Whether the client prepared any pgrelay statement (most never do:
+    /// their Binds and Describes are not read twice).
+    fn has_own_statements(&self) -> bool {
+        self.own.unnamed.is_some() || self.statements.has_own()
     }
 
     /// The pgrelay statement of this name (empty: the unnamed one).
