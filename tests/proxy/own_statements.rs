@@ -211,3 +211,62 @@ async fn a_pinned_client_between_transactions_is_answered_by_pgrelay() {
     assert_eq!(scalar(&reader, "show pgrelay.min_lsn").await, "");
     app.shutdown(GRACE).await;
 }
+
+/// A driver's cache of pgrelay statements is bounded like its other
+/// statements (`max_client_prepared_statements`), and DEALLOCATE, DISCARD
+/// ALL and Close drop them as they drop the others.
+#[tokio::test]
+async fn pgrelay_statements_count_toward_the_clients_limit_and_go_with_deallocate() {
+    let app = relay::start_default(cluster(), "max_client_prepared_statements = 2").await;
+    let (mut raw, _) = Raw::login(app.rw_addr, &[]).await;
+    let mut out = BytesMut::new();
+    parse(&mut out, "a", "show pgrelay.causal_id");
+    parse(&mut out, "b", "show pgrelay.min_lsn");
+    wire::put_sync(&mut out);
+    parse(&mut out, "c", "select 1");
+    wire::put_sync(&mut out);
+    parse(&mut out, "a", "show pgrelay.min_lsn");
+    wire::put_sync(&mut out);
+    raw.send(&out).await;
+    assert_eq!(tags(&raw.until_ready().await), "1 1 Z");
+    let answer = raw.until_ready().await;
+    assert_eq!(tags(&answer), "E Z");
+    assert_eq!(error_fields(&answer[0].1).0, "53400", "the limit counts pgrelay's statements");
+    let answer = raw.until_ready().await;
+    assert_eq!(tags(&answer), "E Z");
+    assert_eq!(error_fields(&answer[0].1).0, "42P05", "the name is taken");
+
+    let bound = |name: &'static str| {
+        let mut out = BytesMut::new();
+        bind(&mut out, name);
+        execute(&mut out);
+        wire::put_sync(&mut out);
+        out
+    };
+    let mut out = BytesMut::new();
+    wire::put_query(&mut out, "deallocate a");
+    out.extend_from_slice(&bound("a"));
+    out.extend_from_slice(&bound("b"));
+    wire::put_statement_op(&mut out, b'C', b"b");
+    out.extend_from_slice(&bound("b"));
+    raw.send(&out).await;
+    assert_eq!(tags(&raw.until_ready().await), "C Z");
+    let answer = raw.until_ready().await;
+    assert_eq!(error_fields(&answer[0].1).0, "26000", "DEALLOCATE dropped it");
+    assert_eq!(tags(&raw.until_ready().await), "2 D C Z");
+    let answer = raw.until_ready().await;
+    assert_eq!(tags(&answer), "3 E Z", "Close dropped it");
+    assert_eq!(error_fields(&answer[1].1).0, "26000");
+
+    let mut out = BytesMut::new();
+    parse(&mut out, "d", "show pgrelay.causal_id");
+    wire::put_sync(&mut out);
+    wire::put_query(&mut out, "discard all");
+    out.extend_from_slice(&bound("d"));
+    raw.send(&out).await;
+    assert_eq!(tags(&raw.until_ready().await), "1 Z");
+    raw.until_ready().await;
+    let answer = raw.until_ready().await;
+    assert_eq!(error_fields(&answer[0].1).0, "26000", "DISCARD ALL dropped it");
+    app.shutdown(GRACE).await;
+}
